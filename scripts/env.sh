@@ -1,0 +1,37 @@
+# Sourced by the other scripts: where the cached toolchain pieces live, and how to find data.
+# CNND_CACHE (default ~/.cache/cnnd) holds the PyTorch virtual environment that provides
+# libtorch 2.11 and grpcurl, shared by every clone on the machine; .venv in the clone links to it.
+CNND_CACHE="${CNND_CACHE:-$HOME/.cache/cnnd}"
+CNND_TORCH_VERSION="2.11.0"
+CNND_VENV="$CNND_CACHE/venv-torch-$CNND_TORCH_VERSION"
+CNND_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CNND_PY="$CNND_VENV/bin/python"
+LIBTORCH="$(ls -d "$CNND_VENV"/lib/python3*/site-packages/torch 2>/dev/null | head -n 1)"
+export LIBTORCH
+export LIBTORCH_BYPASS_VERSION_CHECK=1
+export PATH="$CNND_REPO/target/release:$CNND_VENV/bin:$PATH"
+
+# Decompressed sha256 of the four standard MNIST IDX files.
+CNND_MNIST_SHA256="
+train-images-idx3-ubyte ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db
+train-labels-idx1-ubyte 65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5
+t10k-images-idx3-ubyte 0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7
+t10k-labels-idx1-ubyte ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+
+# True when DIR/mnist (or DIR itself) holds all four MNIST files, gzip or not.
+cnnd_has_mnist() {
+  local dir="$1" f
+  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    [ -e "$dir/mnist/$f.gz" ] || [ -e "$dir/mnist/$f" ] || [ -e "$dir/$f.gz" ] || [ -e "$dir/$f" ] || return 1
+  done
+}
+
+# Prints the data directory to use: $CNND_DATA_DIR, else the team's shared data beside the
+# clone (../shared/data), else the cache (where setup.sh downloads MNIST). Empty when none.
+cnnd_data_dir() {
+  local d
+  for d in "${CNND_DATA_DIR:-}" "$CNND_REPO/../shared/data" "$CNND_CACHE/data"; do
+    if [ -n "$d" ] && cnnd_has_mnist "$d"; then (cd "$d" && pwd); return 0; fi
+  done
+  return 1
+}

@@ -1,0 +1,605 @@
+//! The gRPC surface: the public `cnn.v1.Orchestrator` service for clients and the
+//! `cnn.v1.WorkerHub` service for worker processes. It converts between wire messages and
+//! the scheduler/store types, maps errors to gRPC statuses (every refusal names the field
+//! and the reason), and renders charts (from store data, through `charts`).
+//!
+//! Must not touch: SQL (the store owns it), worker processes (the scheduler owns them),
+//! libtorch (the training side).
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::charts;
+use crate::proto::{self, struct_from_json, struct_to_json};
+use crate::scheduler::Scheduler;
+use crate::store::{EpochRow, Event, StoredEvent, TrialFacts, TrialResult, TrialRow};
+use crate::sweep::SweepRequest;
+
+pub struct Api {
+    pub scheduler: Arc<Scheduler>,
+    /// Where dashboard files are looked up first (then the built-in default).
+    pub dashboards_dir: PathBuf,
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("internal error: {e:#}");
+    Status::internal(format!("{e:#}"))
+}
+
+fn json_object<T: serde::Serialize>(v: &T) -> prost_types::Struct {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => struct_from_json(&m),
+        _ => prost_types::Struct::default(),
+    }
+}
+
+fn require_id(field: &str, value: &str) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: missing")));
+    }
+    if value.len() > 128 {
+        return Err(Status::invalid_argument(format!("{field}: longer than 128 characters")));
+    }
+    Ok(())
+}
+
+fn epoch_to_proto(e: &EpochRow) -> proto::EpochMetrics {
+    proto::EpochMetrics {
+        epoch: e.epoch,
+        train_loss: e.train_loss,
+        train_accuracy: e.train_accuracy,
+        val_loss: e.val_loss,
+        val_accuracy: e.val_accuracy,
+        seconds: e.seconds,
+        images_per_second: e.images_per_second,
+    }
+}
+
+pub fn event_to_proto(e: &StoredEvent) -> proto::SweepEvent {
+    use proto::sweep_event::Kind;
+    let kind = match &e.event {
+        Event::TrialStarted { trial_id, worker, attempt } => Kind::TrialStarted(proto::TrialStarted {
+            trial_id: trial_id.clone(),
+            worker: worker.clone(),
+            attempt: *attempt,
+        }),
+        Event::EpochFinished {
+            trial_id,
+            epochs_planned,
+            metrics,
+        } => Kind::EpochFinished(proto::EpochFinished {
+            trial_id: trial_id.clone(),
+            epochs_planned: *epochs_planned,
+            metrics: Some(epoch_to_proto(metrics)),
+        }),
+        Event::TrialFinished {
+            trial_id,
+            status,
+            test_accuracy,
+            test_loss,
+            error,
+        } => Kind::TrialFinished(proto::TrialFinished {
+            trial_id: trial_id.clone(),
+            status: status.clone(),
+            test_accuracy: test_accuracy.unwrap_or_default(),
+            test_loss: test_loss.unwrap_or_default(),
+            error: error.clone().unwrap_or_default(),
+        }),
+        Event::SweepFinished {
+            status,
+            best_trial_id,
+            best_test_accuracy,
+        } => Kind::SweepFinished(proto::SweepFinished {
+            status: status.clone(),
+            best_trial_id: best_trial_id.clone().unwrap_or_default(),
+            best_test_accuracy: best_test_accuracy.unwrap_or_default(),
+        }),
+    };
+    proto::SweepEvent {
+        event_id: e.id as u64,
+        sweep_id: e.sweep_id.clone(),
+        at: e.at.clone(),
+        kind: Some(kind),
+    }
+}
+
+fn is_final(e: &StoredEvent) -> bool {
+    matches!(e.event, Event::SweepFinished { .. })
+}
+
+/// The best succeeded trial by test accuracy (ties: lower index).
+fn best_trial(trials: &[TrialRow]) -> Option<&TrialRow> {
+    trials
+        .iter()
+        .filter(|t| t.test_accuracy.is_some())
+        .max_by(|a, b| {
+            a.test_accuracy
+                .partial_cmp(&b.test_accuracy)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.index.cmp(&a.index))
+        })
+}
+
+/// Renders a dashboard of a sweep from what the store holds; returns the PNG paths.
+pub async fn render_sweep_charts(scheduler: &Scheduler, dashboards_dir: &Path, sweep_id: &str, dashboard: &str) -> Result<Vec<PathBuf>, Status> {
+    let store = &scheduler.store;
+    let sweep = store
+        .sweep(sweep_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{sweep_id}'")))?;
+    let dashboard_name = if dashboard.is_empty() { "default" } else { dashboard };
+    if !dashboard_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(Status::invalid_argument(format!(
+            "dashboard: '{dashboard_name}' is not a dashboard name (letters, digits, - and _)"
+        )));
+    }
+    let board = load_dashboard(dashboards_dir, dashboard_name)?;
+    let trials = store.trials_of(sweep_id).await.map_err(internal)?;
+    let mut epochs = store.epochs_of_sweep(sweep_id).await.map_err(internal)?;
+    let best = best_trial(&trials).map(|t| t.id.clone());
+    let chart_sweep = charts::ChartSweep {
+        sweep_id: sweep.id.clone(),
+        name: sweep.name.clone(),
+        dataset: sweep.dataset.clone(),
+        varied: sweep.varied.clone(),
+        best_trial_id: best,
+        trials: trials
+            .iter()
+            .map(|t| charts::ChartTrial {
+                trial_id: t.id.clone(),
+                index: t.index,
+                status: t.status.clone(),
+                params: match serde_json::to_value(&t.params) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => Default::default(),
+                },
+                epochs: epochs
+                    .remove(&t.id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| charts::ChartEpoch {
+                        epoch: e.epoch,
+                        train_loss: e.train_loss,
+                        train_accuracy: e.train_accuracy,
+                        val_loss: e.val_loss,
+                        val_accuracy: e.val_accuracy,
+                    })
+                    .collect(),
+                test_accuracy: t.test_accuracy,
+                parameter_count: t.parameter_count,
+            })
+            .collect(),
+    };
+    let out_dir = scheduler.config.state_dir.join("charts").join(sweep_id).join(dashboard_name);
+    tokio::task::spawn_blocking(move || charts::render_dashboard(&chart_sweep, &board, &out_dir))
+        .await
+        .map_err(|e| Status::internal(format!("chart rendering panicked: {e}")))?
+        .map_err(|e| Status::internal(format!("rendering charts: {e:#}")))
+}
+
+/// The built-in default dashboard, used when no `default.toml` is found on disk.
+pub const DEFAULT_DASHBOARD: &str = include_str!("../dashboards/default.toml");
+
+fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {
+    if dir.join(format!("{name}.toml")).exists() {
+        return charts::Dashboard::load(dir, name).map_err(|e| Status::invalid_argument(format!("dashboard: {e:#}")));
+    }
+    if name == "default" {
+        return toml::from_str(DEFAULT_DASHBOARD).map_err(|e| Status::internal(format!("built-in dashboard: {e}")));
+    }
+    Err(Status::not_found(format!(
+        "dashboard: no dashboard '{name}' (looked for {})",
+        dir.join(format!("{name}.toml")).display()
+    )))
+}
+
+fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
+    proto::TrialSummary {
+        trial_id: t.id.clone(),
+        index: t.index,
+        status: t.status.clone(),
+        params: Some(json_object(&t.params)),
+        epochs_done: t.epochs_done,
+        epochs_planned: t.epochs_planned,
+        val_accuracy: t.last_epoch.as_ref().map(|e| e.val_accuracy).unwrap_or_default(),
+        val_loss: t.last_epoch.as_ref().map(|e| e.val_loss).unwrap_or_default(),
+        test_accuracy: t.test_accuracy.unwrap_or_default(),
+        test_loss: t.test_loss.unwrap_or_default(),
+        parameter_count: t.parameter_count.unwrap_or_default(),
+        error: t.error.clone().unwrap_or_default(),
+        worker: t.worker.clone().unwrap_or_default(),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SweepEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::orchestrator_server::Orchestrator for Api {
+    async fn submit_sweep(&self, request: Request<proto::SubmitSweepRequest>) -> Result<Response<proto::SubmitSweepResponse>, Status> {
+        let r = request.into_inner();
+        let sweep_request = SweepRequest {
+            name: r.name,
+            dataset: r.dataset,
+            space: r.space.as_ref().map(struct_to_json).unwrap_or_default(),
+            fixed: r.fixed.as_ref().map(struct_to_json).unwrap_or_default(),
+            strategy: r.strategy,
+            num_trials: r.num_trials,
+            max_parallel: r.max_parallel,
+            seed: r.seed,
+            priority: r.priority,
+            early_stopping: r.early_stopping,
+            objective: r.objective,
+            repeats: r.repeats,
+            device: r.device,
+        };
+        let spec = sweep_request
+            .validate(self.scheduler.config.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if spec.device == crate::sweep::DeviceRequest::Cuda && !self.scheduler.has_cuda() {
+            return Err(Status::invalid_argument(
+                "device: 'cuda' was requested but this daemon sees no CUDA device; use auto or cpu",
+            ));
+        }
+        let (sweep_id, trials) = self.scheduler.submit(&spec).await.map_err(internal)?;
+        tracing::info!(sweep_id, trials = trials.len(), name = spec.name, "sweep queued");
+        Ok(Response::new(proto::SubmitSweepResponse {
+            sweep_id,
+            trials_queued: trials.len() as u32,
+            varied: spec.varied,
+        }))
+    }
+
+    async fn get_sweep(&self, request: Request<proto::GetSweepRequest>) -> Result<Response<proto::Sweep>, Status> {
+        let id = request.into_inner().sweep_id;
+        require_id("sweepId", &id)?;
+        let store = &self.scheduler.store;
+        let sweep = store
+            .sweep(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
+        let trials = store.trials_of(&id).await.map_err(internal)?;
+        let best = best_trial(&trials).map(|t| t.id.clone()).unwrap_or_default();
+        Ok(Response::new(proto::Sweep {
+            sweep_id: sweep.id,
+            name: sweep.name,
+            dataset: sweep.dataset,
+            status: sweep.status,
+            strategy: sweep.strategy,
+            varied: sweep.varied,
+            spec: match &sweep.spec {
+                serde_json::Value::Object(m) => Some(struct_from_json(m)),
+                _ => None,
+            },
+            trials: trials.iter().map(trial_summary).collect(),
+            created_at: sweep.created_at,
+            finished_at: sweep.finished_at.unwrap_or_default(),
+            best_trial_id: best,
+        }))
+    }
+
+    async fn list_sweeps(&self, _: Request<proto::ListSweepsRequest>) -> Result<Response<proto::ListSweepsResponse>, Status> {
+        let store = &self.scheduler.store;
+        let sweeps = store.sweeps().await.map_err(internal)?;
+        let progress: std::collections::HashMap<_, _> = store
+            .sweep_progress()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|(id, total, done, best)| (id, (total, done, best)))
+            .collect();
+        Ok(Response::new(proto::ListSweepsResponse {
+            sweeps: sweeps
+                .into_iter()
+                .map(|s| {
+                    let (total, done, best) = progress.get(&s.id).cloned().unwrap_or_default();
+                    proto::SweepSummary {
+                        sweep_id: s.id,
+                        name: s.name,
+                        dataset: s.dataset,
+                        status: s.status,
+                        trials_total: total,
+                        trials_done: done,
+                        best_test_accuracy: best.unwrap_or_default(),
+                        created_at: s.created_at,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchSweepStream = EventStream;
+
+    async fn watch_sweep(&self, request: Request<proto::WatchSweepRequest>) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let id = request.into_inner().sweep_id;
+        require_id("sweepId", &id)?;
+        // Subscribe first, then replay history: an event lands in one or both, never neither.
+        let mut live = self.scheduler.subscribe();
+        let store = self.scheduler.store.clone();
+        if store.sweep(&id).await.map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("sweepId: no sweep '{id}'")));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = 0i64;
+            let history = match store.events_after(&id, 0).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            for e in &history {
+                last = e.id;
+                if tx.send(Ok(event_to_proto(e))).await.is_err() {
+                    return;
+                }
+                if is_final(e) {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.sweep_id == id && e.id > last => {
+                        last = e.id;
+                        if tx.send(Ok(event_to_proto(&e))).await.is_err() || is_final(&e) {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the live feed: catch up from the store.
+                        match store.events_after(&id, last).await {
+                            Ok(missed) => {
+                                for e in missed {
+                                    last = e.id;
+                                    if tx.send(Ok(event_to_proto(&e))).await.is_err() || is_final(&e) {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(internal(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_sweep(&self, request: Request<proto::CancelSweepRequest>) -> Result<Response<proto::CancelSweepResponse>, Status> {
+        let id = request.into_inner().sweep_id;
+        require_id("sweepId", &id)?;
+        let sweep = self
+            .scheduler
+            .store
+            .sweep(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
+        if sweep.status == "finished" || sweep.status == "cancelled" {
+            return Err(Status::failed_precondition(format!("sweepId: sweep '{id}' has already {}", sweep.status)));
+        }
+        let n = self.scheduler.cancel_sweep(&id).await.map_err(internal)?;
+        Ok(Response::new(proto::CancelSweepResponse { trials_cancelled: n }))
+    }
+
+    async fn get_trial(&self, request: Request<proto::GetTrialRequest>) -> Result<Response<proto::Trial>, Status> {
+        let id = request.into_inner().trial_id;
+        require_id("trialId", &id)?;
+        let store = &self.scheduler.store;
+        let t = store
+            .trial(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("trialId: no trial '{id}'")))?;
+        let epochs = store.epochs(&id).await.map_err(internal)?;
+        Ok(Response::new(proto::Trial {
+            trial_id: t.id.clone(),
+            sweep_id: t.sweep_id.clone(),
+            index: t.index,
+            status: t.status.clone(),
+            params: Some(json_object(&t.params)),
+            error: t.error.clone().unwrap_or_default(),
+            epochs: epochs.iter().map(epoch_to_proto).collect(),
+            has_test: t.test_accuracy.is_some(),
+            test_loss: t.test_loss.unwrap_or_default(),
+            test_accuracy: t.test_accuracy.unwrap_or_default(),
+            parameter_count: t.parameter_count.unwrap_or_default(),
+            weights_path: t.weights_path.clone().unwrap_or_default(),
+            best_epoch: t.best_epoch.unwrap_or_default(),
+            worker: t.worker.clone().unwrap_or_default(),
+            attempts: t.attempts,
+            started_at: t.started_at.clone().unwrap_or_default(),
+            finished_at: t.finished_at.clone().unwrap_or_default(),
+            train_examples: t.train_examples.unwrap_or_default(),
+            val_examples: t.val_examples.unwrap_or_default(),
+            test_examples: t.test_examples.unwrap_or_default(),
+            device: t.ran_on.clone().unwrap_or_default(),
+        }))
+    }
+
+    async fn get_status(&self, _: Request<proto::GetStatusRequest>) -> Result<Response<proto::Status>, Status> {
+        let s = &self.scheduler;
+        let counts = s.store.queue_counts().await.map_err(internal)?;
+        let workers = s.workers();
+        let busy = workers.iter().filter(|w| w.state == "busy").count() as u32;
+        let idle = workers.iter().filter(|w| w.state == "idle").count() as u32;
+        Ok(Response::new(proto::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: s.started.elapsed().as_secs_f64(),
+            devices: s
+                .config
+                .devices
+                .iter()
+                .map(|d| proto::Device {
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                    cores: d.cores,
+                    memory_bytes: d.memory_bytes,
+                })
+                .collect(),
+            running: workers
+                .iter()
+                .filter_map(|w| {
+                    w.trial_id.as_ref().map(|t| proto::RunningTrial {
+                        trial_id: t.clone(),
+                        sweep_id: w.sweep_id.clone().unwrap_or_default(),
+                        worker: w.worker_id.clone(),
+                        epoch: w.epoch,
+                        epochs_planned: w.epochs_planned,
+                        val_accuracy: w.val_accuracy,
+                    })
+                })
+                .collect(),
+            workers: workers
+                .iter()
+                .map(|w| proto::Worker {
+                    worker_id: w.worker_id.clone(),
+                    pid: w.pid,
+                    device: w.device.clone(),
+                    threads: w.threads,
+                    state: w.state.clone(),
+                    trial_id: w.trial_id.clone().unwrap_or_default(),
+                    trials_done: w.trials_done,
+                })
+                .collect(),
+            workers_busy: busy,
+            workers_idle: idle,
+            queue_depth: counts.queued,
+            libtorch_version: crate::config::LIBTORCH_VERSION.to_string(),
+            db_path: s.config.state_dir.join("cnnd.sqlite").display().to_string(),
+            state_dir: s.config.state_dir.display().to_string(),
+        }))
+    }
+
+    async fn render_charts(&self, request: Request<proto::RenderChartsRequest>) -> Result<Response<proto::RenderChartsResponse>, Status> {
+        let r = request.into_inner();
+        require_id("sweepId", &r.sweep_id)?;
+        let paths = render_sweep_charts(&self.scheduler, &self.dashboards_dir, &r.sweep_id, &r.dashboard).await?;
+        Ok(Response::new(proto::RenderChartsResponse {
+            paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        }))
+    }
+}
+
+/// The worker protocol: the daemon side of lease, report and finish.
+pub struct Hub {
+    pub scheduler: Arc<Scheduler>,
+}
+
+fn refusal(e: crate::scheduler::Refusal) -> Status {
+    Status::failed_precondition(e.to_string())
+}
+
+#[tonic::async_trait]
+impl proto::worker_hub_server::WorkerHub for Hub {
+    async fn register(&self, request: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        self.scheduler
+            .register(&r.worker_id, r.pid, &r.libtorch_version)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        tracing::info!(worker = r.worker_id, pid = r.pid, device = r.device, threads = r.threads, "worker ready");
+        Ok(Response::new(proto::RegisterResponse {}))
+    }
+
+    async fn lease(&self, request: Request<proto::LeaseRequest>) -> Result<Response<proto::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let lease = self.scheduler.lease(&r.worker_id).await.map_err(|e| Status::not_found(e.to_string()))?;
+        let Some(lease) = lease else {
+            return Ok(Response::new(proto::LeaseResponse::default()));
+        };
+        let config = &self.scheduler.config;
+        let weights = config.state_dir.join("trials").join(&lease.trial_id).join("best.safetensors");
+        tracing::info!(trial = lease.trial_id, worker = r.worker_id, attempt = lease.attempt, "trial leased");
+        Ok(Response::new(proto::LeaseResponse {
+            trial_id: lease.trial_id,
+            generation: lease.generation,
+            dataset: lease.dataset,
+            data_dir: config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            params_json: serde_json::to_string(&lease.params).map_err(|e| Status::internal(e.to_string()))?,
+            weights_path: weights.display().to_string(),
+        }))
+    }
+
+    async fn report_epoch(&self, request: Request<proto::ReportEpochRequest>) -> Result<Response<proto::ReportEpochResponse>, Status> {
+        let r = request.into_inner();
+        let epoch = EpochRow {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
+            seconds: r.seconds,
+            images_per_second: r.images_per_second,
+        };
+        let facts = (r.parameter_count > 0).then(|| TrialFacts {
+            parameter_count: r.parameter_count,
+            train_examples: r.train_examples,
+            val_examples: r.val_examples,
+            test_examples: r.test_examples,
+        });
+        let proceed = self
+            .scheduler
+            .report_epoch(&r.trial_id, r.generation, &epoch, facts.as_ref())
+            .await
+            .map_err(internal)?
+            .map_err(refusal)?;
+        Ok(Response::new(proto::ReportEpochResponse { proceed }))
+    }
+
+    async fn finish_trial(&self, request: Request<proto::FinishTrialRequest>) -> Result<Response<proto::FinishTrialResponse>, Status> {
+        let r = request.into_inner();
+        let result = TrialResult {
+            status: r.status.clone(),
+            error: (!r.error.is_empty()).then(|| r.error.clone()),
+            test_loss: r.has_test.then_some(r.test_loss),
+            test_accuracy: r.has_test.then_some(r.test_accuracy),
+            best_epoch: (r.best_epoch > 0).then_some(r.best_epoch),
+            weights_path: (!r.weights_path.is_empty()).then(|| r.weights_path.clone()),
+            parameter_count: (r.parameter_count > 0).then_some(r.parameter_count),
+        };
+        if !matches!(r.status.as_str(), "succeeded" | "failed" | "pruned") {
+            return Err(Status::invalid_argument(format!("status: '{}' is not succeeded, failed or pruned", r.status)));
+        }
+        tracing::info!(trial = r.trial_id, status = r.status, test_accuracy = r.test_accuracy, error = r.error, "trial finished");
+        self.scheduler
+            .finish_trial(&r.worker_id, &r.trial_id, r.generation, &result)
+            .await
+            .map_err(internal)?
+            .map_err(refusal)?;
+        Ok(Response::new(proto::FinishTrialResponse {}))
+    }
+}
+
+/// Renders the default dashboard of every sweep that finishes, in the background.
+pub fn render_charts_when_sweeps_finish(scheduler: Arc<Scheduler>, dashboards_dir: PathBuf) {
+    let mut events = scheduler.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(StoredEvent {
+                    sweep_id,
+                    event: Event::SweepFinished { .. },
+                    ..
+                }) => match render_sweep_charts(&scheduler, &dashboards_dir, &sweep_id, "default").await {
+                    Ok(paths) => tracing::info!(sweep_id, charts = ?paths, "charts rendered"),
+                    Err(e) => tracing::warn!(sweep_id, "charts not rendered: {}", e.message()),
+                },
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,816 @@
+//! The store: every piece of sweep state, in one SQLite file (sqlx, WAL, embedded
+//! migrations from `migrations/`). The daemon is its only writer: writes go through a
+//! single-connection pool, so they never contend; reads use their own pool and never block
+//! the writer. Every state change of a sweep or trial is one transaction, and every change a
+//! watcher cares about appends an [`Event`] in that same transaction.
+//!
+//! Owns: the schema, queries, and the state transitions of sweeps and trials.
+//! Must not touch: processes, gRPC, libtorch, charts.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::sweep::{SweepSpec, TrialParams};
+
+pub const TRIAL_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
+
+/// Current time as RFC 3339 UTC, to the millisecond.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// What a watcher sees. Stored as JSON in `events.payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    TrialStarted {
+        trial_id: String,
+        worker: String,
+        attempt: u32,
+    },
+    EpochFinished {
+        trial_id: String,
+        epochs_planned: u32,
+        metrics: EpochRow,
+    },
+    TrialFinished {
+        trial_id: String,
+        status: String,
+        test_accuracy: Option<f64>,
+        test_loss: Option<f64>,
+        error: Option<String>,
+    },
+    SweepFinished {
+        status: String,
+        best_trial_id: Option<String>,
+        best_test_accuracy: Option<f64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub sweep_id: String,
+    pub at: String,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRow {
+    pub id: String,
+    pub name: String,
+    pub dataset: String,
+    pub strategy: String,
+    pub varied: Vec<String>,
+    pub spec: serde_json::Value,
+    pub objective: String,
+    pub priority: i32,
+    pub max_parallel: u32,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRow {
+    pub id: String,
+    pub sweep_id: String,
+    pub index: u32,
+    pub params: TrialParams,
+    pub status: String,
+    pub device: String,
+    pub epochs_planned: u32,
+    pub worker: Option<String>,
+    pub generation: u64,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub parameter_count: Option<u64>,
+    pub train_examples: Option<u32>,
+    pub val_examples: Option<u32>,
+    pub test_examples: Option<u32>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub best_epoch: Option<u32>,
+    pub weights_path: Option<String>,
+    pub ran_on: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Latest recorded epoch, when any.
+    pub last_epoch: Option<EpochRow>,
+    pub epochs_done: u32,
+}
+
+/// A trial handed to a worker: the lease it now holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub trial_id: String,
+    pub sweep_id: String,
+    pub dataset: String,
+    pub generation: u64,
+    pub attempt: u32,
+    pub params: TrialParams,
+}
+
+/// Sent with the first epoch of an attempt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrialFacts {
+    pub parameter_count: u64,
+    pub train_examples: u32,
+    pub val_examples: u32,
+    pub test_examples: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrialResult {
+    /// succeeded, failed or pruned.
+    pub status: String,
+    pub error: Option<String>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub best_epoch: Option<u32>,
+    pub weights_path: Option<String>,
+    pub parameter_count: Option<u64>,
+}
+
+/// Why a worker's report was not taken.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReportError {
+    #[error("trial {0} does not exist")]
+    UnknownTrial(String),
+    #[error("stale lease: trial {trial} is at generation {current} ({status}), the report carries {given}")]
+    StaleLease {
+        trial: String,
+        current: u64,
+        given: u64,
+        status: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueCounts {
+    pub queued: u32,
+    pub running: u32,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn options(path: &Path) -> Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
+    t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
+    t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
+    (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_done,
+    e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
+    e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
+
+const TRIAL_FROM: &str = "FROM trials t LEFT JOIN epochs e ON e.trial_id = t.id
+    AND e.epoch = (SELECT MAX(epoch) FROM epochs WHERE trial_id = t.id)";
+
+fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
+    let params: String = r.get("params");
+    let last_epoch = match r.get::<Option<i64>, _>("l_epoch") {
+        Some(epoch) => Some(EpochRow {
+            epoch: epoch as u32,
+            train_loss: r.get("l_train_loss"),
+            train_accuracy: r.get("l_train_accuracy"),
+            val_loss: r.get("l_val_loss"),
+            val_accuracy: r.get("l_val_accuracy"),
+            seconds: r.get("l_seconds"),
+            images_per_second: r.get("l_ips"),
+        }),
+        None => None,
+    };
+    Ok(TrialRow {
+        id: r.get("id"),
+        sweep_id: r.get("sweep_id"),
+        index: r.get::<i64, _>("idx") as u32,
+        params: serde_json::from_str(&params).context("trial params in the store")?,
+        status: r.get("status"),
+        device: r.get("device"),
+        epochs_planned: r.get::<i64, _>("epochs_planned") as u32,
+        worker: r.get("worker"),
+        generation: r.get::<i64, _>("generation") as u64,
+        attempts: r.get::<i64, _>("attempts") as u32,
+        error: r.get("error"),
+        parameter_count: r.get::<Option<i64>, _>("parameter_count").map(|v| v as u64),
+        train_examples: r.get::<Option<i64>, _>("train_examples").map(|v| v as u32),
+        val_examples: r.get::<Option<i64>, _>("val_examples").map(|v| v as u32),
+        test_examples: r.get::<Option<i64>, _>("test_examples").map(|v| v as u32),
+        test_loss: r.get("test_loss"),
+        test_accuracy: r.get("test_accuracy"),
+        best_epoch: r.get::<Option<i64>, _>("best_epoch").map(|v| v as u32),
+        weights_path: r.get("weights_path"),
+        ran_on: r.get("ran_on"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+        last_epoch,
+        epochs_done: r.get::<i64, _>("epochs_done") as u32,
+    })
+}
+
+fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
+    let varied: String = r.get("varied");
+    let spec: String = r.get("spec");
+    Ok(SweepRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        dataset: r.get("dataset"),
+        strategy: r.get("strategy"),
+        varied: serde_json::from_str(&varied)?,
+        spec: serde_json::from_str(&spec)?,
+        objective: r.get("objective"),
+        priority: r.get::<i64, _>("priority") as i32,
+        max_parallel: r.get::<i64, _>("max_parallel") as u32,
+        status: r.get("status"),
+        created_at: r.get("created_at"),
+        finished_at: r.get("finished_at"),
+    })
+}
+
+async fn append_event(tx: &mut sqlx::SqliteConnection, sweep_id: &str, event: &Event) -> Result<StoredEvent> {
+    let at = now();
+    let payload = serde_json::to_string(event)?;
+    let id: i64 = sqlx::query_scalar("INSERT INTO events (sweep_id, at, payload) VALUES (?, ?, ?) RETURNING id")
+        .bind(sweep_id)
+        .bind(&at)
+        .bind(payload)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(StoredEvent {
+        id,
+        sweep_id: sweep_id.to_string(),
+        at,
+        event: event.clone(),
+    })
+}
+
+impl Store {
+    /// Opens (creating when missing) the database and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let opts = options(path).with_context(|| format!("database path {}", path.display()))?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .with_context(|| format!("migrating database {}", path.display()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    /// Opens an existing database for reading only (tests, diagnostics): never writes.
+    pub async fn open_read_only(path: &Path) -> Result<Store> {
+        let opts = options(path)?.create_if_missing(false).read_only(true);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
+        Ok(Store {
+            writer: reader.clone(),
+            reader,
+        })
+    }
+
+    /// Stores a validated sweep and queues its trials, in one transaction.
+    pub async fn insert_sweep(&self, id: &str, spec: &SweepSpec) -> Result<Vec<String>> {
+        let mut tx = self.writer.begin().await?;
+        let created = now();
+        let device = serde_json::to_value(spec.device)?.as_str().unwrap_or("auto").to_string();
+        sqlx::query(
+            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+        )
+        .bind(id)
+        .bind(&spec.name)
+        .bind(&spec.dataset)
+        .bind(&spec.request.strategy)
+        .bind(serde_json::to_string(&spec.varied)?)
+        .bind(serde_json::to_string(&spec.request)?)
+        .bind(serde_json::to_value(spec.objective)?.as_str().unwrap_or_default())
+        .bind(spec.priority)
+        .bind(spec.max_parallel as i64)
+        .bind(&device)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+        let seq0: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(queue_seq), 0) FROM trials")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut ids = Vec::with_capacity(spec.trials.len());
+        for (i, params) in spec.trials.iter().enumerate() {
+            let trial_id = format!("{id}-t{i}");
+            sqlx::query(
+                "INSERT INTO trials (id, sweep_id, idx, params, status, priority, queue_seq, device, epochs_planned)
+                 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            )
+            .bind(&trial_id)
+            .bind(id)
+            .bind(i as i64)
+            .bind(serde_json::to_string(params)?)
+            .bind(spec.priority)
+            .bind(seq0 + 1 + i as i64)
+            .bind(&device)
+            .bind(params.epochs as i64)
+            .execute(&mut *tx)
+            .await?;
+            ids.push(trial_id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn sweep(&self, id: &str) -> Result<Option<SweepRow>> {
+        let row = sqlx::query("SELECT * FROM sweeps WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sweep_from_row).transpose()
+    }
+
+    pub async fn sweeps(&self) -> Result<Vec<SweepRow>> {
+        let rows = sqlx::query("SELECT * FROM sweeps ORDER BY created_at DESC, id")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(sweep_from_row).collect()
+    }
+
+    /// Per sweep: (total trials, ended trials, best test accuracy).
+    pub async fn sweep_progress(&self) -> Result<Vec<(String, u32, u32, Option<f64>)>> {
+        let rows = sqlx::query(
+            "SELECT sweep_id, COUNT(*) AS total,
+                    SUM(status NOT IN ('queued', 'running')) AS done, MAX(test_accuracy) AS best
+             FROM trials GROUP BY sweep_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("sweep_id"),
+                    r.get::<i64, _>("total") as u32,
+                    r.get::<i64, _>("done") as u32,
+                    r.get("best"),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn trials_of(&self, sweep_id: &str) -> Result<Vec<TrialRow>> {
+        let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx");
+        let rows = sqlx::query(&sql).bind(sweep_id).fetch_all(&self.reader).await?;
+        rows.iter().map(trial_from_row).collect()
+    }
+
+    pub async fn trial(&self, id: &str) -> Result<Option<TrialRow>> {
+        let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.id = ?");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
+        row.as_ref().map(trial_from_row).transpose()
+    }
+
+    pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRow>> {
+        let rows = sqlx::query("SELECT * FROM epochs WHERE trial_id = ? ORDER BY epoch")
+            .bind(trial_id)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EpochRow {
+                epoch: r.get::<i64, _>("epoch") as u32,
+                train_loss: r.get("train_loss"),
+                train_accuracy: r.get("train_accuracy"),
+                val_loss: r.get("val_loss"),
+                val_accuracy: r.get("val_accuracy"),
+                seconds: r.get("seconds"),
+                images_per_second: r.get("images_per_second"),
+            })
+            .collect())
+    }
+
+    /// Epoch histories of every trial of a sweep, keyed by trial id.
+    pub async fn epochs_of_sweep(&self, sweep_id: &str) -> Result<std::collections::HashMap<String, Vec<EpochRow>>> {
+        let rows = sqlx::query(
+            "SELECT e.* FROM epochs e JOIN trials t ON t.id = e.trial_id WHERE t.sweep_id = ? ORDER BY e.trial_id, e.epoch",
+        )
+        .bind(sweep_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out: std::collections::HashMap<String, Vec<EpochRow>> = Default::default();
+        for r in &rows {
+            out.entry(r.get("trial_id")).or_default().push(EpochRow {
+                epoch: r.get::<i64, _>("epoch") as u32,
+                train_loss: r.get("train_loss"),
+                train_accuracy: r.get("train_accuracy"),
+                val_loss: r.get("val_loss"),
+                val_accuracy: r.get("val_accuracy"),
+                seconds: r.get("seconds"),
+                images_per_second: r.get("images_per_second"),
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn events_after(&self, sweep_id: &str, after_id: i64) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query("SELECT * FROM events WHERE sweep_id = ? AND id > ? ORDER BY id")
+            .bind(sweep_id)
+            .bind(after_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.get("payload");
+                Ok(StoredEvent {
+                    id: r.get("id"),
+                    sweep_id: r.get("sweep_id"),
+                    at: r.get("at"),
+                    event: serde_json::from_str(&payload)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let r = sqlx::query(
+            "SELECT COALESCE(SUM(status = 'queued'), 0) AS q, COALESCE(SUM(status = 'running'), 0) AS r FROM trials
+             WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(QueueCounts {
+            queued: r.get::<i64, _>("q") as u32,
+            running: r.get::<i64, _>("r") as u32,
+        })
+    }
+
+    /// Hands the next queued trial a worker may run to that worker: highest priority first,
+    /// FIFO within a priority, never more running trials of a sweep than its `maxParallel`.
+    /// `devices` lists the trial device requests this worker serves (e.g. auto and cpu).
+    pub async fn lease_next(&self, worker: &str, devices: &[&str], ran_on: &str) -> Result<Option<(Lease, StoredEvent)>> {
+        let mut tx = self.writer.begin().await?;
+        let placeholders = vec!["?"; devices.len()].join(", ");
+        let sql = format!(
+            "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+             WHERE t.status = 'queued' AND t.device IN ({placeholders})
+               AND (s.max_parallel = 0 OR
+                    (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') < s.max_parallel)
+             ORDER BY t.priority DESC, t.queue_seq LIMIT 1"
+        );
+        let mut q = sqlx::query(&sql);
+        for d in devices {
+            q = q.bind(*d);
+        }
+        let Some(row) = q.fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let trial_id: String = row.get("id");
+        let sweep_id: String = row.get("sweep_id");
+        let generation = row.get::<i64, _>("generation") as u64 + 1;
+        let attempt = row.get::<i64, _>("attempts") as u32 + 1;
+        let params: String = row.get("params");
+        let started = now();
+        sqlx::query(
+            "UPDATE trials SET status = 'running', worker = ?, generation = ?, attempts = ?, ran_on = ?,
+                    started_at = COALESCE(started_at, ?), error = NULL WHERE id = ?",
+        )
+        .bind(worker)
+        .bind(generation as i64)
+        .bind(attempt as i64)
+        .bind(ran_on)
+        .bind(&started)
+        .bind(&trial_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sweeps SET status = 'running' WHERE id = ? AND status = 'queued'")
+            .bind(&sweep_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = append_event(
+            &mut tx,
+            &sweep_id,
+            &Event::TrialStarted {
+                trial_id: trial_id.clone(),
+                worker: worker.to_string(),
+                attempt,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((
+            Lease {
+                trial_id,
+                sweep_id,
+                dataset: row.get("dataset"),
+                generation,
+                attempt,
+                params: serde_json::from_str(&params)?,
+            },
+            event,
+        )))
+    }
+
+    /// Checks that `generation` is the trial's live lease; returns (sweep id, status).
+    async fn check_lease(tx: &mut sqlx::SqliteConnection, trial_id: &str, generation: u64) -> Result<Result<(String, u32), ReportError>> {
+        let row = sqlx::query("SELECT sweep_id, status, generation, epochs_planned FROM trials WHERE id = ?")
+            .bind(trial_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Err(ReportError::UnknownTrial(trial_id.to_string())));
+        };
+        let current = row.get::<i64, _>("generation") as u64;
+        let status: String = row.get("status");
+        if current != generation || status != "running" {
+            return Ok(Err(ReportError::StaleLease {
+                trial: trial_id.to_string(),
+                current,
+                given: generation,
+                status,
+            }));
+        }
+        Ok(Ok((row.get("sweep_id"), row.get::<i64, _>("epochs_planned") as u32)))
+    }
+
+    /// Records one epoch of a leased trial. An epoch already recorded is replaced, never doubled.
+    pub async fn record_epoch(
+        &self,
+        trial_id: &str,
+        generation: u64,
+        epoch: &EpochRow,
+        facts: Option<&TrialFacts>,
+    ) -> Result<Result<StoredEvent, ReportError>> {
+        let mut tx = self.writer.begin().await?;
+        let (sweep_id, epochs_planned) = match Self::check_lease(&mut tx, trial_id, generation).await? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        sqlx::query(
+            "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
+               val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
+               images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at",
+        )
+        .bind(trial_id)
+        .bind(epoch.epoch as i64)
+        .bind(epoch.train_loss)
+        .bind(epoch.train_accuracy)
+        .bind(epoch.val_loss)
+        .bind(epoch.val_accuracy)
+        .bind(epoch.seconds)
+        .bind(epoch.images_per_second)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(f) = facts {
+            sqlx::query("UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ? WHERE id = ?")
+                .bind(f.parameter_count as i64)
+                .bind(f.train_examples as i64)
+                .bind(f.val_examples as i64)
+                .bind(f.test_examples as i64)
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let event = append_event(
+            &mut tx,
+            &sweep_id,
+            &Event::EpochFinished {
+                trial_id: trial_id.to_string(),
+                epochs_planned,
+                metrics: epoch.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(event))
+    }
+
+    /// Ends a leased trial with its result, and the sweep when that was its last open trial.
+    pub async fn finish_trial(&self, trial_id: &str, generation: u64, result: &TrialResult) -> Result<Result<Vec<StoredEvent>, ReportError>> {
+        let mut tx = self.writer.begin().await?;
+        let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        sqlx::query(
+            "UPDATE trials SET status = ?, error = ?, test_loss = ?, test_accuracy = ?, best_epoch = ?, weights_path = ?,
+                    parameter_count = COALESCE(?, parameter_count), finished_at = ? WHERE id = ?",
+        )
+        .bind(&result.status)
+        .bind(&result.error)
+        .bind(result.test_loss)
+        .bind(result.test_accuracy)
+        .bind(result.best_epoch.map(|v| v as i64))
+        .bind(&result.weights_path)
+        .bind(result.parameter_count.map(|v| v as i64))
+        .bind(now())
+        .bind(trial_id)
+        .execute(&mut *tx)
+        .await?;
+        let mut events = vec![
+            append_event(
+                &mut tx,
+                &sweep_id,
+                &Event::TrialFinished {
+                    trial_id: trial_id.to_string(),
+                    status: result.status.clone(),
+                    test_accuracy: result.test_accuracy,
+                    test_loss: result.test_loss,
+                    error: result.error.clone(),
+                },
+            )
+            .await?,
+        ];
+        events.extend(Self::maybe_finish_sweep(&mut tx, &sweep_id).await?);
+        tx.commit().await?;
+        Ok(Ok(events))
+    }
+
+    /// A worker lost its trial (process died, lease expired): queue it again while attempts
+    /// remain, else fail it with `reason`. Returns the events written.
+    pub async fn release_trial(&self, trial_id: &str, generation: u64, reason: &str, max_attempts: u32) -> Result<Vec<StoredEvent>> {
+        let mut tx = self.writer.begin().await?;
+        let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
+            Ok(v) => v,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM trials WHERE id = ?")
+            .bind(trial_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut events = Vec::new();
+        if (attempts as u32) < max_attempts {
+            sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, error = ? WHERE id = ?")
+                .bind(format!("attempt {attempts}: {reason}"))
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let error = format!("{reason} (attempt {attempts} of {max_attempts})");
+            sqlx::query("UPDATE trials SET status = 'failed', error = ?, finished_at = ? WHERE id = ?")
+                .bind(&error)
+                .bind(now())
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+            events.push(
+                append_event(
+                    &mut tx,
+                    &sweep_id,
+                    &Event::TrialFinished {
+                        trial_id: trial_id.to_string(),
+                        status: "failed".into(),
+                        test_accuracy: None,
+                        test_loss: None,
+                        error: Some(error),
+                    },
+                )
+                .await?,
+            );
+            events.extend(Self::maybe_finish_sweep(&mut tx, &sweep_id).await?);
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    /// Cancels every open trial of a sweep. Returns the ids of trials that were running (their
+    /// workers must be stopped), the number cancelled, and the events written.
+    pub async fn cancel_sweep(&self, sweep_id: &str) -> Result<(Vec<(String, Option<String>)>, u32, Vec<StoredEvent>)> {
+        let mut tx = self.writer.begin().await?;
+        let running: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT id, worker FROM trials WHERE sweep_id = ? AND status = 'running'")
+                .bind(sweep_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let ended = now();
+        let n = sqlx::query(
+            "UPDATE trials SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'
+             WHERE sweep_id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(&ended)
+        .bind(sweep_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as u32;
+        let mut events = Vec::new();
+        if n > 0 {
+            sqlx::query("UPDATE sweeps SET status = 'cancelled', finished_at = ? WHERE id = ?")
+                .bind(&ended)
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            events.push(
+                append_event(
+                    &mut tx,
+                    sweep_id,
+                    &Event::SweepFinished {
+                        status: "cancelled".into(),
+                        best_trial_id: None,
+                        best_test_accuracy: None,
+                    },
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok((running, n, events))
+    }
+
+    /// Marks the sweep finished when none of its trials is queued or running.
+    async fn maybe_finish_sweep(tx: &mut sqlx::SqliteConnection, sweep_id: &str) -> Result<Vec<StoredEvent>> {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')")
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if open > 0 {
+            return Ok(Vec::new());
+        }
+        let status: String = sqlx::query_scalar("SELECT status FROM sweeps WHERE id = ?")
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if status == "finished" || status == "cancelled" {
+            return Ok(Vec::new());
+        }
+        sqlx::query("UPDATE sweeps SET status = 'finished', finished_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+        let best: Option<(String, f64)> = sqlx::query_as(
+            "SELECT id, test_accuracy FROM trials WHERE sweep_id = ? AND test_accuracy IS NOT NULL
+             ORDER BY test_accuracy DESC, idx LIMIT 1",
+        )
+        .bind(sweep_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let event = append_event(
+            tx,
+            sweep_id,
+            &Event::SweepFinished {
+                status: "finished".into(),
+                best_trial_id: best.as_ref().map(|b| b.0.clone()),
+                best_test_accuracy: best.map(|b| b.1),
+            },
+        )
+        .await?;
+        Ok(vec![event])
+    }
+
+    /// Trials left `running` by a previous daemon process: their workers died with it.
+    pub async fn orphaned_leases(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT id, generation FROM trials WHERE status = 'running'")
+            .fetch_all(&self.writer)
+            .await?;
+        Ok(rows.into_iter().map(|(id, g)| (id, g as u64)).collect())
+    }
+
+    /// Counts of rows per table, for tests and diagnostics.
+    pub async fn table_counts(&self) -> Result<(i64, i64, i64, i64)> {
+        let r = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM sweeps) AS s, (SELECT COUNT(*) FROM trials) AS t,
+                    (SELECT COUNT(*) FROM epochs) AS e, (SELECT COUNT(*) FROM events) AS v",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((r.get("s"), r.get("t"), r.get("e"), r.get("v")))
+    }
+}

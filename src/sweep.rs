@@ -1,0 +1,710 @@
+//! The validated sweep: one request type converted from JSON once, checked, and expanded into
+//! the concrete hyperparameters of every trial. This is where the control plane (api,
+//! scheduler, store) and the training side (worker, train, model) meet: both speak
+//! [`TrialParams`]. Pure logic: no I/O, no libtorch, no database.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A refused request: which field, and why. The api turns it into `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What the control plane needs to know about a data set without reading it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DatasetInfo {
+    pub name: &'static str,
+    /// Folder under the data directory that holds its files.
+    pub folder: &'static str,
+    pub input_size: u32,
+    pub channels: u32,
+    pub classes: u32,
+    pub train_examples: u32,
+    pub test_examples: u32,
+}
+
+pub const DATASETS: &[DatasetInfo] = &[
+    DatasetInfo {
+        name: "mnist",
+        folder: "mnist",
+        input_size: 28,
+        channels: 1,
+        classes: 10,
+        train_examples: 60_000,
+        test_examples: 10_000,
+    },
+    DatasetInfo {
+        name: "fashion_mnist",
+        folder: "fashion-mnist",
+        input_size: 28,
+        channels: 1,
+        classes: 10,
+        train_examples: 60_000,
+        test_examples: 10_000,
+    },
+];
+
+pub fn dataset_info(name: &str) -> Option<&'static DatasetInfo> {
+    DATASETS.iter().find(|d| d.name == name)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// flatten -> linear(units) -> activation -> dropout -> linear(classes)
+    Dense,
+    /// global average pooling -> dropout -> linear(classes)
+    Gap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    LeakyRelu,
+    Elu,
+    Gelu,
+    Tanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    Adam,
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// One logit per class, cross-entropy.
+    Softmax,
+    /// Two classes only: one logit, binary cross-entropy, threshold 0.5.
+    Sigmoid,
+}
+
+/// Every hyperparameter of one trial. Names in JSON are the public names of `space` and
+/// `fixed` (DESIGN.md section 4). Defaults are the seed notebook's model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TrialParams {
+    pub kernel_size: u32,
+    pub base_filters: u32,
+    pub blocks: u32,
+    pub head: Head,
+    pub units: u32,
+    pub dropout: f64,
+    pub batch_norm: bool,
+    pub activation: Activation,
+    pub optimizer: Optimizer,
+    pub learning_rate: f64,
+    /// SGD momentum (ignored by Adam).
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub batch_size: u32,
+    pub epochs: u32,
+    /// Side of the square model input; 0 means the data set's own size.
+    pub input_size: u32,
+    pub output: Output,
+    /// Augmentation (Keras ImageDataGenerator semantics), applied to training batches only.
+    pub rotation_range: f64,
+    pub width_shift: f64,
+    pub height_shift: f64,
+    pub zoom: f64,
+    pub horizontal_flip: bool,
+    pub seed: u64,
+    /// Cap on training examples (0: all); validation is carved from these.
+    pub train_limit: u32,
+    /// Cap on test examples (0: all).
+    pub test_limit: u32,
+    /// Share of the training examples held out for validation, drawn with the seed.
+    pub val_fraction: f64,
+}
+
+impl Default for TrialParams {
+    fn default() -> Self {
+        TrialParams {
+            kernel_size: 3,
+            base_filters: 32,
+            blocks: 2,
+            head: Head::Dense,
+            units: 128,
+            dropout: 0.5,
+            batch_norm: true,
+            activation: Activation::Relu,
+            optimizer: Optimizer::Adam,
+            learning_rate: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            batch_size: 64,
+            epochs: 3,
+            input_size: 0,
+            output: Output::Softmax,
+            rotation_range: 0.0,
+            width_shift: 0.0,
+            height_shift: 0.0,
+            zoom: 0.0,
+            horizontal_flip: false,
+            seed: 0,
+            train_limit: 0,
+            test_limit: 0,
+            val_fraction: 0.1,
+        }
+    }
+}
+
+/// The public hyperparameter names, in the order tables show them.
+pub fn hyperparameter_names() -> Vec<String> {
+    match serde_json::to_value(TrialParams::default()) {
+        Ok(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl TrialParams {
+    /// The input side the model sees for a data set.
+    pub fn effective_input_size(&self, dataset: &DatasetInfo) -> u32 {
+        if self.input_size == 0 {
+            dataset.input_size
+        } else {
+            self.input_size
+        }
+    }
+
+    /// Checks one complete configuration: ranges, and that the model can be built on the
+    /// data set (every block has a feature map at least as large as the kernel and at least
+    /// 2x2 to pool). Errors name the hyperparameter.
+    pub fn validate(&self, dataset: &DatasetInfo) -> Result<(), SpecError> {
+        let p = self;
+        if p.kernel_size == 0 || p.kernel_size % 2 == 0 {
+            return Err(err(
+                "kernelSize",
+                format!(
+                    "{} is not a positive odd number (same padding needs an odd kernel)",
+                    p.kernel_size
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&p.base_filters) {
+            return Err(err("baseFilters", format!("{} is outside 1..=1024", p.base_filters)));
+        }
+        if !(1..=10).contains(&p.blocks) {
+            return Err(err("blocks", format!("{} is outside 1..=10", p.blocks)));
+        }
+        if !(1..=65_536).contains(&p.units) {
+            return Err(err("units", format!("{} is outside 1..=65536", p.units)));
+        }
+        if !(p.dropout >= 0.0 && p.dropout < 1.0) {
+            return Err(err("dropout", format!("{} is outside [0, 1)", p.dropout)));
+        }
+        if !(p.learning_rate.is_finite() && p.learning_rate > 0.0) {
+            return Err(err("learningRate", format!("{} is not a positive number", p.learning_rate)));
+        }
+        if p.learning_rate > 100.0 {
+            return Err(err("learningRate", format!("{} is absurdly large (max 100)", p.learning_rate)));
+        }
+        if !(p.momentum >= 0.0 && p.momentum < 1.0) {
+            return Err(err("momentum", format!("{} is outside [0, 1)", p.momentum)));
+        }
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            return Err(err("weightDecay", format!("{} is negative or not a number", p.weight_decay)));
+        }
+        if p.batch_size == 0 || p.batch_size > 65_536 {
+            return Err(err("batchSize", format!("{} is outside 1..=65536", p.batch_size)));
+        }
+        if p.epochs == 0 || p.epochs > 1000 {
+            return Err(err("epochs", format!("{} is outside 1..=1000", p.epochs)));
+        }
+        if p.input_size != 0 && !(4..=1024).contains(&p.input_size) {
+            return Err(err("inputSize", format!("{} is outside 4..=1024 (0 keeps the data set's size)", p.input_size)));
+        }
+        if !(p.val_fraction > 0.0 && p.val_fraction <= 0.5) {
+            return Err(err("valFraction", format!("{} is outside (0, 0.5]", p.val_fraction)));
+        }
+        if !(0.0..=180.0).contains(&p.rotation_range) {
+            return Err(err("rotationRange", format!("{} degrees is outside 0..=180", p.rotation_range)));
+        }
+        for (name, v) in [("widthShift", p.width_shift), ("heightShift", p.height_shift), ("zoom", p.zoom)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(err(name, format!("{v} is outside [0, 1)")));
+            }
+        }
+        if p.output == Output::Sigmoid && dataset.classes != 2 {
+            return Err(err(
+                "output",
+                format!("sigmoid needs a two-class data set; {} has {} classes", dataset.name, dataset.classes),
+            ));
+        }
+        if p.train_limit != 0 {
+            let val = (p.train_limit as f64 * p.val_fraction).floor() as u32;
+            if val == 0 || p.train_limit - val == 0 {
+                return Err(err(
+                    "trainLimit",
+                    format!("{} leaves no validation or no training example with valFraction {}", p.train_limit, p.val_fraction),
+                ));
+            }
+        }
+        let input = self.effective_input_size(dataset);
+        let mut side = input;
+        for block in 1..=p.blocks {
+            if p.kernel_size > side {
+                return Err(err(
+                    "kernelSize",
+                    format!("{} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})", p.kernel_size),
+                ));
+            }
+            if side < 2 {
+                return Err(err(
+                    "blocks",
+                    format!("{} pooling blocks need an input of at least {}x{0}; the input is {input}x{input}", p.blocks, 1u64 << p.blocks),
+                ));
+            }
+            side /= 2;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Grid,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    ValAccuracy,
+    ValLoss,
+}
+
+impl Objective {
+    /// True when `a` is a better objective value than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Objective::ValAccuracy => a > b,
+            Objective::ValLoss => a < b,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// A sweep request as it arrives, before validation: top-level fields typed, `space` and
+/// `fixed` as JSON objects (hyperparameter name -> list of values / value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SweepRequest {
+    pub name: String,
+    pub dataset: String,
+    pub space: Map<String, Value>,
+    pub fixed: Map<String, Value>,
+    pub strategy: String,
+    pub num_trials: u32,
+    pub max_parallel: u32,
+    pub seed: u64,
+    pub priority: i32,
+    pub early_stopping: String,
+    pub objective: String,
+    pub repeats: u32,
+    pub device: String,
+}
+
+/// A validated sweep, ready to be stored: every trial's full hyperparameters, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepSpec {
+    pub name: String,
+    pub dataset: String,
+    pub strategy: Strategy,
+    /// Names of the varied hyperparameters (the keys of `space`, sorted).
+    pub varied: Vec<String>,
+    pub trials: Vec<TrialParams>,
+    pub max_parallel: u32,
+    pub seed: u64,
+    pub priority: i32,
+    pub objective: Objective,
+    pub repeats: u32,
+    pub device: DeviceRequest,
+    /// The request, normalised, as stored for the record.
+    pub request: SweepRequest,
+}
+
+/// Limits the daemon applies to every sweep.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepLimits {
+    pub max_trials: u32,
+}
+
+impl Default for SweepLimits {
+    fn default() -> Self {
+        SweepLimits { max_trials: 10_000 }
+    }
+}
+
+fn parse_choice<T: for<'de> Deserialize<'de>>(field: &str, value: &str, default: &str, allowed: &str) -> Result<T, SpecError> {
+    let v = if value.is_empty() { default } else { value };
+    serde_json::from_value(Value::String(v.to_string()))
+        .map_err(|_| err(field, format!("'{v}' is not one of {allowed}")))
+}
+
+/// Checks one hyperparameter value on its own (type and enum spelling) by decoding it into
+/// an otherwise default [`TrialParams`]. `field` is the path used in the error.
+fn check_value(name: &str, value: &Value, field: &str) -> Result<(), SpecError> {
+    let mut obj = Map::new();
+    obj.insert(name.to_string(), value.clone());
+    serde_json::from_value::<TrialParams>(Value::Object(obj)).map(|_| ()).map_err(|e| {
+        let msg = e.to_string();
+        // serde appends " at line 1 column N"; it means nothing to a caller.
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        err(field, msg)
+    })
+}
+
+fn describe(params: &Map<String, Value>) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SweepRequest {
+    /// Validates the request and expands it into trials. Nothing here touches storage, so a
+    /// refused request leaves no trace.
+    pub fn validate(&self, limits: SweepLimits) -> Result<SweepSpec, SpecError> {
+        let name = self.name.trim();
+        if name.chars().count() > 200 {
+            return Err(err("name", "longer than 200 characters"));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(err("name", "contains control characters"));
+        }
+        if self.dataset.is_empty() {
+            return Err(err("dataset", "missing; one of mnist, fashion_mnist"));
+        }
+        let dataset = dataset_info(&self.dataset).ok_or_else(|| {
+            let known: Vec<_> = DATASETS.iter().map(|d| d.name).collect();
+            err("dataset", format!("unknown data set '{}'; known: {}", self.dataset, known.join(", ")))
+        })?;
+        let strategy: Strategy = parse_choice("strategy", &self.strategy, "grid", "grid, random")?;
+        let objective: Objective = parse_choice("objective", &self.objective, "val_accuracy", "val_accuracy, val_loss")?;
+        let device: DeviceRequest = parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
+        match self.early_stopping.as_str() {
+            "" | "none" => {}
+            "median" | "asha" => {
+                return Err(err(
+                    "earlyStopping",
+                    format!("'{}' is not available in this version; use none", self.early_stopping),
+                ))
+            }
+            other => return Err(err("earlyStopping", format!("'{other}' is not one of none, median, asha"))),
+        }
+        let repeats = if self.repeats == 0 { 1 } else { self.repeats };
+        if repeats > 100 {
+            return Err(err("repeats", format!("{repeats} is more than 100")));
+        }
+
+        let known = hyperparameter_names();
+        let unknown = |section: &str, k: &str| {
+            err(
+                format!("{section}.{k}"),
+                format!("unknown hyperparameter; known: {}", known.join(", ")),
+            )
+        };
+        for (k, v) in &self.fixed {
+            if !known.contains(k) {
+                return Err(unknown("fixed", k));
+            }
+            if self.space.contains_key(k) {
+                return Err(err(format!("fixed.{k}"), "also varied in space; give it in one place only"));
+            }
+            check_value(k, v, &format!("fixed.{k}"))?;
+        }
+        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut grid_size: u64 = 1;
+        for (k, v) in &self.space {
+            if !known.contains(k) {
+                return Err(unknown("space", k));
+            }
+            let values = match v {
+                Value::Array(values) => values.clone(),
+                _ => return Err(err(format!("space.{k}"), "must be a list of values, e.g. [3, 5]")),
+            };
+            if values.is_empty() {
+                return Err(err(format!("space.{k}"), "empty list; give at least one value"));
+            }
+            for (i, value) in values.iter().enumerate() {
+                check_value(k, value, &format!("space.{k}[{i}]"))?;
+            }
+            grid_size = grid_size.saturating_mul(values.len() as u64);
+            axes.push((k.clone(), values));
+        }
+        let varied: Vec<String> = axes.iter().map(|(k, _)| k.clone()).collect();
+
+        let configs_wanted: u64 = match strategy {
+            Strategy::Grid => {
+                if self.num_trials != 0 {
+                    return Err(err("numTrials", "only used by the random strategy; grid runs every combination"));
+                }
+                grid_size
+            }
+            Strategy::Random => {
+                if self.num_trials == 0 {
+                    return Err(err("numTrials", "required by the random strategy (how many configurations to draw)"));
+                }
+                if self.num_trials as u64 > grid_size {
+                    return Err(err(
+                        "numTrials",
+                        format!("{} is more than the {grid_size} distinct configurations of space; use repeats to run one more than once", self.num_trials),
+                    ));
+                }
+                self.num_trials as u64
+            }
+        };
+        let total = configs_wanted.saturating_mul(repeats as u64);
+        if total > limits.max_trials as u64 {
+            return Err(err(
+                "space",
+                format!("{total} trials ({configs_wanted} configurations x {repeats} repeats) exceed this daemon's limit of {}", limits.max_trials),
+            ));
+        }
+
+        // Grid order: the first axis (alphabetical) varies slowest.
+        let mut choices: Vec<Vec<usize>> = Vec::with_capacity(grid_size as usize);
+        let mut idx = vec![0usize; axes.len()];
+        for _ in 0..grid_size {
+            choices.push(idx.clone());
+            for a in (0..axes.len()).rev() {
+                idx[a] += 1;
+                if idx[a] < axes[a].1.len() {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+        if strategy == Strategy::Random {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            choices.shuffle(&mut rng);
+            choices.truncate(configs_wanted as usize);
+        }
+
+        let mut trials = Vec::with_capacity(total as usize);
+        for (n, choice) in choices.iter().enumerate() {
+            let mut obj = self.fixed.clone();
+            for (a, &i) in choice.iter().enumerate() {
+                obj.insert(axes[a].0.clone(), axes[a].1[i].clone());
+            }
+            let seed_given = obj.contains_key("seed");
+            let chosen: Map<String, Value> = axes
+                .iter()
+                .zip(choice)
+                .map(|((k, vals), &i)| (k.clone(), vals[i].clone()))
+                .collect();
+            let mut params: TrialParams = serde_json::from_value(Value::Object(obj))
+                .map_err(|e| err("space", format!("configuration #{n}: {e}")))?;
+            if !seed_given {
+                params.seed = self.seed;
+            }
+            params.validate(dataset).map_err(|e| {
+                if varied.is_empty() {
+                    err(format!("fixed.{}", e.field), e.reason)
+                } else {
+                    err(e.field.clone(), format!("{} (configuration {})", e.reason, describe(&chosen)))
+                }
+            })?;
+            for r in 0..repeats {
+                let mut p = params.clone();
+                p.seed = params.seed.wrapping_add(r as u64);
+                trials.push(p);
+            }
+        }
+
+        let mut request = self.clone();
+        request.name = if name.is_empty() {
+            format!("{}-{}", dataset.name, strategy_name(strategy))
+        } else {
+            name.to_string()
+        };
+        request.strategy = strategy_name(strategy).to_string();
+        request.repeats = repeats;
+        Ok(SweepSpec {
+            name: request.name.clone(),
+            dataset: dataset.name.to_string(),
+            strategy,
+            varied,
+            trials,
+            max_parallel: self.max_parallel,
+            seed: self.seed,
+            priority: self.priority,
+            objective,
+            repeats,
+            device,
+            request,
+        })
+    }
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Grid => "grid",
+        Strategy::Random => "random",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(v: Value) -> SweepRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn design_example() -> SweepRequest {
+        request(json!({"name": "mnist-heads", "dataset": "mnist",
+            "space": {"kernelSize": [3, 5], "dropout": [0, 0.25, 0.5], "head": ["gap", "dense"]},
+            "fixed": {"epochs": 3, "batchSize": 64, "learningRate": 0.001},
+            "strategy": "grid", "maxParallel": 2, "seed": 7}))
+    }
+
+    #[test]
+    fn grid_expands_the_cartesian_product_in_a_stable_order() {
+        let spec = design_example().validate(SweepLimits::default()).unwrap();
+        assert_eq!(spec.trials.len(), 12);
+        assert_eq!(spec.varied, vec!["dropout", "head", "kernelSize"]);
+        // The last axis varies fastest.
+        assert_eq!(spec.trials[0].dropout, 0.0);
+        assert_eq!(spec.trials[0].head, Head::Gap);
+        assert_eq!(spec.trials[0].kernel_size, 3);
+        assert_eq!(spec.trials[1].kernel_size, 5);
+        assert_eq!(spec.trials[2].head, Head::Dense);
+        assert_eq!(spec.trials[11].dropout, 0.5);
+        // Fixed values and the sweep seed reach every trial.
+        assert!(spec.trials.iter().all(|t| t.epochs == 3 && t.batch_size == 64 && t.seed == 7));
+        let mut seen = std::collections::HashSet::new();
+        for t in &spec.trials {
+            assert!(seen.insert(serde_json::to_string(t).unwrap()), "duplicate configuration");
+        }
+    }
+
+    #[test]
+    fn random_draws_distinct_configurations_reproducibly() {
+        let mut r = design_example();
+        r.strategy = "random".into();
+        r.num_trials = 5;
+        let a = r.validate(SweepLimits::default()).unwrap();
+        let b = r.validate(SweepLimits::default()).unwrap();
+        assert_eq!(a.trials, b.trials);
+        assert_eq!(a.trials.len(), 5);
+        r.seed = 8;
+        let c = r.validate(SweepLimits::default()).unwrap();
+        let kinds = |s: &SweepSpec| s.trials.iter().map(|t| (t.kernel_size, t.head, (t.dropout * 100.0) as i32)).collect::<Vec<_>>();
+        assert_ne!(kinds(&a), kinds(&c), "another seed draws another sequence");
+    }
+
+    #[test]
+    fn repeats_give_each_configuration_consecutive_seeds() {
+        let mut r = design_example();
+        r.space = json!({"head": ["gap", "dense"]}).as_object().unwrap().clone();
+        r.repeats = 3;
+        let s = r.validate(SweepLimits::default()).unwrap();
+        let seeds: Vec<_> = s.trials.iter().map(|t| t.seed).collect();
+        assert_eq!(seeds, vec![7, 8, 9, 7, 8, 9]);
+    }
+
+    fn refused(v: Value) -> SpecError {
+        request(v).validate(SweepLimits { max_trials: 50 }).unwrap_err()
+    }
+
+    #[test]
+    fn invalid_requests_name_the_field() {
+        let cases = [
+            (json!({"dataset": "imagenet"}), "dataset"),
+            (json!({}), "dataset"),
+            (json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}), "space.kernelSiz"),
+            (json!({"dataset": "mnist", "fixed": {"colour": 1}}), "fixed.colour"),
+            (json!({"dataset": "mnist", "space": {"kernelSize": []}}), "space.kernelSize"),
+            (json!({"dataset": "mnist", "space": {"kernelSize": 3}}), "space.kernelSize"),
+            (json!({"dataset": "mnist", "space": {"dropout": [0.1, 1.0]}}), "dropout"),
+            (json!({"dataset": "mnist", "fixed": {"dropout": -0.1}}), "fixed.dropout"),
+            (json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}), "kernelSize"),
+            (json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}), "fixed.kernelSize"),
+            (json!({"dataset": "mnist", "fixed": {"blocks": 5}}), "fixed.blocks"),
+            (json!({"dataset": "mnist", "fixed": {"blocks": 3, "kernelSize": 5}}), "fixed.kernelSize"),
+            (json!({"dataset": "mnist", "fixed": {"batchSize": 0}}), "fixed.batchSize"),
+            (json!({"dataset": "mnist", "fixed": {"batchSize": -4}}), "fixed.batchSize"),
+            (json!({"dataset": "mnist", "fixed": {"learningRate": 0}}), "fixed.learningRate"),
+            (json!({"dataset": "mnist", "fixed": {"learningRate": -0.1}}), "fixed.learningRate"),
+            (json!({"dataset": "mnist", "fixed": {"head": "conv"}}), "fixed.head"),
+            (json!({"dataset": "mnist", "space": {"head": ["gap", 3]}}), "space.head[1]"),
+            (json!({"dataset": "mnist", "fixed": {"output": "sigmoid"}}), "fixed.output"),
+            (json!({"dataset": "mnist", "strategy": "bayes"}), "strategy"),
+            (json!({"dataset": "mnist", "strategy": "random"}), "numTrials"),
+            (json!({"dataset": "mnist", "objective": "f1"}), "objective"),
+            (json!({"dataset": "mnist", "device": "tpu"}), "device"),
+            (json!({"dataset": "mnist", "space": {"epochs": [1]}, "fixed": {"epochs": 2}}), "fixed.epochs"),
+            (json!({"dataset": "mnist", "space": {"units": [1,2,3,4,5,6,7,8], "baseFilters": [1,2,3,4,5,6,7,8]}}), "space"),
+        ];
+        for (body, field) in cases {
+            let e = refused(body.clone());
+            assert_eq!(e.field, field, "{body} gave {e}");
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn feature_map_limits_follow_the_input_size() {
+        let p = TrialParams {
+            blocks: 4,
+            ..TrialParams::default()
+        };
+        // 28 -> 14 -> 7 -> 3 -> 1: four pools fit, the kernel 3 still fits the 3x3 map.
+        assert!(p.validate(&DATASETS[0]).is_ok());
+        let p = TrialParams { blocks: 5, ..p };
+        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "kernelSize");
+        let p = TrialParams {
+            blocks: 5,
+            kernel_size: 1,
+            ..TrialParams::default()
+        };
+        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "blocks");
+        let p = TrialParams {
+            blocks: 5,
+            kernel_size: 1,
+            input_size: 64,
+            ..TrialParams::default()
+        };
+        assert!(p.validate(&DATASETS[0]).is_ok());
+    }
+
+    #[test]
+    fn every_public_name_round_trips() {
+        let names = hyperparameter_names();
+        for n in ["kernelSize", "baseFilters", "blocks", "head", "units", "dropout", "batchNorm", "activation", "optimizer", "learningRate", "batchSize", "epochs", "trainLimit", "testLimit", "seed", "inputSize", "rotationRange"] {
+            assert!(names.contains(&n.to_string()), "{n} missing");
+        }
+    }
+}

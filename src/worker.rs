@@ -1,0 +1,251 @@
+//! The worker process: connects to the daemon over the worker protocol, leases one trial at
+//! a time, trains it (data -> model -> train loop, libtorch), reports every epoch (the answer
+//! says whether to go on) and the outcome. One process per slot, with its own thread budget
+//! and CUDA device, so a libtorch crash or an out-of-memory takes down one trial, not the
+//! daemon. Data sets are decoded once per process and cached.
+//!
+//! Must not touch: the store, the scheduler or charts (it only speaks the protocol).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tonic::transport::Channel;
+
+use crate::proto::worker_hub_client::WorkerHubClient;
+use crate::proto::{FinishTrialRequest, LeaseRequest, LeaseResponse, RegisterRequest, ReportEpochRequest};
+use crate::sweep::{dataset_info, Output, TrialParams};
+use crate::{data, train};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// URL of the daemon's gRPC endpoint.
+    #[arg(long)]
+    pub daemon: String,
+    #[arg(long)]
+    pub worker_id: String,
+    /// Intra-op threads for libtorch.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// "cpu" or "cuda:N" (the daemon sets CUDA_VISIBLE_DEVICES so N is seen as device 0).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// What libtorch sees on this machine; printed as JSON by `cnnd worker --probe`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    pub libtorch_version: String,
+    pub cuda_devices: Vec<ProbedGpu>,
+    pub cudnn: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbedGpu {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+/// Asks libtorch for its CUDA devices; names and memory come from nvidia-smi when present.
+pub fn probe() -> Probe {
+    let count = tch::Cuda::device_count().max(0) as u32;
+    let mut gpus: Vec<ProbedGpu> = (0..count)
+        .map(|index| ProbedGpu {
+            index,
+            name: format!("CUDA device {index}"),
+            memory_bytes: 0,
+        })
+        .collect();
+    if count > 0 {
+        if let Ok(out) = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"])
+            .output()
+        {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let f: Vec<&str> = line.split(',').map(str::trim).collect();
+                if let [i, name, mib] = f[..] {
+                    if let (Ok(i), Ok(mib)) = (i.parse::<usize>(), mib.parse::<u64>()) {
+                        if let Some(g) = gpus.get_mut(i) {
+                            g.name = name.to_string();
+                            g.memory_bytes = mib * 1024 * 1024;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Probe {
+        libtorch_version: crate::config::LIBTORCH_VERSION.to_string(),
+        cuda_devices: gpus,
+        cudnn: tch::Cuda::cudnn_is_available(),
+    }
+}
+
+async fn connect(url: &str) -> Result<WorkerHubClient<Channel>> {
+    let mut last = None;
+    for _ in 0..50 {
+        match WorkerHubClient::connect(url.to_string()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(anyhow::anyhow!("cannot reach the daemon at {url}: {:?}", last))
+}
+
+/// The worker's main loop. Returns when the daemon is gone.
+pub async fn run(args: WorkerArgs) -> Result<()> {
+    tch::set_num_threads(args.threads as i32);
+    tch::set_num_interop_threads(1);
+    let device = if args.device.starts_with("cuda") {
+        tch::Device::Cuda(0)
+    } else {
+        tch::Device::Cpu
+    };
+    let mut client = connect(&args.daemon).await?;
+    client
+        .register(RegisterRequest {
+            worker_id: args.worker_id.clone(),
+            pid: std::process::id(),
+            device: args.device.clone(),
+            threads: args.threads,
+            libtorch_version: crate::config::LIBTORCH_VERSION.to_string(),
+            cuda_devices: tch::Cuda::device_count().max(0) as u32,
+            cudnn: tch::Cuda::cudnn_is_available(),
+        })
+        .await
+        .context("registering with the daemon")?;
+    let cache = std::sync::Arc::new(data::DataCache::default());
+    let mut failures = 0;
+    loop {
+        let lease = match client
+            .lease(LeaseRequest {
+                worker_id: args.worker_id.clone(),
+            })
+            .await
+        {
+            Ok(r) => {
+                failures = 0;
+                r.into_inner()
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= 5 {
+                    anyhow::bail!("lost the daemon at {}: {}", args.daemon, e.message());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if lease.trial_id.is_empty() {
+            continue;
+        }
+        let handle = tokio::runtime::Handle::current();
+        let worker_id = args.worker_id.clone();
+        let reporter = client.clone();
+        let cache = cache.clone();
+        let trial_id = lease.trial_id.clone();
+        let generation = lease.generation;
+        let finish = tokio::task::spawn_blocking(move || run_lease(&lease, &worker_id, reporter, handle, &cache, device))
+            .await
+            .unwrap_or_else(|e| failed(format!("the trial panicked: {e}")));
+        let finish = FinishTrialRequest {
+            worker_id: args.worker_id.clone(),
+            trial_id,
+            generation,
+            ..finish
+        };
+        if let Err(e) = client.finish_trial(finish).await {
+            // A refused finish means the lease moved on (cancelled); nothing to keep.
+            tracing::warn!(worker = args.worker_id, "finish not taken: {}", e.message());
+        }
+    }
+}
+
+fn failed(error: String) -> FinishTrialRequest {
+    FinishTrialRequest {
+        status: "failed".into(),
+        error,
+        ..Default::default()
+    }
+}
+
+/// Trains one leased trial; blocking (runs on a blocking thread).
+fn run_lease(
+    lease: &LeaseResponse,
+    worker_id: &str,
+    mut client: WorkerHubClient<Channel>,
+    handle: tokio::runtime::Handle,
+    cache: &data::DataCache,
+    device: tch::Device,
+) -> FinishTrialRequest {
+    let params: TrialParams = match serde_json::from_str(&lease.params_json) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("trial parameters unreadable: {e}")),
+    };
+    let Some(info) = dataset_info(&lease.dataset) else {
+        return failed(format!("unknown data set '{}'", lease.dataset));
+    };
+    let data_dir = if lease.data_dir.is_empty() {
+        std::env::var_os("CNND_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
+    } else {
+        PathBuf::from(&lease.data_dir)
+    };
+    let dataset = match cache.get(info, &data_dir) {
+        Ok(d) => d,
+        Err(e) => return failed(format!("data: {e:#}")),
+    };
+    let prepared = data::prepare(&dataset, &params);
+    let weights_path = PathBuf::from(&lease.weights_path);
+    if let Some(dir) = weights_path.parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return failed(format!("cannot create {}: {e}", dir.display()));
+        }
+    }
+    let classes = if params.output == Output::Sigmoid { 1 } else { info.classes as i64 };
+    let mut first = true;
+    let mut on_epoch = |r: &train::EpochReport, facts: &train::TrialInfo| -> bool {
+        let mut req = ReportEpochRequest {
+            worker_id: worker_id.to_string(),
+            trial_id: lease.trial_id.clone(),
+            generation: lease.generation,
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
+            seconds: r.seconds,
+            images_per_second: r.images_per_second,
+            ..Default::default()
+        };
+        if first {
+            req.parameter_count = facts.parameter_count;
+            req.train_examples = facts.train_examples;
+            req.val_examples = facts.val_examples;
+            req.test_examples = facts.test_examples;
+            first = false;
+        }
+        match handle.block_on(client.report_epoch(req)) {
+            Ok(r) => r.into_inner().proceed,
+            Err(e) => {
+                tracing::warn!(trial = lease.trial_id, "epoch report refused, stopping: {}", e.message());
+                false
+            }
+        }
+    };
+    let _ = info.channels;
+    match train::run_trial(&prepared, &params, info.channels as i64, classes, device, &weights_path, &mut on_epoch) {
+        Ok(outcome) => FinishTrialRequest {
+            status: if outcome.stopped { "pruned".into() } else { "succeeded".into() },
+            test_loss: outcome.test_loss,
+            test_accuracy: outcome.test_accuracy,
+            has_test: true,
+            best_epoch: outcome.best_epoch,
+            weights_path: weights_path.display().to_string(),
+            parameter_count: outcome.parameter_count,
+            ..Default::default()
+        },
+        Err(e) => failed(e.to_string()),
+    }
+}

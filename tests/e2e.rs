@@ -1,0 +1,237 @@
+//! End-to-end: the real daemon over TCP, grpcurl (reflection only) and cnnctl as clients,
+//! real libtorch training on a few thousand real MNIST images, the real SQLite file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{db_counts, serial, Daemon};
+use serde_json::{json, Value};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The DESIGN.md request, shrunk to a quick look: 4 trials, 1 epoch, 2,000 + 500 images.
+fn small_sweep() -> Value {
+    json!({"name": "e2e-small", "dataset": "mnist",
+           "space": {"kernelSize": [3, 5], "head": ["gap", "dense"]},
+           "fixed": {"epochs": 1, "batchSize": 64, "learningRate": 0.002, "baseFilters": 8, "units": 32,
+                     "dropout": 0.25, "trainLimit": 2000, "testLimit": 500},
+           "strategy": "grid", "maxParallel": 2, "seed": 7})
+}
+
+#[test]
+fn grpcurl_sees_the_api_through_reflection_and_health() {
+    let d = Daemon::start(1, &[]);
+    let out = std::process::Command::new(common::grpcurl_bin())
+        .args(["-plaintext", &d.addr, "list"])
+        .output()
+        .unwrap();
+    let services = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(services.contains("cnn.v1.Orchestrator"), "{services}");
+    assert!(services.contains("grpc.health.v1.Health"), "{services}");
+    let out = std::process::Command::new(common::grpcurl_bin())
+        .args(["-plaintext", &d.addr, "describe", "cnn.v1.Orchestrator"])
+        .output()
+        .unwrap();
+    let described = stdout(&out);
+    for rpc in ["SubmitSweep", "GetSweep", "ListSweeps", "WatchSweep", "CancelSweep", "GetTrial", "GetStatus", "RenderCharts"] {
+        assert!(described.contains(&format!("rpc {rpc}")), "{rpc} missing from {described}");
+    }
+    let health = d.grpcurl_json("grpc.health.v1.Health/Check", "{}");
+    assert_eq!(health["status"], "SERVING");
+    let health = d.grpcurl_json("grpc.health.v1.Health/Check", r#"{"service": "cnn.v1.Orchestrator"}"#);
+    assert_eq!(health["status"], "SERVING");
+}
+
+#[test]
+fn a_small_sweep_trains_records_and_charts() {
+    let _one_at_a_time = serial();
+    let d = Daemon::start(2, &[]);
+    let status = d.cnnctl_json(&["status"]);
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2, "{status}");
+    assert!(status["devices"][0]["name"] == "cpu", "{status}");
+
+    let submitted = d.grpcurl_json("cnn.v1.Orchestrator/SubmitSweep", &small_sweep().to_string());
+    let sweep_id = submitted["sweepId"].as_str().unwrap().to_string();
+    assert_eq!(submitted["trialsQueued"], 4);
+
+    // cnnctl watch follows the live stream until the sweep ends.
+    let watch = d.cnnctl(&["watch", &sweep_id]);
+    assert!(watch.status.success(), "watch failed: {}", stderr(&watch));
+    let lines = stdout(&watch);
+    assert_eq!(lines.matches("started").count(), 4, "{lines}");
+    assert_eq!(lines.matches("epoch 1/1").count(), 4, "{lines}");
+    assert!(lines.contains("finished"), "{lines}");
+
+    let sweep = d.wait_for_sweep(&sweep_id, Duration::from_secs(60));
+    assert_eq!(sweep["status"], "finished");
+    let trials = sweep["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    for t in trials {
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+
+    // Every trial: one epoch with sane metrics, test metrics, weights on disk.
+    let mut params_by_head = std::collections::HashMap::new();
+    for t in trials {
+        let id = t["trialId"].as_str().unwrap();
+        let trial = d.grpcurl_json("cnn.v1.Orchestrator/GetTrial", &json!({"trialId": id}).to_string());
+        let epochs = trial["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 1, "{trial}");
+        let e = &epochs[0];
+        for k in ["trainAccuracy", "valAccuracy"] {
+            let v = e[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{k}={v}");
+        }
+        assert!(e["trainLoss"].as_f64().unwrap() > 0.0);
+        assert!(e["imagesPerSecond"].as_f64().unwrap() > 0.0);
+        assert!(e["seconds"].as_f64().unwrap() > 0.0);
+        let test_acc = trial["testAccuracy"].as_f64().unwrap();
+        // 1,800 training images, one epoch: far above the 10% of chance for every model.
+        assert!(test_acc > 0.5, "trial {id} test accuracy {test_acc}");
+        assert_eq!(trial["trainExamples"], 1800);
+        assert_eq!(trial["valExamples"], 200);
+        assert_eq!(trial["testExamples"], 500);
+        let weights = trial["weightsPath"].as_str().unwrap();
+        assert!(std::path::Path::new(weights).exists(), "weights {weights} missing");
+        let count: u64 = trial["parameterCount"].as_str().map(|s| s.parse().unwrap()).or(trial["parameterCount"].as_u64()).unwrap();
+        params_by_head.entry(trial["params"]["head"].as_str().unwrap().to_string()).or_insert_with(Vec::new).push(count);
+    }
+    // The GAP head has far fewer parameters than the dense head.
+    let max_gap = params_by_head["gap"].iter().max().unwrap();
+    let min_dense = params_by_head["dense"].iter().min().unwrap();
+    assert!(max_gap < min_dense, "{params_by_head:?}");
+
+    // The SQLite file holds exactly what the API says.
+    let (sweeps, n_trials, epochs, events) = db_counts(&d.db_path());
+    assert_eq!((sweeps, n_trials, epochs), (1, 4, 4));
+    // 4 started + 4 epochs + 4 finished + 1 sweep finished.
+    assert_eq!(events, 13);
+
+    // Charts: rendered on request, real PNGs of the expected size.
+    let charts = d.cnnctl_json(&["charts", &sweep_id]);
+    let paths: Vec<String> = charts.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    assert!(paths.len() >= 3, "{paths:?}");
+    for p in &paths {
+        let img = image::open(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(img.width() >= 800 && img.height() >= 400, "{p} is {}x{}", img.width(), img.height());
+        let rgb = img.to_rgb8();
+        let first = rgb.get_pixel(0, 0);
+        assert!(rgb.pixels().any(|px| px != first), "{p} is blank");
+    }
+
+    // The table names the best trial.
+    let table = d.cnnctl(&["sweep", &sweep_id]);
+    assert!(table.status.success());
+    assert!(stdout(&table).contains("best"), "{}", stdout(&table));
+    let listed = d.cnnctl_json(&["sweeps"]);
+    assert_eq!(listed["sweeps"][0]["trialsDone"], 4, "{listed}");
+}
+
+/// Each refused request names the field, uses INVALID_ARGUMENT, and stores nothing.
+#[test]
+fn invalid_sweeps_are_refused_and_nothing_is_stored() {
+    let d = Daemon::start(1, &["--max-trials-per-sweep", "100"]);
+    let before = db_counts(&d.db_path());
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"dataset": "imagenet"}), "dataset"),
+        (json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}), "space.kernelSiz"),
+        (json!({"dataset": "mnist", "fixed": {"colour": 1}}), "fixed.colour"),
+        (json!({"dataset": "mnist", "space": {"kernelSize": []}}), "space.kernelSize"),
+        (json!({"dataset": "mnist", "space": {"dropout": [0.5, 1.0]}}), "dropout"),
+        (json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}), "kernelSize"),
+        (json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}), "kernelSize"),
+        (json!({"dataset": "mnist", "fixed": {"blocks": 5}}), "blocks"),
+        (json!({"dataset": "mnist", "fixed": {"batchSize": 0}}), "batchSize"),
+        (json!({"dataset": "mnist", "fixed": {"learningRate": -0.01}}), "learningRate"),
+        (json!({"dataset": "mnist", "space": {"units": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "baseFilters": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}), "limit of 100"),
+        (json!({"dataset": "mnist", "device": "cuda"}), "device"),
+    ];
+    for (body, field) in &cases {
+        let out = d.grpcurl("cnn.v1.Orchestrator/SubmitSweep", &body.to_string());
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{body} was accepted");
+        assert!(err.contains("InvalidArgument"), "{body}: {err}");
+        assert!(err.contains(field), "{body}: expected '{field}' in {err}");
+    }
+    // The same through cnnctl: one line, non-zero exit.
+    let bad = d.state.path().join("bad.json");
+    std::fs::write(&bad, json!({"dataset": "mnist", "fixed": {"dropout": 1.5}}).to_string()).unwrap();
+    let out = d.cnnctl(&["submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("fixed.dropout"), "{err}");
+
+    assert_eq!(db_counts(&d.db_path()), before, "a refused request changed the store");
+    assert_eq!(d.cnnctl_json(&["sweeps"])["sweeps"].as_array().map(|a| a.len()).unwrap_or(0), 0);
+    // Unknown ids are NOT_FOUND, naming the field.
+    let out = d.grpcurl("cnn.v1.Orchestrator/GetSweep", r#"{"sweepId": "sw-nope"}"#);
+    assert!(stderr(&out).contains("NotFound") && stderr(&out).contains("sweepId"), "{}", stderr(&out));
+    let out = d.grpcurl("cnn.v1.Orchestrator/GetTrial", r#"{"trialId": ""}"#);
+    assert!(stderr(&out).contains("InvalidArgument") && stderr(&out).contains("trialId"), "{}", stderr(&out));
+}
+
+#[test]
+fn cnnctl_reports_an_unreachable_daemon_in_one_line() {
+    let port = common::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+        .arg("status")
+        .env("CNND_ADDR", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn cancel_stops_running_and_queued_trials() {
+    let _one_at_a_time = serial();
+    let d = Daemon::start(1, &[]);
+    let body = json!({"name": "to-cancel", "dataset": "mnist", "space": {"dropout": [0.0, 0.25, 0.5]},
+                      "fixed": {"epochs": 20, "trainLimit": 3000, "testLimit": 200, "baseFilters": 8}, "seed": 1});
+    let submitted = d.grpcurl_json("cnn.v1.Orchestrator/SubmitSweep", &body.to_string());
+    let sweep_id = submitted["sweepId"].as_str().unwrap().to_string();
+    // Wait for the first trial to record an epoch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = d.cnnctl_json(&["sweep", &sweep_id]);
+        if s["trials"][0]["epochsDone"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch recorded: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = d.cnnctl(&["cancel", &sweep_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("3 trials cancelled"), "{}", stdout(&out));
+    let sweep = d.wait_for_sweep(&sweep_id, Duration::from_secs(10));
+    assert_eq!(sweep["status"], "cancelled");
+    for t in sweep["trials"].as_array().unwrap() {
+        assert_eq!(t["status"], "cancelled", "{t}");
+    }
+    // What was recorded before the cancel is kept, and nothing more arrives.
+    let (_, _, epochs_then, _) = db_counts(&d.db_path());
+    assert!(epochs_then >= 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, _, epochs_later, _) = db_counts(&d.db_path());
+    assert_eq!(epochs_then, epochs_later);
+    // The worker was replaced and is idle again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = d.cnnctl_json(&["status"]);
+        if st["workersIdle"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "worker not back: {st}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
