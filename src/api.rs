@@ -183,15 +183,12 @@ pub async fn render_sweep_charts(scheduler: &Scheduler, dashboards_dir: &Path, s
         .map_err(|e| Status::internal(format!("rendering charts: {e:#}")))
 }
 
-/// The built-in default dashboard, used when no `default.toml` is found on disk.
-pub const DEFAULT_DASHBOARD: &str = include_str!("../dashboards/default.toml");
-
 fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {
     if dir.join(format!("{name}.toml")).exists() {
         return charts::Dashboard::load(dir, name).map_err(|e| Status::invalid_argument(format!("dashboard: {e:#}")));
     }
     if name == "default" {
-        return toml::from_str(DEFAULT_DASHBOARD).map_err(|e| Status::internal(format!("built-in dashboard: {e}")));
+        return Ok(charts::Dashboard::builtin_default());
     }
     Err(Status::not_found(format!(
         "dashboard: no dashboard '{name}' (looked for {})",
