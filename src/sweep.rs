@@ -191,7 +191,7 @@ impl TrialParams {
     /// 2x2 to pool). Errors name the hyperparameter.
     pub fn validate(&self, dataset: &DatasetInfo) -> Result<(), SpecError> {
         let p = self;
-        if p.kernel_size == 0 || p.kernel_size % 2 == 0 {
+        if p.kernel_size == 0 || p.kernel_size.is_multiple_of(2) {
             return Err(err(
                 "kernelSize",
                 format!(
@@ -262,16 +262,20 @@ impl TrialParams {
         let input = self.effective_input_size(dataset);
         let mut side = input;
         for block in 1..=p.blocks {
+            if side < 2 {
+                return Err(err(
+                    "blocks",
+                    format!(
+                        "{} pooling blocks need an input of at least {}x{1}; the input is {input}x{input}",
+                        p.blocks,
+                        1u64 << p.blocks
+                    ),
+                ));
+            }
             if p.kernel_size > side {
                 return Err(err(
                     "kernelSize",
                     format!("{} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})", p.kernel_size),
-                ));
-            }
-            if side < 2 {
-                return Err(err(
-                    "blocks",
-                    format!("{} pooling blocks need an input of at least {}x{0}; the input is {input}x{input}", p.blocks, 1u64 << p.blocks),
                 ));
             }
             side /= 2;
@@ -653,7 +657,8 @@ mod tests {
             (json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}), "kernelSize"),
             (json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}), "fixed.kernelSize"),
             (json!({"dataset": "mnist", "fixed": {"blocks": 5}}), "fixed.blocks"),
-            (json!({"dataset": "mnist", "fixed": {"blocks": 3, "kernelSize": 5}}), "fixed.kernelSize"),
+            (json!({"dataset": "mnist", "fixed": {"blocks": 4, "kernelSize": 5}}), "fixed.kernelSize"),
+            (json!({"dataset": "mnist", "fixed": {"blocks": 6, "kernelSize": 1}}), "fixed.blocks"),
             (json!({"dataset": "mnist", "fixed": {"batchSize": 0}}), "fixed.batchSize"),
             (json!({"dataset": "mnist", "fixed": {"batchSize": -4}}), "fixed.batchSize"),
             (json!({"dataset": "mnist", "fixed": {"learningRate": 0}}), "fixed.learningRate"),
@@ -684,15 +689,15 @@ mod tests {
         // 28 -> 14 -> 7 -> 3 -> 1: four pools fit, the kernel 3 still fits the 3x3 map.
         assert!(p.validate(&DATASETS[0]).is_ok());
         let p = TrialParams { blocks: 5, ..p };
-        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "kernelSize");
+        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "blocks", "block 5 would see a 1x1 map");
         let p = TrialParams {
-            blocks: 5,
+            blocks: 6,
             kernel_size: 1,
             ..TrialParams::default()
         };
         assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "blocks");
         let p = TrialParams {
-            blocks: 5,
+            blocks: 6,
             kernel_size: 1,
             input_size: 64,
             ..TrialParams::default()

@@ -1,0 +1,525 @@
+//! Data sets for the training side: reads the published files (MNIST and Fashion-MNIST in
+//! IDX format, gzip or not) into tensors, caches them per process, and prepares the splits of
+//! one trial (training limit, seeded validation split, test limit, resizing to the model input).
+//!
+//! Owns: file lookup under the data directory, IDX parsing, [`DataCache`], [`prepare`].
+//! Must not touch: the store, scheduler, api or charts (control plane), nor model or training
+//! code; it only consumes [`TrialParams`] and [`DatasetInfo`] from `sweep`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use crate::sweep::{DatasetInfo, TrialParams};
+
+/// Examples of one split: `images` is `[N, C, H, W]` f32 scaled to 0..1, `labels` is `[N]` i64.
+#[derive(Debug)]
+pub struct Split {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl Split {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.size().first().copied().unwrap_or(0) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Side of the (square) images, `H`.
+    pub fn input_size(&self) -> i64 {
+        self.images.size().get(2).copied().unwrap_or(0)
+    }
+
+    /// A split sharing storage with this one (no copy).
+    pub fn shallow_clone(&self) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+
+    /// The examples at `index` (an i64 tensor of positions), copied.
+    fn select(&self, index: &Tensor) -> Split {
+        Split {
+            images: self.images.index_select(0, index),
+            labels: self.labels.index_select(0, index),
+        }
+    }
+
+    /// The first `n` examples (all when `n` is 0 or larger than the split), sharing storage.
+    fn first(&self, n: u32) -> Split {
+        let len = self.len() as i64;
+        if n == 0 || n as i64 >= len {
+            return self.shallow_clone();
+        }
+        Split {
+            images: self.images.narrow(0, 0, n as i64),
+            labels: self.labels.narrow(0, 0, n as i64),
+        }
+    }
+}
+
+/// A whole data set as published: its training and test splits, on the CPU.
+#[derive(Debug)]
+pub struct Dataset {
+    pub info: DatasetInfo,
+    pub train: Split,
+    pub test: Split,
+}
+
+// SAFETY: a `Dataset` is immutable once loaded: its tensors are only read (narrow,
+// index_select, copies to a device), never modified in place, and libtorch's reference
+// counting and read-only kernels are thread-safe. This lets one cached data set be shared as
+// `Arc<Dataset>` by the threads of a worker (tch marks `Tensor` Send but not Sync).
+unsafe impl Sync for Dataset {}
+
+/// The IDX file names of a data set in the MNIST layout: (train images, train labels, test
+/// images, test labels), without the `.gz` suffix.
+fn idx_file_names(info: &DatasetInfo) -> anyhow::Result<[&'static str; 4]> {
+    match info.name {
+        "mnist" | "fashion_mnist" => Ok([
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]),
+        other => bail!("no reader for data set '{other}' (IDX readers: mnist, fashion_mnist)"),
+    }
+}
+
+/// Where a file of a data set may lie, in the order they are tried: `<dir>/<folder>/` first,
+/// then `<dir>/` itself, each with the `.gz` name first and then the uncompressed name.
+pub fn candidate_paths(info: &DatasetInfo, data_dir: &Path, file: &str) -> Vec<PathBuf> {
+    let mut out = Vec::with_capacity(4);
+    for dir in [data_dir.join(info.folder), data_dir.to_path_buf()] {
+        out.push(dir.join(format!("{file}.gz")));
+        out.push(dir.join(file));
+    }
+    out
+}
+
+/// Finds one file of a data set; the error names every path tried and how to get the data.
+pub fn find_file(info: &DatasetInfo, data_dir: &Path, file: &str) -> anyhow::Result<PathBuf> {
+    let tried = candidate_paths(info, data_dir, file);
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    Err(anyhow!(
+        "{}: file {file} not found; tried {}. Set CNND_DATA_DIR (or --data-dir) to the folder \
+         that holds the data sets, or run scripts/setup.sh to download them",
+        info.name,
+        list.join(", ")
+    ))
+}
+
+/// Reads a whole file, decompressing it when it is gzip (detected by its magic bytes, so a
+/// `.gz` name holding raw data, or the reverse, still works).
+pub fn read_maybe_gz(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let raw = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
+        return Ok(raw);
+    }
+    // The gzip trailer holds the uncompressed size modulo 2^32: a good capacity hint.
+    let hint = if raw.len() >= 18 {
+        let t = &raw[raw.len() - 4..];
+        u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(hint.min(1 << 30));
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .read_to_end(&mut out)
+        .with_context(|| format!("{}: corrupt or truncated gzip data", path.display()))?;
+    Ok(out)
+}
+
+/// One parsed IDX file of unsigned bytes: its dimensions and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idx {
+    pub dims: Vec<usize>,
+    /// Offset of the payload in the buffer.
+    pub offset: usize,
+}
+
+/// Checks an IDX header (`0x00 0x00 0x08 ndims`, then `ndims` big-endian u32 dimensions) and
+/// that the payload is exactly as long as the dimensions say. `what` names the file in errors.
+pub fn parse_idx(buf: &[u8], expected_ndims: usize, what: &str) -> anyhow::Result<Idx> {
+    if buf.len() < 4 {
+        bail!(
+            "{what}: truncated IDX file ({} bytes, no header)",
+            buf.len()
+        );
+    }
+    if buf[0] != 0 || buf[1] != 0 {
+        bail!(
+            "{what}: not an IDX file (magic {:02x} {:02x} {:02x} {:02x})",
+            buf[0],
+            buf[1],
+            buf[2],
+            buf[3]
+        );
+    }
+    if buf[2] != 0x08 {
+        bail!(
+            "{what}: IDX element type 0x{:02x} is not unsigned byte (0x08)",
+            buf[2]
+        );
+    }
+    let ndims = buf[3] as usize;
+    if ndims != expected_ndims {
+        bail!("{what}: IDX file has {ndims} dimensions, expected {expected_ndims}");
+    }
+    let offset = 4 + 4 * ndims;
+    if buf.len() < offset {
+        bail!("{what}: truncated IDX header ({} bytes)", buf.len());
+    }
+    let dims: Vec<usize> = (0..ndims)
+        .map(|i| {
+            let b = &buf[4 + 4 * i..8 + 4 * i];
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+        })
+        .collect();
+    let want = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| anyhow!("{what}: IDX dimensions {dims:?} overflow"))?;
+    let have = buf.len() - offset;
+    if have < want {
+        bail!("{what}: truncated: dimensions {dims:?} need {want} bytes of data but only {have} follow the header");
+    }
+    if have > want {
+        bail!(
+            "{what}: corrupt: {} unexpected bytes after the {want} bytes of dimensions {dims:?}",
+            have - want
+        );
+    }
+    Ok(Idx { dims, offset })
+}
+
+/// Reads an IDX image file into `[N, 1, H, W]` f32 in 0..1.
+fn read_images(path: &Path, info: &DatasetInfo) -> anyhow::Result<Tensor> {
+    let buf = read_maybe_gz(path)?;
+    let what = path.display().to_string();
+    let idx = parse_idx(&buf, 3, &what)?;
+    let (n, h, w) = (idx.dims[0], idx.dims[1], idx.dims[2]);
+    let side = info.input_size as usize;
+    if h != side || w != side {
+        bail!(
+            "{what}: images are {h}x{w}, expected {side}x{side} for {}",
+            info.name
+        );
+    }
+    let c = info.channels as i64;
+    if c != 1 {
+        bail!(
+            "{what}: IDX images have one channel but {} has {c}",
+            info.name
+        );
+    }
+    let bytes = Tensor::f_from_data_size(
+        &buf[idx.offset..],
+        &[n as i64, 1, h as i64, w as i64],
+        Kind::Uint8,
+    )
+    .map_err(|e| anyhow!("{what}: {e}"))?;
+    Ok(bytes.to_kind(Kind::Float) / 255.0)
+}
+
+/// Reads an IDX label file into `[N]` i64, checking every label against the class count.
+fn read_labels(path: &Path, info: &DatasetInfo) -> anyhow::Result<Tensor> {
+    let buf = read_maybe_gz(path)?;
+    let what = path.display().to_string();
+    let idx = parse_idx(&buf, 1, &what)?;
+    let data = &buf[idx.offset..];
+    if let Some(pos) = data.iter().position(|&l| l as u32 >= info.classes) {
+        bail!(
+            "{what}: label {} of example {pos} is outside 0..{} (corrupt file?)",
+            data[pos],
+            info.classes
+        );
+    }
+    let t = Tensor::f_from_data_size(data, &[data.len() as i64], Kind::Uint8)
+        .map_err(|e| anyhow!("{what}: {e}"))?;
+    Ok(t.to_kind(Kind::Int64))
+}
+
+fn read_split(
+    info: &DatasetInfo,
+    data_dir: &Path,
+    images: &str,
+    labels: &str,
+) -> anyhow::Result<Split> {
+    let images_path = find_file(info, data_dir, images)?;
+    let labels_path = find_file(info, data_dir, labels)?;
+    let images = read_images(&images_path, info)?;
+    let labels = read_labels(&labels_path, info)?;
+    let (n, m) = (images.size()[0], labels.size()[0]);
+    if n != m {
+        bail!(
+            "{} holds {n} images but {} holds {m} labels",
+            images_path.display(),
+            labels_path.display()
+        );
+    }
+    Ok(Split { images, labels })
+}
+
+/// Loads a data set from `data_dir` (files in `<data_dir>/<info.folder>/` or `<data_dir>/`).
+pub fn load(info: &DatasetInfo, data_dir: &Path) -> anyhow::Result<Dataset> {
+    let [train_images, train_labels, test_images, test_labels] = idx_file_names(info)?;
+    let train = read_split(info, data_dir, train_images, train_labels)?;
+    let test = read_split(info, data_dir, test_images, test_labels)?;
+    Ok(Dataset {
+        info: *info,
+        train,
+        test,
+    })
+}
+
+/// Loads each (data set, data directory) once per process and hands out shared copies.
+#[derive(Debug, Default)]
+pub struct DataCache {
+    entries: Mutex<HashMap<(String, PathBuf), Arc<Dataset>>>,
+}
+
+impl DataCache {
+    pub fn new() -> DataCache {
+        DataCache::default()
+    }
+
+    /// The data set, loaded on first use. A failed load is not cached (the next call retries,
+    /// e.g. after the files were downloaded).
+    pub fn get(&self, info: &DatasetInfo, data_dir: &Path) -> anyhow::Result<Arc<Dataset>> {
+        let key = (info.name.to_string(), data_dir.to_path_buf());
+        // Held while loading, so that two threads asking at once load it once.
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ds) = entries.get(&key) {
+            return Ok(ds.clone());
+        }
+        let ds = Arc::new(load(info, data_dir)?);
+        entries.insert(key, ds.clone());
+        Ok(ds)
+    }
+
+    /// Drops every cached data set.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The splits one trial trains, validates and tests on, on the CPU.
+#[derive(Debug)]
+pub struct Prepared {
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+}
+
+/// How many of `n` training examples are held out for validation: `floor(n * val_fraction)`,
+/// as `TrialParams::validate` computes it.
+pub fn val_count(n: usize, val_fraction: f64) -> usize {
+    ((n as f64 * val_fraction).floor() as usize).min(n)
+}
+
+/// Splits positions `0..n` into (train, validation) positions, each sorted: a ChaCha8
+/// permutation seeded by `seed` picks the `val_count(n, val_fraction)` validation positions.
+/// Deterministic and independent of libtorch.
+pub fn split_indices(n: usize, val_fraction: f64, seed: u64) -> (Vec<i64>, Vec<i64>) {
+    let mut perm: Vec<i64> = (0..n as i64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    perm.shuffle(&mut rng);
+    let n_val = val_count(n, val_fraction);
+    let mut val = perm[..n_val].to_vec();
+    let mut train = perm[n_val..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    (train, val)
+}
+
+/// Resizes `[N, C, H, W]` images to `side x side`: area averaging (adaptive average pooling)
+/// when shrinking, bilinear interpolation when enlarging, unchanged when equal.
+pub fn resize(images: &Tensor, side: i64) -> Tensor {
+    let size = images.size();
+    let (h, w) = (size[2], size[3]);
+    if h == side && w == side {
+        images.shallow_clone()
+    } else if side <= h && side <= w {
+        images.adaptive_avg_pool2d([side, side])
+    } else {
+        images.upsample_bilinear2d([side, side], false, None, None)
+    }
+}
+
+/// The splits of one trial:
+/// - training: the first `trainLimit` training examples in file order (0: all of them; not a
+///   random subset, so every seed sees the same pool);
+/// - validation: `floor(n * valFraction)` of those, chosen by a permutation seeded by
+///   `p.seed` ([`split_indices`]); the rest are the training split; the two are disjoint;
+/// - test: the first `testLimit` test examples (0: all);
+/// - every split resized to `p.effective_input_size` when that differs from the data set's.
+///
+/// Panics only if libtorch fails (out of memory).
+pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
+    let pool = ds.train.first(p.train_limit);
+    let (train_idx, val_idx) = split_indices(pool.len(), p.val_fraction, p.seed);
+    let train = pool.select(&Tensor::from_slice(&train_idx));
+    let val = pool.select(&Tensor::from_slice(&val_idx));
+    let test = ds.test.first(p.test_limit);
+    let side = p.effective_input_size(&ds.info) as i64;
+    let fit = |s: Split| Split {
+        images: resize(&s.images, side),
+        labels: s.labels,
+    };
+    Prepared {
+        train: fit(train),
+        val: fit(val),
+        test: fit(test),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::DATASETS;
+
+    fn synthetic(n: i64) -> Dataset {
+        // Each image is filled with its own index, so it can be recognised after selection.
+        let labels = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
+        let images = (labels.to_kind(Kind::Float) / n as f64)
+            .view([n, 1, 1, 1])
+            .expand([n, 1, 28, 28], false)
+            .contiguous();
+        Dataset {
+            info: DATASETS[0],
+            train: Split {
+                images: images.shallow_clone(),
+                labels: labels.shallow_clone(),
+            },
+            test: Split { images, labels },
+        }
+    }
+
+    fn ids(s: &Split) -> Vec<i64> {
+        Vec::<i64>::try_from(&s.labels).unwrap()
+    }
+
+    #[test]
+    fn idx_header_errors_are_clear() {
+        let mut good = vec![0, 0, 8, 1, 0, 0, 0, 3];
+        good.extend([1, 2, 3]);
+        let idx = parse_idx(&good, 1, "f").unwrap();
+        assert_eq!(idx.dims, vec![3]);
+        assert_eq!(idx.offset, 8);
+        let e = parse_idx(&good[..9], 1, "some/path")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("some/path") && e.contains("truncated"), "{e}");
+        let e = parse_idx(&[0x1f, 0x8b, 8, 0], 1, "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an IDX file"), "{e}");
+        let e = parse_idx(&good, 3, "f").unwrap_err().to_string();
+        assert!(e.contains("dimensions"), "{e}");
+        let mut long = good.clone();
+        long.push(0);
+        assert!(parse_idx(&long, 1, "f")
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected"));
+        let e = parse_idx(&[0, 0, 0x0d, 1], 1, "f").unwrap_err().to_string();
+        assert!(e.contains("element type"), "{e}");
+    }
+
+    #[test]
+    fn missing_files_name_every_path_tried() {
+        let dir = std::env::temp_dir().join("cnnd-data-test-missing");
+        let e = load(&DATASETS[0], &dir).unwrap_err().to_string();
+        for p in candidate_paths(&DATASETS[0], &dir, "train-images-idx3-ubyte") {
+            assert!(e.contains(&p.display().to_string()), "{e}");
+        }
+        assert!(
+            e.contains("CNND_DATA_DIR") && e.contains("scripts/setup.sh"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prepare_is_deterministic_and_disjoint() {
+        tch::set_num_threads(1);
+        let ds = synthetic(200);
+        let p = TrialParams {
+            train_limit: 150,
+            test_limit: 40,
+            val_fraction: 0.2,
+            seed: 3,
+            ..TrialParams::default()
+        };
+        let a = prepare(&ds, &p);
+        let b = prepare(&ds, &p);
+        assert_eq!(ids(&a.train), ids(&b.train));
+        assert_eq!(ids(&a.val), ids(&b.val));
+        assert_eq!(a.val.len(), 30);
+        assert_eq!(a.train.len(), 120);
+        assert_eq!(a.test.len(), 40);
+        let mut all: Vec<i64> = ids(&a.train).into_iter().chain(ids(&a.val)).collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..150).collect::<Vec<_>>(),
+            "disjoint and covering the first 150"
+        );
+        // Images travel with their labels.
+        let first = a.val.images.get(0).mean(Kind::Float).double_value(&[]);
+        assert!((first - ids(&a.val)[0] as f64 / 200.0).abs() < 1e-6);
+        let c = prepare(&ds, &TrialParams { seed: 4, ..p });
+        assert_ne!(
+            ids(&a.val),
+            ids(&c.val),
+            "another seed holds out other examples"
+        );
+    }
+
+    #[test]
+    fn prepare_resizes_both_ways() {
+        tch::set_num_threads(1);
+        let ds = synthetic(20);
+        let small = prepare(
+            &ds,
+            &TrialParams {
+                input_size: 14,
+                ..TrialParams::default()
+            },
+        );
+        assert_eq!(small.train.images.size()[1..], [1, 14, 14]);
+        let big = prepare(
+            &ds,
+            &TrialParams {
+                input_size: 32,
+                ..TrialParams::default()
+            },
+        );
+        assert_eq!(big.test.images.size(), [20, 1, 32, 32]);
+        // Constant images stay constant under both filters.
+        let diff = (big.test.images.get(5) - 5.0 / 20.0)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6);
+    }
+}

@@ -1,0 +1,277 @@
+//! The CNN family of DESIGN.md section 2, built with `tch::nn` from a trial's hyperparameters:
+//! `blocks` x [conv(k x k, same padding) -> batch norm -> activation -> max-pool 2x2], then a
+//! `dense` or `gap` head.
+//!
+//! Owns: layer construction, initialisation, the forward pass, parameter counting.
+//! Must not touch: data loading, the training loop, and anything of the control plane (store,
+//! scheduler, api, charts); it only consumes [`TrialParams`] from `sweep`.
+//!
+//! Initialisation follows PyTorch's defaults (so that `bench/torch_reference.py` builds the
+//! same model): conv and linear weights Kaiming-uniform with a = sqrt(5), i.e. uniform in
+//! +-1/sqrt(fan_in), biases uniform in +-1/sqrt(fan_in), batch-norm scale 1 and shift 0.
+
+use tch::nn::{self, ModuleT};
+use tch::{TchError, Tensor};
+
+use crate::sweep::{Activation, Head, Output, TrialParams};
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// PyTorch's default weight initialisation: Kaiming uniform with a = sqrt(5).
+const TORCH_DEFAULT_INIT: nn::Init = nn::Init::Kaiming {
+    dist: nn::init::NormalOrUniform::Uniform,
+    fan: nn::init::FanInOut::FanIn,
+    non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8), // sqrt(1/3)
+};
+
+#[derive(Debug)]
+struct Block {
+    conv: nn::Conv2D,
+    bn: Option<nn::BatchNorm>,
+    padding: i64,
+}
+
+#[derive(Debug)]
+enum HeadLayers {
+    Dense { hidden: nn::Linear, out: nn::Linear },
+    Gap { out: nn::Linear },
+}
+
+/// One member of the model family. Implements [`nn::ModuleT`]; [`Net::f_forward_t`] is the
+/// fallible forward pass the training loop uses.
+#[derive(Debug)]
+pub struct Net {
+    blocks: Vec<Block>,
+    head: HeadLayers,
+    activation: Activation,
+    dropout: f64,
+}
+
+/// Number of output logits: 1 for a sigmoid output, else one per class.
+pub fn output_units(p: &TrialParams, classes: i64) -> i64 {
+    match p.output {
+        Output::Sigmoid => 1,
+        Output::Softmax => classes,
+    }
+}
+
+/// Side of the feature map after `blocks` 2x2 poolings (floor, as max-pool does).
+pub fn final_side(input_size: i64, blocks: u32) -> i64 {
+    (0..blocks).fold(input_size, |side, _| side / 2)
+}
+
+/// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
+/// `classes` classes, with its variables under `vs`.
+pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
+    let k = p.kernel_size as i64;
+    let padding = k / 2;
+    let mut blocks = Vec::with_capacity(p.blocks as usize);
+    let mut in_ch = channels;
+    let mut out_ch = channels;
+    for i in 0..p.blocks {
+        out_ch = (p.base_filters as i64) << i;
+        let path = vs / format!("block{i}");
+        let fan_in = (in_ch * k * k) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let cfg = nn::ConvConfig {
+            padding,
+            bias: !p.batch_norm,
+            ws_init: TORCH_DEFAULT_INIT,
+            bs_init: nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            ..Default::default()
+        };
+        let conv = nn::conv2d(&path / "conv", in_ch, out_ch, k, cfg);
+        let bn = p.batch_norm.then(|| {
+            let cfg = nn::BatchNormConfig {
+                eps: BN_EPS,
+                momentum: BN_MOMENTUM,
+                ws_init: nn::Init::Const(1.0),
+                bs_init: nn::Init::Const(0.0),
+                ..Default::default()
+            };
+            nn::batch_norm2d(&path / "bn", out_ch, cfg)
+        });
+        blocks.push(Block { conv, bn, padding });
+        in_ch = out_ch;
+    }
+    let linear_cfg = nn::LinearConfig {
+        ws_init: TORCH_DEFAULT_INIT,
+        ..Default::default()
+    };
+    let outputs = output_units(p, classes);
+    let head = match p.head {
+        Head::Dense => {
+            let side = final_side(input_size, p.blocks);
+            let flat = out_ch * side * side;
+            let units = p.units as i64;
+            HeadLayers::Dense {
+                hidden: nn::linear(vs / "hidden", flat, units, linear_cfg),
+                out: nn::linear(vs / "out", units, outputs, linear_cfg),
+            }
+        }
+        Head::Gap => HeadLayers::Gap {
+            out: nn::linear(vs / "out", out_ch, outputs, linear_cfg),
+        },
+    };
+    Net {
+        blocks,
+        head,
+        activation: p.activation,
+        dropout: p.dropout,
+    }
+}
+
+fn activate(xs: &Tensor, a: Activation) -> Result<Tensor, TchError> {
+    match a {
+        Activation::Relu => xs.f_relu(),
+        Activation::LeakyRelu => xs.f_leaky_relu(), // slope 0.01, as torch.nn.LeakyReLU
+        Activation::Elu => xs.f_elu(),
+        Activation::Gelu => xs.f_gelu("none"),
+        Activation::Tanh => xs.f_tanh(),
+    }
+}
+
+impl Net {
+    /// The forward pass, returning libtorch errors instead of panicking. `[N, C, H, W]` in,
+    /// `[N, outputs]` logits out.
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let mut x = xs.shallow_clone();
+        for b in &self.blocks {
+            x = x.f_conv2d(
+                &b.conv.ws,
+                b.conv.bs.as_ref(),
+                [1, 1],
+                [b.padding, b.padding],
+                [1, 1],
+                1,
+            )?;
+            if let Some(bn) = &b.bn {
+                x = x.f_batch_norm(
+                    bn.ws.as_ref(),
+                    bn.bs.as_ref(),
+                    Some(&bn.running_mean),
+                    Some(&bn.running_var),
+                    train,
+                    BN_MOMENTUM,
+                    BN_EPS,
+                    true,
+                )?;
+            }
+            x = activate(&x, self.activation)?;
+            x = x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+        }
+        let dropout = |x: Tensor| -> Result<Tensor, TchError> {
+            if self.dropout > 0.0 && train {
+                x.f_dropout(self.dropout, train)
+            } else {
+                Ok(x)
+            }
+        };
+        match &self.head {
+            HeadLayers::Dense { hidden, out } => {
+                let x = x
+                    .f_flatten(1, -1)?
+                    .f_linear(&hidden.ws, hidden.bs.as_ref())?;
+                let x = dropout(activate(&x, self.activation)?)?;
+                x.f_linear(&out.ws, out.bs.as_ref())
+            }
+            HeadLayers::Gap { out } => {
+                let x = dropout(x.f_mean_dim([2i64, 3].as_slice(), false, None)?)?;
+                x.f_linear(&out.ws, out.bs.as_ref())
+            }
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self.f_forward_t(xs, train) {
+            Ok(t) => t,
+            Err(e) => panic!("forward pass failed: {e}"),
+        }
+    }
+}
+
+/// Number of trainable parameters (weights and biases; batch-norm running statistics are not
+/// parameters), as PyTorch's `sum(p.numel() for p in model.parameters())`.
+pub fn parameter_count(vs: &nn::VarStore) -> u64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn net(p: &TrialParams, classes: i64) -> (nn::VarStore, Net) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), p, 1, 28, classes);
+        (vs, net)
+    }
+
+    #[test]
+    fn seed_model_parameter_counts() {
+        // conv1 1*32*9 (no bias with BN) + bn1 2*32 + conv2 32*64*9 + bn2 2*64
+        let convs = 288 + 64 + 18_432 + 128;
+        // dense: 64*7*7 -> 128 -> 10
+        let (vs, _) = net(&TrialParams::default(), 10);
+        assert_eq!(
+            parameter_count(&vs),
+            convs + (3136 * 128 + 128) + (128 * 10 + 10)
+        );
+        assert_eq!(parameter_count(&vs), 421_738);
+        // gap: 64 -> 10
+        let gap = TrialParams {
+            head: Head::Gap,
+            ..TrialParams::default()
+        };
+        let (vs, _) = net(&gap, 10);
+        assert_eq!(parameter_count(&vs), convs + 64 * 10 + 10);
+        assert_eq!(parameter_count(&vs), 19_562);
+        // Without batch norm the convolutions get biases and lose the BN scale/shift.
+        let plain = TrialParams {
+            head: Head::Gap,
+            batch_norm: false,
+            ..TrialParams::default()
+        };
+        let (vs, _) = net(&plain, 10);
+        assert_eq!(parameter_count(&vs), (288 + 32) + (18_432 + 64) + 650);
+    }
+
+    #[test]
+    fn output_shapes_for_both_heads_and_many_shapes() {
+        tch::set_num_threads(1);
+        tch::manual_seed(0);
+        let xs = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        for head in [Head::Dense, Head::Gap] {
+            for (k, blocks) in [(1, 1), (3, 2), (5, 2), (7, 1), (3, 3), (3, 4), (1, 4)] {
+                let p = TrialParams {
+                    head,
+                    kernel_size: k,
+                    blocks,
+                    base_filters: 4,
+                    units: 16,
+                    ..TrialParams::default()
+                };
+                let (_vs, n) = net(&p, 10);
+                for train in [true, false] {
+                    let y = n.forward_t(&xs, train);
+                    assert_eq!(y.size(), [3, 10], "{head:?} k={k} blocks={blocks}");
+                }
+            }
+        }
+        let p = TrialParams {
+            output: Output::Sigmoid,
+            ..TrialParams::default()
+        };
+        let (_vs, n) = net(&p, 2);
+        assert_eq!(n.forward_t(&xs, false).size(), [3, 1]);
+    }
+}
