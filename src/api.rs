@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::charts;
 use crate::proto::{self, struct_from_json, struct_to_json};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, Verdict};
 use crate::store::{EpochRow, Event, StoredEvent, TrialFacts, TrialResult, TrialRow};
 use crate::sweep::SweepRequest;
 
@@ -214,6 +214,25 @@ fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
     }
 }
 
+impl Api {
+    /// The sweep `id`, which must exist and not have ended.
+    async fn open_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
+        require_id("sweepId", id)?;
+        let sweep = self
+            .scheduler
+            .store
+            .sweep(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
+        if sweep.status == "finished" || sweep.status == "cancelled" {
+            let verb = if sweep.status == "finished" { "finished" } else { "been cancelled" };
+            return Err(Status::failed_precondition(format!("sweepId: sweep '{id}' has already {verb}")));
+        }
+        Ok(sweep)
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SweepEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -264,10 +283,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         let trials = store.trials_of(&id).await.map_err(internal)?;
         let best = best_trial(&trials).map(|t| t.id.clone()).unwrap_or_default();
         Ok(Response::new(proto::Sweep {
+            status: sweep.visible_status(),
             sweep_id: sweep.id,
             name: sweep.name,
             dataset: sweep.dataset,
-            status: sweep.status,
             strategy: sweep.strategy,
             varied: sweep.varied,
             spec: match &sweep.spec {
@@ -297,10 +316,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
                 .map(|s| {
                     let (total, done, best) = progress.get(&s.id).cloned().unwrap_or_default();
                     proto::SweepSummary {
+                        status: s.visible_status(),
                         sweep_id: s.id,
                         name: s.name,
                         dataset: s.dataset,
-                        status: s.status,
                         trials_total: total,
                         trials_done: done,
                         best_test_accuracy: best.unwrap_or_default(),
@@ -377,18 +396,23 @@ impl proto::orchestrator_server::Orchestrator for Api {
     async fn cancel_sweep(&self, request: Request<proto::CancelSweepRequest>) -> Result<Response<proto::CancelSweepResponse>, Status> {
         let id = request.into_inner().sweep_id;
         require_id("sweepId", &id)?;
-        let sweep = self
-            .scheduler
-            .store
-            .sweep(&id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
-        if sweep.status == "finished" || sweep.status == "cancelled" {
-            return Err(Status::failed_precondition(format!("sweepId: sweep '{id}' has already {}", sweep.status)));
-        }
+        self.open_sweep(&id).await?;
         let n = self.scheduler.cancel_sweep(&id).await.map_err(internal)?;
         Ok(Response::new(proto::CancelSweepResponse { trials_cancelled: n }))
+    }
+
+    async fn pause_sweep(&self, request: Request<proto::PauseSweepRequest>) -> Result<Response<proto::PauseSweepResponse>, Status> {
+        let id = request.into_inner().sweep_id;
+        self.open_sweep(&id).await?;
+        let n = self.scheduler.set_paused(&id, true).await.map_err(internal)?;
+        Ok(Response::new(proto::PauseSweepResponse { trials_held: n }))
+    }
+
+    async fn resume_sweep(&self, request: Request<proto::ResumeSweepRequest>) -> Result<Response<proto::ResumeSweepResponse>, Status> {
+        let id = request.into_inner().sweep_id;
+        self.open_sweep(&id).await?;
+        let n = self.scheduler.set_paused(&id, false).await.map_err(internal)?;
+        Ok(Response::new(proto::ResumeSweepResponse { trials_released: n }))
     }
 
     async fn get_trial(&self, request: Request<proto::GetTrialRequest>) -> Result<Response<proto::Trial>, Status> {
@@ -456,6 +480,9 @@ impl proto::orchestrator_server::Orchestrator for Api {
                         epoch: w.epoch,
                         epochs_planned: w.epochs_planned,
                         val_accuracy: w.val_accuracy,
+                        batch: w.batch,
+                        batches: w.batches,
+                        seconds_since_heartbeat: w.last_heartbeat.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default(),
                     })
                 })
                 .collect(),
@@ -495,6 +522,23 @@ pub struct Hub {
     pub scheduler: Arc<Scheduler>,
 }
 
+fn verdict_response(v: Verdict) -> proto::ReportEpochResponse {
+    match v {
+        Verdict::Proceed => proto::ReportEpochResponse {
+            proceed: true,
+            stop_reason: String::new(),
+        },
+        Verdict::Stop(reason) => proto::ReportEpochResponse {
+            proceed: false,
+            stop_reason: reason,
+        },
+        Verdict::GiveBack => proto::ReportEpochResponse {
+            proceed: false,
+            stop_reason: "shutdown".into(),
+        },
+    }
+}
+
 fn refusal(e: crate::scheduler::Refusal) -> Status {
     Status::failed_precondition(e.to_string())
 }
@@ -517,7 +561,9 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             return Ok(Response::new(proto::LeaseResponse::default()));
         };
         let config = &self.scheduler.config;
-        let weights = config.state_dir.join("trials").join(&lease.trial_id).join("best.safetensors");
+        let trial_dir = config.state_dir.join("trials").join(&lease.trial_id);
+        let weights = trial_dir.join("best.safetensors");
+        let checkpoint = trial_dir.join("checkpoint.safetensors");
         tracing::info!(trial = lease.trial_id, worker = r.worker_id, attempt = lease.attempt, "trial leased");
         Ok(Response::new(proto::LeaseResponse {
             trial_id: lease.trial_id,
@@ -526,6 +572,9 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             data_dir: config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
             params_json: serde_json::to_string(&lease.params).map_err(|e| Status::internal(e.to_string()))?,
             weights_path: weights.display().to_string(),
+            checkpoint_path: checkpoint.display().to_string(),
+            epochs_recorded: lease.epochs_recorded,
+            attempt: lease.attempt,
         }))
     }
 
@@ -546,13 +595,32 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             val_examples: r.val_examples,
             test_examples: r.test_examples,
         });
-        let proceed = self
+        let verdict = self
             .scheduler
             .report_epoch(&r.trial_id, r.generation, &epoch, facts.as_ref())
             .await
             .map_err(internal)?
             .map_err(refusal)?;
-        Ok(Response::new(proto::ReportEpochResponse { proceed }))
+        Ok(Response::new(verdict_response(verdict)))
+    }
+
+    async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let v = verdict_response(self.scheduler.heartbeat(&r.worker_id, &r.trial_id, r.generation, r.batch, r.batches));
+        Ok(Response::new(proto::HeartbeatResponse {
+            proceed: v.proceed,
+            stop_reason: v.stop_reason,
+        }))
+    }
+
+    async fn release_trial(&self, request: Request<proto::ReleaseTrialRequest>) -> Result<Response<proto::ReleaseTrialResponse>, Status> {
+        let r = request.into_inner();
+        tracing::info!(trial = r.trial_id, worker = r.worker_id, reason = r.reason, "trial given back; queued again");
+        self.scheduler
+            .give_back(&r.worker_id, &r.trial_id, r.generation, &r.reason)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(proto::ReleaseTrialResponse {}))
     }
 
     async fn finish_trial(&self, request: Request<proto::FinishTrialRequest>) -> Result<Response<proto::FinishTrialResponse>, Status> {

@@ -39,6 +39,12 @@ pub struct DaemonConfig {
     /// Attempts a trial gets when its worker dies before it is failed.
     #[arg(long, env = "CNND_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Seconds a busy worker may stay silent (no heartbeat) before its lease expires.
+    #[arg(long, env = "CNND_LEASE_TIMEOUT_SECS", default_value_t = 30)]
+    pub lease_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, seconds running trials get to reach an epoch boundary.
+    #[arg(long, env = "CNND_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
     /// Folder of dashboard files (NAME.toml) [default: ./dashboards when present, else the built-in default].
     #[arg(long, env = "CNND_DASHBOARDS")]
     pub dashboards: Option<PathBuf>,

@@ -49,6 +49,10 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     /// How long a Lease call waits for a trial before answering "none".
     pub lease_poll: Duration,
+    /// A busy worker silent for this long loses its lease (its process is killed).
+    pub lease_timeout: Duration,
+    /// On shutdown, how long running trials get to reach an epoch boundary.
+    pub shutdown_grace: Duration,
     /// The program and leading arguments that start a worker process; the scheduler adds
     /// `--daemon URL --worker-id ID --threads N --device D`.
     pub worker_command: Vec<String>,
@@ -71,6 +75,20 @@ pub struct WorkerView {
     pub val_accuracy: f64,
     pub trials_done: u32,
     pub libtorch_version: String,
+    pub batch: u32,
+    pub batches: u32,
+    /// Last sign of life while busy (lease, report or heartbeat).
+    pub last_heartbeat: Option<Instant>,
+}
+
+/// What a worker should do with the trial it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Proceed,
+    /// Stop; the trial is over (cancelled) or the lease is gone.
+    Stop(String),
+    /// The daemon is shutting down: give the trial back (ReleaseTrial).
+    GiveBack,
 }
 
 pub struct Scheduler {
@@ -81,6 +99,8 @@ pub struct Scheduler {
     workers: Mutex<HashMap<String, WorkerView>>,
     queue_changed: Notify,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Set when the shutdown grace period is over: running trials stop mid-epoch.
+    hard_stop: std::sync::atomic::AtomicBool,
 }
 
 /// A report refused because the worker's lease is gone.
@@ -113,6 +133,7 @@ impl Scheduler {
             workers: Mutex::new(workers),
             queue_changed: Notify::new(),
             shutting_down: Default::default(),
+            hard_stop: Default::default(),
         })
     }
 
@@ -145,7 +166,7 @@ impl Scheduler {
         for (trial, generation) in &orphans {
             let events = self
                 .store
-                .release_trial(trial, *generation, "the daemon restarted while it ran", self.config.max_attempts)
+                .release_trial(trial, *generation, "the daemon restarted while it ran", self.config.max_attempts, false)
                 .await?;
             self.publish(events);
         }
@@ -200,6 +221,9 @@ impl Scheduler {
                         w.epoch = 0;
                         w.epochs_planned = lease.params.epochs;
                         w.val_accuracy = 0.0;
+                        w.batch = 0;
+                        w.batches = 0;
+                        w.last_heartbeat = Some(Instant::now());
                     }
                 }
                 self.publish([event]);
@@ -222,8 +246,14 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Records an epoch; Ok(false) tells the worker to stop (the trial was cancelled).
-    pub async fn report_epoch(&self, trial_id: &str, generation: u64, epoch: &EpochRow, facts: Option<&TrialFacts>) -> Result<Result<bool, Refusal>> {
+    /// Records an epoch and says whether the worker goes on.
+    pub async fn report_epoch(
+        &self,
+        trial_id: &str,
+        generation: u64,
+        epoch: &EpochRow,
+        facts: Option<&TrialFacts>,
+    ) -> Result<Result<Verdict, Refusal>> {
         match self.store.record_epoch(trial_id, generation, epoch, facts).await? {
             Ok(event) => {
                 {
@@ -231,14 +261,93 @@ impl Scheduler {
                     if let Some(w) = workers.values_mut().find(|w| w.trial_id.as_deref() == Some(trial_id)) {
                         w.epoch = epoch.epoch;
                         w.val_accuracy = epoch.val_accuracy;
+                        w.last_heartbeat = Some(Instant::now());
                     }
                 }
                 self.publish([event]);
-                Ok(Ok(true))
+                if self.is_shutting_down() {
+                    return Ok(Ok(Verdict::GiveBack));
+                }
+                Ok(Ok(Verdict::Proceed))
             }
-            Err(ReportError::StaleLease { status, .. }) if status == "cancelled" => Ok(Ok(false)),
+            Err(ReportError::StaleLease { status, .. }) if status == "cancelled" => Ok(Ok(Verdict::Stop("cancelled".into()))),
             Err(e) => Ok(Err(e)),
         }
+    }
+
+    /// Renews a lease and records progress inside the epoch.
+    pub fn heartbeat(&self, worker_id: &str, trial_id: &str, generation: u64, batch: u32, batches: u32) -> Verdict {
+        let mut workers = self.workers.lock().unwrap();
+        let Some(w) = workers.get_mut(worker_id) else {
+            return Verdict::Stop(format!("unknown worker '{worker_id}'"));
+        };
+        if w.trial_id.as_deref() != Some(trial_id) || w.generation != generation {
+            return Verdict::Stop("lease lost".into());
+        }
+        w.last_heartbeat = Some(Instant::now());
+        w.batch = batch;
+        w.batches = batches;
+        if self.hard_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Verdict::GiveBack;
+        }
+        Verdict::Proceed
+    }
+
+    /// A worker gives its trial back unfinished (daemon shutdown): queued again, attempt
+    /// not counted, checkpoint kept.
+    pub async fn give_back(&self, worker_id: &str, trial_id: &str, generation: u64, reason: &str) -> Result<()> {
+        let events = self
+            .store
+            .release_trial(trial_id, generation, reason, self.config.max_attempts, false)
+            .await?;
+        self.publish(events);
+        self.worker_went_idle(worker_id, trial_id, false);
+        Ok(())
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pauses or resumes a sweep; returns the number of queued trials held or released.
+    pub async fn set_paused(&self, sweep_id: &str, paused: bool) -> Result<u32> {
+        let n = self.store.set_paused(sweep_id, paused).await?;
+        self.queue_changed.notify_waiters();
+        Ok(n)
+    }
+
+    /// Expires leases whose worker fell silent: kills its process, and the supervisor
+    /// re-queues the trial. Runs until the daemon stops.
+    pub fn start_lease_reaper(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let silent: Vec<(String, u32, String)> = {
+                    let workers = me.workers.lock().unwrap();
+                    workers
+                        .values()
+                        .filter(|w| w.state == "busy")
+                        .filter(|w| w.last_heartbeat.is_some_and(|t| t.elapsed() > me.config.lease_timeout))
+                        .map(|w| (w.worker_id.clone(), w.pid, w.trial_id.clone().unwrap_or_default()))
+                        .collect()
+                };
+                for (worker, pid, trial) in silent {
+                    tracing::warn!(worker, trial, "lease expired: no heartbeat for {:?}; killing the worker", me.config.lease_timeout);
+                    if let Some(w) = me.workers.lock().unwrap().get_mut(&worker) {
+                        // Only once: the supervisor sees the exit and releases the trial.
+                        w.last_heartbeat = None;
+                    }
+                    if pid > 0 {
+                        // SAFETY: kill(2) on a worker process we spawned.
+                        unsafe {
+                            libc::kill(pid as i32, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     pub async fn finish_trial(&self, worker_id: &str, trial_id: &str, generation: u64, result: &TrialResult) -> Result<Result<(), Refusal>> {
@@ -349,7 +458,7 @@ impl Scheduler {
             };
             if let Some((trial, generation)) = held {
                 let reason = format!("worker {} exited ({status})", slot.worker_id);
-                match self.store.release_trial(&trial, generation, &reason, self.config.max_attempts).await {
+                match self.store.release_trial(&trial, generation, &reason, self.config.max_attempts, true).await {
                     Ok(events) => self.publish(events),
                     Err(e) => tracing::error!(trial, "could not release trial: {e:#}"),
                 }
@@ -369,8 +478,25 @@ impl Scheduler {
         }
     }
 
-    pub fn shutdown(&self) {
+    /// Graceful shutdown: no new leases; running trials stop at their next epoch boundary
+    /// (after its checkpoint) and are given back; after `shutdown_grace` they stop at once
+    /// (the last checkpoint stays). Returns when no worker holds a trial, or after a second
+    /// grace period.
+    pub async fn shutdown(&self) {
         self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
         self.queue_changed.notify_waiters();
+        let busy = || self.workers.lock().unwrap().values().filter(|w| w.state == "busy").count();
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while busy() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if busy() > 0 {
+            tracing::warn!("grace period over; stopping running trials at their last checkpoint");
+            self.hard_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while busy() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }

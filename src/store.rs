@@ -84,8 +84,20 @@ pub struct SweepRow {
     pub priority: i32,
     pub max_parallel: u32,
     pub status: String,
+    pub paused: bool,
     pub created_at: String,
     pub finished_at: Option<String>,
+}
+
+impl SweepRow {
+    /// The status clients see: `paused` while paused and not ended.
+    pub fn visible_status(&self) -> String {
+        if self.paused && (self.status == "queued" || self.status == "running") {
+            "paused".into()
+        } else {
+            self.status.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +138,8 @@ pub struct Lease {
     pub generation: u64,
     pub attempt: u32,
     pub params: TrialParams,
+    /// Epochs of this trial already in the store (from earlier attempts).
+    pub epochs_recorded: u32,
 }
 
 /// Sent with the first epoch of an attempt.
@@ -250,6 +264,7 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
         priority: r.get::<i64, _>("priority") as i32,
         max_parallel: r.get::<i64, _>("max_parallel") as u32,
         status: r.get("status"),
+        paused: r.get::<i64, _>("paused") != 0,
         created_at: r.get("created_at"),
         finished_at: r.get("finished_at"),
     })
@@ -487,8 +502,10 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
-            "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset FROM trials t JOIN sweeps s ON s.id = t.sweep_id
-             WHERE t.status = 'queued' AND t.device IN ({placeholders})
+            "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset,
+                    (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_recorded
+             FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+             WHERE t.status = 'queued' AND s.paused = 0 AND t.device IN ({placeholders})
                AND (s.max_parallel = 0 OR
                     (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') < s.max_parallel)
              ORDER BY t.priority DESC, t.queue_seq LIMIT 1"
@@ -541,6 +558,7 @@ impl Store {
                 generation,
                 attempt,
                 params: serde_json::from_str(&params)?,
+                epochs_recorded: row.get::<i64, _>("epochs_recorded") as u32,
             },
             event,
         )))
@@ -666,7 +684,16 @@ impl Store {
 
     /// A worker lost its trial (process died, lease expired): queue it again while attempts
     /// remain, else fail it with `reason`. Returns the events written.
-    pub async fn release_trial(&self, trial_id: &str, generation: u64, reason: &str, max_attempts: u32) -> Result<Vec<StoredEvent>> {
+    /// A graceful release (`counts_as_attempt` false: the daemon is shutting down) takes the
+    /// attempt back, so shutdowns never use up a trial's attempts.
+    pub async fn release_trial(
+        &self,
+        trial_id: &str,
+        generation: u64,
+        reason: &str,
+        max_attempts: u32,
+        counts_as_attempt: bool,
+    ) -> Result<Vec<StoredEvent>> {
         let mut tx = self.writer.begin().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
@@ -677,8 +704,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let mut events = Vec::new();
-        if (attempts as u32) < max_attempts {
-            sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, error = ? WHERE id = ?")
+        if !counts_as_attempt || (attempts as u32) < max_attempts {
+            let attempts_after = if counts_as_attempt { attempts } else { (attempts - 1).max(0) };
+            sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, attempts = ?, error = ? WHERE id = ?")
+                .bind(attempts_after)
                 .bind(format!("attempt {attempts}: {reason}"))
                 .bind(trial_id)
                 .execute(&mut *tx)
@@ -752,6 +781,23 @@ impl Store {
         }
         tx.commit().await?;
         Ok((running, n, events))
+    }
+
+    /// Holds (`paused` true) or releases a sweep's queued trials. Returns how many queued
+    /// trials that affects.
+    pub async fn set_paused(&self, sweep_id: &str, paused: bool) -> Result<u32> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("UPDATE sweeps SET paused = ? WHERE id = ?")
+            .bind(paused as i64)
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+        let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'")
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(queued as u32)
     }
 
     /// Marks the sweep finished when none of its trials is queued or running.

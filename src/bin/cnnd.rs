@@ -127,6 +127,8 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             },
             max_attempts: config.max_attempts.max(1),
             lease_poll: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(config.lease_timeout_secs.max(1)),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             worker_command: vec![exe, "worker".into()],
         },
     );
@@ -168,6 +170,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     };
     cnnd::api::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
     scheduler.start_workers(worker_url);
+    scheduler.start_lease_reaper();
     tracing::info!(
         %addr,
         db = %db_path.display(),
@@ -178,19 +181,26 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     );
     println!("cnnd listening on {addr}");
 
-    let shutdown_scheduler = scheduler.clone();
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(OrchestratorServer::new(api))
-        .add_service(WorkerHubServer::new(hub))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            shutdown_scheduler.shutdown();
-        })
-        .await?;
+    // On SIGTERM/SIGINT: drain the workers while the server still answers them, then stop
+    // serving (giving open streams a moment), then exit; workers die with the daemon.
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(OrchestratorServer::new(api))
+            .add_service(WorkerHubServer::new(hub))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = serving_stopped.await;
+            }),
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new trials; running ones stop at their next epoch boundary");
+    scheduler.shutdown().await;
+    let _ = stop_serving.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
     Ok(())
 }
 
