@@ -750,6 +750,10 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
         let ended = now();
+        let open: Vec<(String,)> = sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running') ORDER BY idx")
+            .bind(sweep_id)
+            .fetch_all(&mut *tx)
+            .await?;
         let n = sqlx::query(
             "UPDATE trials SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'
              WHERE sweep_id = ? AND status IN ('queued', 'running')",
@@ -760,6 +764,16 @@ impl Store {
         .await?
         .rows_affected() as u32;
         let mut events = Vec::new();
+        for (trial_id,) in open {
+            let event = Event::TrialFinished {
+                trial_id,
+                status: "cancelled".into(),
+                test_accuracy: None,
+                test_loss: None,
+                error: Some("cancelled by request".into()),
+            };
+            events.push(append_event(&mut tx, sweep_id, &event).await?);
+        }
         if n > 0 {
             sqlx::query("UPDATE sweeps SET status = 'cancelled', finished_at = ? WHERE id = ?")
                 .bind(&ended)

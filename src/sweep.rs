@@ -466,6 +466,9 @@ impl SweepRequest {
             grid_size = grid_size.saturating_mul(values.len() as u64);
             axes.push((k.clone(), values));
         }
+        // Axes in alphabetical order whatever order the request had (protobuf Structs are
+        // sorted anyway), so the same sweep always expands the same way.
+        axes.sort_by(|a, b| a.0.cmp(&b.0));
         let varied: Vec<String> = axes.iter().map(|(k, _)| k.clone()).collect();
 
         let configs_wanted: u64 = match strategy {

@@ -7,13 +7,17 @@
 //! Must not touch: the store, the scheduler or charts (it only speaks the protocol).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tonic::transport::Channel;
 
 use crate::proto::worker_hub_client::WorkerHubClient;
-use crate::proto::{FinishTrialRequest, LeaseRequest, LeaseResponse, RegisterRequest, ReportEpochRequest};
+use crate::proto::{
+    FinishTrialRequest, HeartbeatRequest, LeaseRequest, LeaseResponse, RegisterRequest, ReleaseTrialRequest, ReportEpochRequest,
+};
 use crate::sweep::{dataset_info, Output, TrialParams};
 use crate::{data, train};
 
@@ -116,7 +120,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         })
         .await
         .context("registering with the daemon")?;
-    let cache = std::sync::Arc::new(data::DataCache::default());
+    let cache = Arc::new(data::DataCache::default());
     let mut failures = 0;
     loop {
         let lease = match client
@@ -147,21 +151,54 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         let cache = cache.clone();
         let trial_id = lease.trial_id.clone();
         let generation = lease.generation;
-        let finish = tokio::task::spawn_blocking(move || run_lease(&lease, &worker_id, reporter, handle, &cache, device))
+        let end = tokio::task::spawn_blocking(move || run_lease(&lease, &worker_id, reporter, handle, &cache, device))
             .await
-            .unwrap_or_else(|e| failed(format!("the trial panicked: {e}")));
-        let finish = FinishTrialRequest {
-            worker_id: args.worker_id.clone(),
-            trial_id,
-            generation,
-            ..finish
-        };
-        if let Err(e) = client.finish_trial(finish).await {
-            // A refused finish means the lease moved on (cancelled); nothing to keep.
-            tracing::warn!(worker = args.worker_id, "finish not taken: {}", e.message());
+            .unwrap_or_else(|e| LeaseEnd::Finish(failed(format!("the trial panicked: {e}"))));
+        match end {
+            LeaseEnd::Finish(finish) => {
+                let finish = FinishTrialRequest {
+                    worker_id: args.worker_id.clone(),
+                    trial_id,
+                    generation,
+                    ..finish
+                };
+                if let Err(e) = client.finish_trial(finish).await {
+                    // A refused finish means the lease moved on (cancelled); nothing to keep.
+                    tracing::warn!(worker = args.worker_id, "finish not taken: {}", e.message());
+                }
+            }
+            LeaseEnd::GiveBack(reason) => {
+                let req = ReleaseTrialRequest {
+                    worker_id: args.worker_id.clone(),
+                    trial_id,
+                    generation,
+                    reason,
+                };
+                if let Err(e) = client.release_trial(req).await {
+                    tracing::warn!(worker = args.worker_id, "release not taken: {}", e.message());
+                }
+            }
+            LeaseEnd::Abandon(reason) if reason == DAEMON_LOST => {
+                anyhow::bail!("lost the daemon at {} while training {trial_id}", args.daemon);
+            }
+            LeaseEnd::Abandon(reason) => {
+                tracing::info!(worker = args.worker_id, trial = trial_id, "trial stopped: {reason}");
+            }
         }
     }
 }
+
+/// How a leased trial ends, from the worker's side.
+enum LeaseEnd {
+    /// Report the outcome (succeeded, failed, pruned).
+    Finish(FinishTrialRequest),
+    /// Give the trial back unfinished (daemon shutdown); it resumes from its checkpoint.
+    GiveBack(String),
+    /// The trial is no longer ours (cancelled, lease lost): report nothing.
+    Abandon(String),
+}
+
+const DAEMON_LOST: &str = "daemon lost";
 
 fn failed(error: String) -> FinishTrialRequest {
     FinishTrialRequest {
@@ -171,7 +208,9 @@ fn failed(error: String) -> FinishTrialRequest {
     }
 }
 
-/// Trains one leased trial; blocking (runs on a blocking thread).
+/// Trains one leased trial; blocking (runs on a blocking thread). A heartbeat task renews
+/// the lease every second with the batch progress and raises the stop flag when the daemon
+/// says so (cancel, shutdown) or cannot be reached.
 fn run_lease(
     lease: &LeaseResponse,
     worker_id: &str,
@@ -179,13 +218,13 @@ fn run_lease(
     handle: tokio::runtime::Handle,
     cache: &data::DataCache,
     device: tch::Device,
-) -> FinishTrialRequest {
+) -> LeaseEnd {
     let params: TrialParams = match serde_json::from_str(&lease.params_json) {
         Ok(p) => p,
-        Err(e) => return failed(format!("trial parameters unreadable: {e}")),
+        Err(e) => return LeaseEnd::Finish(failed(format!("trial parameters unreadable: {e}"))),
     };
     let Some(info) = dataset_info(&lease.dataset) else {
-        return failed(format!("unknown data set '{}'", lease.dataset));
+        return LeaseEnd::Finish(failed(format!("unknown data set '{}'", lease.dataset)));
     };
     let data_dir = if lease.data_dir.is_empty() {
         std::env::var_os("CNND_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
@@ -194,16 +233,34 @@ fn run_lease(
     };
     let dataset = match cache.get(info, &data_dir) {
         Ok(d) => d,
-        Err(e) => return failed(format!("data: {e:#}")),
+        Err(e) => return LeaseEnd::Finish(failed(format!("data: {e:#}"))),
     };
     let prepared = data::prepare(&dataset, &params);
     let weights_path = PathBuf::from(&lease.weights_path);
     if let Some(dir) = weights_path.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            return failed(format!("cannot create {}: {e}", dir.display()));
+            return LeaseEnd::Finish(failed(format!("cannot create {}: {e}", dir.display())));
         }
     }
     let classes = if params.output == Output::Sigmoid { 1 } else { info.classes as i64 };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let stop_reason: Arc<Mutex<Option<String>>> = Default::default();
+    let heartbeats = handle.spawn(heartbeat_loop(
+        client.clone(),
+        HeartbeatRequest {
+            worker_id: worker_id.to_string(),
+            trial_id: lease.trial_id.clone(),
+            generation: lease.generation,
+            batches: train::batches_per_epoch(&prepared, &params),
+            ..Default::default()
+        },
+        stop.clone(),
+        progress.clone(),
+        stop_reason.clone(),
+    ));
+
     let mut first = true;
     let mut on_epoch = |r: &train::EpochReport, facts: &train::TrialInfo| -> bool {
         let mut req = ReportEpochRequest {
@@ -227,25 +284,93 @@ fn run_lease(
             first = false;
         }
         match handle.block_on(client.report_epoch(req)) {
-            Ok(r) => r.into_inner().proceed,
+            Ok(r) => {
+                let r = r.into_inner();
+                if !r.proceed {
+                    stop_reason.lock().unwrap().get_or_insert(r.stop_reason);
+                }
+                r.proceed
+            }
             Err(e) => {
                 tracing::warn!(trial = lease.trial_id, "epoch report refused, stopping: {}", e.message());
+                stop_reason.lock().unwrap().get_or_insert(format!("lease lost: {}", e.message()));
                 false
             }
         }
     };
-    let _ = info.channels;
-    match train::run_trial(&prepared, &params, info.channels as i64, classes, device, &weights_path, &mut on_epoch) {
-        Ok(outcome) => FinishTrialRequest {
-            status: if outcome.stopped { "pruned".into() } else { "succeeded".into() },
-            test_loss: outcome.test_loss,
-            test_accuracy: outcome.test_accuracy,
-            has_test: true,
-            best_epoch: outcome.best_epoch,
-            weights_path: weights_path.display().to_string(),
-            parameter_count: outcome.parameter_count,
-            ..Default::default()
-        },
-        Err(e) => failed(e.to_string()),
+    let checkpoint = PathBuf::from(&lease.checkpoint_path);
+    let control = train::TrialControl {
+        checkpoint: (!lease.checkpoint_path.is_empty()).then_some(checkpoint.as_path()),
+        stop: Some(&stop),
+        progress: Some(&progress),
+    };
+    let result = train::run_trial_with(&prepared, &params, info.channels as i64, classes, device, &weights_path, &control, &mut on_epoch);
+    heartbeats.abort();
+    let reason = stop_reason.lock().unwrap().clone();
+    let stopped_because = |reason: Option<String>| match reason.as_deref() {
+        Some("shutdown") => LeaseEnd::GiveBack("the daemon is shutting down".into()),
+        Some(r) => LeaseEnd::Abandon(r.to_string()),
+        None => LeaseEnd::Abandon("stopped".into()),
+    };
+    match result {
+        Ok(outcome) if outcome.stopped && reason.is_some() => stopped_because(reason),
+        Ok(outcome) => {
+            if outcome.resumed_from_epoch > 0 {
+                tracing::info!(trial = lease.trial_id, epoch = outcome.resumed_from_epoch, "resumed from checkpoint");
+            }
+            LeaseEnd::Finish(FinishTrialRequest {
+                status: if outcome.stopped { "pruned".into() } else { "succeeded".into() },
+                test_loss: outcome.test_loss,
+                test_accuracy: outcome.test_accuracy,
+                has_test: true,
+                best_epoch: outcome.best_epoch,
+                weights_path: weights_path.display().to_string(),
+                parameter_count: outcome.parameter_count,
+                ..Default::default()
+            })
+        }
+        Err(train::TrainError::Interrupted { .. }) => stopped_because(reason),
+        Err(e) => LeaseEnd::Finish(failed(e.to_string())),
+    }
+}
+
+/// Renews the lease every second with the current batch; raises `stop` when the daemon
+/// says stop or has been unreachable for ten seconds.
+async fn heartbeat_loop(
+    mut client: WorkerHubClient<Channel>,
+    template: HeartbeatRequest,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+    stop_reason: Arc<Mutex<Option<String>>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let at = progress.load(Ordering::Relaxed);
+        let req = HeartbeatRequest {
+            epoch: (at >> 32) as u32,
+            batch: (at & 0xffff_ffff) as u32,
+            ..template.clone()
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(req)).await {
+            Ok(Ok(r)) => {
+                unreachable_since = None;
+                let r = r.into_inner();
+                if !r.proceed {
+                    stop_reason.lock().unwrap().get_or_insert(r.stop_reason);
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            _ => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(10) {
+                    stop_reason.lock().unwrap().get_or_insert(DAEMON_LOST.to_string());
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
     }
 }
