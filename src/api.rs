@@ -26,9 +26,26 @@ pub struct Api {
     pub dashboards_dir: PathBuf,
 }
 
+/// Maps a store or scheduler failure to a status. A full disk or a read-only state
+/// directory refuses the request clearly; what is already recorded stays intact (SQLite
+/// rolls the transaction back).
 fn internal(e: anyhow::Error) -> Status {
-    tracing::error!("internal error: {e:#}");
-    Status::internal(format!("{e:#}"))
+    let text = format!("{e:#}");
+    let lower = text.to_lowercase();
+    if lower.contains("disk is full") || lower.contains("no space left") {
+        tracing::error!("storage full: {text}");
+        return Status::resource_exhausted(format!(
+            "storage: the disk holding the state directory is full ({text}); new work is refused, recorded results are intact"
+        ));
+    }
+    if lower.contains("readonly") || lower.contains("read-only") || lower.contains("permission denied") {
+        tracing::error!("storage not writable: {text}");
+        return Status::unavailable(format!(
+            "storage: the state directory is not writable ({text}); new work is refused, recorded results are intact"
+        ));
+    }
+    tracing::error!("internal error: {text}");
+    Status::internal(text)
 }
 
 fn json_object<T: serde::Serialize>(v: &T) -> prost_types::Struct {

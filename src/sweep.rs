@@ -134,6 +134,9 @@ pub struct TrialParams {
     pub test_limit: u32,
     /// Share of the training examples held out for validation, drawn with the seed.
     pub val_fraction: f64,
+    /// Wall-clock limit of one attempt in seconds (0: none); past it the trial fails as
+    /// `timed_out`.
+    pub time_limit: f64,
 }
 
 impl Default for TrialParams {
@@ -164,6 +167,7 @@ impl Default for TrialParams {
             train_limit: 0,
             test_limit: 0,
             val_fraction: 0.1,
+            time_limit: 0.0,
         }
     }
 }
@@ -235,6 +239,9 @@ impl TrialParams {
         }
         if !(p.val_fraction > 0.0 && p.val_fraction <= 0.5) {
             return Err(err("valFraction", format!("{} is outside (0, 0.5]", p.val_fraction)));
+        }
+        if !(p.time_limit.is_finite() && p.time_limit >= 0.0) {
+            return Err(err("timeLimit", format!("{} is not a number of seconds >= 0", p.time_limit)));
         }
         if !(0.0..=180.0).contains(&p.rotation_range) {
             return Err(err("rotationRange", format!("{} degrees is outside 0..=180", p.rotation_range)));

@@ -199,6 +199,7 @@ enum LeaseEnd {
 }
 
 const DAEMON_LOST: &str = "daemon lost";
+const TIMED_OUT: &str = "timed_out";
 
 fn failed(error: String) -> FinishTrialRequest {
     FinishTrialRequest {
@@ -259,6 +260,7 @@ fn run_lease(
         stop.clone(),
         progress.clone(),
         stop_reason.clone(),
+        (params.time_limit > 0.0).then(|| Duration::from_secs_f64(params.time_limit)),
     ));
 
     let mut first = true;
@@ -309,6 +311,7 @@ fn run_lease(
     let reason = stop_reason.lock().unwrap().clone();
     let stopped_because = |reason: Option<String>| match reason.as_deref() {
         Some("shutdown") => LeaseEnd::GiveBack("the daemon is shutting down".into()),
+        Some(r) if r.starts_with(TIMED_OUT) => LeaseEnd::Finish(failed(r.to_string())),
         Some(r) => LeaseEnd::Abandon(r.to_string()),
         None => LeaseEnd::Abandon("stopped".into()),
     };
@@ -335,19 +338,37 @@ fn run_lease(
 }
 
 /// Renews the lease every second with the current batch; raises `stop` when the daemon
-/// says stop or has been unreachable for ten seconds.
+/// says stop, has been unreachable for ten seconds, or the trial's time limit is over.
 async fn heartbeat_loop(
     mut client: WorkerHubClient<Channel>,
     template: HeartbeatRequest,
     stop: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,
     stop_reason: Arc<Mutex<Option<String>>>,
+    time_limit: Option<Duration>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_beat: Option<std::time::Instant> = None;
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         let at = progress.load(Ordering::Relaxed);
+        if let Some(limit) = time_limit {
+            if started.elapsed() > limit {
+                let (epoch, batch) = ((at >> 32) as u32, (at & 0xffff_ffff) as u32);
+                stop_reason.lock().unwrap().get_or_insert(format!(
+                    "{TIMED_OUT}: exceeded the time limit of {} s at epoch {epoch}, batch {batch}",
+                    limit.as_secs_f64()
+                ));
+                stop.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        if last_beat.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            continue;
+        }
+        last_beat = Some(std::time::Instant::now());
         let req = HeartbeatRequest {
             epoch: (at >> 32) as u32,
             batch: (at & 0xffff_ffff) as u32,

@@ -92,6 +92,16 @@ enum Command {
         /// Sweep id
         id: String,
     },
+    /// Hold a sweep's queued trials (running ones finish)
+    Pause {
+        /// Sweep id
+        id: String,
+    },
+    /// Release a paused sweep's queued trials
+    Resume {
+        /// Sweep id
+        id: String,
+    },
     /// Render a sweep's comparison charts to PNG and print their paths
     Charts {
         /// Sweep id
@@ -312,6 +322,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Trial { id } => commands::trial(&mut d, &id, output).await,
         Command::Watch { id } => watch::watch(&mut d, &id, output == Output::Json).await,
         Command::Cancel { id } => commands::cancel(&mut d, &id, output).await,
+        Command::Pause { id } => commands::pause(&mut d, &id, true, output).await,
+        Command::Resume { id } => commands::pause(&mut d, &id, false, output).await,
         Command::Charts { id, dashboard } => commands::charts(&mut d, &id, dashboard, output).await,
     }
 }

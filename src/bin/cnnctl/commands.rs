@@ -419,6 +419,32 @@ pub async fn cancel(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliE
     Ok(())
 }
 
+/// Pauses (`hold` true) or resumes a sweep.
+pub async fn pause(d: &mut Daemon, id: &str, hold: bool, output: Output) -> Result<(), CliError> {
+    let addr = d.addr.clone();
+    let sweep_id = id.to_string();
+    let (what, n) = if hold {
+        let r = d
+            .client
+            .pause_sweep(pb::PauseSweepRequest { sweep_id })
+            .await
+            .map_err(|e| CliError::rpc(format!("pause sweep {id}"), &addr, e))?;
+        ("held", r.into_inner().trials_held)
+    } else {
+        let r = d
+            .client
+            .resume_sweep(pb::ResumeSweepRequest { sweep_id })
+            .await
+            .map_err(|e| CliError::rpc(format!("resume sweep {id}"), &addr, e))?;
+        ("released", r.into_inner().trials_released)
+    };
+    match output {
+        Output::Json => out_json(&serde_json::json!({ "sweepId": id, "paused": hold, "queuedTrials": n })),
+        Output::Table => out(format!("sweep {id}: {n} queued trials {what}")),
+    }
+    Ok(())
+}
+
 pub async fn charts(
     d: &mut Daemon,
     id: &str,
