@@ -519,7 +519,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             workers_idle: idle,
             queue_depth: counts.queued,
             libtorch_version: crate::config::LIBTORCH_VERSION.to_string(),
-            db_path: s.config.state_dir.join("cnnd.sqlite").display().to_string(),
+            db_path: s.config.db_path.display().to_string(),
             state_dir: s.config.state_dir.display().to_string(),
         }))
     }

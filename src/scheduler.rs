@@ -41,6 +41,7 @@ pub struct SlotConfig {
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub state_dir: PathBuf,
+    pub db_path: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub slots: Vec<SlotConfig>,
     pub devices: Vec<DeviceInfo>,

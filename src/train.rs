@@ -1,24 +1,45 @@
 //! The training loop of one trial: builds the model, trains it epoch by epoch on prepared
 //! splits (with optional Keras-style augmentation), reports every epoch to the caller, keeps
-//! the best epoch's weights on disk and tests them.
+//! the best epoch's weights on disk and tests them; checkpoints every epoch and resumes from
+//! a checkpoint; can be stopped between batches and followed batch by batch.
 //!
-//! Owns: the optimiser, the loss, augmentation, divergence detection, checkpointing of the
-//! best weights, evaluation.
+//! Owns: the optimiser ([`optim`]), the loss, augmentation, divergence detection, the
+//! per-epoch checkpoint and resuming from it, saving the best weights, evaluation.
 //! Must not touch: the control plane (store, scheduler, api, charts) nor the worker protocol;
-//! progress leaves only through the `on_epoch` callback and the returned outcome.
+//! progress leaves only through the `on_epoch` callback, the [`TrialControl`] atomics and the
+//! returned outcome.
+//!
+//! Randomness: the model is initialised from `tch::manual_seed(seed)`; every epoch then
+//! reseeds libtorch (shuffle, dropout) and the augmentation generator from
+//! [`epoch_seed`]`(seed, epoch)`, so an epoch's numbers depend only on the state the previous
+//! epoch left (weights, batch-norm statistics, optimiser state), which a checkpoint holds:
+//! a resumed trial gives the same numbers as one that ran straight through.
+//!
+//! Checkpoint (safetensors, written to a temporary name in the same folder, fsynced and
+//! renamed after every completed epoch): `model.<var>` (every variable of the var store,
+//! batch-norm running statistics included), `best.<var>` (the best epoch's weights),
+//! `optim.step` and `optim.m.<var>` / `optim.v.<var>` (Adam, AdamW) or
+//! `optim.momentum.<var>` (SGD with momentum), and the 0-d scalars `meta.version`,
+//! `meta.epoch`, `meta.best_epoch`, `meta.best_val_accuracy` (f64) and `meta.params_hash`
+//! ([`params_hash`], stored as i64 bits).
 
+pub mod optim;
+
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Reduction, TchError, Tensor};
 
 use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
-use crate::sweep::{Optimizer, Output, TrialParams};
+use crate::sweep::{Output, TrialParams};
+use optim::{Optim, OptimConfig};
 
 /// Metrics of one finished epoch.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +78,44 @@ pub struct TrainOutcome {
     pub parameter_count: u64,
     /// True when `on_epoch` returned `false` (the trial ended at that epoch).
     pub stopped: bool,
+    /// The checkpoint's epoch this run continued from; 0 when it started fresh.
+    pub resumed_from_epoch: u32,
+}
+
+/// What the caller controls of a running trial besides `on_epoch`. The default controls
+/// nothing: no checkpoint, no stop, no progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrialControl<'a> {
+    /// The checkpoint file: written after every completed epoch, and resumed from when it
+    /// exists, was written for the same parameters ([`params_hash`]) and its epoch is below
+    /// `p.epochs`. A file that cannot be used is ignored with a warning (fresh start).
+    pub checkpoint: Option<&'a Path>,
+    /// Checked before every training batch: when set, [`run_trial_with`] returns
+    /// [`TrainError::Interrupted`] without finishing the epoch (so without writing a
+    /// checkpoint or weights for it; the previous epoch's checkpoint stays valid).
+    pub stop: Option<&'a AtomicBool>,
+    /// Set after every training batch to [`encode_progress`]`(epoch, batch)`: the epoch in
+    /// progress and the number of its batches done (both 1-based; the epoch has
+    /// [`batches_per_epoch`] batches). Relaxed stores; read it with
+    /// [`decode_progress`].
+    pub progress: Option<&'a AtomicU64>,
+}
+
+/// `(epoch << 32) | batch`, the value of [`TrialControl::progress`].
+pub fn encode_progress(epoch: u32, batch: u32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(batch)
+}
+
+/// `(epoch, batch)` of a [`TrialControl::progress`] value.
+pub fn decode_progress(value: u64) -> (u32, u32) {
+    ((value >> 32) as u32, value as u32)
+}
+
+/// Number of training batches in one epoch of `p` on `prepared` (the last one may be short).
+pub fn batches_per_epoch(prepared: &Prepared, p: &TrialParams) -> u32 {
+    let n = prepared.train.len() as u64;
+    let batch = u64::from(p.batch_size.max(1));
+    n.div_ceil(batch) as u32
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -68,9 +127,14 @@ pub enum TrainError {
     /// libtorch failed (out of memory, a shape error, a panic inside tch).
     #[error("libtorch: {0}")]
     Torch(String),
-    /// The prepared data cannot be trained on (empty split, wrong shape, I/O of weights).
+    /// The prepared data cannot be trained on (empty split, wrong shape, I/O of weights or
+    /// of the checkpoint).
     #[error("data: {0}")]
     Data(String),
+    /// [`TrialControl::stop`] was set; `epoch` (1-based) is the epoch that was in progress and
+    /// did not finish (the checkpoint, if any, holds epoch - 1).
+    #[error("interrupted during epoch {epoch}")]
+    Interrupted { epoch: u32 },
 }
 
 impl From<TchError> for TrainError {
@@ -142,12 +206,35 @@ pub fn augment(images: &Tensor, p: &TrialParams, rng: &mut ChaCha8Rng) -> Result
     apply_affine(images, &theta)
 }
 
-/// The augmentation generator of a trial: ChaCha8 seeded by the trial seed, on its own stream
-/// (so it is independent of the validation split drawn from the same seed).
-pub fn augmentation_rng(seed: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed of one epoch (1-based) of a trial: libtorch is reseeded with it (as i64 bits) at
+/// the start of the epoch, and the augmentation generator is drawn from it.
+pub fn epoch_seed(seed: u64, epoch: u32) -> u64 {
+    splitmix64(seed ^ splitmix64(u64::from(epoch).wrapping_add(0x5851_f42d_4c95_7f2d)))
+}
+
+/// The augmentation generator of one epoch of a trial: ChaCha8 seeded by
+/// [`epoch_seed`]`(seed, epoch)`, on its own stream (so it is independent of the validation
+/// split drawn from the trial seed).
+pub fn augmentation_rng(seed: u64, epoch: u32) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(seed, epoch));
     rng.set_stream(1);
     rng
+}
+
+/// FNV-1a (64 bits) of the serde_json text of `p`: what a checkpoint records of the trial's
+/// hyperparameters; stable across builds and platforms.
+pub fn params_hash(p: &TrialParams) -> u64 {
+    let json = serde_json::to_vec(p).unwrap_or_default();
+    json.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn loss_of(
@@ -216,42 +303,273 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Where the weights are written before the rename: the same folder and extension (the
-/// extension picks the format), a hidden temporary stem.
+/// Where a file is written before the rename: the same folder and extension (the extension
+/// picks the format), a hidden temporary stem unique to this process and call.
 fn temp_weights_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = match path.extension() {
         Some(ext) => format!(
-            ".{stem}.tmp-{}.{}",
+            ".{stem}.tmp-{}-{n}.{}",
             std::process::id(),
             ext.to_string_lossy()
         ),
-        None => format!(".{stem}.tmp-{}", std::process::id()),
+        None => format!(".{stem}.tmp-{}-{n}", std::process::id()),
     };
     path.with_file_name(name)
 }
 
-/// Saves the variables atomically: to a temporary name in the same folder, then renamed.
-/// Safetensors when the path ends in `.safetensors`, libtorch's format otherwise.
-pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TrainError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// Writes `path` atomically: `write` fills a temporary file in the same folder, which is
+/// fsynced and renamed over `path`; the folder is fsynced too (best effort).
+fn write_atomically(
+    path: &Path,
+    what: &str,
+    write: impl FnOnce(&Path) -> Result<(), TchError>,
+) -> Result<(), TrainError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
     let tmp = temp_weights_path(path);
-    vs.save(&tmp)
-        .map_err(|e| TrainError::Data(format!("cannot write weights to {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let result = write(&tmp)
+        .map_err(|e| format!("cannot write {what} to {}: {e}", tmp.display()))
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+        });
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        TrainError::Data(format!(
-            "cannot rename {} to {}: {e}",
-            tmp.display(),
-            path.display()
-        ))
+        return Err(TrainError::Data(e));
+    }
+    if let Ok(d) = std::fs::File::open(dir.unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves named tensors atomically (see [`write_atomically`]): safetensors when the path ends
+/// in `.safetensors`, libtorch's format otherwise (as `VarStore::save`).
+fn save_named(named: &[(String, Tensor)], path: &Path) -> Result<(), TrainError> {
+    let safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    write_atomically(path, "weights", |tmp| {
+        if safetensors {
+            Tensor::write_safetensors(named, tmp)
+        } else {
+            Tensor::save_multi(named, tmp)
+        }
     })
+}
+
+/// Copies of all the variables of `vs` on the CPU, by name (sorted).
+fn snapshot(vs: &nn::VarStore) -> Result<Vec<(String, Tensor)>, TchError> {
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::new();
+    for (name, t) in vs.variables() {
+        let mut copy = Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))?;
+        copy.f_copy_(&t)?;
+        out.push((name, copy));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Copies named tensors into the variables of `vs` of the same names.
+fn restore(vs: &nn::VarStore, named: &[(String, Tensor)]) -> Result<(), TchError> {
+    let _guard = tch::no_grad_guard();
+    let vars = vs.variables();
+    for (name, t) in named {
+        match vars.get(name) {
+            Some(var) => {
+                var.shallow_clone().f_copy_(t)?;
+            }
+            None => {
+                return Err(TchError::TensorNameNotFound(
+                    name.clone(),
+                    "var store".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Saves the variables atomically: to a temporary name in the same folder, fsynced, then
+/// renamed. Safetensors when the path ends in `.safetensors`, libtorch's format otherwise.
+pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TrainError> {
+    save_named(&snapshot(vs)?, path)
+}
+
+/// Version of the checkpoint layout (`meta.version`).
+pub const CHECKPOINT_VERSION: i64 = 1;
+
+/// The bookkeeping of a checkpoint (its tensors aside).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointMeta {
+    /// The last completed epoch (1-based).
+    pub epoch: u32,
+    /// The best epoch so far by validation accuracy, and that accuracy.
+    pub best_epoch: u32,
+    pub best_val_accuracy: f64,
+    /// [`params_hash`] of the trial's parameters.
+    pub params_hash: u64,
+}
+
+fn meta_value(map: &HashMap<String, Tensor>, name: &str, kind: Kind) -> Result<Tensor, String> {
+    let t = map.get(name).ok_or_else(|| format!("no {name}"))?;
+    if t.numel() != 1 || t.kind() != kind {
+        return Err(format!(
+            "{name} is {:?} {:?}, expected one {kind:?}",
+            t.kind(),
+            t.size()
+        ));
+    }
+    t.f_reshape([-1]).map_err(|e| e.to_string())
+}
+
+fn meta_i64(map: &HashMap<String, Tensor>, name: &str) -> Result<i64, String> {
+    meta_value(map, name, Kind::Int64)?
+        .f_int64_value(&[0])
+        .map_err(|e| e.to_string())
+}
+
+fn parse_meta(map: &HashMap<String, Tensor>) -> Result<CheckpointMeta, String> {
+    let version = meta_i64(map, "meta.version")?;
+    if version != CHECKPOINT_VERSION {
+        return Err(format!(
+            "checkpoint version {version}, this build reads {CHECKPOINT_VERSION}"
+        ));
+    }
+    let epoch = |name| -> Result<u32, String> {
+        let v = meta_i64(map, name)?;
+        u32::try_from(v).map_err(|_| format!("{name} is {v}"))
+    };
+    let best_val_accuracy = meta_value(map, "meta.best_val_accuracy", Kind::Double)?
+        .f_double_value(&[0])
+        .map_err(|e| e.to_string())?;
+    Ok(CheckpointMeta {
+        epoch: epoch("meta.epoch")?,
+        best_epoch: epoch("meta.best_epoch")?,
+        best_val_accuracy,
+        params_hash: meta_i64(map, "meta.params_hash")? as u64,
+    })
+}
+
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, String> {
+    Ok(Tensor::read_safetensors(path)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect())
+}
+
+/// Reads the bookkeeping of a checkpoint file (for callers deciding whether to resume; the
+/// trainer checks it again).
+pub fn read_checkpoint_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
+    read_tensors(path)
+        .and_then(|map| parse_meta(&map))
+        .map_err(|e| TrainError::Data(format!("checkpoint {}: {e}", path.display())))
+}
+
+/// Writes the checkpoint of a completed epoch (see the module documentation).
+fn write_checkpoint(
+    path: &Path,
+    vs: &nn::VarStore,
+    opt: &Optim,
+    best_weights: &[(String, Tensor)],
+    meta: &CheckpointMeta,
+) -> Result<(), TrainError> {
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in vs.variables() {
+        named.push((
+            format!("model.{name}"),
+            t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?,
+        ));
+    }
+    for (name, t) in best_weights {
+        named.push((format!("best.{name}"), t.shallow_clone()));
+    }
+    named.extend(opt.state()?);
+    named.extend([
+        ("meta.version".to_string(), Tensor::from(CHECKPOINT_VERSION)),
+        (
+            "meta.epoch".to_string(),
+            Tensor::from(i64::from(meta.epoch)),
+        ),
+        (
+            "meta.best_epoch".to_string(),
+            Tensor::from(i64::from(meta.best_epoch)),
+        ),
+        (
+            "meta.best_val_accuracy".to_string(),
+            Tensor::from(meta.best_val_accuracy),
+        ),
+        (
+            "meta.params_hash".to_string(),
+            Tensor::from(meta.params_hash as i64),
+        ),
+    ]);
+    write_atomically(path, "the checkpoint", |tmp| {
+        Tensor::write_safetensors(&named, tmp)
+    })
+}
+
+/// A checkpoint that fits the trial, read and checked but not yet applied.
+struct Resumable {
+    meta: CheckpointMeta,
+    tensors: HashMap<String, Tensor>,
+}
+
+/// Reads the checkpoint at `path` and checks it fits this trial (parameters, epochs left, every
+/// variable and optimiser state present with its shape); the reason when it does not.
+fn read_checkpoint(
+    path: &Path,
+    p: &TrialParams,
+    vs: &nn::VarStore,
+    opt: &Optim,
+) -> Result<Resumable, String> {
+    let tensors = read_tensors(path)?;
+    let meta = parse_meta(&tensors)?;
+    if meta.params_hash != params_hash(p) {
+        return Err("it was written for other parameters".into());
+    }
+    if meta.epoch == 0 || meta.epoch >= p.epochs {
+        return Err(format!(
+            "its epoch {} is not one to continue from (the trial has {} epochs)",
+            meta.epoch, p.epochs
+        ));
+    }
+    if meta.best_epoch == 0 || meta.best_epoch > meta.epoch {
+        return Err(format!(
+            "best epoch {} for epoch {}",
+            meta.best_epoch, meta.epoch
+        ));
+    }
+    for (name, var) in vs.variables() {
+        for prefix in ["model", "best"] {
+            let key = format!("{prefix}.{name}");
+            let t = tensors.get(&key).ok_or_else(|| format!("no {key}"))?;
+            if t.size() != var.size() || t.kind() != var.kind() {
+                return Err(format!(
+                    "{key} is {:?} {:?}, expected {:?} {:?}",
+                    t.kind(),
+                    t.size(),
+                    var.kind(),
+                    var.size()
+                ));
+            }
+        }
+    }
+    opt.check_state(&tensors)?;
+    Ok(Resumable { meta, tensors })
 }
 
 fn check_split(name: &str, s: &Split, channels: i64) -> Result<(), TrainError> {
@@ -280,16 +598,25 @@ fn to_device(s: &Split, device: Device) -> Result<Split, TchError> {
 
 /// Runs one trial: `p.epochs` epochs on `prepared` (CPU tensors; copied to `device` once),
 /// calling `on_epoch` after each (return `false` to stop). The best epoch by validation
-/// accuracy is saved to `weights_path` and its weights give the test metrics. libtorch
-/// errors and panics become [`TrainError::Torch`]; a NaN/inf training loss
+/// accuracy is saved to `weights_path` and its weights give the test metrics.
+///
+/// With `control.checkpoint`, every completed epoch is checkpointed there, and a usable
+/// checkpoint found at the start is resumed from: its epochs are not run again and
+/// `on_epoch` is called for the new ones only (see [`TrialControl`]). `control.stop`
+/// interrupts the trial between batches ([`TrainError::Interrupted`]); `control.progress`
+/// follows it batch by batch.
+///
+/// libtorch errors and panics become [`TrainError::Torch`]; a NaN/inf training loss
 /// [`TrainError::Diverged`]. The caller sets the thread count (`tch::set_num_threads`).
-pub fn run_trial(
+#[allow(clippy::too_many_arguments)]
+pub fn run_trial_with(
     prepared: &Prepared,
     p: &TrialParams,
     channels: i64,
     classes: i64,
     device: Device,
     weights_path: &Path,
+    control: &TrialControl,
     on_epoch: &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
 ) -> Result<TrainOutcome, TrainError> {
     match panic::catch_unwind(AssertUnwindSafe(|| {
@@ -300,6 +627,7 @@ pub fn run_trial(
             classes,
             device,
             weights_path,
+            control,
             on_epoch,
             DIVERGENCE_CHECK_EVERY,
         )
@@ -307,6 +635,28 @@ pub fn run_trial(
         Ok(result) => result,
         Err(payload) => Err(TrainError::Torch(panic_message(payload))),
     }
+}
+
+/// [`run_trial_with`] without control: no checkpoint, no stop flag, no progress.
+pub fn run_trial(
+    prepared: &Prepared,
+    p: &TrialParams,
+    channels: i64,
+    classes: i64,
+    device: Device,
+    weights_path: &Path,
+    on_epoch: &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
+) -> Result<TrainOutcome, TrainError> {
+    run_trial_with(
+        prepared,
+        p,
+        channels,
+        classes,
+        device,
+        weights_path,
+        &TrialControl::default(),
+        on_epoch,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -317,6 +667,7 @@ fn trial(
     classes: i64,
     device: Device,
     weights_path: &Path,
+    control: &TrialControl,
     on_epoch: &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
     check_every: usize,
 ) -> Result<TrainOutcome, TrainError> {
@@ -337,7 +688,7 @@ fn trial(
     let input_size = prepared.train.input_size();
 
     tch::manual_seed(p.seed as i64);
-    let mut vs = nn::VarStore::new(device);
+    let vs = nn::VarStore::new(device);
     let net = model::build(&vs.root(), p, channels, input_size, classes);
     let info = TrialInfo {
         parameter_count: model::parameter_count(&vs),
@@ -345,41 +696,65 @@ fn trial(
         val_examples: prepared.val.len() as u32,
         test_examples: prepared.test.len() as u32,
     };
-    let (lr, wd) = (p.learning_rate, p.weight_decay);
-    let mut opt = match p.optimizer {
-        Optimizer::Adam => nn::Adam {
-            wd,
-            ..Default::default()
+    let mut opt = Optim::new(&vs, OptimConfig::of(p))?;
+
+    // The best epoch so far (epoch, validation accuracy) and its weights (CPU copies).
+    let mut best: Option<(u32, f64)> = None;
+    let mut best_weights: Vec<(String, Tensor)> = Vec::new();
+    let mut resumed_from_epoch = 0;
+    if let Some(path) = control.checkpoint.filter(|c| c.exists()) {
+        match read_checkpoint(path, p, &vs, &opt) {
+            Ok(Resumable { meta, tensors }) => {
+                let _guard = tch::no_grad_guard();
+                for (name, var) in vs.variables() {
+                    var.shallow_clone()
+                        .f_copy_(&tensors[&format!("model.{name}")])?;
+                }
+                opt.load_state(&tensors)?;
+                let mut names: Vec<String> = vs.variables().into_keys().collect();
+                names.sort();
+                best_weights = names
+                    .into_iter()
+                    .map(|name| {
+                        let t = tensors[&format!("best.{name}")].shallow_clone();
+                        (name, t)
+                    })
+                    .collect();
+                // The weights file may be missing or ahead of the checkpoint (a crash between
+                // the two writes): make it the checkpoint's best again.
+                save_named(&best_weights, weights_path)?;
+                best = Some((meta.best_epoch, meta.best_val_accuracy));
+                resumed_from_epoch = meta.epoch;
+                tracing::info!(
+                    checkpoint = %path.display(),
+                    epoch = meta.epoch,
+                    best_epoch = meta.best_epoch,
+                    "resuming the trial from its checkpoint"
+                );
+            }
+            Err(reason) => tracing::warn!(
+                checkpoint = %path.display(),
+                "checkpoint not used, starting the trial afresh: {reason}"
+            ),
         }
-        .build(&vs, lr)?,
-        Optimizer::Adamw => nn::AdamW {
-            wd,
-            ..Default::default()
-        }
-        .build(&vs, lr)?,
-        Optimizer::Sgd => nn::Sgd {
-            momentum: p.momentum,
-            wd,
-            ..Default::default()
-        }
-        .build(&vs, lr)?,
-    };
+    }
 
     let train = to_device(&prepared.train, device)?;
     let val = to_device(&prepared.val, device)?;
     let batch = (p.batch_size as i64).max(1);
     let n_batches = (n_train + batch - 1) / batch;
     let augmenting = augmentation_enabled(p);
-    let mut aug_rng = augmentation_rng(p.seed);
+    let hash = params_hash(p);
 
-    let mut best: Option<(u32, f64)> = None;
     let mut stopped = false;
-    for epoch in 1..=p.epochs {
+    for epoch in resumed_from_epoch + 1..=p.epochs {
         let started = Instant::now();
+        tch::manual_seed(epoch_seed(p.seed, epoch) as i64);
         let perm = Tensor::f_randperm(n_train, (Kind::Int64, device))?;
         // One augmentation per image of the epoch, drawn up front and copied to the device once.
         let thetas = if augmenting {
-            Some(random_thetas(p, n_train as usize, &mut aug_rng).f_to_device(device)?)
+            let mut rng = augmentation_rng(p.seed, epoch);
+            Some(random_thetas(p, n_train as usize, &mut rng).f_to_device(device)?)
         } else {
             None
         };
@@ -389,6 +764,9 @@ fn trial(
         let mut pending: Vec<Tensor> = Vec::with_capacity(check_every);
         let mut pending_first = 0i64;
         for b in 0..n_batches {
+            if control.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Err(TrainError::Interrupted { epoch });
+            }
             let start = b * batch;
             let len = batch.min(n_train - start);
             let idx = perm.f_narrow(0, start, len)?;
@@ -399,9 +777,7 @@ fn trial(
             }
             let logits = net.f_forward_t(&xs, true)?;
             let loss = loss_of(&logits, &ys, p.output, Reduction::Mean)?;
-            opt.zero_grad();
-            loss.f_backward()?;
-            opt.step();
+            opt.backward_step(&loss)?;
             let loss = loss.f_detach()?;
             loss_sum = loss_sum.f_add(&loss.f_mul_scalar(len)?)?;
             correct = correct.f_add(&correct_of(&logits.f_detach()?, &ys, p.output)?)?;
@@ -424,6 +800,9 @@ fn trial(
                 pending.clear();
                 pending_first = b + 1;
             }
+            if let Some(progress) = control.progress {
+                progress.store(encode_progress(epoch, b as u32 + 1), Ordering::Relaxed);
+            }
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let train_loss = loss_sum.f_double_value(&[])? / n_train as f64;
@@ -440,7 +819,17 @@ fn trial(
         };
         if best.is_none_or(|(_, acc)| val_accuracy > acc) {
             best = Some((epoch, val_accuracy));
-            save_weights(&vs, weights_path)?;
+            best_weights = snapshot(&vs)?;
+            save_named(&best_weights, weights_path)?;
+        }
+        if let (Some(path), Some((best_epoch, best_val_accuracy))) = (control.checkpoint, best) {
+            let meta = CheckpointMeta {
+                epoch,
+                best_epoch,
+                best_val_accuracy,
+                params_hash: hash,
+            };
+            write_checkpoint(path, &vs, &opt, &best_weights, &meta)?;
         }
         if !on_epoch(&report, &info) {
             stopped = true;
@@ -452,12 +841,7 @@ fn trial(
         Some((epoch, _)) => epoch,
         None => return Err(TrainError::Data("no epoch ran (epochs is 0)".into())),
     };
-    vs.load(weights_path).map_err(|e| {
-        TrainError::Data(format!(
-            "cannot reload the best weights from {}: {e}",
-            weights_path.display()
-        ))
-    })?;
+    restore(&vs, &best_weights)?;
     drop(train);
     drop(val);
     let test = to_device(&prepared.test, device)?;
@@ -468,12 +852,14 @@ fn trial(
         best_epoch,
         parameter_count: info.parameter_count,
         stopped,
+        resumed_from_epoch,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sweep::Optimizer;
 
     fn images(n: i64) -> Tensor {
         tch::manual_seed(1);
@@ -485,10 +871,10 @@ mod tests {
         tch::set_num_threads(1);
         let xs = images(8);
         let off = TrialParams::default();
-        let same = augment(&xs, &off, &mut augmentation_rng(0)).unwrap();
+        let same = augment(&xs, &off, &mut augmentation_rng(0, 1)).unwrap();
         assert!(same.equal(&xs));
         // The identity transform through the sampler is the identity too (up to rounding).
-        let theta = random_thetas(&off, 8, &mut augmentation_rng(0));
+        let theta = random_thetas(&off, 8, &mut augmentation_rng(0, 1));
         assert!(apply_affine(&xs, &theta)
             .unwrap()
             .allclose(&xs, 1e-5, 1e-5, false));
@@ -501,9 +887,9 @@ mod tests {
             horizontal_flip: true,
             ..TrialParams::default()
         };
-        let a = augment(&xs, &on, &mut augmentation_rng(5)).unwrap();
-        let b = augment(&xs, &on, &mut augmentation_rng(5)).unwrap();
-        let c = augment(&xs, &on, &mut augmentation_rng(6)).unwrap();
+        let a = augment(&xs, &on, &mut augmentation_rng(5, 1)).unwrap();
+        let b = augment(&xs, &on, &mut augmentation_rng(5, 1)).unwrap();
+        let c = augment(&xs, &on, &mut augmentation_rng(6, 1)).unwrap();
         assert!(a.equal(&b), "same seed, same augmentation");
         assert!(!a.equal(&c), "another seed, another augmentation");
         assert!(!a.allclose(&xs, 1e-3, 1e-3, false));
@@ -517,7 +903,7 @@ mod tests {
             horizontal_flip: true,
             ..TrialParams::default()
         };
-        let out = augment(&xs, &p, &mut augmentation_rng(1)).unwrap();
+        let out = augment(&xs, &p, &mut augmentation_rng(1, 1)).unwrap();
         let flipped = xs.flip([3]);
         let (mut n_flipped, mut n_same) = (0, 0);
         for i in 0..32 {
@@ -581,6 +967,7 @@ mod tests {
                 10,
                 Device::Cpu,
                 &dir.join("w.ot"),
+                &TrialControl::default(),
                 &mut |_, _| true,
                 every,
             );

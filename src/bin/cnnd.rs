@@ -119,6 +119,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         store,
         SchedulerConfig {
             state_dir: state_dir.clone(),
+            db_path: db_path.clone(),
             data_dir: config.data_dir.clone().map(|d| std::path::absolute(&d).unwrap_or(d)),
             slots,
             devices,
