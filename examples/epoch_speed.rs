@@ -3,6 +3,7 @@
 //! Usage: epoch_speed [DATA_DIR] [THREADS] [EPOCHS] [cuda]
 //!        epoch_speed optim [THREADS] [ROUNDS]   (optimiser A/B, see `optim_ab`)
 //!        epoch_speed micro                      (where a step's time goes)
+//!        epoch_speed layout [ROUNDS]            (NCHW vs channels-last A/B, see `layout_ab`)
 use cnnd::data::{self, DataCache};
 use cnnd::sweep::{dataset_info, TrialParams};
 use cnnd::train::{run_trial_with, TrialControl};
@@ -12,6 +13,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("micro") {
         micro();
+        return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("layout") {
+        let rounds = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(6);
+        layout_ab(rounds);
         return Ok(());
     }
     if args.get(1).map(String::as_str) == Some("optim") {
@@ -36,12 +42,19 @@ fn main() -> anyhow::Result<()> {
         epochs,
         ..TrialParams::default()
     };
+    // RUST_LOG=cnnd=debug shows the trainer's phase timings.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let t = std::time::Instant::now();
     let ds = DataCache::new().get(dataset_info("mnist").unwrap(), std::path::Path::new(&dir))?;
     let load = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
     let prepared = data::prepare(&ds, &p);
+    let prepare_seconds = t.elapsed().as_secs_f64();
     println!(
-        "{{\"threads\": {}, \"load_seconds\": {load:.3}, \"train_examples\": {}, \"val_examples\": {}}}",
+        "{{\"threads\": {}, \"load_seconds\": {load:.3}, \"prepare_seconds\": {prepare_seconds:.3}, \"train_examples\": {}, \"val_examples\": {}}}",
         tch::get_num_threads(),
         prepared.train.len(),
         prepared.val.len()
@@ -354,5 +367,103 @@ fn micro() {
         time("401k add_", &mut || {
             let _ = a.f_add_(&b).unwrap();
         });
+    }
+}
+
+/// `epoch_speed layout [ROUNDS]`: thread-CPU milliseconds per training step (batch 64, 1
+/// thread) and per evaluation batch (1000, no grad) of the seed model with contiguous (NCHW)
+/// tensors vs channels-last strides (inputs and conv weights), interleaved, medians.
+fn layout_ab(rounds: usize) {
+    use cnnd::train::optim::{Optim, OptimConfig};
+    use tch::nn;
+    use tch::{Kind, Tensor};
+    tch::set_num_threads(1);
+    let p = TrialParams::default();
+    let nhwc = |t: &Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    tch::manual_seed(0);
+    let xs = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let ys = Tensor::randint(10, [64], (Kind::Int64, Device::Cpu));
+    let ev = Tensor::rand([1000, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let mut setups = Vec::new();
+    for channels_last in [false, true] {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = cnnd::model::build(&vs.root(), &p, 1, 28, 10);
+        if channels_last {
+            let _g = tch::no_grad_guard();
+            for (name, mut v) in vs.variables() {
+                if name.ends_with("conv.weight") {
+                    let d = nhwc(&v);
+                    v.set_data(&d);
+                }
+            }
+        }
+        let opt = Optim::new(&vs, OptimConfig::of(&p)).unwrap();
+        let x = if channels_last {
+            nhwc(&xs)
+        } else {
+            xs.shallow_clone()
+        };
+        let e = if channels_last {
+            nhwc(&ev)
+        } else {
+            ev.shallow_clone()
+        };
+        setups.push((vs, net, opt, x, e));
+    }
+    let mut step = vec![Vec::new(); 2];
+    let mut eval = vec![Vec::new(); 2];
+    for round in 0..rounds {
+        for k in 0..2 {
+            let which = (k + round) % 2;
+            let (_, net, opt, x, e) = &mut setups[which];
+            let start = thread_cpu_seconds();
+            for _ in 0..20 {
+                let loss = net
+                    .f_forward_t(x, true)
+                    .unwrap()
+                    .cross_entropy_for_logits(&ys);
+                opt.backward_step(&loss).unwrap();
+            }
+            step[which].push((thread_cpu_seconds() - start) * 1e3 / 20.0);
+            let start = thread_cpu_seconds();
+            {
+                let _g = tch::no_grad_guard();
+                let _ = net.f_forward_t(e, false).unwrap();
+            }
+            eval[which].push((thread_cpu_seconds() - start) * 1e3);
+        }
+    }
+    // Evaluation of the same 1000 images (NCHW) in batches of various sizes.
+    let (_, net, _, _, _) = &setups[0];
+    let sizes = [1000i64, 500, 250, 125, 50];
+    let mut by_size = vec![Vec::new(); sizes.len()];
+    for _ in 0..rounds {
+        for (i, &b) in sizes.iter().enumerate() {
+            let _g = tch::no_grad_guard();
+            let start = thread_cpu_seconds();
+            for c in 0..1000 / b {
+                let _ = net.f_forward_t(&ev.narrow(0, c * b, b), false).unwrap();
+            }
+            by_size[i].push((thread_cpu_seconds() - start) * 1e3);
+        }
+    }
+    for (i, b) in sizes.iter().enumerate() {
+        by_size[i].sort_by(f64::total_cmp);
+        println!(
+            "{{\"eval_batch\": {b}, \"median_ms_per_1000_images\": {:.1}}}",
+            by_size[i][rounds / 2]
+        );
+    }
+    for (i, name) in ["nchw", "channels_last"].iter().enumerate() {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{{\"layout\": \"{name}\", \"median_ms_per_train_step_64\": {:.2}, \"median_ms_per_eval_batch_1000\": {:.1}}}",
+            med(&mut step[i]),
+            med(&mut eval[i])
+        );
     }
 }

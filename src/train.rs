@@ -147,8 +147,10 @@ impl From<TchError> for TrainError {
 /// each epoch): one host synchronisation per check, not per batch.
 pub const DIVERGENCE_CHECK_EVERY: usize = 50;
 
-/// Batch size of evaluation passes (validation and test).
-pub const EVAL_BATCH: i64 = 1000;
+/// Batch size of evaluation passes (validation and test). Small enough for a batch's
+/// activations to stay in cache: at 1 thread on the seed model, 128 evaluates ~1.7x faster
+/// than 1000 (`epoch_speed layout`); the metrics are the same up to float summation order.
+pub const EVAL_BATCH: i64 = 128;
 
 /// True when any augmentation setting of `p` is on.
 pub fn augmentation_enabled(p: &TrialParams) -> bool {
@@ -687,6 +689,7 @@ fn trial(
     }
     let input_size = prepared.train.input_size();
 
+    let phase = Instant::now();
     tch::manual_seed(p.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs.root(), p, channels, input_size, classes);
@@ -697,6 +700,10 @@ fn trial(
         test_examples: prepared.test.len() as u32,
     };
     let mut opt = Optim::new(&vs, OptimConfig::of(p))?;
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "phase: model build"
+    );
 
     // The best epoch so far (epoch, validation accuracy) and its weights (CPU copies).
     let mut best: Option<(u32, f64)> = None;
@@ -739,8 +746,13 @@ fn trial(
         }
     }
 
+    let phase = Instant::now();
     let train = to_device(&prepared.train, device)?;
     let val = to_device(&prepared.val, device)?;
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "phase: splits to device"
+    );
     let batch = (p.batch_size as i64).max(1);
     let n_batches = (n_train + batch - 1) / batch;
     let augmenting = augmentation_enabled(p);
@@ -807,7 +819,10 @@ fn trial(
         let train_seconds = started.elapsed().as_secs_f64();
         let train_loss = loss_sum.f_double_value(&[])? / n_train as f64;
         let train_accuracy = correct.f_int64_value(&[])? as f64 / n_train as f64;
+        let phase = Instant::now();
         let (val_loss, val_accuracy) = evaluate(&net, &val, p.output)?;
+        tracing::debug!(seconds = train_seconds, "phase: training loop");
+        tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "phase: validation");
         let report = EpochReport {
             epoch,
             train_loss,
@@ -817,11 +832,17 @@ fn trial(
             seconds: started.elapsed().as_secs_f64(),
             images_per_second: n_train as f64 / train_seconds.max(1e-9),
         };
+        let phase = Instant::now();
         if best.is_none_or(|(_, acc)| val_accuracy > acc) {
             best = Some((epoch, val_accuracy));
             best_weights = snapshot(&vs)?;
             save_named(&best_weights, weights_path)?;
         }
+        tracing::debug!(
+            seconds = phase.elapsed().as_secs_f64(),
+            "phase: best weights"
+        );
+        let phase = Instant::now();
         if let (Some(path), Some((best_epoch, best_val_accuracy))) = (control.checkpoint, best) {
             let meta = CheckpointMeta {
                 epoch,
@@ -831,6 +852,7 @@ fn trial(
             };
             write_checkpoint(path, &vs, &opt, &best_weights, &meta)?;
         }
+        tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "phase: checkpoint");
         if !on_epoch(&report, &info) {
             stopped = true;
             break;
@@ -841,11 +863,16 @@ fn trial(
         Some((epoch, _)) => epoch,
         None => return Err(TrainError::Data("no epoch ran (epochs is 0)".into())),
     };
+    let phase = Instant::now();
     restore(&vs, &best_weights)?;
     drop(train);
     drop(val);
     let test = to_device(&prepared.test, device)?;
     let (test_loss, test_accuracy) = evaluate(&net, &test, p.output)?;
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "phase: restore + test"
+    );
     Ok(TrainOutcome {
         test_loss,
         test_accuracy,
