@@ -38,7 +38,10 @@ fn internal(e: anyhow::Error) -> Status {
             "storage: the disk holding the state directory is full ({text}); new work is refused, recorded results are intact"
         ));
     }
-    if lower.contains("readonly") || lower.contains("read-only") || lower.contains("permission denied") {
+    if lower.contains("readonly")
+        || lower.contains("read-only")
+        || lower.contains("permission denied")
+    {
         tracing::error!("storage not writable: {text}");
         return Status::unavailable(format!(
             "storage: the state directory is not writable ({text}); new work is refused, recorded results are intact"
@@ -60,7 +63,9 @@ fn require_id(field: &str, value: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{field}: missing")));
     }
     if value.len() > 128 {
-        return Err(Status::invalid_argument(format!("{field}: longer than 128 characters")));
+        return Err(Status::invalid_argument(format!(
+            "{field}: longer than 128 characters"
+        )));
     }
     Ok(())
 }
@@ -80,7 +85,11 @@ fn epoch_to_proto(e: &EpochRow) -> proto::EpochMetrics {
 pub fn event_to_proto(e: &StoredEvent) -> proto::SweepEvent {
     use proto::sweep_event::Kind;
     let kind = match &e.event {
-        Event::TrialStarted { trial_id, worker, attempt } => Kind::TrialStarted(proto::TrialStarted {
+        Event::TrialStarted {
+            trial_id,
+            worker,
+            attempt,
+        } => Kind::TrialStarted(proto::TrialStarted {
             trial_id: trial_id.clone(),
             worker: worker.clone(),
             attempt: *attempt,
@@ -143,15 +152,27 @@ fn best_trial(trials: &[TrialRow]) -> Option<&TrialRow> {
 }
 
 /// Renders a dashboard of a sweep from what the store holds; returns the PNG paths.
-pub async fn render_sweep_charts(scheduler: &Scheduler, dashboards_dir: &Path, sweep_id: &str, dashboard: &str) -> Result<Vec<PathBuf>, Status> {
+pub async fn render_sweep_charts(
+    scheduler: &Scheduler,
+    dashboards_dir: &Path,
+    sweep_id: &str,
+    dashboard: &str,
+) -> Result<Vec<PathBuf>, Status> {
     let store = &scheduler.store;
     let sweep = store
         .sweep(sweep_id)
         .await
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{sweep_id}'")))?;
-    let dashboard_name = if dashboard.is_empty() { "default" } else { dashboard };
-    if !dashboard_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    let dashboard_name = if dashboard.is_empty() {
+        "default"
+    } else {
+        dashboard
+    };
+    if !dashboard_name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(Status::invalid_argument(format!(
             "dashboard: '{dashboard_name}' is not a dashboard name (letters, digits, - and _)"
         )));
@@ -193,7 +214,12 @@ pub async fn render_sweep_charts(scheduler: &Scheduler, dashboards_dir: &Path, s
             })
             .collect(),
     };
-    let out_dir = scheduler.config.state_dir.join("charts").join(sweep_id).join(dashboard_name);
+    let out_dir = scheduler
+        .config
+        .state_dir
+        .join("charts")
+        .join(sweep_id)
+        .join(dashboard_name);
     tokio::task::spawn_blocking(move || charts::render_dashboard(&chart_sweep, &board, &out_dir))
         .await
         .map_err(|e| Status::internal(format!("chart rendering panicked: {e}")))?
@@ -202,7 +228,8 @@ pub async fn render_sweep_charts(scheduler: &Scheduler, dashboards_dir: &Path, s
 
 fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {
     if dir.join(format!("{name}.toml")).exists() {
-        return charts::Dashboard::load(dir, name).map_err(|e| Status::invalid_argument(format!("dashboard: {e:#}")));
+        return charts::Dashboard::load(dir, name)
+            .map_err(|e| Status::invalid_argument(format!("dashboard: {e:#}")));
     }
     if name == "default" {
         return Ok(charts::Dashboard::builtin_default());
@@ -221,8 +248,16 @@ fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
         params: Some(json_object(&t.params)),
         epochs_done: t.epochs_done,
         epochs_planned: t.epochs_planned,
-        val_accuracy: t.last_epoch.as_ref().map(|e| e.val_accuracy).unwrap_or_default(),
-        val_loss: t.last_epoch.as_ref().map(|e| e.val_loss).unwrap_or_default(),
+        val_accuracy: t
+            .last_epoch
+            .as_ref()
+            .map(|e| e.val_accuracy)
+            .unwrap_or_default(),
+        val_loss: t
+            .last_epoch
+            .as_ref()
+            .map(|e| e.val_loss)
+            .unwrap_or_default(),
         test_accuracy: t.test_accuracy.unwrap_or_default(),
         test_loss: t.test_loss.unwrap_or_default(),
         parameter_count: t.parameter_count.unwrap_or_default(),
@@ -243,8 +278,14 @@ impl Api {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
         if sweep.status == "finished" || sweep.status == "cancelled" {
-            let verb = if sweep.status == "finished" { "finished" } else { "been cancelled" };
-            return Err(Status::failed_precondition(format!("sweepId: sweep '{id}' has already {verb}")));
+            let verb = if sweep.status == "finished" {
+                "finished"
+            } else {
+                "been cancelled"
+            };
+            return Err(Status::failed_precondition(format!(
+                "sweepId: sweep '{id}' has already {verb}"
+            )));
         }
         Ok(sweep)
     }
@@ -254,7 +295,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SweepEvent, Status>> 
 
 #[tonic::async_trait]
 impl proto::orchestrator_server::Orchestrator for Api {
-    async fn submit_sweep(&self, request: Request<proto::SubmitSweepRequest>) -> Result<Response<proto::SubmitSweepResponse>, Status> {
+    async fn submit_sweep(
+        &self,
+        request: Request<proto::SubmitSweepRequest>,
+    ) -> Result<Response<proto::SubmitSweepResponse>, Status> {
         let r = request.into_inner();
         let sweep_request = SweepRequest {
             name: r.name,
@@ -280,7 +324,12 @@ impl proto::orchestrator_server::Orchestrator for Api {
             ));
         }
         let (sweep_id, trials) = self.scheduler.submit(&spec).await.map_err(internal)?;
-        tracing::info!(sweep_id, trials = trials.len(), name = spec.name, "sweep queued");
+        tracing::info!(
+            sweep_id,
+            trials = trials.len(),
+            name = spec.name,
+            "sweep queued"
+        );
         Ok(Response::new(proto::SubmitSweepResponse {
             sweep_id,
             trials_queued: trials.len() as u32,
@@ -288,7 +337,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }))
     }
 
-    async fn get_sweep(&self, request: Request<proto::GetSweepRequest>) -> Result<Response<proto::Sweep>, Status> {
+    async fn get_sweep(
+        &self,
+        request: Request<proto::GetSweepRequest>,
+    ) -> Result<Response<proto::Sweep>, Status> {
         let id = request.into_inner().sweep_id;
         require_id("sweepId", &id)?;
         let store = &self.scheduler.store;
@@ -298,7 +350,9 @@ impl proto::orchestrator_server::Orchestrator for Api {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
         let trials = store.trials_of(&id).await.map_err(internal)?;
-        let best = best_trial(&trials).map(|t| t.id.clone()).unwrap_or_default();
+        let best = best_trial(&trials)
+            .map(|t| t.id.clone())
+            .unwrap_or_default();
         Ok(Response::new(proto::Sweep {
             status: sweep.visible_status(),
             sweep_id: sweep.id,
@@ -317,7 +371,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }))
     }
 
-    async fn list_sweeps(&self, _: Request<proto::ListSweepsRequest>) -> Result<Response<proto::ListSweepsResponse>, Status> {
+    async fn list_sweeps(
+        &self,
+        _: Request<proto::ListSweepsRequest>,
+    ) -> Result<Response<proto::ListSweepsResponse>, Status> {
         let store = &self.scheduler.store;
         let sweeps = store.sweeps().await.map_err(internal)?;
         let progress: std::collections::HashMap<_, _> = store
@@ -349,7 +406,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
 
     type WatchSweepStream = EventStream;
 
-    async fn watch_sweep(&self, request: Request<proto::WatchSweepRequest>) -> Result<Response<Self::WatchSweepStream>, Status> {
+    async fn watch_sweep(
+        &self,
+        request: Request<proto::WatchSweepRequest>,
+    ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let id = request.into_inner().sweep_id;
         require_id("sweepId", &id)?;
         // Subscribe first, then replay history: an event lands in one or both, never neither.
@@ -392,7 +452,9 @@ impl proto::orchestrator_server::Orchestrator for Api {
                             Ok(missed) => {
                                 for e in missed {
                                     last = e.id;
-                                    if tx.send(Ok(event_to_proto(&e))).await.is_err() || is_final(&e) {
+                                    if tx.send(Ok(event_to_proto(&e))).await.is_err()
+                                        || is_final(&e)
+                                    {
                                         return;
                                     }
                                 }
@@ -410,29 +472,53 @@ impl proto::orchestrator_server::Orchestrator for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn cancel_sweep(&self, request: Request<proto::CancelSweepRequest>) -> Result<Response<proto::CancelSweepResponse>, Status> {
+    async fn cancel_sweep(
+        &self,
+        request: Request<proto::CancelSweepRequest>,
+    ) -> Result<Response<proto::CancelSweepResponse>, Status> {
         let id = request.into_inner().sweep_id;
         require_id("sweepId", &id)?;
         self.open_sweep(&id).await?;
         let n = self.scheduler.cancel_sweep(&id).await.map_err(internal)?;
-        Ok(Response::new(proto::CancelSweepResponse { trials_cancelled: n }))
+        Ok(Response::new(proto::CancelSweepResponse {
+            trials_cancelled: n,
+        }))
     }
 
-    async fn pause_sweep(&self, request: Request<proto::PauseSweepRequest>) -> Result<Response<proto::PauseSweepResponse>, Status> {
+    async fn pause_sweep(
+        &self,
+        request: Request<proto::PauseSweepRequest>,
+    ) -> Result<Response<proto::PauseSweepResponse>, Status> {
         let id = request.into_inner().sweep_id;
         self.open_sweep(&id).await?;
-        let n = self.scheduler.set_paused(&id, true).await.map_err(internal)?;
+        let n = self
+            .scheduler
+            .set_paused(&id, true)
+            .await
+            .map_err(internal)?;
         Ok(Response::new(proto::PauseSweepResponse { trials_held: n }))
     }
 
-    async fn resume_sweep(&self, request: Request<proto::ResumeSweepRequest>) -> Result<Response<proto::ResumeSweepResponse>, Status> {
+    async fn resume_sweep(
+        &self,
+        request: Request<proto::ResumeSweepRequest>,
+    ) -> Result<Response<proto::ResumeSweepResponse>, Status> {
         let id = request.into_inner().sweep_id;
         self.open_sweep(&id).await?;
-        let n = self.scheduler.set_paused(&id, false).await.map_err(internal)?;
-        Ok(Response::new(proto::ResumeSweepResponse { trials_released: n }))
+        let n = self
+            .scheduler
+            .set_paused(&id, false)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(proto::ResumeSweepResponse {
+            trials_released: n,
+        }))
     }
 
-    async fn get_trial(&self, request: Request<proto::GetTrialRequest>) -> Result<Response<proto::Trial>, Status> {
+    async fn get_trial(
+        &self,
+        request: Request<proto::GetTrialRequest>,
+    ) -> Result<Response<proto::Trial>, Status> {
         let id = request.into_inner().trial_id;
         require_id("trialId", &id)?;
         let store = &self.scheduler.store;
@@ -467,7 +553,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }))
     }
 
-    async fn get_status(&self, _: Request<proto::GetStatusRequest>) -> Result<Response<proto::Status>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::Status>, Status> {
         let s = &self.scheduler;
         let counts = s.store.queue_counts().await.map_err(internal)?;
         let workers = s.workers();
@@ -499,7 +588,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
                         val_accuracy: w.val_accuracy,
                         batch: w.batch,
                         batches: w.batches,
-                        seconds_since_heartbeat: w.last_heartbeat.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default(),
+                        seconds_since_heartbeat: w
+                            .last_heartbeat
+                            .map(|t| t.elapsed().as_secs_f64())
+                            .unwrap_or_default(),
                     })
                 })
                 .collect(),
@@ -524,10 +616,19 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }))
     }
 
-    async fn render_charts(&self, request: Request<proto::RenderChartsRequest>) -> Result<Response<proto::RenderChartsResponse>, Status> {
+    async fn render_charts(
+        &self,
+        request: Request<proto::RenderChartsRequest>,
+    ) -> Result<Response<proto::RenderChartsResponse>, Status> {
         let r = request.into_inner();
         require_id("sweepId", &r.sweep_id)?;
-        let paths = render_sweep_charts(&self.scheduler, &self.dashboards_dir, &r.sweep_id, &r.dashboard).await?;
+        let paths = render_sweep_charts(
+            &self.scheduler,
+            &self.dashboards_dir,
+            &r.sweep_id,
+            &r.dashboard,
+        )
+        .await?;
         Ok(Response::new(proto::RenderChartsResponse {
             paths: paths.iter().map(|p| p.display().to_string()).collect(),
         }))
@@ -562,18 +663,34 @@ fn refusal(e: crate::scheduler::Refusal) -> Status {
 
 #[tonic::async_trait]
 impl proto::worker_hub_server::WorkerHub for Hub {
-    async fn register(&self, request: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
         let r = request.into_inner();
         self.scheduler
             .register(&r.worker_id, r.pid, &r.libtorch_version)
             .map_err(|e| Status::not_found(e.to_string()))?;
-        tracing::info!(worker = r.worker_id, pid = r.pid, device = r.device, threads = r.threads, "worker ready");
+        tracing::info!(
+            worker = r.worker_id,
+            pid = r.pid,
+            device = r.device,
+            threads = r.threads,
+            "worker ready"
+        );
         Ok(Response::new(proto::RegisterResponse {}))
     }
 
-    async fn lease(&self, request: Request<proto::LeaseRequest>) -> Result<Response<proto::LeaseResponse>, Status> {
+    async fn lease(
+        &self,
+        request: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let lease = self.scheduler.lease(&r.worker_id).await.map_err(|e| Status::not_found(e.to_string()))?;
+        let lease = self
+            .scheduler
+            .lease(&r.worker_id)
+            .await
+            .map_err(|e| Status::not_found(e.to_string()))?;
         let Some(lease) = lease else {
             return Ok(Response::new(proto::LeaseResponse::default()));
         };
@@ -581,13 +698,23 @@ impl proto::worker_hub_server::WorkerHub for Hub {
         let trial_dir = config.state_dir.join("trials").join(&lease.trial_id);
         let weights = trial_dir.join("best.safetensors");
         let checkpoint = trial_dir.join("checkpoint.safetensors");
-        tracing::info!(trial = lease.trial_id, worker = r.worker_id, attempt = lease.attempt, "trial leased");
+        tracing::info!(
+            trial = lease.trial_id,
+            worker = r.worker_id,
+            attempt = lease.attempt,
+            "trial leased"
+        );
         Ok(Response::new(proto::LeaseResponse {
             trial_id: lease.trial_id,
             generation: lease.generation,
             dataset: lease.dataset,
-            data_dir: config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
-            params_json: serde_json::to_string(&lease.params).map_err(|e| Status::internal(e.to_string()))?,
+            data_dir: config
+                .data_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            params_json: serde_json::to_string(&lease.params)
+                .map_err(|e| Status::internal(e.to_string()))?,
             weights_path: weights.display().to_string(),
             checkpoint_path: checkpoint.display().to_string(),
             epochs_recorded: lease.epochs_recorded,
@@ -595,7 +722,10 @@ impl proto::worker_hub_server::WorkerHub for Hub {
         }))
     }
 
-    async fn report_epoch(&self, request: Request<proto::ReportEpochRequest>) -> Result<Response<proto::ReportEpochResponse>, Status> {
+    async fn report_epoch(
+        &self,
+        request: Request<proto::ReportEpochRequest>,
+    ) -> Result<Response<proto::ReportEpochResponse>, Status> {
         let r = request.into_inner();
         let epoch = EpochRow {
             epoch: r.epoch,
@@ -606,7 +736,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             seconds: r.seconds,
             images_per_second: r.images_per_second,
         };
-        let facts = (r.parameter_count > 0).then(|| TrialFacts {
+        let facts = (r.parameter_count > 0).then_some(TrialFacts {
             parameter_count: r.parameter_count,
             train_examples: r.train_examples,
             val_examples: r.val_examples,
@@ -621,18 +751,35 @@ impl proto::worker_hub_server::WorkerHub for Hub {
         Ok(Response::new(verdict_response(verdict)))
     }
 
-    async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        let v = verdict_response(self.scheduler.heartbeat(&r.worker_id, &r.trial_id, r.generation, r.batch, r.batches));
+        let v = verdict_response(self.scheduler.heartbeat(
+            &r.worker_id,
+            &r.trial_id,
+            r.generation,
+            r.batch,
+            r.batches,
+        ));
         Ok(Response::new(proto::HeartbeatResponse {
             proceed: v.proceed,
             stop_reason: v.stop_reason,
         }))
     }
 
-    async fn release_trial(&self, request: Request<proto::ReleaseTrialRequest>) -> Result<Response<proto::ReleaseTrialResponse>, Status> {
+    async fn release_trial(
+        &self,
+        request: Request<proto::ReleaseTrialRequest>,
+    ) -> Result<Response<proto::ReleaseTrialResponse>, Status> {
         let r = request.into_inner();
-        tracing::info!(trial = r.trial_id, worker = r.worker_id, reason = r.reason, "trial given back; queued again");
+        tracing::info!(
+            trial = r.trial_id,
+            worker = r.worker_id,
+            reason = r.reason,
+            "trial given back; queued again"
+        );
         self.scheduler
             .give_back(&r.worker_id, &r.trial_id, r.generation, &r.reason)
             .await
@@ -640,7 +787,10 @@ impl proto::worker_hub_server::WorkerHub for Hub {
         Ok(Response::new(proto::ReleaseTrialResponse {}))
     }
 
-    async fn finish_trial(&self, request: Request<proto::FinishTrialRequest>) -> Result<Response<proto::FinishTrialResponse>, Status> {
+    async fn finish_trial(
+        &self,
+        request: Request<proto::FinishTrialRequest>,
+    ) -> Result<Response<proto::FinishTrialResponse>, Status> {
         let r = request.into_inner();
         let result = TrialResult {
             status: r.status.clone(),
@@ -652,9 +802,18 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             parameter_count: (r.parameter_count > 0).then_some(r.parameter_count),
         };
         if !matches!(r.status.as_str(), "succeeded" | "failed" | "pruned") {
-            return Err(Status::invalid_argument(format!("status: '{}' is not succeeded, failed or pruned", r.status)));
+            return Err(Status::invalid_argument(format!(
+                "status: '{}' is not succeeded, failed or pruned",
+                r.status
+            )));
         }
-        tracing::info!(trial = r.trial_id, status = r.status, test_accuracy = r.test_accuracy, error = r.error, "trial finished");
+        tracing::info!(
+            trial = r.trial_id,
+            status = r.status,
+            test_accuracy = r.test_accuracy,
+            error = r.error,
+            "trial finished"
+        );
         self.scheduler
             .finish_trial(&r.worker_id, &r.trial_id, r.generation, &result)
             .await
@@ -674,7 +833,9 @@ pub fn render_charts_when_sweeps_finish(scheduler: Arc<Scheduler>, dashboards_di
                     sweep_id,
                     event: Event::SweepFinished { .. },
                     ..
-                }) => match render_sweep_charts(&scheduler, &dashboards_dir, &sweep_id, "default").await {
+                }) => match render_sweep_charts(&scheduler, &dashboards_dir, &sweep_id, "default")
+                    .await
+                {
                     Ok(paths) => tracing::info!(sweep_id, charts = ?paths, "charts rendered"),
                     Err(e) => tracing::warn!(sweep_id, "charts not rendered: {}", e.message()),
                 },

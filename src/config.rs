@@ -63,15 +63,21 @@ impl DaemonConfig {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(|| self.state_dir().join("cnnd.sqlite"))
+        self.db
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("cnnd.sqlite"))
     }
 
     pub fn dashboards_dir(&self) -> PathBuf {
-        self.dashboards.clone().unwrap_or_else(|| PathBuf::from("dashboards"))
+        self.dashboards
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("dashboards"))
     }
 }
 
 /// Number of CPU cores this process may use.
 pub fn cpu_cores() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }

@@ -14,9 +14,9 @@
 //! The control plane (api, scheduler, store, charts) never imports the training side
 //! (worker, train, model, data) and the other way round; they meet in `sweep` and `proto`.
 
+pub mod config;
 pub mod proto;
 pub mod sweep;
-pub mod config;
 
 // Control plane.
 pub mod api;

@@ -5,7 +5,8 @@
 tonic::include_proto!("cnn.v1");
 
 /// Descriptor set of every cnn.v1 proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cnn_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cnn_v1_descriptor.bin"));
 
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
@@ -13,7 +14,10 @@ use serde_json::{Map, Number, Value};
 /// JSON object -> `google.protobuf.Struct`.
 pub fn struct_from_json(map: &Map<String, Value>) -> prost_types::Struct {
     prost_types::Struct {
-        fields: map.iter().map(|(k, v)| (k.clone(), value_from_json(v))).collect(),
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), value_from_json(v)))
+            .collect(),
     }
 }
 
@@ -34,7 +38,10 @@ pub fn value_from_json(v: &Value) -> prost_types::Value {
 /// `google.protobuf.Struct` -> JSON object. Numbers that are whole become JSON integers, so
 /// `3` stays `3` (protobuf carries every number as a double).
 pub fn struct_to_json(s: &prost_types::Struct) -> Map<String, Value> {
-    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
 }
 
 pub fn value_to_json(v: &prost_types::Value) -> Value {
@@ -45,7 +52,9 @@ pub fn value_to_json(v: &prost_types::Value) -> Value {
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
                 Value::Number(Number::from(*n as i64))
             } else {
-                Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null)
+                Number::from_f64(*n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
             }
         }
         Some(Kind::StringValue(s)) => Value::String(s.clone()),

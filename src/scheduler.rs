@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
-use crate::store::{EpochRow, Lease, ReportError, StoredEvent, Store, TrialFacts, TrialResult};
+use crate::store::{EpochRow, Lease, ReportError, Store, StoredEvent, TrialFacts, TrialResult};
 use crate::sweep::{SweepLimits, SweepSpec};
 
 /// A compute device the workers can use, as probed at start-up.
@@ -167,7 +167,13 @@ impl Scheduler {
         for (trial, generation) in &orphans {
             let events = self
                 .store
-                .release_trial(trial, *generation, "the daemon restarted while it ran", self.config.max_attempts, false)
+                .release_trial(
+                    trial,
+                    *generation,
+                    "the daemon restarted while it ran",
+                    self.config.max_attempts,
+                    false,
+                )
                 .await?;
             self.publish(events);
         }
@@ -255,11 +261,18 @@ impl Scheduler {
         epoch: &EpochRow,
         facts: Option<&TrialFacts>,
     ) -> Result<Result<Verdict, Refusal>> {
-        match self.store.record_epoch(trial_id, generation, epoch, facts).await? {
+        match self
+            .store
+            .record_epoch(trial_id, generation, epoch, facts)
+            .await?
+        {
             Ok(event) => {
                 {
                     let mut workers = self.workers.lock().unwrap();
-                    if let Some(w) = workers.values_mut().find(|w| w.trial_id.as_deref() == Some(trial_id)) {
+                    if let Some(w) = workers
+                        .values_mut()
+                        .find(|w| w.trial_id.as_deref() == Some(trial_id))
+                    {
                         w.epoch = epoch.epoch;
                         w.val_accuracy = epoch.val_accuracy;
                         w.last_heartbeat = Some(Instant::now());
@@ -271,13 +284,22 @@ impl Scheduler {
                 }
                 Ok(Ok(Verdict::Proceed))
             }
-            Err(ReportError::StaleLease { status, .. }) if status == "cancelled" => Ok(Ok(Verdict::Stop("cancelled".into()))),
+            Err(ReportError::StaleLease { status, .. }) if status == "cancelled" => {
+                Ok(Ok(Verdict::Stop("cancelled".into())))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
 
     /// Renews a lease and records progress inside the epoch.
-    pub fn heartbeat(&self, worker_id: &str, trial_id: &str, generation: u64, batch: u32, batches: u32) -> Verdict {
+    pub fn heartbeat(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        generation: u64,
+        batch: u32,
+        batches: u32,
+    ) -> Verdict {
         let mut workers = self.workers.lock().unwrap();
         let Some(w) = workers.get_mut(worker_id) else {
             return Verdict::Stop(format!("unknown worker '{worker_id}'"));
@@ -296,10 +318,22 @@ impl Scheduler {
 
     /// A worker gives its trial back unfinished (daemon shutdown): queued again, attempt
     /// not counted, checkpoint kept.
-    pub async fn give_back(&self, worker_id: &str, trial_id: &str, generation: u64, reason: &str) -> Result<()> {
+    pub async fn give_back(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        generation: u64,
+        reason: &str,
+    ) -> Result<()> {
         let events = self
             .store
-            .release_trial(trial_id, generation, reason, self.config.max_attempts, false)
+            .release_trial(
+                trial_id,
+                generation,
+                reason,
+                self.config.max_attempts,
+                false,
+            )
             .await?;
         self.publish(events);
         self.worker_went_idle(worker_id, trial_id, false);
@@ -330,12 +364,26 @@ impl Scheduler {
                     workers
                         .values()
                         .filter(|w| w.state == "busy")
-                        .filter(|w| w.last_heartbeat.is_some_and(|t| t.elapsed() > me.config.lease_timeout))
-                        .map(|w| (w.worker_id.clone(), w.pid, w.trial_id.clone().unwrap_or_default()))
+                        .filter(|w| {
+                            w.last_heartbeat
+                                .is_some_and(|t| t.elapsed() > me.config.lease_timeout)
+                        })
+                        .map(|w| {
+                            (
+                                w.worker_id.clone(),
+                                w.pid,
+                                w.trial_id.clone().unwrap_or_default(),
+                            )
+                        })
                         .collect()
                 };
                 for (worker, pid, trial) in silent {
-                    tracing::warn!(worker, trial, "lease expired: no heartbeat for {:?}; killing the worker", me.config.lease_timeout);
+                    tracing::warn!(
+                        worker,
+                        trial,
+                        "lease expired: no heartbeat for {:?}; killing the worker",
+                        me.config.lease_timeout
+                    );
                     if let Some(w) = me.workers.lock().unwrap().get_mut(&worker) {
                         // Only once: the supervisor sees the exit and releases the trial.
                         w.last_heartbeat = None;
@@ -351,8 +399,17 @@ impl Scheduler {
         });
     }
 
-    pub async fn finish_trial(&self, worker_id: &str, trial_id: &str, generation: u64, result: &TrialResult) -> Result<Result<(), Refusal>> {
-        let outcome = self.store.finish_trial(trial_id, generation, result).await?;
+    pub async fn finish_trial(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        generation: u64,
+        result: &TrialResult,
+    ) -> Result<Result<(), Refusal>> {
+        let outcome = self
+            .store
+            .finish_trial(trial_id, generation, result)
+            .await?;
         self.worker_went_idle(worker_id, trial_id, true);
         match outcome {
             Ok(events) => {
@@ -387,7 +444,12 @@ impl Scheduler {
             let workers = self.workers.lock().unwrap();
             running
                 .iter()
-                .filter_map(|(trial, _)| workers.values().find(|w| w.trial_id.as_deref() == Some(trial.as_str())).map(|w| w.pid))
+                .filter_map(|(trial, _)| {
+                    workers
+                        .values()
+                        .find(|w| w.trial_id.as_deref() == Some(trial.as_str()))
+                        .map(|w| w.pid)
+                })
                 .collect()
         };
         for pid in pids {
@@ -418,7 +480,12 @@ impl Scheduler {
             let mut cmd = tokio::process::Command::new(&self.config.worker_command[0]);
             cmd.args(&self.config.worker_command[1..])
                 .args(["--daemon", &url, "--worker-id", &slot.worker_id])
-                .args(["--threads", &slot.threads.to_string(), "--device", &slot.device])
+                .args([
+                    "--threads",
+                    &slot.threads.to_string(),
+                    "--device",
+                    &slot.device,
+                ])
                 .stdin(Stdio::null())
                 .kill_on_drop(true);
             if let Some(n) = slot.device.strip_prefix("cuda:") {
@@ -443,7 +510,11 @@ impl Scheduler {
                             w.state = "starting".into();
                         }
                     }
-                    child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                    child
+                        .wait()
+                        .await
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string())
                 }
                 Err(e) => format!("could not start: {e}"),
             };
@@ -459,7 +530,11 @@ impl Scheduler {
             };
             if let Some((trial, generation)) = held {
                 let reason = format!("worker {} exited ({status})", slot.worker_id);
-                match self.store.release_trial(&trial, generation, &reason, self.config.max_attempts, true).await {
+                match self
+                    .store
+                    .release_trial(&trial, generation, &reason, self.config.max_attempts, true)
+                    .await
+                {
                     Ok(events) => self.publish(events),
                     Err(e) => tracing::error!(trial, "could not release trial: {e:#}"),
                 }
@@ -473,7 +548,10 @@ impl Scheduler {
             } else {
                 failures_in_a_row = 0;
             }
-            tracing::warn!(worker = slot.worker_id, "worker process exited ({status}); starting another");
+            tracing::warn!(
+                worker = slot.worker_id,
+                "worker process exited ({status}); starting another"
+            );
             let backoff = Duration::from_millis(200 * 2u64.pow(failures_in_a_row.min(6)));
             tokio::time::sleep(backoff).await;
         }
@@ -484,16 +562,25 @@ impl Scheduler {
     /// (the last checkpoint stays). Returns when no worker holds a trial, or after a second
     /// grace period.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.queue_changed.notify_waiters();
-        let busy = || self.workers.lock().unwrap().values().filter(|w| w.state == "busy").count();
+        let busy = || {
+            self.workers
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|w| w.state == "busy")
+                .count()
+        };
         let deadline = Instant::now() + self.config.shutdown_grace;
         while busy() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if busy() > 0 {
             tracing::warn!("grace period over; stopping running trials at their last checkpoint");
-            self.hard_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.hard_stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let deadline = Instant::now() + Duration::from_secs(5);
             while busy() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -18,7 +18,14 @@ use sqlx::{Row, SqlitePool};
 
 use crate::sweep::{SweepSpec, TrialParams};
 
-pub const TRIAL_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
+pub const TRIAL_STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "pruned",
+];
 
 /// Current time as RFC 3339 UTC, to the millisecond.
 pub fn now() -> String {
@@ -190,12 +197,14 @@ pub struct Store {
 }
 
 fn options(path: &Path) -> Result<SqliteConnectOptions> {
-    Ok(SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10)))
+    Ok(
+        SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10)),
+    )
 }
 
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
@@ -210,18 +219,15 @@ const TRIAL_FROM: &str = "FROM trials t LEFT JOIN epochs e ON e.trial_id = t.id
 
 fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
     let params: String = r.get("params");
-    let last_epoch = match r.get::<Option<i64>, _>("l_epoch") {
-        Some(epoch) => Some(EpochRow {
-            epoch: epoch as u32,
-            train_loss: r.get("l_train_loss"),
-            train_accuracy: r.get("l_train_accuracy"),
-            val_loss: r.get("l_val_loss"),
-            val_accuracy: r.get("l_val_accuracy"),
-            seconds: r.get("l_seconds"),
-            images_per_second: r.get("l_ips"),
-        }),
-        None => None,
-    };
+    let last_epoch = r.get::<Option<i64>, _>("l_epoch").map(|epoch| EpochRow {
+        epoch: epoch as u32,
+        train_loss: r.get("l_train_loss"),
+        train_accuracy: r.get("l_train_accuracy"),
+        val_loss: r.get("l_val_loss"),
+        val_accuracy: r.get("l_val_accuracy"),
+        seconds: r.get("l_seconds"),
+        images_per_second: r.get("l_ips"),
+    });
     Ok(TrialRow {
         id: r.get("id"),
         sweep_id: r.get("sweep_id"),
@@ -270,15 +276,21 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
     })
 }
 
-async fn append_event(tx: &mut sqlx::SqliteConnection, sweep_id: &str, event: &Event) -> Result<StoredEvent> {
+async fn append_event(
+    tx: &mut sqlx::SqliteConnection,
+    sweep_id: &str,
+    event: &Event,
+) -> Result<StoredEvent> {
     let at = now();
     let payload = serde_json::to_string(event)?;
-    let id: i64 = sqlx::query_scalar("INSERT INTO events (sweep_id, at, payload) VALUES (?, ?, ?) RETURNING id")
-        .bind(sweep_id)
-        .bind(&at)
-        .bind(payload)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO events (sweep_id, at, payload) VALUES (?, ?, ?) RETURNING id",
+    )
+    .bind(sweep_id)
+    .bind(&at)
+    .bind(payload)
+    .fetch_one(&mut *tx)
+    .await?;
     Ok(StoredEvent {
         id,
         sweep_id: sweep_id.to_string(),
@@ -328,7 +340,10 @@ impl Store {
     pub async fn insert_sweep(&self, id: &str, spec: &SweepSpec) -> Result<Vec<String>> {
         let mut tx = self.writer.begin().await?;
         let created = now();
-        let device = serde_json::to_value(spec.device)?.as_str().unwrap_or("auto").to_string();
+        let device = serde_json::to_value(spec.device)?
+            .as_str()
+            .unwrap_or("auto")
+            .to_string();
         sqlx::query(
             "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
@@ -410,14 +425,21 @@ impl Store {
     }
 
     pub async fn trials_of(&self, sweep_id: &str) -> Result<Vec<TrialRow>> {
-        let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx");
-        let rows = sqlx::query(&sql).bind(sweep_id).fetch_all(&self.reader).await?;
+        let sql =
+            format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx");
+        let rows = sqlx::query(&sql)
+            .bind(sweep_id)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(trial_from_row).collect()
     }
 
     pub async fn trial(&self, id: &str) -> Result<Option<TrialRow>> {
         let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(trial_from_row).transpose()
     }
 
@@ -441,7 +463,10 @@ impl Store {
     }
 
     /// Epoch histories of every trial of a sweep, keyed by trial id.
-    pub async fn epochs_of_sweep(&self, sweep_id: &str) -> Result<std::collections::HashMap<String, Vec<EpochRow>>> {
+    pub async fn epochs_of_sweep(
+        &self,
+        sweep_id: &str,
+    ) -> Result<std::collections::HashMap<String, Vec<EpochRow>>> {
         let rows = sqlx::query(
             "SELECT e.* FROM epochs e JOIN trials t ON t.id = e.trial_id WHERE t.sweep_id = ? ORDER BY e.trial_id, e.epoch",
         )
@@ -498,7 +523,12 @@ impl Store {
     /// Hands the next queued trial a worker may run to that worker: highest priority first,
     /// FIFO within a priority, never more running trials of a sweep than its `maxParallel`.
     /// `devices` lists the trial device requests this worker serves (e.g. auto and cpu).
-    pub async fn lease_next(&self, worker: &str, devices: &[&str], ran_on: &str) -> Result<Option<(Lease, StoredEvent)>> {
+    pub async fn lease_next(
+        &self,
+        worker: &str,
+        devices: &[&str],
+        ran_on: &str,
+    ) -> Result<Option<(Lease, StoredEvent)>> {
         let mut tx = self.writer.begin().await?;
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
@@ -565,11 +595,17 @@ impl Store {
     }
 
     /// Checks that `generation` is the trial's live lease; returns (sweep id, status).
-    async fn check_lease(tx: &mut sqlx::SqliteConnection, trial_id: &str, generation: u64) -> Result<Result<(String, u32), ReportError>> {
-        let row = sqlx::query("SELECT sweep_id, status, generation, epochs_planned FROM trials WHERE id = ?")
-            .bind(trial_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    async fn check_lease(
+        tx: &mut sqlx::SqliteConnection,
+        trial_id: &str,
+        generation: u64,
+    ) -> Result<Result<(String, u32), ReportError>> {
+        let row = sqlx::query(
+            "SELECT sweep_id, status, generation, epochs_planned FROM trials WHERE id = ?",
+        )
+        .bind(trial_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             return Ok(Err(ReportError::UnknownTrial(trial_id.to_string())));
         };
@@ -583,7 +619,10 @@ impl Store {
                 status,
             }));
         }
-        Ok(Ok((row.get("sweep_id"), row.get::<i64, _>("epochs_planned") as u32)))
+        Ok(Ok((
+            row.get("sweep_id"),
+            row.get::<i64, _>("epochs_planned") as u32,
+        )))
     }
 
     /// Records one epoch of a leased trial. An epoch already recorded is replaced, never doubled.
@@ -595,10 +634,11 @@ impl Store {
         facts: Option<&TrialFacts>,
     ) -> Result<Result<StoredEvent, ReportError>> {
         let mut tx = self.writer.begin().await?;
-        let (sweep_id, epochs_planned) = match Self::check_lease(&mut tx, trial_id, generation).await? {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        };
+        let (sweep_id, epochs_planned) =
+            match Self::check_lease(&mut tx, trial_id, generation).await? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
         sqlx::query(
             "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -642,7 +682,12 @@ impl Store {
     }
 
     /// Ends a leased trial with its result, and the sweep when that was its last open trial.
-    pub async fn finish_trial(&self, trial_id: &str, generation: u64, result: &TrialResult) -> Result<Result<Vec<StoredEvent>, ReportError>> {
+    pub async fn finish_trial(
+        &self,
+        trial_id: &str,
+        generation: u64,
+        result: &TrialResult,
+    ) -> Result<Result<Vec<StoredEvent>, ReportError>> {
         let mut tx = self.writer.begin().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
@@ -705,7 +750,11 @@ impl Store {
             .await?;
         let mut events = Vec::new();
         if !counts_as_attempt || (attempts as u32) < max_attempts {
-            let attempts_after = if counts_as_attempt { attempts } else { (attempts - 1).max(0) };
+            let attempts_after = if counts_as_attempt {
+                attempts
+            } else {
+                (attempts - 1).max(0)
+            };
             sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, attempts = ?, error = ? WHERE id = ?")
                 .bind(attempts_after)
                 .bind(format!("attempt {attempts}: {reason}"))
@@ -714,12 +763,14 @@ impl Store {
                 .await?;
         } else {
             let error = format!("{reason} (attempt {attempts} of {max_attempts})");
-            sqlx::query("UPDATE trials SET status = 'failed', error = ?, finished_at = ? WHERE id = ?")
-                .bind(&error)
-                .bind(now())
-                .bind(trial_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE trials SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+            )
+            .bind(&error)
+            .bind(now())
+            .bind(trial_id)
+            .execute(&mut *tx)
+            .await?;
             events.push(
                 append_event(
                     &mut tx,
@@ -742,13 +793,17 @@ impl Store {
 
     /// Cancels every open trial of a sweep. Returns the ids of trials that were running (their
     /// workers must be stopped), the number cancelled, and the events written.
-    pub async fn cancel_sweep(&self, sweep_id: &str) -> Result<(Vec<(String, Option<String>)>, u32, Vec<StoredEvent>)> {
+    pub async fn cancel_sweep(
+        &self,
+        sweep_id: &str,
+    ) -> Result<(Vec<(String, Option<String>)>, u32, Vec<StoredEvent>)> {
         let mut tx = self.writer.begin().await?;
-        let running: Vec<(String, Option<String>)> =
-            sqlx::query_as("SELECT id, worker FROM trials WHERE sweep_id = ? AND status = 'running'")
-                .bind(sweep_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let running: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, worker FROM trials WHERE sweep_id = ? AND status = 'running'",
+        )
+        .bind(sweep_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let ended = now();
         let open: Vec<(String,)> = sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running') ORDER BY idx")
             .bind(sweep_id)
@@ -806,20 +861,27 @@ impl Store {
             .bind(sweep_id)
             .execute(&mut *tx)
             .await?;
-        let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'")
-            .bind(sweep_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'",
+        )
+        .bind(sweep_id)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(queued as u32)
     }
 
     /// Marks the sweep finished when none of its trials is queued or running.
-    async fn maybe_finish_sweep(tx: &mut sqlx::SqliteConnection, sweep_id: &str) -> Result<Vec<StoredEvent>> {
-        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')")
-            .bind(sweep_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    async fn maybe_finish_sweep(
+        tx: &mut sqlx::SqliteConnection,
+        sweep_id: &str,
+    ) -> Result<Vec<StoredEvent>> {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(sweep_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if open > 0 {
             return Ok(Vec::new());
         }
@@ -857,9 +919,10 @@ impl Store {
 
     /// Trials left `running` by a previous daemon process: their workers died with it.
     pub async fn orphaned_leases(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT id, generation FROM trials WHERE status = 'running'")
-            .fetch_all(&self.writer)
-            .await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, generation FROM trials WHERE status = 'running'")
+                .fetch_all(&self.writer)
+                .await?;
         Ok(rows.into_iter().map(|(id, g)| (id, g as u64)).collect())
     }
 

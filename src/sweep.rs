@@ -205,7 +205,10 @@ impl TrialParams {
             ));
         }
         if !(1..=1024).contains(&p.base_filters) {
-            return Err(err("baseFilters", format!("{} is outside 1..=1024", p.base_filters)));
+            return Err(err(
+                "baseFilters",
+                format!("{} is outside 1..=1024", p.base_filters),
+            ));
         }
         if !(1..=10).contains(&p.blocks) {
             return Err(err("blocks", format!("{} is outside 1..=10", p.blocks)));
@@ -217,36 +220,67 @@ impl TrialParams {
             return Err(err("dropout", format!("{} is outside [0, 1)", p.dropout)));
         }
         if !(p.learning_rate.is_finite() && p.learning_rate > 0.0) {
-            return Err(err("learningRate", format!("{} is not a positive number", p.learning_rate)));
+            return Err(err(
+                "learningRate",
+                format!("{} is not a positive number", p.learning_rate),
+            ));
         }
         if p.learning_rate > 100.0 {
-            return Err(err("learningRate", format!("{} is absurdly large (max 100)", p.learning_rate)));
+            return Err(err(
+                "learningRate",
+                format!("{} is absurdly large (max 100)", p.learning_rate),
+            ));
         }
         if !(p.momentum >= 0.0 && p.momentum < 1.0) {
             return Err(err("momentum", format!("{} is outside [0, 1)", p.momentum)));
         }
         if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
-            return Err(err("weightDecay", format!("{} is negative or not a number", p.weight_decay)));
+            return Err(err(
+                "weightDecay",
+                format!("{} is negative or not a number", p.weight_decay),
+            ));
         }
         if p.batch_size == 0 || p.batch_size > 65_536 {
-            return Err(err("batchSize", format!("{} is outside 1..=65536", p.batch_size)));
+            return Err(err(
+                "batchSize",
+                format!("{} is outside 1..=65536", p.batch_size),
+            ));
         }
         if p.epochs == 0 || p.epochs > 1000 {
             return Err(err("epochs", format!("{} is outside 1..=1000", p.epochs)));
         }
         if p.input_size != 0 && !(4..=1024).contains(&p.input_size) {
-            return Err(err("inputSize", format!("{} is outside 4..=1024 (0 keeps the data set's size)", p.input_size)));
+            return Err(err(
+                "inputSize",
+                format!(
+                    "{} is outside 4..=1024 (0 keeps the data set's size)",
+                    p.input_size
+                ),
+            ));
         }
         if !(p.val_fraction > 0.0 && p.val_fraction <= 0.5) {
-            return Err(err("valFraction", format!("{} is outside (0, 0.5]", p.val_fraction)));
+            return Err(err(
+                "valFraction",
+                format!("{} is outside (0, 0.5]", p.val_fraction),
+            ));
         }
         if !(p.time_limit.is_finite() && p.time_limit >= 0.0) {
-            return Err(err("timeLimit", format!("{} is not a number of seconds >= 0", p.time_limit)));
+            return Err(err(
+                "timeLimit",
+                format!("{} is not a number of seconds >= 0", p.time_limit),
+            ));
         }
         if !(0.0..=180.0).contains(&p.rotation_range) {
-            return Err(err("rotationRange", format!("{} degrees is outside 0..=180", p.rotation_range)));
+            return Err(err(
+                "rotationRange",
+                format!("{} degrees is outside 0..=180", p.rotation_range),
+            ));
         }
-        for (name, v) in [("widthShift", p.width_shift), ("heightShift", p.height_shift), ("zoom", p.zoom)] {
+        for (name, v) in [
+            ("widthShift", p.width_shift),
+            ("heightShift", p.height_shift),
+            ("zoom", p.zoom),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(err(name, format!("{v} is outside [0, 1)")));
             }
@@ -254,7 +288,10 @@ impl TrialParams {
         if p.output == Output::Sigmoid && dataset.classes != 2 {
             return Err(err(
                 "output",
-                format!("sigmoid needs a two-class data set; {} has {} classes", dataset.name, dataset.classes),
+                format!(
+                    "sigmoid needs a two-class data set; {} has {} classes",
+                    dataset.name, dataset.classes
+                ),
             ));
         }
         if p.train_limit != 0 {
@@ -262,7 +299,10 @@ impl TrialParams {
             if val == 0 || p.train_limit - val == 0 {
                 return Err(err(
                     "trainLimit",
-                    format!("{} leaves no validation or no training example with valFraction {}", p.train_limit, p.val_fraction),
+                    format!(
+                        "{} leaves no validation or no training example with valFraction {}",
+                        p.train_limit, p.val_fraction
+                    ),
                 ));
             }
         }
@@ -375,7 +415,12 @@ impl Default for SweepLimits {
     }
 }
 
-fn parse_choice<T: for<'de> Deserialize<'de>>(field: &str, value: &str, default: &str, allowed: &str) -> Result<T, SpecError> {
+fn parse_choice<T: for<'de> Deserialize<'de>>(
+    field: &str,
+    value: &str,
+    default: &str,
+    allowed: &str,
+) -> Result<T, SpecError> {
     let v = if value.is_empty() { default } else { value };
     serde_json::from_value(Value::String(v.to_string()))
         .map_err(|_| err(field, format!("'{v}' is not one of {allowed}")))
@@ -386,12 +431,14 @@ fn parse_choice<T: for<'de> Deserialize<'de>>(field: &str, value: &str, default:
 fn check_value(name: &str, value: &Value, field: &str) -> Result<(), SpecError> {
     let mut obj = Map::new();
     obj.insert(name.to_string(), value.clone());
-    serde_json::from_value::<TrialParams>(Value::Object(obj)).map(|_| ()).map_err(|e| {
-        let msg = e.to_string();
-        // serde appends " at line 1 column N"; it means nothing to a caller.
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        err(field, msg)
-    })
+    serde_json::from_value::<TrialParams>(Value::Object(obj))
+        .map(|_| ())
+        .map_err(|e| {
+            let msg = e.to_string();
+            // serde appends " at line 1 column N"; it means nothing to a caller.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            err(field, msg)
+        })
 }
 
 fn describe(params: &Map<String, Value>) -> String {
@@ -418,20 +465,41 @@ impl SweepRequest {
         }
         let dataset = dataset_info(&self.dataset).ok_or_else(|| {
             let known: Vec<_> = DATASETS.iter().map(|d| d.name).collect();
-            err("dataset", format!("unknown data set '{}'; known: {}", self.dataset, known.join(", ")))
+            err(
+                "dataset",
+                format!(
+                    "unknown data set '{}'; known: {}",
+                    self.dataset,
+                    known.join(", ")
+                ),
+            )
         })?;
         let strategy: Strategy = parse_choice("strategy", &self.strategy, "grid", "grid, random")?;
-        let objective: Objective = parse_choice("objective", &self.objective, "val_accuracy", "val_accuracy, val_loss")?;
-        let device: DeviceRequest = parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
+        let objective: Objective = parse_choice(
+            "objective",
+            &self.objective,
+            "val_accuracy",
+            "val_accuracy, val_loss",
+        )?;
+        let device: DeviceRequest =
+            parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
         match self.early_stopping.as_str() {
             "" | "none" => {}
             "median" | "asha" => {
                 return Err(err(
                     "earlyStopping",
-                    format!("'{}' is not available in this version; use none", self.early_stopping),
+                    format!(
+                        "'{}' is not available in this version; use none",
+                        self.early_stopping
+                    ),
                 ))
             }
-            other => return Err(err("earlyStopping", format!("'{other}' is not one of none, median, asha"))),
+            other => {
+                return Err(err(
+                    "earlyStopping",
+                    format!("'{other}' is not one of none, median, asha"),
+                ))
+            }
         }
         let repeats = if self.repeats == 0 { 1 } else { self.repeats };
         if repeats > 100 {
@@ -450,7 +518,10 @@ impl SweepRequest {
                 return Err(unknown("fixed", k));
             }
             if self.space.contains_key(k) {
-                return Err(err(format!("fixed.{k}"), "also varied in space; give it in one place only"));
+                return Err(err(
+                    format!("fixed.{k}"),
+                    "also varied in space; give it in one place only",
+                ));
             }
             check_value(k, v, &format!("fixed.{k}"))?;
         }
@@ -462,10 +533,18 @@ impl SweepRequest {
             }
             let values = match v {
                 Value::Array(values) => values.clone(),
-                _ => return Err(err(format!("space.{k}"), "must be a list of values, e.g. [3, 5]")),
+                _ => {
+                    return Err(err(
+                        format!("space.{k}"),
+                        "must be a list of values, e.g. [3, 5]",
+                    ))
+                }
             };
             if values.is_empty() {
-                return Err(err(format!("space.{k}"), "empty list; give at least one value"));
+                return Err(err(
+                    format!("space.{k}"),
+                    "empty list; give at least one value",
+                ));
             }
             for (i, value) in values.iter().enumerate() {
                 check_value(k, value, &format!("space.{k}[{i}]"))?;
@@ -481,13 +560,19 @@ impl SweepRequest {
         let configs_wanted: u64 = match strategy {
             Strategy::Grid => {
                 if self.num_trials != 0 {
-                    return Err(err("numTrials", "only used by the random strategy; grid runs every combination"));
+                    return Err(err(
+                        "numTrials",
+                        "only used by the random strategy; grid runs every combination",
+                    ));
                 }
                 grid_size
             }
             Strategy::Random => {
                 if self.num_trials == 0 {
-                    return Err(err("numTrials", "required by the random strategy (how many configurations to draw)"));
+                    return Err(err(
+                        "numTrials",
+                        "required by the random strategy (how many configurations to draw)",
+                    ));
                 }
                 if self.num_trials as u64 > grid_size {
                     return Err(err(
@@ -546,7 +631,10 @@ impl SweepRequest {
                 if varied.is_empty() {
                     err(format!("fixed.{}", e.field), e.reason)
                 } else {
-                    err(e.field.clone(), format!("{} (configuration {})", e.reason, describe(&chosen)))
+                    err(
+                        e.field.clone(),
+                        format!("{} (configuration {})", e.reason, describe(&chosen)),
+                    )
                 }
             })?;
             for r in 0..repeats {
@@ -617,10 +705,16 @@ mod tests {
         assert_eq!(spec.trials[2].head, Head::Dense);
         assert_eq!(spec.trials[11].dropout, 0.5);
         // Fixed values and the sweep seed reach every trial.
-        assert!(spec.trials.iter().all(|t| t.epochs == 3 && t.batch_size == 64 && t.seed == 7));
+        assert!(spec
+            .trials
+            .iter()
+            .all(|t| t.epochs == 3 && t.batch_size == 64 && t.seed == 7));
         let mut seen = std::collections::HashSet::new();
         for t in &spec.trials {
-            assert!(seen.insert(serde_json::to_string(t).unwrap()), "duplicate configuration");
+            assert!(
+                seen.insert(serde_json::to_string(t).unwrap()),
+                "duplicate configuration"
+            );
         }
     }
 
@@ -635,14 +729,22 @@ mod tests {
         assert_eq!(a.trials.len(), 5);
         r.seed = 8;
         let c = r.validate(SweepLimits::default()).unwrap();
-        let kinds = |s: &SweepSpec| s.trials.iter().map(|t| (t.kernel_size, t.head, (t.dropout * 100.0) as i32)).collect::<Vec<_>>();
+        let kinds = |s: &SweepSpec| {
+            s.trials
+                .iter()
+                .map(|t| (t.kernel_size, t.head, (t.dropout * 100.0) as i32))
+                .collect::<Vec<_>>()
+        };
         assert_ne!(kinds(&a), kinds(&c), "another seed draws another sequence");
     }
 
     #[test]
     fn repeats_give_each_configuration_consecutive_seeds() {
         let mut r = design_example();
-        r.space = json!({"head": ["gap", "dense"]}).as_object().unwrap().clone();
+        r.space = json!({"head": ["gap", "dense"]})
+            .as_object()
+            .unwrap()
+            .clone();
         r.repeats = 3;
         let s = r.validate(SweepLimits::default()).unwrap();
         let seeds: Vec<_> = s.trials.iter().map(|t| t.seed).collect();
@@ -650,7 +752,9 @@ mod tests {
     }
 
     fn refused(v: Value) -> SpecError {
-        request(v).validate(SweepLimits { max_trials: 50 }).unwrap_err()
+        request(v)
+            .validate(SweepLimits { max_trials: 50 })
+            .unwrap_err()
     }
 
     #[test]
@@ -658,30 +762,93 @@ mod tests {
         let cases = [
             (json!({"dataset": "imagenet"}), "dataset"),
             (json!({}), "dataset"),
-            (json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}), "space.kernelSiz"),
-            (json!({"dataset": "mnist", "fixed": {"colour": 1}}), "fixed.colour"),
-            (json!({"dataset": "mnist", "space": {"kernelSize": []}}), "space.kernelSize"),
-            (json!({"dataset": "mnist", "space": {"kernelSize": 3}}), "space.kernelSize"),
-            (json!({"dataset": "mnist", "space": {"dropout": [0.1, 1.0]}}), "dropout"),
-            (json!({"dataset": "mnist", "fixed": {"dropout": -0.1}}), "fixed.dropout"),
-            (json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}), "kernelSize"),
-            (json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}), "fixed.kernelSize"),
-            (json!({"dataset": "mnist", "fixed": {"blocks": 5}}), "fixed.blocks"),
-            (json!({"dataset": "mnist", "fixed": {"blocks": 4, "kernelSize": 5}}), "fixed.kernelSize"),
-            (json!({"dataset": "mnist", "fixed": {"blocks": 6, "kernelSize": 1}}), "fixed.blocks"),
-            (json!({"dataset": "mnist", "fixed": {"batchSize": 0}}), "fixed.batchSize"),
-            (json!({"dataset": "mnist", "fixed": {"batchSize": -4}}), "fixed.batchSize"),
-            (json!({"dataset": "mnist", "fixed": {"learningRate": 0}}), "fixed.learningRate"),
-            (json!({"dataset": "mnist", "fixed": {"learningRate": -0.1}}), "fixed.learningRate"),
-            (json!({"dataset": "mnist", "fixed": {"head": "conv"}}), "fixed.head"),
-            (json!({"dataset": "mnist", "space": {"head": ["gap", 3]}}), "space.head[1]"),
-            (json!({"dataset": "mnist", "fixed": {"output": "sigmoid"}}), "fixed.output"),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}),
+                "space.kernelSiz",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"colour": 1}}),
+                "fixed.colour",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": []}}),
+                "space.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": 3}}),
+                "space.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"dropout": [0.1, 1.0]}}),
+                "dropout",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"dropout": -0.1}}),
+                "fixed.dropout",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}),
+                "kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}),
+                "fixed.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 5}}),
+                "fixed.blocks",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 4, "kernelSize": 5}}),
+                "fixed.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 6, "kernelSize": 1}}),
+                "fixed.blocks",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"batchSize": 0}}),
+                "fixed.batchSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"batchSize": -4}}),
+                "fixed.batchSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"learningRate": 0}}),
+                "fixed.learningRate",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"learningRate": -0.1}}),
+                "fixed.learningRate",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"head": "conv"}}),
+                "fixed.head",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"head": ["gap", 3]}}),
+                "space.head[1]",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"output": "sigmoid"}}),
+                "fixed.output",
+            ),
             (json!({"dataset": "mnist", "strategy": "bayes"}), "strategy"),
-            (json!({"dataset": "mnist", "strategy": "random"}), "numTrials"),
+            (
+                json!({"dataset": "mnist", "strategy": "random"}),
+                "numTrials",
+            ),
             (json!({"dataset": "mnist", "objective": "f1"}), "objective"),
             (json!({"dataset": "mnist", "device": "tpu"}), "device"),
-            (json!({"dataset": "mnist", "space": {"epochs": [1]}, "fixed": {"epochs": 2}}), "fixed.epochs"),
-            (json!({"dataset": "mnist", "space": {"units": [1,2,3,4,5,6,7,8], "baseFilters": [1,2,3,4,5,6,7,8]}}), "space"),
+            (
+                json!({"dataset": "mnist", "space": {"epochs": [1]}, "fixed": {"epochs": 2}}),
+                "fixed.epochs",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"units": [1,2,3,4,5,6,7,8], "baseFilters": [1,2,3,4,5,6,7,8]}}),
+                "space",
+            ),
         ];
         for (body, field) in cases {
             let e = refused(body.clone());
@@ -699,7 +866,11 @@ mod tests {
         // 28 -> 14 -> 7 -> 3 -> 1: four pools fit, the kernel 3 still fits the 3x3 map.
         assert!(p.validate(&DATASETS[0]).is_ok());
         let p = TrialParams { blocks: 5, ..p };
-        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "blocks", "block 5 would see a 1x1 map");
+        assert_eq!(
+            p.validate(&DATASETS[0]).unwrap_err().field,
+            "blocks",
+            "block 5 would see a 1x1 map"
+        );
         let p = TrialParams {
             blocks: 6,
             kernel_size: 1,
@@ -718,7 +889,25 @@ mod tests {
     #[test]
     fn every_public_name_round_trips() {
         let names = hyperparameter_names();
-        for n in ["kernelSize", "baseFilters", "blocks", "head", "units", "dropout", "batchNorm", "activation", "optimizer", "learningRate", "batchSize", "epochs", "trainLimit", "testLimit", "seed", "inputSize", "rotationRange"] {
+        for n in [
+            "kernelSize",
+            "baseFilters",
+            "blocks",
+            "head",
+            "units",
+            "dropout",
+            "batchNorm",
+            "activation",
+            "optimizer",
+            "learningRate",
+            "batchSize",
+            "epochs",
+            "trainLimit",
+            "testLimit",
+            "seed",
+            "inputSize",
+            "rotationRange",
+        ] {
             assert!(names.contains(&n.to_string()), "{n} missing");
         }
     }

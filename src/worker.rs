@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 
 use crate::proto::worker_hub_client::WorkerHubClient;
 use crate::proto::{
-    FinishTrialRequest, HeartbeatRequest, LeaseRequest, LeaseResponse, RegisterRequest, ReleaseTrialRequest, ReportEpochRequest,
+    FinishTrialRequest, HeartbeatRequest, LeaseRequest, LeaseResponse, RegisterRequest,
+    ReleaseTrialRequest, ReportEpochRequest,
 };
 use crate::sweep::{dataset_info, Output, TrialParams};
 use crate::{data, train};
@@ -63,7 +64,10 @@ pub fn probe() -> Probe {
         .collect();
     if count > 0 {
         if let Ok(out) = std::process::Command::new("nvidia-smi")
-            .args(["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"])
+            .args([
+                "--query-gpu=index,name,memory.total",
+                "--format=csv,noheader,nounits",
+            ])
             .output()
         {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -95,7 +99,10 @@ async fn connect(url: &str) -> Result<WorkerHubClient<Channel>> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(anyhow::anyhow!("cannot reach the daemon at {url}: {:?}", last))
+    Err(anyhow::anyhow!(
+        "cannot reach the daemon at {url}: {:?}",
+        last
+    ))
 }
 
 /// The worker's main loop. Returns when the daemon is gone.
@@ -151,9 +158,11 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         let cache = cache.clone();
         let trial_id = lease.trial_id.clone();
         let generation = lease.generation;
-        let end = tokio::task::spawn_blocking(move || run_lease(&lease, &worker_id, reporter, handle, &cache, device))
-            .await
-            .unwrap_or_else(|e| LeaseEnd::Finish(failed(format!("the trial panicked: {e}"))));
+        let end = tokio::task::spawn_blocking(move || {
+            run_lease(&lease, &worker_id, reporter, handle, &cache, device)
+        })
+        .await
+        .unwrap_or_else(|e| LeaseEnd::Finish(failed(format!("the trial panicked: {e}"))));
         match end {
             LeaseEnd::Finish(finish) => {
                 let finish = FinishTrialRequest {
@@ -175,14 +184,25 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
                     reason,
                 };
                 if let Err(e) = client.release_trial(req).await {
-                    tracing::warn!(worker = args.worker_id, "release not taken: {}", e.message());
+                    tracing::warn!(
+                        worker = args.worker_id,
+                        "release not taken: {}",
+                        e.message()
+                    );
                 }
             }
             LeaseEnd::Abandon(reason) if reason == DAEMON_LOST => {
-                anyhow::bail!("lost the daemon at {} while training {trial_id}", args.daemon);
+                anyhow::bail!(
+                    "lost the daemon at {} while training {trial_id}",
+                    args.daemon
+                );
             }
             LeaseEnd::Abandon(reason) => {
-                tracing::info!(worker = args.worker_id, trial = trial_id, "trial stopped: {reason}");
+                tracing::info!(
+                    worker = args.worker_id,
+                    trial = trial_id,
+                    "trial stopped: {reason}"
+                );
             }
         }
     }
@@ -228,7 +248,9 @@ fn run_lease(
         return LeaseEnd::Finish(failed(format!("unknown data set '{}'", lease.dataset)));
     };
     let data_dir = if lease.data_dir.is_empty() {
-        std::env::var_os("CNND_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
+        std::env::var_os("CNND_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("data"))
     } else {
         PathBuf::from(&lease.data_dir)
     };
@@ -243,7 +265,11 @@ fn run_lease(
             return LeaseEnd::Finish(failed(format!("cannot create {}: {e}", dir.display())));
         }
     }
-    let classes = if params.output == Output::Sigmoid { 1 } else { info.classes as i64 };
+    let classes = if params.output == Output::Sigmoid {
+        1
+    } else {
+        info.classes as i64
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
@@ -294,8 +320,15 @@ fn run_lease(
                 r.proceed
             }
             Err(e) => {
-                tracing::warn!(trial = lease.trial_id, "epoch report refused, stopping: {}", e.message());
-                stop_reason.lock().unwrap().get_or_insert(format!("lease lost: {}", e.message()));
+                tracing::warn!(
+                    trial = lease.trial_id,
+                    "epoch report refused, stopping: {}",
+                    e.message()
+                );
+                stop_reason
+                    .lock()
+                    .unwrap()
+                    .get_or_insert(format!("lease lost: {}", e.message()));
                 false
             }
         }
@@ -306,7 +339,16 @@ fn run_lease(
         stop: Some(&stop),
         progress: Some(&progress),
     };
-    let result = train::run_trial_with(&prepared, &params, info.channels as i64, classes, device, &weights_path, &control, &mut on_epoch);
+    let result = train::run_trial_with(
+        &prepared,
+        &params,
+        info.channels as i64,
+        classes,
+        device,
+        &weights_path,
+        &control,
+        &mut on_epoch,
+    );
     heartbeats.abort();
     let reason = stop_reason.lock().unwrap().clone();
     let stopped_because = |reason: Option<String>| match reason.as_deref() {
@@ -319,10 +361,18 @@ fn run_lease(
         Ok(outcome) if outcome.stopped && reason.is_some() => stopped_because(reason),
         Ok(outcome) => {
             if outcome.resumed_from_epoch > 0 {
-                tracing::info!(trial = lease.trial_id, epoch = outcome.resumed_from_epoch, "resumed from checkpoint");
+                tracing::info!(
+                    trial = lease.trial_id,
+                    epoch = outcome.resumed_from_epoch,
+                    "resumed from checkpoint"
+                );
             }
             LeaseEnd::Finish(FinishTrialRequest {
-                status: if outcome.stopped { "pruned".into() } else { "succeeded".into() },
+                status: if outcome.stopped {
+                    "pruned".into()
+                } else {
+                    "succeeded".into()
+                },
                 test_loss: outcome.test_loss,
                 test_accuracy: outcome.test_accuracy,
                 has_test: true,
@@ -387,7 +437,10 @@ async fn heartbeat_loop(
             _ => {
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > Duration::from_secs(10) {
-                    stop_reason.lock().unwrap().get_or_insert(DAEMON_LOST.to_string());
+                    stop_reason
+                        .lock()
+                        .unwrap()
+                        .get_or_insert(DAEMON_LOST.to_string());
                     stop.store(true, Ordering::SeqCst);
                     return;
                 }

@@ -40,12 +40,27 @@ fn grpcurl_sees_the_api_through_reflection_and_health() {
         .output()
         .unwrap();
     let described = stdout(&out);
-    for rpc in ["SubmitSweep", "GetSweep", "ListSweeps", "WatchSweep", "CancelSweep", "GetTrial", "GetStatus", "RenderCharts"] {
-        assert!(described.contains(&format!("rpc {rpc}")), "{rpc} missing from {described}");
+    for rpc in [
+        "SubmitSweep",
+        "GetSweep",
+        "ListSweeps",
+        "WatchSweep",
+        "CancelSweep",
+        "GetTrial",
+        "GetStatus",
+        "RenderCharts",
+    ] {
+        assert!(
+            described.contains(&format!("rpc {rpc}")),
+            "{rpc} missing from {described}"
+        );
     }
     let health = d.grpcurl_json("grpc.health.v1.Health/Check", "{}");
     assert_eq!(health["status"], "SERVING");
-    let health = d.grpcurl_json("grpc.health.v1.Health/Check", r#"{"service": "cnn.v1.Orchestrator"}"#);
+    let health = d.grpcurl_json(
+        "grpc.health.v1.Health/Check",
+        r#"{"service": "cnn.v1.Orchestrator"}"#,
+    );
     assert_eq!(health["status"], "SERVING");
 }
 
@@ -57,7 +72,10 @@ fn a_small_sweep_trains_records_and_charts() {
     assert_eq!(status["workers"].as_array().unwrap().len(), 2, "{status}");
     assert!(status["devices"][0]["name"] == "cpu", "{status}");
 
-    let submitted = d.grpcurl_json("cnn.v1.Orchestrator/SubmitSweep", &small_sweep().to_string());
+    let submitted = d.grpcurl_json(
+        "cnn.v1.Orchestrator/SubmitSweep",
+        &small_sweep().to_string(),
+    );
     let sweep_id = submitted["sweepId"].as_str().unwrap().to_string();
     assert_eq!(submitted["trialsQueued"], 4);
 
@@ -81,7 +99,10 @@ fn a_small_sweep_trains_records_and_charts() {
     let mut params_by_head = std::collections::HashMap::new();
     for t in trials {
         let id = t["trialId"].as_str().unwrap();
-        let trial = d.grpcurl_json("cnn.v1.Orchestrator/GetTrial", &json!({"trialId": id}).to_string());
+        let trial = d.grpcurl_json(
+            "cnn.v1.Orchestrator/GetTrial",
+            &json!({"trialId": id}).to_string(),
+        );
         let epochs = trial["epochs"].as_array().unwrap();
         assert_eq!(epochs.len(), 1, "{trial}");
         let e = &epochs[0];
@@ -93,7 +114,10 @@ fn a_small_sweep_trains_records_and_charts() {
         assert!(e["imagesPerSecond"].as_f64().unwrap() > 0.0);
         assert!(e["seconds"].as_f64().unwrap() > 0.0);
         let test_acc = trial["testAccuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&test_acc), "trial {id} test accuracy {test_acc}");
+        assert!(
+            (0.0..=1.0).contains(&test_acc),
+            "trial {id} test accuracy {test_acc}"
+        );
         // 1,800 training images, one epoch: the dense head is already far above the 10% of
         // chance (the GAP head learns more slowly from so little).
         if trial["params"]["head"] == "dense" {
@@ -103,9 +127,19 @@ fn a_small_sweep_trains_records_and_charts() {
         assert_eq!(trial["valExamples"], 200);
         assert_eq!(trial["testExamples"], 500);
         let weights = trial["weightsPath"].as_str().unwrap();
-        assert!(std::path::Path::new(weights).exists(), "weights {weights} missing");
-        let count: u64 = trial["parameterCount"].as_str().map(|s| s.parse().unwrap()).or(trial["parameterCount"].as_u64()).unwrap();
-        params_by_head.entry(trial["params"]["head"].as_str().unwrap().to_string()).or_insert_with(Vec::new).push(count);
+        assert!(
+            std::path::Path::new(weights).exists(),
+            "weights {weights} missing"
+        );
+        let count: u64 = trial["parameterCount"]
+            .as_str()
+            .map(|s| s.parse().unwrap())
+            .or(trial["parameterCount"].as_u64())
+            .unwrap();
+        params_by_head
+            .entry(trial["params"]["head"].as_str().unwrap().to_string())
+            .or_insert_with(Vec::new)
+            .push(count);
     }
     // The GAP head has far fewer parameters than the dense head.
     let max_gap = params_by_head["gap"].iter().max().unwrap();
@@ -120,12 +154,22 @@ fn a_small_sweep_trains_records_and_charts() {
 
     // Charts: rendered on request, real PNGs of the expected size.
     let charts = d.cnnctl_json(&["charts", &sweep_id]);
-    let paths: Vec<String> = charts.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = charts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
     assert!(paths.len() >= 3, "{paths:?}");
     for p in &paths {
         let img = image::open(p).unwrap_or_else(|e| panic!("{p}: {e}"));
         // Bar charts size their height to the number of bars; every chart is at least 300 px.
-        assert!(img.width() >= 800 && img.height() >= 300, "{p} is {}x{}", img.width(), img.height());
+        assert!(
+            img.width() >= 800 && img.height() >= 300,
+            "{p} is {}x{}",
+            img.width(),
+            img.height()
+        );
         let rgb = img.to_rgb8();
         let first = rgb.get_pixel(0, 0);
         assert!(rgb.pixels().any(|px| px != first), "{p} is blank");
@@ -146,16 +190,46 @@ fn invalid_sweeps_are_refused_and_nothing_is_stored() {
     let before = db_counts(&d.db_path());
     let cases: Vec<(Value, &str)> = vec![
         (json!({"dataset": "imagenet"}), "dataset"),
-        (json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}), "space.kernelSiz"),
-        (json!({"dataset": "mnist", "fixed": {"colour": 1}}), "fixed.colour"),
-        (json!({"dataset": "mnist", "space": {"kernelSize": []}}), "space.kernelSize"),
-        (json!({"dataset": "mnist", "space": {"dropout": [0.5, 1.0]}}), "dropout"),
-        (json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}), "kernelSize"),
-        (json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}), "kernelSize"),
-        (json!({"dataset": "mnist", "fixed": {"blocks": 5}}), "blocks"),
-        (json!({"dataset": "mnist", "fixed": {"batchSize": 0}}), "batchSize"),
-        (json!({"dataset": "mnist", "fixed": {"learningRate": -0.01}}), "learningRate"),
-        (json!({"dataset": "mnist", "space": {"units": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "baseFilters": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}), "limit of 100"),
+        (
+            json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}),
+            "space.kernelSiz",
+        ),
+        (
+            json!({"dataset": "mnist", "fixed": {"colour": 1}}),
+            "fixed.colour",
+        ),
+        (
+            json!({"dataset": "mnist", "space": {"kernelSize": []}}),
+            "space.kernelSize",
+        ),
+        (
+            json!({"dataset": "mnist", "space": {"dropout": [0.5, 1.0]}}),
+            "dropout",
+        ),
+        (
+            json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}),
+            "kernelSize",
+        ),
+        (
+            json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}),
+            "kernelSize",
+        ),
+        (
+            json!({"dataset": "mnist", "fixed": {"blocks": 5}}),
+            "blocks",
+        ),
+        (
+            json!({"dataset": "mnist", "fixed": {"batchSize": 0}}),
+            "batchSize",
+        ),
+        (
+            json!({"dataset": "mnist", "fixed": {"learningRate": -0.01}}),
+            "learningRate",
+        ),
+        (
+            json!({"dataset": "mnist", "space": {"units": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "baseFilters": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}),
+            "limit of 100",
+        ),
         (json!({"dataset": "mnist", "device": "cuda"}), "device"),
     ];
     for (body, field) in &cases {
@@ -167,20 +241,42 @@ fn invalid_sweeps_are_refused_and_nothing_is_stored() {
     }
     // The same through cnnctl: one line, non-zero exit.
     let bad = d.state.path().join("bad.json");
-    std::fs::write(&bad, json!({"dataset": "mnist", "fixed": {"dropout": 1.5}}).to_string()).unwrap();
+    std::fs::write(
+        &bad,
+        json!({"dataset": "mnist", "fixed": {"dropout": 1.5}}).to_string(),
+    )
+    .unwrap();
     let out = d.cnnctl(&["submit", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("fixed.dropout"), "{err}");
 
-    assert_eq!(db_counts(&d.db_path()), before, "a refused request changed the store");
-    assert_eq!(d.cnnctl_json(&["sweeps"])["sweeps"].as_array().map(|a| a.len()).unwrap_or(0), 0);
+    assert_eq!(
+        db_counts(&d.db_path()),
+        before,
+        "a refused request changed the store"
+    );
+    assert_eq!(
+        d.cnnctl_json(&["sweeps"])["sweeps"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0),
+        0
+    );
     // Unknown ids are NOT_FOUND, naming the field.
     let out = d.grpcurl("cnn.v1.Orchestrator/GetSweep", r#"{"sweepId": "sw-nope"}"#);
-    assert!(stderr(&out).contains("NotFound") && stderr(&out).contains("sweepId"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("NotFound") && stderr(&out).contains("sweepId"),
+        "{}",
+        stderr(&out)
+    );
     let out = d.grpcurl("cnn.v1.Orchestrator/GetTrial", r#"{"trialId": ""}"#);
-    assert!(stderr(&out).contains("InvalidArgument") && stderr(&out).contains("trialId"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("InvalidArgument") && stderr(&out).contains("trialId"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -212,12 +308,20 @@ fn cancel_stops_running_and_queued_trials() {
         if s["trials"][0]["epochsDone"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no epoch recorded: {}", d.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no epoch recorded: {}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = d.cnnctl(&["cancel", &sweep_id]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("3 trials cancelled"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("3 trials cancelled"),
+        "{}",
+        stdout(&out)
+    );
     let sweep = d.wait_for_sweep(&sweep_id, Duration::from_secs(10));
     assert_eq!(sweep["status"], "cancelled");
     for t in sweep["trials"].as_array().unwrap() {
@@ -236,7 +340,10 @@ fn cancel_stops_running_and_queued_trials() {
         if st["workersIdle"] == 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "worker not back: {st}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker not back: {st}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }

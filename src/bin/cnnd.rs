@@ -35,19 +35,32 @@ enum Command {
 }
 
 fn long_version() -> &'static str {
-    Box::leak(format!("{} (libtorch {})", env!("CARGO_PKG_VERSION"), cnnd::config::LIBTORCH_VERSION).into_boxed_str())
+    Box::leak(
+        format!(
+            "{} (libtorch {})",
+            env!("CARGO_PKG_VERSION"),
+            cnnd::config::LIBTORCH_VERSION
+        )
+        .into_boxed_str(),
+    )
 }
 
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Some(Command::Probe) => {
-            println!("{}", serde_json::to_string(&worker::probe()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string(&worker::probe()).unwrap_or_default()
+            );
             Ok(())
         }
         Some(Command::Worker(args)) => runtime(1).and_then(|rt| rt.block_on(worker::run(args))),
@@ -60,15 +73,25 @@ fn main() {
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?)
 }
 
 /// Runs `cnnd probe` in a child process, so the daemon itself never initialises CUDA.
 fn probe_devices() -> Result<Vec<DeviceInfo>> {
     let exe = std::env::current_exe()?;
-    let out = std::process::Command::new(exe).arg("probe").output().context("running `cnnd probe`")?;
-    let probe: worker::Probe = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("`cnnd probe` printed no device list: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let out = std::process::Command::new(exe)
+        .arg("probe")
+        .output()
+        .context("running `cnnd probe`")?;
+    let probe: worker::Probe = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "`cnnd probe` printed no device list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     let mut devices = vec![DeviceInfo {
         name: "cpu".into(),
         kind: "cpu".into(),
@@ -88,10 +111,13 @@ fn probe_devices() -> Result<Vec<DeviceInfo>> {
 
 async fn serve(config: DaemonConfig) -> Result<()> {
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let devices = probe_devices()?;
     let gpus: Vec<&DeviceInfo> = devices.iter().filter(|d| d.kind == "cuda").collect();
-    let cpu_workers = config.cpu_workers.unwrap_or(if gpus.is_empty() { cpu_cores() } else { 0 });
+    let cpu_workers = config
+        .cpu_workers
+        .unwrap_or(if gpus.is_empty() { cpu_cores() } else { 0 });
     let mut slots: Vec<SlotConfig> = (0..cpu_workers)
         .map(|i| SlotConfig {
             worker_id: format!("cpu-{i}"),
@@ -120,7 +146,10 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         SchedulerConfig {
             state_dir: state_dir.clone(),
             db_path: db_path.clone(),
-            data_dir: config.data_dir.clone().map(|d| std::path::absolute(&d).unwrap_or(d)),
+            data_dir: config
+                .data_dir
+                .clone()
+                .map(|d| std::path::absolute(&d).unwrap_or(d)),
             slots,
             devices,
             limits: SweepLimits {
@@ -135,7 +164,10 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     );
     let requeued = scheduler.recover().await?;
     if requeued > 0 {
-        tracing::info!(requeued, "trials left running by the previous daemon were re-queued");
+        tracing::info!(
+            requeued,
+            "trials left running by the previous daemon were re-queued"
+        );
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -192,9 +224,12 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             .add_service(reflection_v1alpha)
             .add_service(OrchestratorServer::new(api))
             .add_service(WorkerHubServer::new(hub))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                let _ = serving_stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = serving_stopped.await;
+                },
+            ),
     );
     shutdown_signal().await;
     tracing::info!("shutting down: no new trials; running ones stop at their next epoch boundary");

@@ -439,7 +439,9 @@ pub async fn pause(d: &mut Daemon, id: &str, hold: bool, output: Output) -> Resu
         ("released", r.into_inner().trials_released)
     };
     match output {
-        Output::Json => out_json(&serde_json::json!({ "sweepId": id, "paused": hold, "queuedTrials": n })),
+        Output::Json => {
+            out_json(&serde_json::json!({ "sweepId": id, "paused": hold, "queuedTrials": n }))
+        }
         Output::Table => out(format!("sweep {id}: {n} queued trials {what}")),
     }
     Ok(())
