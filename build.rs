@@ -3,10 +3,16 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cnn/v1/orchestrator.proto", "proto/cnn/v1/worker.proto"];
+    let protos = [
+        "proto/cnn/v1/orchestrator.proto",
+        "proto/cnn/v1/worker.proto",
+    ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("cnn_v1_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(
+        out.join("cnn_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
