@@ -41,6 +41,7 @@ fn internal(e: anyhow::Error) -> Status {
     if lower.contains("readonly")
         || lower.contains("read-only")
         || lower.contains("permission denied")
+        || lower.contains("disk i/o error")
     {
         tracing::error!("storage not writable: {text}");
         return Status::unavailable(format!(
@@ -774,16 +775,23 @@ impl proto::worker_hub_server::WorkerHub for Hub {
         request: Request<proto::ReleaseTrialRequest>,
     ) -> Result<Response<proto::ReleaseTrialResponse>, Status> {
         let r = request.into_inner();
+        let taken = self
+            .scheduler
+            .give_back(&r.worker_id, &r.trial_id, r.generation, &r.reason)
+            .await
+            .map_err(internal)?;
+        if !taken {
+            return Err(Status::failed_precondition(format!(
+                "stale lease: worker {} does not hold trial {} at generation {}",
+                r.worker_id, r.trial_id, r.generation
+            )));
+        }
         tracing::info!(
             trial = r.trial_id,
             worker = r.worker_id,
             reason = r.reason,
             "trial given back; queued again"
         );
-        self.scheduler
-            .give_back(&r.worker_id, &r.trial_id, r.generation, &r.reason)
-            .await
-            .map_err(internal)?;
         Ok(Response::new(proto::ReleaseTrialResponse {}))
     }
 

@@ -324,7 +324,17 @@ impl Scheduler {
         trial_id: &str,
         generation: u64,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let live = {
+            let workers = self.workers.lock().unwrap();
+            workers.get(worker_id).is_some_and(|w| {
+                w.trial_id.as_deref() == Some(trial_id) && w.generation == generation
+            })
+        };
+        if !live {
+            // A stale release: the trial has moved on; change nothing.
+            return Ok(false);
+        }
         let events = self
             .store
             .release_trial(
@@ -337,7 +347,7 @@ impl Scheduler {
             .await?;
         self.publish(events);
         self.worker_went_idle(worker_id, trial_id, false);
-        Ok(())
+        Ok(true)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -410,9 +420,10 @@ impl Scheduler {
             .store
             .finish_trial(trial_id, generation, result)
             .await?;
-        self.worker_went_idle(worker_id, trial_id, true);
         match outcome {
             Ok(events) => {
+                // Only the live lease frees its slot: a stale finish changes nothing.
+                self.worker_went_idle(worker_id, trial_id, true);
                 self.publish(events);
                 self.queue_changed.notify_waiters();
                 Ok(Ok(()))

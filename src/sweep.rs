@@ -4,6 +4,7 @@
 //! [`TrialParams`]. Pure logic: no I/O, no libtorch, no database.
 
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -591,24 +592,41 @@ impl SweepRequest {
             ));
         }
 
-        // Grid order: the first axis (alphabetical) varies slowest.
-        let mut choices: Vec<Vec<usize>> = Vec::with_capacity(grid_size as usize);
-        let mut idx = vec![0usize; axes.len()];
-        for _ in 0..grid_size {
-            choices.push(idx.clone());
-            for a in (0..axes.len()).rev() {
-                idx[a] += 1;
-                if idx[a] < axes[a].1.len() {
-                    break;
-                }
-                idx[a] = 0;
+        // Grid order: the first axis (alphabetical) varies slowest. Configuration k of the
+        // grid is k written in the mixed radix of the axis lengths.
+        let radix: Vec<usize> = axes.iter().map(|(_, v)| v.len()).collect();
+        let decode = |mut k: u64| -> Vec<usize> {
+            let mut idx = vec![0usize; radix.len()];
+            for a in (0..radix.len()).rev() {
+                idx[a] = (k % radix[a] as u64) as usize;
+                k /= radix[a] as u64;
             }
-        }
-        if strategy == Strategy::Random {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-            choices.shuffle(&mut rng);
-            choices.truncate(configs_wanted as usize);
-        }
+            idx
+        };
+        let choices: Vec<Vec<usize>> = match strategy {
+            // `total` was checked against the limit, so the grid is small.
+            Strategy::Grid => (0..grid_size).map(decode).collect(),
+            Strategy::Random if grid_size <= 1 << 20 => {
+                let mut all: Vec<u64> = (0..grid_size).collect();
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                all.shuffle(&mut rng);
+                all.truncate(configs_wanted as usize);
+                all.into_iter().map(decode).collect()
+            }
+            Strategy::Random => {
+                // A huge space: draw distinct configurations without listing the grid.
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::with_capacity(configs_wanted as usize);
+                while out.len() < configs_wanted as usize {
+                    let pick: Vec<usize> = radix.iter().map(|&n| rng.gen_range(0..n)).collect();
+                    if seen.insert(pick.clone()) {
+                        out.push(pick);
+                    }
+                }
+                out
+            }
+        };
 
         let mut trials = Vec::with_capacity(total as usize);
         for (n, choice) in choices.iter().enumerate() {

@@ -842,6 +842,9 @@ fn trial(
             seconds = phase.elapsed().as_secs_f64(),
             "phase: best weights"
         );
+        // Report first, checkpoint second: a crash between the two re-runs this epoch on
+        // resume (its row is upserted, never doubled) instead of losing its row.
+        let proceed = on_epoch(&report, &info);
         let phase = Instant::now();
         if let (Some(path), Some((best_epoch, best_val_accuracy))) = (control.checkpoint, best) {
             let meta = CheckpointMeta {
@@ -853,7 +856,7 @@ fn trial(
             write_checkpoint(path, &vs, &opt, &best_weights, &meta)?;
         }
         tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "phase: checkpoint");
-        if !on_epoch(&report, &info) {
+        if !proceed {
             stopped = true;
             break;
         }

@@ -21,12 +21,19 @@ pub fn data_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    assert!(shared.join("mnist").exists(), "set CNND_DATA_DIR to a folder holding mnist/ (scripts/test.sh does)");
+    assert!(
+        shared.join("mnist").exists(),
+        "set CNND_DATA_DIR to a folder holding mnist/ (scripts/test.sh does)"
+    );
     shared
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Daemon {
@@ -44,22 +51,49 @@ impl Daemon {
     }
 
     pub fn start_in(state: tempfile::TempDir, workers: u32, extra: &[&str]) -> Daemon {
+        Self::launch(state, &data_dir(), false, workers, extra)
+    }
+
+    /// Like [`Daemon::start`], with `--data-dir` pointing at `data` instead of MNIST.
+    pub fn start_with_data_dir(data: &Path, workers: u32, extra: &[&str]) -> Daemon {
+        Self::launch(tempfile::tempdir().unwrap(), data, false, workers, extra)
+    }
+
+    /// Starts cnnd on `state`; `append_log` keeps what an earlier daemon wrote to cnnd.log.
+    fn launch(
+        state: tempfile::TempDir,
+        data: &Path,
+        append_log: bool,
+        workers: u32,
+        extra: &[&str],
+    ) -> Daemon {
         let port = free_port();
-        let log = std::fs::File::create(state.path().join("cnnd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append_log)
+            .truncate(!append_log)
+            .open(state.path().join("cnnd.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cnnd"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(state.path())
             .arg("--data-dir")
-            .arg(data_dir())
-            .args(["--cpu-workers", &workers.to_string(), "--threads-per-worker", "1"])
+            .arg(data)
+            .args([
+                "--cpu-workers",
+                &workers.to_string(),
+                "--threads-per-worker",
+                "1",
+            ])
             .args(extra)
             .env("CUDA_VISIBLE_DEVICES", "")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("starting cnnd");
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             port,
             addr: format!("127.0.0.1:{port}"),
@@ -70,7 +104,14 @@ impl Daemon {
             if d.cnnctl(&["status"]).status.success() {
                 break;
             }
-            assert!(Instant::now() < deadline, "cnnd did not come up; log:\n{}", d.log());
+            if let Ok(Some(exit)) = d.child.try_wait() {
+                panic!("cnnd exited at start ({exit}); log:\n{}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cnnd did not come up; log:\n{}",
+                d.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         d
@@ -97,8 +138,17 @@ impl Daemon {
         let mut all = vec!["--output", "json"];
         all.extend_from_slice(args);
         let out = self.cnnctl(&all);
-        assert!(out.status.success(), "cnnctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("cnnctl {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "cnnctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "cnnctl {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// grpcurl through server reflection only (no proto files), body on stdin.
@@ -111,13 +161,22 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("running grpcurl (scripts/setup.sh installs it)");
-        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
     pub fn grpcurl_json(&self, method: &str, body: &str) -> serde_json::Value {
         let out = self.grpcurl(method, body);
-        assert!(out.status.success(), "grpcurl {method} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "grpcurl {method} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -130,7 +189,11 @@ impl Daemon {
             if status == "finished" || status == "cancelled" {
                 return s;
             }
-            assert!(Instant::now() < deadline, "sweep {sweep_id} still {status}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sweep {sweep_id} still {status}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -152,9 +215,435 @@ pub fn grpcurl_bin() -> PathBuf {
 
 /// Row counts (sweeps, trials, epochs, events) read straight from the SQLite file.
 pub fn db_counts(db: &Path) -> (i64, i64, i64, i64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = cnnd::store::Store::open_read_only(db).await.unwrap();
         store.table_counts().await.unwrap()
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Fault injection (tests/faults.rs): killing and restarting daemons, reading the store.
+
+impl Daemon {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL to the daemon (no chance to clean up), and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` to the daemon process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the child this harness spawned (not yet reaped).
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {signal}) failed: {}",
+            self.child.id(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits until the daemon exits by itself; None when it still runs after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops this daemon (SIGKILL unless it already exited) and starts a new one on the same
+    /// state directory, on a new port, appending to the same cnnd.log.
+    pub fn restart(mut self, workers: u32, extra: &[&str]) -> Daemon {
+        self.kill9();
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::launch(state, &data_dir(), true, workers, extra)
+    }
+
+    /// Like [`Daemon::restart`] with `--data-dir` pointing at `data`.
+    pub fn restart_with_data_dir(mut self, data: &Path, workers: u32, extra: &[&str]) -> Daemon {
+        self.kill9();
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::launch(state, data, true, workers, extra)
+    }
+
+    /// Submits a sweep with grpcurl; returns its id. Panics when refused.
+    pub fn submit(&self, body: &serde_json::Value) -> String {
+        let r = self.grpcurl_json("cnn.v1.Orchestrator/SubmitSweep", &body.to_string());
+        r["sweepId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sweepId in {r}"))
+            .to_string()
+    }
+
+    /// GetTrial through grpcurl.
+    pub fn trial(&self, trial_id: &str) -> serde_json::Value {
+        self.grpcurl_json(
+            "cnn.v1.Orchestrator/GetTrial",
+            &serde_json::json!({ "trialId": trial_id }).to_string(),
+        )
+    }
+
+    /// GetStatus through grpcurl (has the heartbeat's batch progress that cnnctl leaves out).
+    pub fn status(&self) -> serde_json::Value {
+        self.grpcurl_json("cnn.v1.Orchestrator/GetStatus", "{}")
+    }
+
+    /// GetStatus through an in-process gRPC client: for polling (cnnctl takes ~0.7 s to
+    /// start, as it loads libtorch).
+    pub fn get_status(&self) -> cnnd::proto::Status {
+        let addr = format!("http://{}", self.addr);
+        block_on(async move {
+            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
+                .await
+                .expect("connecting to cnnd");
+            c.get_status(cnnd::proto::GetStatusRequest {})
+                .await
+                .expect("GetStatus")
+                .into_inner()
+        })
+    }
+
+    /// GetSweep through an in-process gRPC client.
+    pub fn get_sweep(&self, sweep_id: &str) -> cnnd::proto::Sweep {
+        let addr = format!("http://{}", self.addr);
+        let sweep_id = sweep_id.to_string();
+        block_on(async move {
+            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
+                .await
+                .expect("connecting to cnnd");
+            c.get_sweep(cnnd::proto::GetSweepRequest { sweep_id })
+                .await
+                .expect("GetSweep")
+                .into_inner()
+        })
+    }
+
+    /// GetTrial through an in-process gRPC client.
+    pub fn get_trial(&self, trial_id: &str) -> cnnd::proto::Trial {
+        let addr = format!("http://{}", self.addr);
+        let trial_id = trial_id.to_string();
+        block_on(async move {
+            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
+                .await
+                .expect("connecting to cnnd");
+            c.get_trial(cnnd::proto::GetTrialRequest { trial_id })
+                .await
+                .expect("GetTrial")
+                .into_inner()
+        })
+    }
+
+    /// Waits (polling GetSweep in-process) until the sweep has ended; then returns
+    /// `cnnctl --output json sweep ID`.
+    pub fn wait_sweep_ended(&self, sweep_id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.get_sweep(sweep_id);
+            if s.status == "finished" || s.status == "cancelled" {
+                return self.cnnctl_json(&["sweep", sweep_id]);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sweep {sweep_id} still {} after {limit:?}; log:\n{}",
+                s.status,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Worker pids (0 for a worker still starting).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.get_status().workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// Waits until every worker is registered and idle; returns the status.
+    pub fn wait_workers_idle(&self, limit: Duration) -> cnnd::proto::Status {
+        let deadline = Instant::now() + limit;
+        loop {
+            let st = self.get_status();
+            if !st.workers.is_empty() && st.workers.iter().all(|w| w.state == "idle" && w.pid > 0) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers not idle: {st:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every event of a sweep as `cnnctl --output json watch` prints it (replay, then live
+    /// until the sweep ends): one JSON value per line.
+    pub fn watch_events(&self, sweep_id: &str) -> Vec<serde_json::Value> {
+        let out = self.cnnctl(&["--output", "json", "watch", sweep_id]);
+        assert!(
+            out.status.success(),
+            "watch {sweep_id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("watch printed {l}: {e}")))
+            .collect()
+    }
+}
+
+/// Runs a future on a fresh current-thread runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Polls `f` until it gives Some, at most `limit`; panics naming `what` (and `log`) otherwise.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a read query on the SQLite file through a read-only connection (never writes);
+/// every row as a JSON object (INTEGER -> number, REAL -> number, TEXT -> string, NULL -> null).
+pub fn db_rows(db: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use sqlx::{Column, Row, ValueRef};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .read_only(true)
+            .create_if_missing(false);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap_or_else(|e| panic!("opening {} read-only: {e}", db.display()));
+        let rows = sqlx::query(sql)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let out = rows
+            .iter()
+            .map(|r| {
+                let mut m = serde_json::Map::new();
+                for (i, c) in r.columns().iter().enumerate() {
+                    let raw = r.try_get_raw(i).unwrap();
+                    let v = if raw.is_null() {
+                        serde_json::Value::Null
+                    } else if let Ok(v) = r.try_get::<i64, _>(i) {
+                        serde_json::json!(v)
+                    } else if let Ok(v) = r.try_get::<f64, _>(i) {
+                        serde_json::json!(v)
+                    } else if let Ok(v) = r.try_get::<String, _>(i) {
+                        serde_json::json!(v)
+                    } else {
+                        serde_json::Value::Null
+                    };
+                    m.insert(c.name().to_string(), v);
+                }
+                m
+            })
+            .collect();
+        pool.close().await;
+        out
+    })
+}
+
+/// Recorded epoch numbers per trial, ascending, straight from the `epochs` table.
+pub fn db_epochs(db: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
+    let mut out: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for r in db_rows(
+        db,
+        "SELECT trial_id, epoch FROM epochs ORDER BY trial_id, epoch",
+    ) {
+        out.entry(r["trial_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r["epoch"].as_i64().unwrap() as u32);
+    }
+    out
+}
+
+/// The stored events (payload parsed, plus `id` and `sweep_id`), oldest first; all sweeps
+/// when `sweep_id` is None.
+pub fn db_events(db: &Path, sweep_id: Option<&str>) -> Vec<serde_json::Value> {
+    db_rows(db, "SELECT id, sweep_id, payload FROM events ORDER BY id")
+        .into_iter()
+        .filter(|r| sweep_id.is_none_or(|s| r["sweep_id"] == s))
+        .map(|r| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+            v["id"] = r["id"].clone();
+            v["sweep_id"] = r["sweep_id"].clone();
+            v
+        })
+        .collect()
+}
+
+/// True while `pid` is a live process (a zombie, dead but not reaped, counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A file system mounted for a test, unmounted (lazily) and removed when dropped.
+pub struct Mount {
+    pub dir: PathBuf,
+    /// The block device (loop mounts), e.g. /dev/loop3.
+    pub device: Option<String>,
+    _image_dir: Option<tempfile::TempDir>,
+}
+
+fn run_quiet(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "{program} {}: {} {}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{program}: {e}")),
+    }
+}
+
+impl Mount {
+    /// A tmpfs of `size` (e.g. "16m") on a fresh folder; Err says why it could not be mounted.
+    pub fn tmpfs(size: &str) -> Result<Mount, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?.keep();
+        let opts = format!("size={size}");
+        if let Err(e) = run_quiet(
+            "mount",
+            &["-t", "tmpfs", "-o", &opts, "tmpfs", dir.to_str().unwrap()],
+        ) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        Ok(Mount {
+            dir,
+            device: None,
+            _image_dir: None,
+        })
+    }
+
+    /// A fresh ext4 file system of `mib` MiB in a loop-mounted image, mounted with
+    /// `errors=remount-ro` (so an error turns it read-only under whoever has files open).
+    pub fn ext4_loop(mib: u32) -> Result<Mount, String> {
+        let image_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib as u64 * 1024 * 1024))
+            .map_err(|e| e.to_string())?;
+        run_quiet("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()])?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?.keep();
+        if let Err(e) = run_quiet(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                image.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+        ) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let device = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 1 && Path::new(f[1]) == dir)
+            .map(|f| f[0].to_string());
+        Ok(Mount {
+            dir,
+            device,
+            _image_dir: Some(image_dir),
+        })
+    }
+
+    /// `mount -o remount,ro` (refused with EBUSY while a process has a file open for writing).
+    pub fn remount_ro(&self) -> Result<(), String> {
+        run_quiet("mount", &["-o", "remount,ro", self.dir.to_str().unwrap()])
+    }
+
+    pub fn remount_rw(&self) -> Result<(), String> {
+        run_quiet("mount", &["-o", "remount,rw", self.dir.to_str().unwrap()])
+    }
+
+    /// Makes an ext4 loop mount hit a file-system error: with `errors=remount-ro` the kernel
+    /// turns it read-only at once, open files included (what a failing disk does).
+    pub fn trigger_ext4_error(&self) -> Result<(), String> {
+        let dev = self.device.as_deref().ok_or("not a loop mount")?;
+        let name = Path::new(dev)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let knob = format!("/sys/fs/ext4/{name}/trigger_fs_error");
+        std::fs::write(&knob, "cnnd fault-injection test\n").map_err(|e| format!("{knob}: {e}"))
+    }
+
+    /// Fills the file system with a file of zeros until it reports ENOSPC; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 512, 1] {
+            let buf = vec![0u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = run_quiet("umount", &["-l", self.dir.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
