@@ -256,6 +256,18 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
     })
 }
 
+fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRow {
+    EpochRow {
+        epoch: r.get::<i64, _>("epoch") as u32,
+        train_loss: r.get("train_loss"),
+        train_accuracy: r.get("train_accuracy"),
+        val_loss: r.get("val_loss"),
+        val_accuracy: r.get("val_accuracy"),
+        seconds: r.get("seconds"),
+        images_per_second: r.get("images_per_second"),
+    }
+}
+
 fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
     let varied: String = r.get("varied");
     let spec: String = r.get("spec");
@@ -448,18 +460,7 @@ impl Store {
             .bind(trial_id)
             .fetch_all(&self.reader)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| EpochRow {
-                epoch: r.get::<i64, _>("epoch") as u32,
-                train_loss: r.get("train_loss"),
-                train_accuracy: r.get("train_accuracy"),
-                val_loss: r.get("val_loss"),
-                val_accuracy: r.get("val_accuracy"),
-                seconds: r.get("seconds"),
-                images_per_second: r.get("images_per_second"),
-            })
-            .collect())
+        Ok(rows.iter().map(epoch_from_row).collect())
     }
 
     /// Epoch histories of every trial of a sweep, keyed by trial id.
@@ -475,15 +476,9 @@ impl Store {
         .await?;
         let mut out: std::collections::HashMap<String, Vec<EpochRow>> = Default::default();
         for r in &rows {
-            out.entry(r.get("trial_id")).or_default().push(EpochRow {
-                epoch: r.get::<i64, _>("epoch") as u32,
-                train_loss: r.get("train_loss"),
-                train_accuracy: r.get("train_accuracy"),
-                val_loss: r.get("val_loss"),
-                val_accuracy: r.get("val_accuracy"),
-                seconds: r.get("seconds"),
-                images_per_second: r.get("images_per_second"),
-            });
+            out.entry(r.get("trial_id"))
+                .or_default()
+                .push(epoch_from_row(r));
         }
         Ok(out)
     }
