@@ -7,8 +7,11 @@
 //! Owns: the schema, queries, and the state transitions of sweeps and trials.
 //! Must not touch: processes, gRPC, libtorch, charts.
 
+use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -194,6 +197,11 @@ pub struct QueueCounts {
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Set when a write transaction failed: the writer connection is then replaced before its
+    /// next use. After SQLite rolls a transaction back on its own (a COMMIT refused for a full
+    /// disk, an I/O error), sqlx-sqlite still counts it as open and would run every later write
+    /// inside a savepoint of a transaction that is never committed (acknowledged, then lost).
+    writer_suspect: Arc<AtomicBool>,
 }
 
 fn options(path: &Path) -> Result<SqliteConnectOptions> {
@@ -318,8 +326,15 @@ impl Store {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let opts = options(path).with_context(|| format!("database path {}", path.display()))?;
+        let writer_suspect = Arc::new(AtomicBool::new(false));
+        let suspect = writer_suspect.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .before_acquire(move |_, _| {
+                // false closes this connection; the pool opens a fresh one.
+                let replace = suspect.swap(false, Ordering::SeqCst);
+                Box::pin(async move { Ok(!replace) })
+            })
             .connect_with(opts.clone())
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
@@ -331,7 +346,11 @@ impl Store {
             .max_connections(8)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store { writer, reader })
+        Ok(Store {
+            writer,
+            reader,
+            writer_suspect,
+        })
     }
 
     /// Opens an existing database for reading only (tests, diagnostics): never writes.
@@ -345,11 +364,24 @@ impl Store {
         Ok(Store {
             writer: reader.clone(),
             reader,
+            writer_suspect: Arc::default(),
         })
+    }
+
+    /// Runs the body of one write transaction. Any error marks the writer connection for
+    /// replacement (see `writer_suspect`): cheap, and the only safe answer when SQLite may
+    /// already have rolled the transaction back behind sqlx's back.
+    async fn write<T>(&self, body: impl Future<Output = Result<T>>) -> Result<T> {
+        let outcome = body.await;
+        if outcome.is_err() {
+            self.writer_suspect.store(true, Ordering::SeqCst);
+        }
+        outcome
     }
 
     /// Stores a validated sweep and queues its trials, in one transaction.
     pub async fn insert_sweep(&self, id: &str, spec: &SweepSpec) -> Result<Vec<String>> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let created = now();
         let device = serde_json::to_value(spec.device)?
@@ -397,6 +429,7 @@ impl Store {
         }
         tx.commit().await?;
         Ok(ids)
+        }).await
     }
 
     pub async fn sweep(&self, id: &str) -> Result<Option<SweepRow>> {
@@ -524,6 +557,7 @@ impl Store {
         devices: &[&str],
         ran_on: &str,
     ) -> Result<Option<(Lease, StoredEvent)>> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
@@ -587,6 +621,7 @@ impl Store {
             },
             event,
         )))
+        }).await
     }
 
     /// Checks that `generation` is the trial's live lease; returns (sweep id, status).
@@ -620,7 +655,9 @@ impl Store {
         )))
     }
 
-    /// Records one epoch of a leased trial. An epoch already recorded is replaced, never doubled.
+    /// Records one epoch of a leased trial. An epoch already recorded (re-run after a crash
+    /// between its report and its checkpoint) is replaced, never doubled; its event is appended
+    /// again, so watchers see the values that now stand.
     pub async fn record_epoch(
         &self,
         trial_id: &str,
@@ -628,6 +665,7 @@ impl Store {
         epoch: &EpochRow,
         facts: Option<&TrialFacts>,
     ) -> Result<Result<StoredEvent, ReportError>> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let (sweep_id, epochs_planned) =
             match Self::check_lease(&mut tx, trial_id, generation).await? {
@@ -674,6 +712,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Ok(event))
+        }).await
     }
 
     /// Ends a leased trial with its result, and the sweep when that was its last open trial.
@@ -683,6 +722,7 @@ impl Store {
         generation: u64,
         result: &TrialResult,
     ) -> Result<Result<Vec<StoredEvent>, ReportError>> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
@@ -720,6 +760,7 @@ impl Store {
         events.extend(Self::maybe_finish_sweep(&mut tx, &sweep_id).await?);
         tx.commit().await?;
         Ok(Ok(events))
+        }).await
     }
 
     /// A worker lost its trial (process died, lease expired): queue it again while attempts
@@ -734,6 +775,7 @@ impl Store {
         max_attempts: u32,
         counts_as_attempt: bool,
     ) -> Result<Vec<StoredEvent>> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
@@ -784,6 +826,7 @@ impl Store {
         }
         tx.commit().await?;
         Ok(events)
+        }).await
     }
 
     /// Cancels every open trial of a sweep. Returns the ids of trials that were running (their
@@ -792,6 +835,7 @@ impl Store {
         &self,
         sweep_id: &str,
     ) -> Result<(Vec<(String, Option<String>)>, u32, Vec<StoredEvent>)> {
+        self.write(async {
         let mut tx = self.writer.begin().await?;
         let running: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT id, worker FROM trials WHERE sweep_id = ? AND status = 'running'",
@@ -845,25 +889,29 @@ impl Store {
         }
         tx.commit().await?;
         Ok((running, n, events))
+        }).await
     }
 
     /// Holds (`paused` true) or releases a sweep's queued trials. Returns how many queued
     /// trials that affects.
     pub async fn set_paused(&self, sweep_id: &str, paused: bool) -> Result<u32> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE sweeps SET paused = ? WHERE id = ?")
-            .bind(paused as i64)
+        self.write(async {
+            let mut tx = self.writer.begin().await?;
+            sqlx::query("UPDATE sweeps SET paused = ? WHERE id = ?")
+                .bind(paused as i64)
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'",
+            )
             .bind(sweep_id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-        let queued: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'",
-        )
-        .bind(sweep_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(queued as u32)
+            tx.commit().await?;
+            Ok(queued as u32)
+        })
+        .await
     }
 
     /// Marks the sweep finished when none of its trials is queued or running.
