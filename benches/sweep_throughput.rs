@@ -634,7 +634,7 @@ fn write_report(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let o = parse_opts()?;
-    let info = cnnd::sweep::dataset_info("mnist").context("mnist")?;
+    let info = &cnnd::sweep::dataset_info("mnist").context("mnist")?;
     cnnd::data::find_file(info, &o.data_dir, "train-images-idx3-ubyte")?;
     let data_dir = o
         .data_dir

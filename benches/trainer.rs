@@ -274,11 +274,15 @@ fn child(job: &str) -> Result<()> {
     // As the worker does (src/worker.rs).
     tch::set_num_threads(threads);
     tch::set_num_interop_threads(1);
-    let info = dataset_info("mnist").context("mnist")?;
+    let info = &dataset_info("mnist").context("mnist")?;
 
     let t = Instant::now();
     let cache = cnnd::data::DataCache::new();
-    let ds = cache.get(info, &data_dir)?;
+    let ds = cache.get(
+        info,
+        &data_dir,
+        cnnd::data::DecodeAs::of(&Default::default(), info),
+    )?;
     let load_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -293,7 +297,7 @@ fn child(job: &str) -> Result<()> {
     let mut on_epoch = |r: &EpochReport, i: &TrialInfo| {
         reports.push((
             r.clone(),
-            *i,
+            i.clone(),
             t.elapsed().as_secs_f64(),
             self_cpu_seconds() - cpu_start,
         ));
@@ -474,8 +478,12 @@ fn profile_child(job: &Value) -> Result<()> {
     let p: TrialParams = serde_json::from_value(job["params"].clone()).context("params")?;
     tch::set_num_threads(threads);
     tch::set_num_interop_threads(1);
-    let info = dataset_info("mnist").context("mnist")?;
-    let ds = cnnd::data::DataCache::new().get(info, &data_dir)?;
+    let info = &dataset_info("mnist").context("mnist")?;
+    let ds = cnnd::data::DataCache::new().get(
+        info,
+        &data_dir,
+        cnnd::data::DecodeAs::of(&Default::default(), info),
+    )?;
     let (x, y) = (&ds.train.images, &ds.train.labels);
     tch::manual_seed(p.seed as i64);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -866,7 +874,7 @@ fn main() -> Result<()> {
         return child(&job);
     }
     let o = parse_opts()?;
-    let info = dataset_info("mnist").context("mnist")?;
+    let info = &dataset_info("mnist").context("mnist")?;
     if !o.data_dir.join("mnist").is_dir()
         && !o.data_dir.join("train-images-idx3-ubyte.gz").exists()
         && !o.data_dir.join("train-images-idx3-ubyte").exists()

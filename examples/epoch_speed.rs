@@ -48,7 +48,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let t = std::time::Instant::now();
-    let ds = DataCache::new().get(dataset_info("mnist").unwrap(), std::path::Path::new(&dir))?;
+    let info = dataset_info("mnist").unwrap();
+    let as_ = cnnd::data::DecodeAs::of(&TrialParams::default(), &info);
+    let ds = DataCache::new().get(&info, std::path::Path::new(&dir), as_)?;
     let load = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let prepared = data::prepare(&ds, &p);

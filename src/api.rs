@@ -15,16 +15,33 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::charts;
+use crate::datasets::{self, DatasetError, Source};
 use crate::proto::{self, struct_from_json, struct_to_json};
 use crate::scheduler::{Scheduler, Verdict};
 use crate::store::{EpochRow, Event, StoredEvent, TrialFacts, TrialResult, TrialRow};
-use crate::sweep::SweepRequest;
+use crate::sweep::{SpecError, SweepRequest, SweepSpec};
 
 pub struct Api {
     pub scheduler: Arc<Scheduler>,
     /// Where dashboard files are looked up first (then the built-in default).
     pub dashboards_dir: PathBuf,
+    /// Runs `Predict`; None answers UNIMPLEMENTED.
+    pub predictor: Option<Arc<dyn Predictor>>,
 }
+
+/// Classifies images with a trial's weights (blocking; called on a blocking thread). The
+/// training side implements it (`predict::LocalPredictor`), so this module stays free of
+/// libtorch.
+pub trait Predictor: Send + Sync {
+    fn predict(
+        &self,
+        trial: &TrialRow,
+        request: &proto::PredictRequest,
+    ) -> Result<proto::PredictResponse, Status>;
+}
+
+/// Most images one `Predict` call may carry.
+pub const MAX_PREDICT_IMAGES: usize = 256;
 
 /// Maps a store or scheduler failure to a status. A full disk or a read-only state
 /// directory refuses the request clearly; what is already recorded stays intact (SQLite
@@ -267,7 +284,97 @@ fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
     }
 }
 
+/// What the response of `SubmitSweep` says about the data set: splits carved from train.
+fn dataset_notes(spec: &SweepSpec, data_dir: Option<&Path>) -> Vec<String> {
+    let Ok(info) = datasets::resolve(&spec.dataset, data_dir) else {
+        return Vec::new();
+    };
+    let Source::Folder {
+        has_validation,
+        has_test,
+        ..
+    } = info.source
+    else {
+        return Vec::new();
+    };
+    let first = spec.trials.first().cloned().unwrap_or_default();
+    let mut notes = vec![format!(
+        "{}: {} classes ({}), {} training images",
+        info.name,
+        info.classes,
+        info.class_names.join(", "),
+        info.train_examples
+    )];
+    if !has_validation {
+        notes.push(format!(
+            "validation: no validation/ folder; each trial holds out valFraction ({}) of train/, drawn with its seed",
+            first.val_fraction
+        ));
+    }
+    if !has_test {
+        notes.push(format!(
+            "test: no test/ folder; testFraction ({}) of train/ is held out with splitSeed {} (the same for every trial)",
+            first.test_fraction, first.split_seed
+        ));
+    }
+    notes
+}
+
+/// The weights file a trial's `initFrom` names: `trial:ID` is that trial's best weights
+/// (it must have succeeded), `file:PATH` a file inside the data directory.
+async fn init_weights(scheduler: &Scheduler, init_from: &str) -> Result<PathBuf, Status> {
+    if let Some(id) = init_from.strip_prefix("trial:") {
+        let source = scheduler
+            .store
+            .trial(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("initFrom: no trial '{id}'")))?;
+        return match (source.status.as_str(), source.weights_path) {
+            ("succeeded", Some(path)) => Ok(PathBuf::from(path)),
+            (status, _) => Err(Status::failed_precondition(format!(
+                "initFrom: trial '{id}' is {status}; only a succeeded trial has weights to start from"
+            ))),
+        };
+    }
+    if let Some(relative) = init_from.strip_prefix("file:") {
+        let data_dir = scheduler.config.data_dir.as_deref().ok_or_else(|| {
+            Status::invalid_argument(
+                "initFrom: weights files need a data directory; start cnnd with --data-dir",
+            )
+        })?;
+        let path = datasets::confine(relative, data_dir).map_err(|e| match e {
+            DatasetError::Denied(m) => Status::permission_denied(format!(
+                "initFrom: {}",
+                m.replace("image folders", "weights files")
+            )),
+            DatasetError::Invalid(m) => Status::invalid_argument(format!("initFrom: {m}")),
+        })?;
+        if !path.is_file() {
+            return Err(Status::invalid_argument(format!(
+                "initFrom: {} is not a file",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    Err(Status::invalid_argument(format!(
+        "initFrom: '{init_from}' is neither trial:ID nor file:PATH"
+    )))
+}
+
 impl Api {
+    /// Checks every distinct `initFrom` of a sweep names weights that exist.
+    async fn check_init_from(&self, spec: &SweepSpec) -> Result<(), Status> {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &spec.trials {
+            if !t.init_from.is_empty() && seen.insert(t.init_from.clone()) {
+                init_weights(&self.scheduler, &t.init_from).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The sweep `id`, which must exist and not have ended.
     async fn open_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
         require_id("sweepId", id)?;
@@ -316,9 +423,24 @@ impl proto::orchestrator_server::Orchestrator for Api {
             repeats: r.repeats,
             device: r.device,
         };
-        let spec = sweep_request
-            .validate(self.scheduler.config.limits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Image folders are listed from disk: off the async threads.
+        let limits = self.scheduler.config.limits;
+        let data_dir = self.scheduler.config.data_dir.clone();
+        let (spec, notes) = tokio::task::spawn_blocking(move || {
+            let spec = sweep_request.validate(limits, data_dir.as_deref())?;
+            let notes = dataset_notes(&spec, data_dir.as_deref());
+            Ok::<_, SpecError>((spec, notes))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("validation task: {e}")))?
+        .map_err(|e| {
+            if e.denied {
+                Status::permission_denied(e.to_string())
+            } else {
+                Status::invalid_argument(e.to_string())
+            }
+        })?;
+        self.check_init_from(&spec).await?;
         if spec.device == crate::sweep::DeviceRequest::Cuda && !self.scheduler.has_cuda() {
             return Err(Status::invalid_argument(
                 "device: 'cuda' was requested but this daemon sees no CUDA device; use auto or cpu",
@@ -335,6 +457,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             sweep_id,
             trials_queued: trials.len() as u32,
             varied: spec.varied,
+            notes,
         }))
     }
 
@@ -369,6 +492,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             created_at: sweep.created_at,
             finished_at: sweep.finished_at.unwrap_or_default(),
             best_trial_id: best,
+            skipped_files: trials.iter().map(|t| t.skipped_files).max().unwrap_or(0),
         }))
     }
 
@@ -551,6 +675,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
             val_examples: t.val_examples.unwrap_or_default(),
             test_examples: t.test_examples.unwrap_or_default(),
             device: t.ran_on.clone().unwrap_or_default(),
+            notes: t.notes.clone(),
+            frozen: t.frozen.clone(),
+            reinitialised: t.reinitialised.clone(),
+            skipped_files: t.skipped_files,
         }))
     }
 
@@ -615,6 +743,39 @@ impl proto::orchestrator_server::Orchestrator for Api {
             db_path: s.config.db_path.display().to_string(),
             state_dir: s.config.state_dir.display().to_string(),
         }))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<proto::PredictRequest>,
+    ) -> Result<Response<proto::PredictResponse>, Status> {
+        let r = request.into_inner();
+        require_id("trialId", &r.trial_id)?;
+        if r.images.is_empty() {
+            return Err(Status::invalid_argument("images: none given"));
+        }
+        if r.images.len() > MAX_PREDICT_IMAGES {
+            return Err(Status::invalid_argument(format!(
+                "images: {} given, at most {MAX_PREDICT_IMAGES} per call",
+                r.images.len()
+            )));
+        }
+        let Some(predictor) = self.predictor.clone() else {
+            return Err(Status::unimplemented(
+                "Predict is not enabled in this daemon",
+            ));
+        };
+        let trial = self
+            .scheduler
+            .store
+            .trial(&r.trial_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("trialId: no trial '{}'", r.trial_id)))?;
+        let response = tokio::task::spawn_blocking(move || predictor.predict(&trial, &r))
+            .await
+            .map_err(|e| Status::internal(format!("predict task: {e}")))??;
+        Ok(Response::new(response))
     }
 
     async fn render_charts(
@@ -696,6 +857,16 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             return Ok(Response::new(proto::LeaseResponse::default()));
         };
         let config = &self.scheduler.config;
+        // Checked at submit; a source deleted since then fails the trial in the worker,
+        // which reports the path it could not read.
+        let init_weights_path = if lease.params.init_from.is_empty() {
+            String::new()
+        } else {
+            match init_weights(&self.scheduler, &lease.params.init_from).await {
+                Ok(path) => path.display().to_string(),
+                Err(status) => format!("unresolved: {}", status.message()),
+            }
+        };
         let trial_dir = config.state_dir.join("trials").join(&lease.trial_id);
         let weights = trial_dir.join("best.safetensors");
         let checkpoint = trial_dir.join("checkpoint.safetensors");
@@ -720,6 +891,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             checkpoint_path: checkpoint.display().to_string(),
             epochs_recorded: lease.epochs_recorded,
             attempt: lease.attempt,
+            init_weights_path,
         }))
     }
 
@@ -742,6 +914,10 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             train_examples: r.train_examples,
             val_examples: r.val_examples,
             test_examples: r.test_examples,
+            notes: r.notes,
+            frozen: r.frozen,
+            reinitialised: r.reinitialised,
+            skipped_files: r.skipped_files,
         });
         let verdict = self
             .scheduler

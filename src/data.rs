@@ -1,6 +1,8 @@
 //! Data sets for the training side: reads the published files (MNIST and Fashion-MNIST in
-//! IDX format, gzip or not) into tensors, caches them per process, and prepares the splits of
-//! one trial (training limit, seeded validation split, test limit, resizing to the model input).
+//! IDX format, gzip or not; CIFAR-10 batches in [`cifar`]; image folders in
+//! [`image_folder`]) into tensors, caches them per process, and prepares the splits of one
+//! trial (training limit, seeded validation split, test split carved when the data set has
+//! none, resizing and channel conversion to the model input, normalisation).
 //!
 //! Owns: file lookup under the data directory, IDX parsing, [`DataCache`], [`prepare`].
 //! Must not touch: the store, scheduler, api or charts (control plane), nor model or training
@@ -18,7 +20,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::sweep::{DatasetInfo, TrialParams};
+use crate::datasets::{self, Source};
+use crate::imaging;
+use crate::sweep::{DatasetInfo, Normalize, TrialParams};
+
+pub mod cifar;
+pub mod image_folder;
 
 /// Examples of one split: `images` is `[N, C, H, W]` f32 scaled to 0..1, `labels` is `[N]` i64.
 #[derive(Debug)]
@@ -71,12 +78,16 @@ impl Split {
     }
 }
 
-/// A whole data set as published: its training and test splits, on the CPU.
+/// A whole data set as published: its splits, on the CPU. Built-in data sets have a test
+/// split and no validation split; an image folder has whichever folders it holds.
 #[derive(Debug)]
 pub struct Dataset {
     pub info: DatasetInfo,
     pub train: Split,
-    pub test: Split,
+    pub validation: Option<Split>,
+    pub test: Option<Split>,
+    /// Image files that could not be decoded: (path, reason). They are left out.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 // SAFETY: a `Dataset` is immutable once loaded: its tensors are only read (narrow,
@@ -88,7 +99,7 @@ unsafe impl Sync for Dataset {}
 /// The IDX file names of a data set in the MNIST layout: (train images, train labels, test
 /// images, test labels), without the `.gz` suffix.
 fn idx_file_names(info: &DatasetInfo) -> anyhow::Result<[&'static str; 4]> {
-    match info.name {
+    match info.name.as_str() {
         "mnist" | "fashion_mnist" => Ok([
             "train-images-idx3-ubyte",
             "train-labels-idx1-ubyte",
@@ -103,7 +114,11 @@ fn idx_file_names(info: &DatasetInfo) -> anyhow::Result<[&'static str; 4]> {
 /// then `<dir>/` itself, each with the `.gz` name first and then the uncompressed name.
 pub fn candidate_paths(info: &DatasetInfo, data_dir: &Path, file: &str) -> Vec<PathBuf> {
     let mut out = Vec::with_capacity(4);
-    for dir in [data_dir.join(info.folder), data_dir.to_path_buf()] {
+    let folder = match &info.source {
+        Source::Idx { folder } | Source::Cifar10 { folder } => *folder,
+        Source::Folder { .. } => "",
+    };
+    for dir in [data_dir.join(folder), data_dir.to_path_buf()] {
         out.push(dir.join(format!("{file}.gz")));
         out.push(dir.join(file));
     }
@@ -277,23 +292,83 @@ fn read_split(
     Ok(Split { images, labels })
 }
 
-/// Loads a data set from `data_dir` (files in `<data_dir>/<info.folder>/` or `<data_dir>/`).
-pub fn load(info: &DatasetInfo, data_dir: &Path) -> anyhow::Result<Dataset> {
-    let [train_images, train_labels, test_images, test_labels] = idx_file_names(info)?;
-    let train = read_split(info, data_dir, train_images, train_labels)?;
-    let test = read_split(info, data_dir, test_images, test_labels)?;
-    Ok(Dataset {
-        info: *info,
-        train,
-        test,
-    })
+/// How an image folder is decoded: model input side, channels, enlarging filter. Built-in
+/// data sets ignore it (their tensors are converted in [`prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecodeAs {
+    pub side: u32,
+    pub channels: u32,
+    pub resample: crate::sweep::Resample,
 }
 
-/// Loads each (data set, data directory) once per process and hands out shared copies.
+impl DecodeAs {
+    /// What trial `p` needs of data set `info`.
+    pub fn of(p: &TrialParams, info: &DatasetInfo) -> DecodeAs {
+        DecodeAs {
+            side: p.effective_input_size(info),
+            channels: p.effective_channels(info),
+            resample: p.resample,
+        }
+    }
+}
+
+/// Loads a data set from `data_dir`: IDX or CIFAR files in `<data_dir>/<folder>/` or
+/// `<data_dir>/`; an image folder from its root, decoded `as_`.
+pub fn load(info: &DatasetInfo, data_dir: &Path, as_: DecodeAs) -> anyhow::Result<Dataset> {
+    match &info.source {
+        Source::Idx { .. } => {
+            let [train_images, train_labels, test_images, test_labels] = idx_file_names(info)?;
+            Ok(Dataset {
+                info: info.clone(),
+                train: read_split(info, data_dir, train_images, train_labels)?,
+                validation: None,
+                test: Some(read_split(info, data_dir, test_images, test_labels)?),
+                skipped: Vec::new(),
+            })
+        }
+        Source::Cifar10 { folder } => {
+            let (train, test, _names) = cifar::read(&data_dir.join(folder))?;
+            Ok(Dataset {
+                info: info.clone(),
+                train,
+                validation: None,
+                test: Some(test),
+                skipped: Vec::new(),
+            })
+        }
+        Source::Folder { root, .. } => {
+            let layout = datasets::scan_folder(root)?;
+            let loaded = image_folder::load(
+                &layout,
+                as_.side,
+                as_.channels,
+                as_.resample,
+                &imaging::DecodeLimits::default(),
+            )?;
+            Ok(Dataset {
+                info: info.clone(),
+                train: loaded.train,
+                validation: loaded.validation,
+                test: loaded.test,
+                skipped: loaded
+                    .skipped
+                    .into_iter()
+                    .map(|f| (f.path, f.reason))
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// Loads each data set once per process (image folders once per way of decoding them) and
+/// hands out shared copies.
 #[derive(Debug, Default)]
 pub struct DataCache {
-    entries: Mutex<HashMap<(String, PathBuf), Arc<Dataset>>>,
+    entries: Mutex<HashMap<CacheKey, Arc<Dataset>>>,
 }
+
+/// (data set name, data directory, how an image folder is decoded).
+type CacheKey = (String, PathBuf, Option<DecodeAs>);
 
 impl DataCache {
     pub fn new() -> DataCache {
@@ -302,14 +377,20 @@ impl DataCache {
 
     /// The data set, loaded on first use. A failed load is not cached (the next call retries,
     /// e.g. after the files were downloaded).
-    pub fn get(&self, info: &DatasetInfo, data_dir: &Path) -> anyhow::Result<Arc<Dataset>> {
-        let key = (info.name.to_string(), data_dir.to_path_buf());
+    pub fn get(
+        &self,
+        info: &DatasetInfo,
+        data_dir: &Path,
+        as_: DecodeAs,
+    ) -> anyhow::Result<Arc<Dataset>> {
+        let decoded = matches!(info.source, Source::Folder { .. }).then_some(as_);
+        let key = (info.name.to_string(), data_dir.to_path_buf(), decoded);
         // Held while loading, so that two threads asking at once load it once.
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ds) = entries.get(&key) {
             return Ok(ds.clone());
         }
-        let ds = Arc::new(load(info, data_dir)?);
+        let ds = Arc::new(load(info, data_dir, as_)?);
         entries.insert(key, ds.clone());
         Ok(ds)
     }
@@ -329,6 +410,11 @@ pub struct Prepared {
     pub train: Split,
     pub val: Split,
     pub test: Split,
+    /// Per-channel (mean, standard deviation) of the training split when `normalize` is
+    /// `standardize` (already applied to every split; prediction applies it again).
+    pub standardization: Option<(Vec<f64>, Vec<f64>)>,
+    /// What was decided about the data, in words (carved splits, skipped files).
+    pub notes: Vec<String>,
 }
 
 /// How many of `n` training examples are held out for validation: `floor(n * val_fraction)`,
@@ -366,37 +452,138 @@ pub fn resize(images: &Tensor, side: i64) -> Tensor {
     }
 }
 
+/// Converts `[N, C, H, W]` images to `channels` channels: gray to RGB repeats the channel,
+/// RGB to gray takes the luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, as the image crate
+/// does for decoded files).
+pub fn convert_channels(images: &Tensor, channels: i64) -> Tensor {
+    let have = images.size()[1];
+    match (have, channels) {
+        (a, b) if a == b => images.shallow_clone(),
+        (1, 3) => images.repeat([1, 3, 1, 1]),
+        (3, 1) => {
+            let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).view([1, 3, 1, 1]);
+            (images * luma).sum_dim_intlist(1, true, Kind::Float)
+        }
+        (a, b) => panic!("cannot convert {a} channels to {b}"),
+    }
+}
+
+/// Per-channel mean and standard deviation of `[N, C, H, W]` images.
+pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let dims: &[i64] = &[0, 2, 3];
+    let mean = images.mean_dim(dims, false, Kind::Float);
+    let std = images.std_dim(dims, false, false);
+    let to_vec = |t: &Tensor| {
+        Vec::<f32>::try_from(t)
+            .unwrap_or_default()
+            .into_iter()
+            .map(f64::from)
+            .collect::<Vec<f64>>()
+    };
+    (to_vec(&mean), to_vec(&std))
+}
+
+/// `(images - mean) / std` per channel (a std below 1e-6 counts as 1e-6).
+pub fn standardize(images: &Tensor, mean: &[f64], std: &[f64]) -> Tensor {
+    let c = mean.len() as i64;
+    let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let s: Vec<f32> = std.iter().map(|&v| v.max(1e-6) as f32).collect();
+    (images - Tensor::from_slice(&m).view([1, c, 1, 1])) / Tensor::from_slice(&s).view([1, c, 1, 1])
+}
+
 /// The splits of one trial:
-/// - training: the first `trainLimit` training examples in file order (0: all of them; not a
-///   random subset, so every seed sees the same pool);
-/// - validation: `floor(n * valFraction)` of those, chosen by a permutation seeded by
-///   `p.seed` ([`split_indices`]); the rest are the training split; the two are disjoint;
-/// - test: the first `testLimit` test examples (0: all);
-/// - every split resized to `p.effective_input_size` when that differs from the data set's.
+/// - test: the data set's test split, its first `testLimit` examples (0: all); a data set
+///   without one (an image folder without test/) has `testFraction` of its training
+///   examples carved out by a permutation seeded by `splitSeed` (the same for every trial
+///   of a sweep), before anything else;
+/// - training: the first `trainLimit` remaining training examples in file order (0: all;
+///   not a random subset, so every seed sees the same pool);
+/// - validation: the data set's validation split when it has one, else `floor(n *
+///   valFraction)` of the training pool chosen by a permutation seeded by `p.seed`
+///   ([`split_indices`]); the splits are disjoint;
+/// - every split resized to `p.effective_input_size` and converted to
+///   `p.effective_channels` when they differ from the data set's; with `normalize:
+///   standardize`, every split standardised by the training split's per-channel statistics.
 ///
 /// Panics only if libtorch fails (out of memory).
 pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
-    let pool = ds.train.first(p.train_limit);
-    let (train_idx, val_idx) = split_indices(pool.len(), p.val_fraction, p.seed);
-    let train = pool.select(&Tensor::from_slice(&train_idx));
-    let val = pool.select(&Tensor::from_slice(&val_idx));
-    let test = ds.test.first(p.test_limit);
+    let mut notes = Vec::new();
+    let mut pool = ds.train.shallow_clone();
+    let test = match &ds.test {
+        Some(test) => test.first(p.test_limit),
+        None => {
+            let (rest, carved) = split_indices(pool.len(), p.test_fraction, p.split_seed);
+            notes.push(format!(
+                "test: {} of {} training examples held out (testFraction {}, splitSeed {})",
+                carved.len(),
+                pool.len(),
+                p.test_fraction,
+                p.split_seed
+            ));
+            let test = pool
+                .select(&Tensor::from_slice(&carved))
+                .first(p.test_limit);
+            pool = pool.select(&Tensor::from_slice(&rest));
+            test
+        }
+    };
+    let pool = pool.first(p.train_limit);
+    let (train, val) = match &ds.validation {
+        Some(val) => (pool, val.shallow_clone()),
+        None => {
+            let (train_idx, val_idx) = split_indices(pool.len(), p.val_fraction, p.seed);
+            (
+                pool.select(&Tensor::from_slice(&train_idx)),
+                pool.select(&Tensor::from_slice(&val_idx)),
+            )
+        }
+    };
+    if !ds.skipped.is_empty() {
+        let listed: Vec<String> = ds
+            .skipped
+            .iter()
+            .take(20)
+            .map(|(path, why)| format!("{} ({why})", path.display()))
+            .collect();
+        notes.push(format!(
+            "skipped {} unreadable file(s): {}{}",
+            ds.skipped.len(),
+            listed.join("; "),
+            if ds.skipped.len() > 20 { "; ..." } else { "" }
+        ));
+    }
     let side = p.effective_input_size(&ds.info) as i64;
+    let channels = p.effective_channels(&ds.info) as i64;
     let fit = |s: Split| Split {
-        images: resize(&s.images, side),
+        images: convert_channels(&resize(&s.images, side), channels),
         labels: s.labels,
     };
+    let (train, val, test) = (fit(train), fit(val), fit(test));
+    let standardization = (p.normalize == Normalize::Standardize && !train.is_empty())
+        .then(|| channel_stats(&train.images));
+    let (train, val, test) = match &standardization {
+        Some((mean, std)) => {
+            let norm = |s: Split| Split {
+                images: standardize(&s.images, mean, std),
+                labels: s.labels,
+            };
+            (norm(train), norm(val), norm(test))
+        }
+        None => (train, val, test),
+    };
     Prepared {
-        train: fit(train),
-        val: fit(val),
-        test: fit(test),
+        train,
+        val,
+        test,
+        standardization,
+        notes,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::DATASETS;
+    use crate::sweep::dataset_info;
 
     fn synthetic(n: i64) -> Dataset {
         // Each image is filled with its own index, so it can be recognised after selection.
@@ -406,12 +593,14 @@ mod tests {
             .expand([n, 1, 28, 28], false)
             .contiguous();
         Dataset {
-            info: DATASETS[0],
+            info: dataset_info("mnist").unwrap(),
             train: Split {
                 images: images.shallow_clone(),
                 labels: labels.shallow_clone(),
             },
-            test: Split { images, labels },
+            validation: None,
+            test: Some(Split { images, labels }),
+            skipped: Vec::new(),
         }
     }
 
@@ -449,8 +638,18 @@ mod tests {
     #[test]
     fn missing_files_name_every_path_tried() {
         let dir = std::env::temp_dir().join("cnnd-data-test-missing");
-        let e = load(&DATASETS[0], &dir).unwrap_err().to_string();
-        for p in candidate_paths(&DATASETS[0], &dir, "train-images-idx3-ubyte") {
+        let e = load(
+            &dataset_info("mnist").unwrap(),
+            &dir,
+            DecodeAs::of(&TrialParams::default(), &dataset_info("mnist").unwrap()),
+        )
+        .unwrap_err()
+        .to_string();
+        for p in candidate_paths(
+            &dataset_info("mnist").unwrap(),
+            &dir,
+            "train-images-idx3-ubyte",
+        ) {
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
         assert!(

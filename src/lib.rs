@@ -4,17 +4,20 @@
 //!
 //! ```text
 //! bin (cnnd, cnnctl)
-//! api            worker
-//! scheduler  charts        train
+//! api            worker  predict
+//! scheduler  charts        train  transfer
 //! store                    model
-//! sweep
-//! proto  config            data
+//! sweep  datasets          data  imaging
+//! proto  config
 //! ```
 //!
 //! The control plane (api, scheduler, store, charts) never imports the training side
-//! (worker, train, model, data) and the other way round; they meet in `sweep` and `proto`.
+//! (worker, predict, train, transfer, model, data, imaging) and the other way round; they
+//! meet in `sweep`, `datasets` and `proto`. `Predict` runs in the daemon process through the
+//! [`api::Predictor`] trait, which the `cnnd` binary fills with [`predict::LocalPredictor`].
 
 pub mod config;
+pub mod datasets;
 pub mod proto;
 pub mod sweep;
 
@@ -26,6 +29,9 @@ pub mod store;
 
 // Training side.
 pub mod data;
+pub mod imaging;
 pub mod model;
+pub mod predict;
 pub mod train;
+pub mod transfer;
 pub mod worker;

@@ -137,6 +137,11 @@ pub struct TrialRow {
     /// Latest recorded epoch, when any.
     pub last_epoch: Option<EpochRow>,
     pub epochs_done: u32,
+    /// The worker's notes, frozen and re-initialised variables (see [`TrialFacts`]).
+    pub notes: Vec<String>,
+    pub frozen: Vec<String>,
+    pub reinitialised: Vec<String>,
+    pub skipped_files: u32,
 }
 
 /// A trial handed to a worker: the lease it now holds.
@@ -159,6 +164,14 @@ pub struct TrialFacts {
     pub train_examples: u32,
     pub val_examples: u32,
     pub test_examples: u32,
+    /// Skipped files (path and reason), carved splits, transfer learning, in words.
+    pub notes: Vec<String>,
+    /// Variables kept fixed (`freeze`), and variables initialised afresh because their shape
+    /// differs from the source weights (`initFrom`).
+    pub frozen: Vec<String>,
+    pub reinitialised: Vec<String>,
+    /// Image files the worker could not decode.
+    pub skipped_files: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -218,6 +231,7 @@ fn options(path: &Path) -> Result<SqliteConnectOptions> {
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
     t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
+    t.notes, t.frozen, t.reinitialised, t.skipped_files,
     (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_done,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
@@ -261,7 +275,16 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
         finished_at: r.get("finished_at"),
         last_epoch,
         epochs_done: r.get::<i64, _>("epochs_done") as u32,
+        notes: string_list(r, "notes")?,
+        frozen: string_list(r, "frozen")?,
+        reinitialised: string_list(r, "reinitialised")?,
+        skipped_files: r.get::<i64, _>("skipped_files") as u32,
     })
+}
+
+fn string_list(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Vec<String>> {
+    let text: String = r.get(column);
+    serde_json::from_str(&text).with_context(|| format!("trials.{column} in the store"))
 }
 
 fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRow {
@@ -691,11 +714,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some(f) = facts {
-            sqlx::query("UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ? WHERE id = ?")
+            sqlx::query("UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ?,
+                                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ? WHERE id = ?")
                 .bind(f.parameter_count as i64)
                 .bind(f.train_examples as i64)
                 .bind(f.val_examples as i64)
                 .bind(f.test_examples as i64)
+                .bind(serde_json::to_string(&f.notes)?)
+                .bind(serde_json::to_string(&f.frozen)?)
+                .bind(serde_json::to_string(&f.reinitialised)?)
+                .bind(f.skipped_files as i64)
                 .bind(trial_id)
                 .execute(&mut *tx)
                 .await?;

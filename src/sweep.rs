@@ -9,59 +9,28 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::path::Path;
 
-/// A refused request: which field, and why. The api turns it into `INVALID_ARGUMENT`.
+/// A refused request: which field, and why. The api turns it into `INVALID_ARGUMENT`, or
+/// `PERMISSION_DENIED` when `denied` (a path outside the data directory).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct SpecError {
     pub field: String,
     pub reason: String,
+    pub denied: bool,
 }
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
     SpecError {
         field: field.into(),
         reason: reason.into(),
+        denied: false,
     }
 }
 
-/// What the control plane needs to know about a data set without reading it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DatasetInfo {
-    pub name: &'static str,
-    /// Folder under the data directory that holds its files.
-    pub folder: &'static str,
-    pub input_size: u32,
-    pub channels: u32,
-    pub classes: u32,
-    pub train_examples: u32,
-    pub test_examples: u32,
-}
-
-pub const DATASETS: &[DatasetInfo] = &[
-    DatasetInfo {
-        name: "mnist",
-        folder: "mnist",
-        input_size: 28,
-        channels: 1,
-        classes: 10,
-        train_examples: 60_000,
-        test_examples: 10_000,
-    },
-    DatasetInfo {
-        name: "fashion_mnist",
-        folder: "fashion-mnist",
-        input_size: 28,
-        channels: 1,
-        classes: 10,
-        train_examples: 60_000,
-        test_examples: 10_000,
-    },
-];
-
-pub fn dataset_info(name: &str) -> Option<&'static DatasetInfo> {
-    DATASETS.iter().find(|d| d.name == name)
-}
+use crate::datasets::DatasetError;
+pub use crate::datasets::{dataset_info, DatasetInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +68,38 @@ pub enum Output {
     Sigmoid,
 }
 
+/// Scaling of input pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Pixels scaled to 0..1.
+    Unit,
+    /// 0..1, then per channel minus the mean and divided by the standard deviation of the
+    /// training split.
+    Standardize,
+}
+
+/// Interpolation when an image is enlarged to the model input (shrinking always averages
+/// areas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    #[default]
+    Bilinear,
+    Bicubic,
+}
+
+/// What a trial started from other weights keeps fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freeze {
+    /// Every layer trains.
+    None,
+    /// The convolution blocks (convolutions and their batch norms) keep the loaded weights;
+    /// only the head trains.
+    Conv,
+}
+
 /// Every hyperparameter of one trial. Names in JSON are the public names of `space` and
 /// `fixed` (DESIGN.md section 4). Defaults are the seed notebook's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,13 +129,32 @@ pub struct TrialParams {
     pub height_shift: f64,
     pub zoom: f64,
     pub horizontal_flip: bool,
+    /// Brightness jitter: each training image is multiplied by a factor uniform in
+    /// 1 +- `brightness`.
+    pub brightness: f64,
+    /// Channels of the model input (1 or 3); 0 means the data set's own.
+    pub channels: u32,
+    pub normalize: Normalize,
+    pub resample: Resample,
+    /// Start from other weights: "" (fresh), "trial:ID" (that trial's best weights) or
+    /// "file:PATH" (a safetensors file under the data directory).
+    pub init_from: String,
+    pub freeze: Freeze,
     pub seed: u64,
+    /// Seed of the test split carved from train when a data set has no test split (image
+    /// folders without test/); defaults to the sweep seed, so every trial of a sweep (repeats
+    /// included) is tested on the same examples.
+    pub split_seed: u64,
     /// Cap on training examples (0: all); validation is carved from these.
     pub train_limit: u32,
     /// Cap on test examples (0: all).
     pub test_limit: u32,
-    /// Share of the training examples held out for validation, drawn with the seed.
+    /// Share of the training examples held out for validation, drawn with the seed (unused
+    /// when the data set has its own validation split).
     pub val_fraction: f64,
+    /// Share of the training examples held out for testing when the data set has no test
+    /// split, drawn with `splitSeed`.
+    pub test_fraction: f64,
     /// Wall-clock limit of one attempt in seconds (0: none); past it the trial fails as
     /// `timed_out`.
     pub time_limit: f64,
@@ -164,10 +184,18 @@ impl Default for TrialParams {
             height_shift: 0.0,
             zoom: 0.0,
             horizontal_flip: false,
+            brightness: 0.0,
+            channels: 0,
+            normalize: Normalize::Unit,
+            resample: Resample::Bilinear,
+            init_from: String::new(),
+            freeze: Freeze::None,
             seed: 0,
+            split_seed: 0,
             train_limit: 0,
             test_limit: 0,
             val_fraction: 0.1,
+            test_fraction: 0.2,
             time_limit: 0.0,
         }
     }
@@ -188,6 +216,15 @@ impl TrialParams {
             dataset.input_size
         } else {
             self.input_size
+        }
+    }
+
+    /// The channels the model sees for a data set.
+    pub fn effective_channels(&self, dataset: &DatasetInfo) -> u32 {
+        if self.channels == 0 {
+            dataset.channels
+        } else {
+            self.channels
         }
     }
 
@@ -285,6 +322,45 @@ impl TrialParams {
             if !(0.0..1.0).contains(&v) {
                 return Err(err(name, format!("{v} is outside [0, 1)")));
             }
+        }
+        if !(0.0..1.0).contains(&p.brightness) {
+            return Err(err(
+                "brightness",
+                format!("{} is outside [0, 1)", p.brightness),
+            ));
+        }
+        if !matches!(p.channels, 0 | 1 | 3) {
+            return Err(err(
+                "channels",
+                format!(
+                    "{} is not 1 or 3 (0 keeps the data set's {})",
+                    p.channels, dataset.channels
+                ),
+            ));
+        }
+        if !(p.test_fraction > 0.0 && p.test_fraction <= 0.5) {
+            return Err(err(
+                "testFraction",
+                format!("{} is outside (0, 0.5]", p.test_fraction),
+            ));
+        }
+        let init_from_known = p.init_from.is_empty()
+            || p.init_from.starts_with("trial:")
+            || p.init_from.starts_with("file:");
+        if !init_from_known {
+            return Err(err(
+                "initFrom",
+                format!(
+                    "'{}' is neither trial:ID nor file:PATH (a safetensors file under the data directory)",
+                    p.init_from
+                ),
+            ));
+        }
+        if p.freeze == Freeze::Conv && p.init_from.is_empty() {
+            return Err(err(
+                "freeze",
+                "conv needs initFrom (frozen random convolutions learn nothing)",
+            ));
         }
         if p.output == Output::Sigmoid && dataset.classes != 2 {
             return Err(err(
@@ -453,7 +529,11 @@ fn describe(params: &Map<String, Value>) -> String {
 impl SweepRequest {
     /// Validates the request and expands it into trials. Nothing here touches storage, so a
     /// refused request leaves no trace.
-    pub fn validate(&self, limits: SweepLimits) -> Result<SweepSpec, SpecError> {
+    pub fn validate(
+        &self,
+        limits: SweepLimits,
+        data_dir: Option<&Path>,
+    ) -> Result<SweepSpec, SpecError> {
         let name = self.name.trim();
         if name.chars().count() > 200 {
             return Err(err("name", "longer than 200 characters"));
@@ -462,18 +542,21 @@ impl SweepRequest {
             return Err(err("name", "contains control characters"));
         }
         if self.dataset.is_empty() {
-            return Err(err("dataset", "missing; one of mnist, fashion_mnist"));
-        }
-        let dataset = dataset_info(&self.dataset).ok_or_else(|| {
-            let known: Vec<_> = DATASETS.iter().map(|d| d.name).collect();
-            err(
+            return Err(err(
                 "dataset",
                 format!(
-                    "unknown data set '{}'; known: {}",
-                    self.dataset,
-                    known.join(", ")
+                    "missing; one of {}, or folder:PATH",
+                    crate::datasets::BUILTIN_NAMES.join(", ")
                 ),
-            )
+            ));
+        }
+        let dataset = &crate::datasets::resolve(&self.dataset, data_dir).map_err(|e| match e {
+            DatasetError::Invalid(reason) => err("dataset", reason),
+            DatasetError::Denied(reason) => SpecError {
+                field: "dataset".into(),
+                reason,
+                denied: true,
+            },
         })?;
         let strategy: Strategy = parse_choice("strategy", &self.strategy, "grid", "grid, random")?;
         let objective: Objective = parse_choice(
@@ -635,6 +718,7 @@ impl SweepRequest {
                 obj.insert(axes[a].0.clone(), axes[a].1[i].clone());
             }
             let seed_given = obj.contains_key("seed");
+            let obj_has_split_seed = obj.contains_key("splitSeed");
             let chosen: Map<String, Value> = axes
                 .iter()
                 .zip(choice)
@@ -644,6 +728,9 @@ impl SweepRequest {
                 .map_err(|e| err("space", format!("configuration #{n}: {e}")))?;
             if !seed_given {
                 params.seed = self.seed;
+            }
+            if !obj_has_split_seed {
+                params.split_seed = params.seed;
             }
             params.validate(dataset).map_err(|e| {
                 if varied.is_empty() {
@@ -699,6 +786,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn mnist() -> DatasetInfo {
+        crate::datasets::resolve("mnist", None).unwrap()
+    }
+
     fn request(v: Value) -> SweepRequest {
         serde_json::from_value(v).unwrap()
     }
@@ -712,7 +803,9 @@ mod tests {
 
     #[test]
     fn grid_expands_the_cartesian_product_in_a_stable_order() {
-        let spec = design_example().validate(SweepLimits::default()).unwrap();
+        let spec = design_example()
+            .validate(SweepLimits::default(), None)
+            .unwrap();
         assert_eq!(spec.trials.len(), 12);
         assert_eq!(spec.varied, vec!["dropout", "head", "kernelSize"]);
         // The last axis varies fastest.
@@ -741,12 +834,12 @@ mod tests {
         let mut r = design_example();
         r.strategy = "random".into();
         r.num_trials = 5;
-        let a = r.validate(SweepLimits::default()).unwrap();
-        let b = r.validate(SweepLimits::default()).unwrap();
+        let a = r.validate(SweepLimits::default(), None).unwrap();
+        let b = r.validate(SweepLimits::default(), None).unwrap();
         assert_eq!(a.trials, b.trials);
         assert_eq!(a.trials.len(), 5);
         r.seed = 8;
-        let c = r.validate(SweepLimits::default()).unwrap();
+        let c = r.validate(SweepLimits::default(), None).unwrap();
         let kinds = |s: &SweepSpec| {
             s.trials
                 .iter()
@@ -764,14 +857,14 @@ mod tests {
             .unwrap()
             .clone();
         r.repeats = 3;
-        let s = r.validate(SweepLimits::default()).unwrap();
+        let s = r.validate(SweepLimits::default(), None).unwrap();
         let seeds: Vec<_> = s.trials.iter().map(|t| t.seed).collect();
         assert_eq!(seeds, vec![7, 8, 9, 7, 8, 9]);
     }
 
     fn refused(v: Value) -> SpecError {
         request(v)
-            .validate(SweepLimits { max_trials: 50 })
+            .validate(SweepLimits { max_trials: 50 }, None)
             .unwrap_err()
     }
 
@@ -882,10 +975,10 @@ mod tests {
             ..TrialParams::default()
         };
         // 28 -> 14 -> 7 -> 3 -> 1: four pools fit, the kernel 3 still fits the 3x3 map.
-        assert!(p.validate(&DATASETS[0]).is_ok());
+        assert!(p.validate(&mnist()).is_ok());
         let p = TrialParams { blocks: 5, ..p };
         assert_eq!(
-            p.validate(&DATASETS[0]).unwrap_err().field,
+            p.validate(&mnist()).unwrap_err().field,
             "blocks",
             "block 5 would see a 1x1 map"
         );
@@ -894,14 +987,14 @@ mod tests {
             kernel_size: 1,
             ..TrialParams::default()
         };
-        assert_eq!(p.validate(&DATASETS[0]).unwrap_err().field, "blocks");
+        assert_eq!(p.validate(&mnist()).unwrap_err().field, "blocks");
         let p = TrialParams {
             blocks: 6,
             kernel_size: 1,
             input_size: 64,
             ..TrialParams::default()
         };
-        assert!(p.validate(&DATASETS[0]).is_ok());
+        assert!(p.validate(&mnist()).is_ok());
     }
 
     #[test]

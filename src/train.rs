@@ -59,12 +59,14 @@ pub struct EpochReport {
 }
 
 /// Facts about the trial, known before the first epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrialInfo {
     pub parameter_count: u64,
     pub train_examples: u32,
     pub val_examples: u32,
     pub test_examples: u32,
+    /// What starting from other weights did (`initFrom`), when it was asked.
+    pub transfer: Option<crate::transfer::Transfer>,
 }
 
 /// The result of a trial that ran to its end or was stopped by `on_epoch`.
@@ -99,6 +101,9 @@ pub struct TrialControl<'a> {
     /// [`batches_per_epoch`] batches). Relaxed stores; read it with
     /// [`decode_progress`].
     pub progress: Option<&'a AtomicU64>,
+    /// Weights to start from (`p.init_from` resolved to a file); see [`crate::transfer`].
+    /// Applied before a checkpoint is resumed from (which then overrides the weights).
+    pub init_weights: Option<&'a Path>,
 }
 
 /// `(epoch << 32) | batch`, the value of [`TrialControl::progress`].
@@ -154,11 +159,28 @@ pub const EVAL_BATCH: i64 = 128;
 
 /// True when any augmentation setting of `p` is on.
 pub fn augmentation_enabled(p: &TrialParams) -> bool {
+    geometric_augmentation(p) || p.brightness > 0.0
+}
+
+/// True when any affine augmentation (rotation, shifts, zoom, flip) is on.
+pub fn geometric_augmentation(p: &TrialParams) -> bool {
     p.rotation_range > 0.0
         || p.width_shift > 0.0
         || p.height_shift > 0.0
         || p.zoom > 0.0
         || p.horizontal_flip
+}
+
+/// `n` brightness factors uniform in 1 +- `p.brightness`, as `[n, 1, 1, 1]` f32 (CPU), drawn
+/// from `rng` after the affine transforms of the same images. Keras's `brightness_range`
+/// multiplies pixel values the same way; here it scales the model input (exactly Keras's
+/// semantics with `normalize: unit`).
+pub fn random_brightness(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let b = p.brightness;
+    let factors: Vec<f32> = (0..n)
+        .map(|_| (1.0 + rng.gen_range(-b..=b)) as f32)
+        .collect();
+    Tensor::from_slice(&factors).view([n as i64, 1, 1, 1])
 }
 
 /// `n` random affine transforms drawn from `rng` with Keras ImageDataGenerator semantics, as
@@ -204,8 +226,15 @@ pub fn augment(images: &Tensor, p: &TrialParams, rng: &mut ChaCha8Rng) -> Result
         return Ok(images.shallow_clone());
     }
     let n = images.size()[0] as usize;
-    let theta = random_thetas(p, n, rng).f_to_device(images.device())?;
-    apply_affine(images, &theta)
+    let mut out = images.shallow_clone();
+    if geometric_augmentation(p) {
+        let theta = random_thetas(p, n, rng).f_to_device(images.device())?;
+        out = apply_affine(&out, &theta)?;
+    }
+    if p.brightness > 0.0 {
+        out = out.f_mul(&random_brightness(p, n, rng).f_to_device(images.device())?)?;
+    }
+    Ok(out)
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -693,11 +722,18 @@ fn trial(
     tch::manual_seed(p.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs.root(), p, channels, input_size, classes);
+    let transfer = match control.init_weights {
+        Some(path) => Some(
+            crate::transfer::apply(&vs, path, &p.init_from, p.freeze).map_err(TrainError::Data)?,
+        ),
+        None => None,
+    };
     let info = TrialInfo {
         parameter_count: model::parameter_count(&vs),
         train_examples: prepared.train.len() as u32,
         val_examples: prepared.val.len() as u32,
         test_examples: prepared.test.len() as u32,
+        transfer,
     };
     let mut opt = Optim::new(&vs, OptimConfig::of(p))?;
     tracing::debug!(
@@ -764,11 +800,17 @@ fn trial(
         tch::manual_seed(epoch_seed(p.seed, epoch) as i64);
         let perm = Tensor::f_randperm(n_train, (Kind::Int64, device))?;
         // One augmentation per image of the epoch, drawn up front and copied to the device once.
-        let thetas = if augmenting {
+        let (thetas, brightness) = if augmenting {
             let mut rng = augmentation_rng(p.seed, epoch);
-            Some(random_thetas(p, n_train as usize, &mut rng).f_to_device(device)?)
+            let thetas = geometric_augmentation(p)
+                .then(|| random_thetas(p, n_train as usize, &mut rng).f_to_device(device))
+                .transpose()?;
+            let brightness = (p.brightness > 0.0)
+                .then(|| random_brightness(p, n_train as usize, &mut rng).f_to_device(device))
+                .transpose()?;
+            (thetas, brightness)
         } else {
-            None
+            (None, None)
         };
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;
@@ -786,6 +828,9 @@ fn trial(
             let ys = train.labels.f_index_select(0, &idx)?;
             if let Some(thetas) = &thetas {
                 xs = apply_affine(&xs, &thetas.f_narrow(0, start, len)?)?;
+            }
+            if let Some(factors) = &brightness {
+                xs = xs.f_mul(&factors.f_narrow(0, start, len)?)?;
             }
             let logits = net.f_forward_t(&xs, true)?;
             let loss = loss_of(&logits, &ys, p.output, Reduction::Mean)?;
@@ -953,6 +998,93 @@ mod tests {
         );
     }
 
+    /// A 1x1x9x9 image, black but for one bright pixel at (row, col).
+    fn dot(row: i64, col: i64) -> Tensor {
+        let x = Tensor::zeros([1, 1, 9, 9], (Kind::Float, Device::Cpu));
+        let _ = x.get(0).get(0).get(row).get(col).fill_(1.0);
+        x
+    }
+
+    /// (row, col) of the brightest pixel of a 1x1xHxW image.
+    fn brightest(x: &Tensor) -> (i64, i64) {
+        let w = x.size()[3];
+        let i = x.view([-1]).argmax(0, false).int64_value(&[]);
+        (i / w, i % w)
+    }
+
+    fn theta(values: [f32; 6]) -> Tensor {
+        Tensor::from_slice(&values).view([1, 2, 3])
+    }
+
+    #[test]
+    fn each_affine_op_moves_pixels_where_keras_would() {
+        // Normalised coordinates: one pixel of a 9-wide image is 2/9.
+        let px = 2.0 / 9.0;
+        let x = dot(4, 4);
+        // A shift of +2 px in x samples the input 2 px to the right: the dot moves left.
+        let shifted = apply_affine(&x, &theta([1.0, 0.0, 2.0 * px, 0.0, 1.0, 0.0])).unwrap();
+        assert_eq!(brightest(&shifted), (4, 2));
+        let shifted = apply_affine(&x, &theta([1.0, 0.0, 0.0, 0.0, 1.0, -px])).unwrap();
+        assert_eq!(brightest(&shifted), (5, 4));
+        // A horizontal flip mirrors columns.
+        let flipped = apply_affine(&dot(1, 2), &theta([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])).unwrap();
+        assert_eq!(brightest(&flipped), (1, 6));
+        // A 90 degree rotation turns a dot right of the centre to above or below it.
+        let rotated = apply_affine(&dot(4, 7), &theta([0.0, -1.0, 0.0, 1.0, 0.0, 0.0])).unwrap();
+        let (r, c) = brightest(&rotated);
+        assert_eq!(c, 4);
+        assert!(r == 1 || r == 7, "({r}, {c})");
+        // Zoom factor 0.5 (zoom in) moves a dot twice as far from the centre.
+        let zoomed = apply_affine(&dot(4, 5), &theta([0.5, 0.0, 0.0, 0.0, 0.5, 0.0])).unwrap();
+        assert_eq!(brightest(&zoomed), (4, 6));
+    }
+
+    #[test]
+    fn random_transforms_stay_within_their_ranges() {
+        let p = TrialParams {
+            rotation_range: 10.0,
+            width_shift: 0.1,
+            zoom: 0.2,
+            ..TrialParams::default()
+        };
+        let t = random_thetas(&p, 500, &mut augmentation_rng(3, 1));
+        let t = Vec::<f32>::try_from(&t.view([-1])).unwrap();
+        for m in t.chunks(6) {
+            let (a, b, tx, c, d, ty) = (m[0], m[1], m[2], m[3], m[4], m[5]);
+            assert!(tx.abs() <= 0.2 + 1e-6, "shift {tx}");
+            assert_eq!(ty, 0.0, "no height shift asked");
+            // Columns are R * (zoom factor): their lengths are the zooms, the angle is the
+            // rotation.
+            let zx = (a * a + c * c).sqrt();
+            let zy = (b * b + d * d).sqrt();
+            assert!((0.8 - 1e-5..=1.2 + 1e-5).contains(&zx), "zoom {zx}");
+            assert!((0.8 - 1e-5..=1.2 + 1e-5).contains(&zy), "zoom {zy}");
+            let angle = c.atan2(a).to_degrees();
+            assert!(angle.abs() <= 10.0 + 1e-3, "rotation {angle}");
+        }
+    }
+
+    #[test]
+    fn brightness_scales_each_image_by_one_factor_in_range() {
+        let xs = images(64);
+        let p = TrialParams {
+            brightness: 0.3,
+            ..TrialParams::default()
+        };
+        let out = augment(&xs, &p, &mut augmentation_rng(2, 1)).unwrap();
+        let again = augment(&xs, &p, &mut augmentation_rng(2, 1)).unwrap();
+        assert!(out.equal(&again));
+        for i in 0..64 {
+            let ratio =
+                (out.get(i).sum(Kind::Float) / xs.get(i).sum(Kind::Float)).double_value(&[]);
+            assert!((0.7 - 1e-4..=1.3 + 1e-4).contains(&ratio), "factor {ratio}");
+            // One factor for the whole image: the ratio is the same pixel by pixel.
+            let per_pixel = out.get(i) / (xs.get(i) + 1e-12);
+            let spread = (per_pixel.max() - per_pixel.min()).double_value(&[]);
+            assert!(spread < 1e-3, "image {i} scaled unevenly ({spread})");
+        }
+    }
+
     #[test]
     fn temp_name_keeps_the_format_extension() {
         let t = temp_weights_path(Path::new("/w/trial-3.safetensors"));
@@ -974,6 +1106,8 @@ mod tests {
             train: split(n),
             val: split(64),
             test: split(64),
+            standardization: None,
+            notes: Vec::new(),
         };
         let p = TrialParams {
             epochs: 1,

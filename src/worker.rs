@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tonic::transport::Channel;
 
+use crate::datasets;
 use crate::proto::worker_hub_client::WorkerHubClient;
 use crate::proto::{
     FinishTrialRequest, HeartbeatRequest, LeaseRequest, LeaseResponse, RegisterRequest,
     ReleaseTrialRequest, ReportEpochRequest,
 };
-use crate::sweep::{dataset_info, Output, TrialParams};
+use crate::sweep::{Output, TrialParams};
 use crate::{data, train};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -244,9 +245,6 @@ fn run_lease(
         Ok(p) => p,
         Err(e) => return LeaseEnd::Finish(failed(format!("trial parameters unreadable: {e}"))),
     };
-    let Some(info) = dataset_info(&lease.dataset) else {
-        return LeaseEnd::Finish(failed(format!("unknown data set '{}'", lease.dataset)));
-    };
     let data_dir = if lease.data_dir.is_empty() {
         std::env::var_os("CNND_DATA_DIR")
             .map(PathBuf::from)
@@ -254,16 +252,38 @@ fn run_lease(
     } else {
         PathBuf::from(&lease.data_dir)
     };
-    let dataset = match cache.get(info, &data_dir) {
+    let info = match datasets::resolve(&lease.dataset, Some(&data_dir)) {
+        Ok(info) => info,
+        Err(e) => return LeaseEnd::Finish(failed(format!("data: {e}"))),
+    };
+    let dataset = match cache.get(&info, &data_dir, data::DecodeAs::of(&params, &info)) {
         Ok(d) => d,
         Err(e) => return LeaseEnd::Finish(failed(format!("data: {e:#}"))),
     };
     let prepared = data::prepare(&dataset, &params);
+    for note in &prepared.notes {
+        tracing::info!(trial = lease.trial_id, "{note}");
+    }
+    let init_weights = match lease.init_weights_path.as_str() {
+        "" => None,
+        unresolved if unresolved.starts_with("unresolved: ") => {
+            return LeaseEnd::Finish(failed(format!(
+                "initFrom: {}",
+                &unresolved["unresolved: ".len()..]
+            )))
+        }
+        path => Some(PathBuf::from(path)),
+    };
     let weights_path = PathBuf::from(&lease.weights_path);
     if let Some(dir) = weights_path.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {
             return LeaseEnd::Finish(failed(format!("cannot create {}: {e}", dir.display())));
         }
+    }
+    // What prediction needs to see images as this trial saw them.
+    let input_record = crate::predict::InputRecord::of(&params, &info, &prepared);
+    if let Err(e) = input_record.save(&weights_path) {
+        return LeaseEnd::Finish(failed(format!("cannot write the input record: {e}")));
     }
     let classes = if params.output == Output::Sigmoid {
         1
@@ -309,6 +329,13 @@ fn run_lease(
             req.train_examples = facts.train_examples;
             req.val_examples = facts.val_examples;
             req.test_examples = facts.test_examples;
+            req.notes = prepared.notes.clone();
+            req.skipped_files = dataset.skipped.len() as u32;
+            if let Some(t) = &facts.transfer {
+                req.notes.push(t.note.clone());
+                req.frozen = t.frozen.clone();
+                req.reinitialised = t.reinitialised.clone();
+            }
             first = false;
         }
         match handle.block_on(client.report_epoch(req)) {
@@ -338,11 +365,12 @@ fn run_lease(
         checkpoint: (!lease.checkpoint_path.is_empty()).then_some(checkpoint.as_path()),
         stop: Some(&stop),
         progress: Some(&progress),
+        init_weights: init_weights.as_deref(),
     };
     let result = train::run_trial_with(
         &prepared,
         &params,
-        info.channels as i64,
+        params.effective_channels(&info) as i64,
         classes,
         device,
         &weights_path,

@@ -429,7 +429,9 @@ fn daemon_killed_between_an_epoch_report_and_its_checkpoint_keeps_one_row_per_ep
     let kept = tempfile::NamedTempFile::new().unwrap();
     std::fs::copy(&checkpoint, kept.path()).unwrap();
     assert_eq!(
-        cnnd::train::read_checkpoint_meta(kept.path()).unwrap().epoch,
+        cnnd::train::read_checkpoint_meta(kept.path())
+            .unwrap()
+            .epoch,
         1
     );
 

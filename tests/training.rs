@@ -29,10 +29,10 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn small(p: &TrialParams) -> Prepared {
     tch::set_num_threads(1);
-    let info = dataset_info("mnist").unwrap();
+    let info = &dataset_info("mnist").unwrap();
     let cache = DataCache::new();
     let ds = cache
-        .get(info, &data_dir())
+        .get(info, &data_dir(), data::DecodeAs::of(p, info))
         .expect("MNIST (set CNND_DATA_DIR)");
     data::prepare(&ds, p)
 }
@@ -40,28 +40,40 @@ fn small(p: &TrialParams) -> Prepared {
 #[test]
 fn loads_full_mnist_once() {
     tch::set_num_threads(1);
-    let info = dataset_info("mnist").unwrap();
+    let info = &dataset_info("mnist").unwrap();
     let cache = DataCache::new();
     let t = std::time::Instant::now();
-    let a = cache.get(info, &data_dir()).unwrap();
+    let a = cache
+        .get(
+            info,
+            &data_dir(),
+            cnnd::data::DecodeAs::of(&TrialParams::default(), info),
+        )
+        .unwrap();
     eprintln!("full MNIST loaded in {:.3} s", t.elapsed().as_secs_f64());
     assert_eq!(a.train.images.size(), [60_000, 1, 28, 28]);
     assert_eq!(a.train.labels.size(), [60_000]);
-    assert_eq!(a.test.images.size(), [10_000, 1, 28, 28]);
+    assert_eq!(a.test.as_ref().unwrap().images.size(), [10_000, 1, 28, 28]);
     let max = a.train.images.max().double_value(&[]);
     let min = a.train.images.min().double_value(&[]);
     assert!(min == 0.0 && max == 1.0, "{min}..{max}");
     // The first training labels of MNIST are 5 0 4 1 9.
     let first: Vec<i64> = Vec::try_from(&a.train.labels.narrow(0, 0, 5)).unwrap();
     assert_eq!(first, [5, 0, 4, 1, 9]);
-    let b = cache.get(info, &data_dir()).unwrap();
+    let b = cache
+        .get(
+            info,
+            &data_dir(),
+            cnnd::data::DecodeAs::of(&TrialParams::default(), info),
+        )
+        .unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b), "cached");
 }
 
 #[test]
 fn corrupt_and_truncated_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let info = dataset_info("mnist").unwrap();
+    let info = &dataset_info("mnist").unwrap();
     let src = data_dir().join("mnist");
     let folder = dir.path().join("mnist");
     std::fs::create_dir(&folder).unwrap();
@@ -76,7 +88,15 @@ fn corrupt_and_truncated_files_are_named() {
     let gz = std::fs::read(src.join("train-images-idx3-ubyte.gz")).unwrap();
     let bad = folder.join("train-images-idx3-ubyte.gz");
     std::fs::write(&bad, &gz[..gz.len() / 2]).unwrap();
-    let e = format!("{:#}", data::load(info, dir.path()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        data::load(
+            info,
+            dir.path(),
+            data::DecodeAs::of(&TrialParams::default(), info)
+        )
+        .unwrap_err()
+    );
     assert!(
         e.contains(&bad.display().to_string()) && e.contains("gzip"),
         "{e}"
@@ -86,14 +106,30 @@ fn corrupt_and_truncated_files_are_named() {
     let raw = data::read_maybe_gz(&src.join("train-images-idx3-ubyte.gz")).unwrap();
     let bad = folder.join("train-images-idx3-ubyte");
     std::fs::write(&bad, &raw[..raw.len() - 100]).unwrap();
-    let e = format!("{:#}", data::load(info, dir.path()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        data::load(
+            info,
+            dir.path(),
+            data::DecodeAs::of(&TrialParams::default(), info)
+        )
+        .unwrap_err()
+    );
     assert!(
         e.contains(&bad.display().to_string()) && e.contains("truncated"),
         "{e}"
     );
     // Missing: every path named.
     std::fs::remove_file(&bad).unwrap();
-    let e = format!("{:#}", data::load(info, dir.path()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        data::load(
+            info,
+            dir.path(),
+            data::DecodeAs::of(&TrialParams::default(), info)
+        )
+        .unwrap_err()
+    );
     assert!(e.matches("train-images-idx3-ubyte").count() >= 5, "{e}");
     assert!(e.contains("CNND_DATA_DIR"), "{e}");
 }
@@ -131,7 +167,7 @@ fn one_epoch_of_the_seed_model_learns_mnist() {
         &weights,
         &TrialControl::default(),
         &mut |r, i| {
-            reports.push((r.clone(), *i));
+            reports.push((r.clone(), i.clone()));
             true
         },
     )
@@ -269,7 +305,7 @@ fn a_huge_learning_rate_diverges_with_epoch_and_batch() {
         activation: Activation::Elu,
         ..TrialParams::default()
     };
-    p.validate(dataset_info("mnist").unwrap()).unwrap();
+    p.validate(&dataset_info("mnist").unwrap()).unwrap();
     let prepared = small(&p);
     let dir = tempfile::tempdir().unwrap();
     let err = run_trial_with(
@@ -434,6 +470,7 @@ fn check_resume_matches_straight_run(p: &TrialParams) {
             checkpoint: Some(&ckpt),
             stop: Some(&stop),
             progress: Some(&progress),
+            init_weights: None,
         };
         let (out, seen) = run_with(&prepared, p, &weights, &control, |_| true);
         done.store(true, Ordering::Relaxed);
@@ -600,6 +637,7 @@ fn a_stop_flag_set_before_the_start_interrupts_epoch_one() {
         checkpoint: Some(&ckpt),
         stop: Some(&stop),
         progress: Some(&progress),
+        init_weights: None,
     };
     let (out, seen) = run_with(&prepared, &p, &dir.path().join("w.ot"), &control, |_| true);
     assert!(

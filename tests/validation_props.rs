@@ -205,7 +205,7 @@ fn check_refusal(e: &SpecError) {
 }
 
 fn check_accepted(r: &SweepRequest, limits: SweepLimits, spec: &SweepSpec) {
-    let info = dataset_info(&spec.dataset).expect("accepted data set is known");
+    let info = &dataset_info(&spec.dataset).expect("accepted data set is known");
     for (i, t) in spec.trials.iter().enumerate() {
         t.validate(info)
             .unwrap_or_else(|e| panic!("trial {i} of an accepted request fails validation: {e}"));
@@ -326,7 +326,7 @@ proptest! {
     #[test]
     fn validate_never_panics_and_keeps_its_promises(r in request(), max_trials in 1u32..64) {
         let limits = SweepLimits { max_trials };
-        let first = std::panic::catch_unwind(|| r.validate(limits));
+        let first = std::panic::catch_unwind(|| r.validate(limits, None));
         prop_assert!(first.is_ok(), "validate panicked on {}", serde_json::to_string(&r).unwrap());
         let first = first.unwrap();
         match &first {
@@ -334,11 +334,11 @@ proptest! {
             Err(e) => check_refusal(e),
         }
         // Deterministic: the same request, and the same with space's keys in reverse order.
-        let again = r.validate(limits);
+        let again = r.validate(limits, None);
         prop_assert_eq!(&again, &first);
         let mut reversed = r.clone();
         reversed.space = r.space.iter().rev().map(|(k, v)| (k.clone(), v.clone())).collect();
-        match (&first, reversed.validate(limits)) {
+        match (&first, reversed.validate(limits, None)) {
             (Ok(a), Ok(b)) => {
                 prop_assert_eq!(&a.trials, &b.trials);
                 prop_assert_eq!(&a.varied, &b.varied);
@@ -386,7 +386,7 @@ proptest! {
             ..Default::default()
         };
         let limits = SweepLimits { max_trials: 100 };
-        match r.validate(limits) {
+        match r.validate(limits, None) {
             Ok(spec) => check_accepted(&r, limits, &spec),
             Err(e) => check_refusal(&e),
         }
@@ -403,12 +403,12 @@ fn examples_from_the_readme() {
         "fixed": {"epochs": 3, "batchSize": 64, "learningRate": 0.001},
         "strategy": "grid", "maxParallel": 2, "seed": 7}))
         .unwrap();
-    let spec = ok.validate(SweepLimits::default()).unwrap();
+    let spec = ok.validate(SweepLimits::default(), None).unwrap();
     assert_eq!(spec.trials.len(), 12);
     check_accepted(&ok, SweepLimits::default(), &spec);
     let bad: SweepRequest =
         serde_json::from_value(json!({"dataset": "mnist", "fixed": {"kernelSize": 29}})).unwrap();
-    let e = bad.validate(SweepLimits::default()).unwrap_err();
+    let e = bad.validate(SweepLimits::default(), None).unwrap_err();
     assert_eq!(e.field, "fixed.kernelSize");
     check_refusal(&e);
 }
@@ -503,7 +503,7 @@ fn random_draw_from_a_huge_space_does_not_panic() {
         seed: 1,
         ..Default::default()
     };
-    let outcome = std::panic::catch_unwind(|| r.validate(SweepLimits::default()));
+    let outcome = std::panic::catch_unwind(|| r.validate(SweepLimits::default(), None));
     let outcome = outcome.unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
@@ -528,7 +528,7 @@ fn the_generated_requests_reach_acceptance_and_refusal() {
     let (mut accepted, mut refused, mut random, mut repeated) = (0, 0, 0, 0);
     for _ in 0..2000 {
         let r = request().new_tree(&mut runner).unwrap().current();
-        match r.validate(SweepLimits { max_trials: 64 }) {
+        match r.validate(SweepLimits { max_trials: 64 }, None) {
             Ok(spec) => {
                 accepted += 1;
                 random += (spec.strategy == cnnd::sweep::Strategy::Random) as u32;

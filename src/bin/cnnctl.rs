@@ -48,6 +48,20 @@ struct Cli {
     command: Command,
 }
 
+/// Options of `cnnctl predict`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictArgs {
+    /// Classes to show per image, best first
+    #[arg(long, default_value_t = 3)]
+    top: u32,
+    /// auto (MNIST-style for digit models, else the trial's resize), mnist, or resize
+    #[arg(long, default_value = "auto", value_parser = ["auto", "mnist", "resize"])]
+    preprocess: String,
+    /// Save each preprocessed model input as PNG in this folder
+    #[arg(long, value_name = "DIR")]
+    save_preprocessed: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -102,6 +116,18 @@ enum Command {
         /// Sweep id
         id: String,
     },
+    /// Classify image files with a trained trial's best weights
+    #[command(after_help = PREDICT_HELP)]
+    Predict {
+        /// Trial whose weights classify the images
+        #[arg(long)]
+        trial: String,
+        /// Image files (PNG, JPEG, BMP, WebP); their bytes are sent, not their paths
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        args: PredictArgs,
+    },
     /// Render a sweep's comparison charts to PNG and print their paths
     Charts {
         /// Sweep id
@@ -111,6 +137,14 @@ enum Command {
         dashboard: Option<String>,
     },
 }
+
+const PREDICT_HELP: &str = r#"For digit models (trained on mnist) the default preprocessing is MNIST-style: grayscale,
+invert when the background is light, threshold noise, crop to the ink, fit into 20x20
+keeping the aspect ratio, centre by centre of mass in 28x28. Other models see each image
+resized the way their training data was.
+
+  cnnctl predict --trial sw-1a2b3c4d-t3 photo-of-a-7.jpg another.png
+  cnnctl predict --trial sw-1a2b3c4d-t3 *.jpg --save-preprocessed /tmp/seen --top 2"#;
 
 const SUBMIT_HELP: &str = r#"The file holds a SubmitSweep request in proto3 JSON names: name, dataset, space, fixed,
 strategy, numTrials, maxParallel, seed, priority, earlyStopping, objective, repeats, device.
@@ -325,6 +359,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pause { id } => commands::pause(&mut d, &id, true, output).await,
         Command::Resume { id } => commands::pause(&mut d, &id, false, output).await,
         Command::Charts { id, dashboard } => commands::charts(&mut d, &id, dashboard, output).await,
+        Command::Predict { trial, files, args } => {
+            commands::predict(&mut d, &trial, &files, &args, output).await
+        }
     }
 }
 

@@ -45,6 +45,9 @@ fn long_version() -> &'static str {
     )
 }
 
+/// Largest request the Orchestrator service decodes (Predict uploads images).
+const PREDICT_REQUEST_LIMIT: usize = 64 << 20;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -197,6 +200,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let api = Api {
         scheduler: scheduler.clone(),
         dashboards_dir: dashboards_dir.clone(),
+        predictor: Some(std::sync::Arc::new(cnnd::predict::LocalPredictor::default())),
     };
     let hub = Hub {
         scheduler: scheduler.clone(),
@@ -222,7 +226,11 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(OrchestratorServer::new(api))
+            // Predict carries image files: up to 64 MiB per request (each image is then
+            // held to imaging::DecodeLimits).
+            .add_service(
+                OrchestratorServer::new(api).max_decoding_message_size(PREDICT_REQUEST_LIMIT),
+            )
             .add_service(WorkerHubServer::new(hub))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -2,6 +2,8 @@
 //! directory, and runs the real clients (`cnnctl`, `grpcurl`) against it. Nothing is mocked.
 #![allow(dead_code)]
 
+pub mod datagen;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

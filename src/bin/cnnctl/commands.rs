@@ -23,10 +23,13 @@ pub async fn submit(
     match output {
         Output::Json if follow => out(submit_json(&r).to_string()),
         Output::Json => out_json(&submit_json(&r)),
-        Output::Table => out(format!(
-            "sweep {}: {} trials queued",
-            r.sweep_id, r.trials_queued
-        )),
+        Output::Table => {
+            out(format!(
+                "sweep {}: {} trials queued",
+                r.sweep_id, r.trials_queued
+            ));
+            r.notes.iter().for_each(|n| out(format!("  note: {n}")));
+        }
     }
     if follow {
         watch::watch(d, &r.sweep_id, output == Output::Json).await?;
@@ -331,6 +334,15 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         }
     ));
     out(format!("weights:    {}", or_dash(&t.weights_path)));
+    for note in &t.notes {
+        out(format!("note:       {}", one_line(note)));
+    }
+    if !t.frozen.is_empty() {
+        out(format!("frozen:     {}", t.frozen.join(", ")));
+    }
+    if !t.reinitialised.is_empty() {
+        out(format!("re-initialised: {}", t.reinitialised.join(", ")));
+    }
     if !t.started_at.is_empty() {
         let mut times = format!("started:    {}", t.started_at);
         if !t.finished_at.is_empty() {
@@ -443,6 +455,91 @@ pub async fn pause(d: &mut Daemon, id: &str, hold: bool, output: Output) -> Resu
             out_json(&serde_json::json!({ "sweepId": id, "paused": hold, "queuedTrials": n }))
         }
         Output::Table => out(format!("sweep {id}: {n} queued trials {what}")),
+    }
+    Ok(())
+}
+
+/// `cnnctl predict`: sends image files' bytes (never paths) and prints the top classes.
+pub async fn predict(
+    d: &mut Daemon,
+    trial: &str,
+    files: &[std::path::PathBuf],
+    args: &crate::PredictArgs,
+    output: Output,
+) -> Result<(), CliError> {
+    let mut images = Vec::with_capacity(files.len());
+    for f in files {
+        let data = std::fs::read(f)
+            .map_err(|e| CliError::Other(format!("cannot read {}: {e}", f.display())))?;
+        images.push(pb::PredictImage {
+            name: f.display().to_string(),
+            data,
+        });
+    }
+    let addr = d.addr.clone();
+    let r = d
+        .client
+        .predict(pb::PredictRequest {
+            trial_id: trial.to_string(),
+            images,
+            top_k: args.top,
+            preprocess: args.preprocess.clone(),
+            return_preprocessed: args.save_preprocessed.is_some(),
+        })
+        .await
+        .map_err(|e| CliError::rpc(format!("predict with trial {trial}"), &addr, e))?
+        .into_inner();
+    let mut saved = Vec::with_capacity(r.predictions.len());
+    for (p, file) in r.predictions.iter().zip(files) {
+        saved.push(match &args.save_preprocessed {
+            Some(dir) if !p.preprocessed_png.is_empty() => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    CliError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "image".into());
+                let path = dir.join(format!("{stem}.{}.png", p.preprocessing));
+                std::fs::write(&path, &p.preprocessed_png).map_err(|e| {
+                    CliError::Other(format!("cannot write {}: {e}", path.display()))
+                })?;
+                Some(path.display().to_string())
+            }
+            _ => None,
+        });
+    }
+    if output == Output::Json {
+        out_json(&prediction_json(&r, &saved));
+        return Ok(());
+    }
+    let mut t = table([
+        "image",
+        "prediction",
+        "probability",
+        "next",
+        "preprocessing",
+    ]);
+    for p in &r.predictions {
+        let best = p.top.first();
+        let next: Vec<String> = p
+            .top
+            .iter()
+            .skip(1)
+            .map(|c| format!("{} {}", c.class_name, pct(c.probability)))
+            .collect();
+        t.add_row(vec![
+            p.name.clone(),
+            best.map(|c| c.class_name.clone()).unwrap_or_default(),
+            best.map(|c| pct(c.probability)).unwrap_or_default(),
+            next.join(", "),
+            p.preprocessing.clone(),
+        ]);
+    }
+    align_right(&mut t, &[2]);
+    out(render(&t));
+    for path in saved.iter().flatten() {
+        out(format!("preprocessed input saved: {path}"));
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ fn struct_json(s: &Option<prost_types::Struct>) -> Value {
 }
 
 pub fn submit_json(r: &pb::SubmitSweepResponse) -> Value {
-    json!({"sweepId": r.sweep_id, "trialsQueued": r.trials_queued, "varied": r.varied})
+    json!({"sweepId": r.sweep_id, "trialsQueued": r.trials_queued, "varied": r.varied, "notes": r.notes})
 }
 
 pub fn status_json(s: &pb::Status) -> Value {
@@ -243,6 +243,22 @@ pub fn trial_json(t: &pb::Trial) -> Value {
         "startedAt": t.started_at, "finishedAt": t.finished_at,
         "trainExamples": t.train_examples, "valExamples": t.val_examples,
         "testExamples": t.test_examples, "device": t.device,
+        "notes": t.notes, "frozen": t.frozen, "reinitialised": t.reinitialised,
+        "skippedFiles": t.skipped_files,
+    })
+}
+
+pub fn prediction_json(r: &pb::PredictResponse, saved: &[Option<String>]) -> Value {
+    json!({
+        "classNames": r.class_names,
+        "predictions": r.predictions.iter().zip(saved).map(|(p, path)| json!({
+            "name": p.name,
+            "preprocessing": p.preprocessing,
+            "top": p.top.iter().map(|c| json!({
+                "index": c.index, "className": c.class_name, "probability": c.probability,
+            })).collect::<Vec<_>>(),
+            "preprocessedPath": path,
+        })).collect::<Vec<_>>(),
     })
 }
 
