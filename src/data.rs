@@ -134,7 +134,8 @@ pub fn find_file(info: &DatasetInfo, data_dir: &Path, file: &str) -> anyhow::Res
     let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
     Err(anyhow!(
         "{}: file {file} not found; tried {}. Set CNND_DATA_DIR (or --data-dir) to the folder \
-         that holds the data sets, or run scripts/setup.sh to download them",
+         that holds the data sets, or download them with scripts/fetch-data.sh {}",
+        info.name,
         info.name,
         list.join(", ")
     ))

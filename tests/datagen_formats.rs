@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::datagen::*;
+use image::RgbImage;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -310,6 +311,150 @@ fn photo_like_digits_look_like_photos_of_ink_on_paper() {
     assert!(std::fs::read(&photos[1].0).unwrap() == std::fs::read(&p2[1].0).unwrap());
 }
 
+#[test]
+fn face_folder_has_both_classes_and_every_file_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FolderSpec {
+        classes: vec!["happy", "unhappy"],
+        train_per_class: 9,
+        val_per_class: 2,
+        test_per_class: 3,
+        seed: 5,
+    };
+    let n = make_image_folder(dir.path(), &spec);
+    assert_eq!(n, 2 * (9 + 2 + 3) + 2);
+    let mut colors = std::collections::BTreeSet::new();
+    let mut decoded = 0;
+    for (split, per) in [("train", 9), ("validation", 2), ("test", 3)] {
+        for class in ["happy", "unhappy"] {
+            let files = files_in(&dir.path().join(split).join(class));
+            let corrupt = (split == "train" && class == "happy") as usize;
+            assert_eq!(files.len(), per + corrupt, "{split}/{class}");
+            for f in files {
+                if f.file_name().unwrap() == "corrupt.png" {
+                    assert!(image::open(&f).is_err(), "corrupt.png decoded");
+                    continue;
+                }
+                let name = f.file_name().unwrap().to_string_lossy().to_string();
+                assert!(name.starts_with(&format!("{class}_")), "{}", f.display());
+                let img = image::open(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                assert!((24..=96).contains(&img.width()) && (24..=96).contains(&img.height()));
+                colors.insert(format!("{:?}", img.color()));
+                // Not flat: the centre half holds face features (dark eyes or mouth on skin).
+                let g = img.to_luma8();
+                let (w, h) = g.dimensions();
+                let centre: Vec<u8> = (h / 4..3 * h / 4)
+                    .flat_map(|y| (w / 4..3 * w / 4).map(move |x| (x, y)))
+                    .map(|(x, y)| g.get_pixel(x, y)[0])
+                    .collect();
+                let range = centre.iter().max().unwrap() - centre.iter().min().unwrap();
+                assert!(range > 30, "{}: flat centre ({range})", f.display());
+                decoded += 1;
+            }
+        }
+    }
+    assert_eq!(decoded, n - 2);
+    for c in ["L8", "Rgb8", "Rgba8", "L16"] {
+        assert!(colors.contains(c), "no {c} image: {colors:?}");
+    }
+    // Deterministic for a seed.
+    let again = tempfile::tempdir().unwrap();
+    make_image_folder(again.path(), &spec);
+    for f in files_in(&dir.path().join("train/unhappy")) {
+        let g = again
+            .path()
+            .join("train/unhappy")
+            .join(f.file_name().unwrap());
+        assert!(
+            std::fs::read(&f).unwrap() == std::fs::read(&g).unwrap(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+/// Darkness-weighted mean `v` (face coordinates) of the luma along the face's vertical line
+/// at `u`, over `v` in `lo..hi`: where the mouth's line crosses it.
+fn dark_centre_v(img: &image::GrayImage, p: &FaceParams, u: f32, lo: f32, hi: f32) -> f32 {
+    let steps = 64;
+    let samples: Vec<(f32, f32)> = (0..=steps)
+        .map(|i| {
+            let v = lo + (hi - lo) * i as f32 / steps as f32;
+            let (x, y) = p.to_image(u, v);
+            let (x, y) = (
+                (x.floor() as i64).clamp(0, p.w as i64 - 1) as u32,
+                (y.floor() as i64).clamp(0, p.h as i64 - 1) as u32,
+            );
+            (v, img.get_pixel(x, y)[0] as f32)
+        })
+        .collect();
+    let brightest = samples.iter().map(|s| s.1).fold(0.0, f32::max);
+    let (mut sum, mut weight) = (0.0, 0.0);
+    for (v, l) in samples {
+        let d = (brightest - l).powi(2);
+        sum += v * d;
+        weight += d;
+    }
+    sum / weight.max(1e-6)
+}
+
+#[test]
+fn happy_and_unhappy_faces_differ_only_in_the_mouth_curving_up_or_down() {
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let (mut happy_up, mut unhappy_down, pairs) = (0, 0, 60);
+    for i in 0..pairs {
+        let (w, h) = (rng.gen_range(24..=96u32), rng.gen_range(24..=96u32));
+        let p = FaceParams::sample(w, h, &mut rng);
+        let happy = face_picture(&p, true, i);
+        let unhappy = face_picture(&p, false, i);
+        assert_eq!(happy.dimensions(), (w, h));
+
+        // Same parameters and noise: every differing pixel is in the mouth's band, and the
+        // mouth is visible (many pixels differ).
+        let reach = p.curve / 2.0 + p.thickness / 2.0 + 1.0;
+        let mut differ = 0;
+        for (x, y, a) in happy.enumerate_pixels() {
+            if a != unhappy.get_pixel(x, y) {
+                differ += 1;
+                let (u, v) = p.to_face(x as f32 + 0.5, y as f32 + 0.5);
+                assert!(
+                    (u - p.mouth_u).abs() <= p.mouth_half_width + reach
+                        && (v - p.mouth_v).abs() <= reach,
+                    "pair {i}: pixel ({x}, {y}) = face ({u}, {v}) differs outside the mouth {p:?}"
+                );
+            }
+        }
+        assert!(
+            differ as f32 >= p.mouth_half_width,
+            "pair {i}: {differ} pixels differ"
+        );
+
+        // The mouth's middle is below its corners for a smile, above them for a frown.
+        let (lo, hi) = (p.mouth_v - reach, p.mouth_v + reach);
+        let bend = |img: &RgbImage| {
+            let g = image::DynamicImage::ImageRgb8(img.clone()).to_luma8();
+            let corner = 0.7 * p.mouth_half_width;
+            let middle = dark_centre_v(&g, &p, p.mouth_u, lo, hi);
+            let corners = (dark_centre_v(&g, &p, p.mouth_u - corner, lo, hi)
+                + dark_centre_v(&g, &p, p.mouth_u + corner, lo, hi))
+                / 2.0;
+            middle - corners
+        };
+        let (bh, bu) = (bend(&happy), bend(&unhappy));
+        assert!(
+            bh > bu + 0.4 * p.curve,
+            "pair {i}: smile bends {bh}, frown {bu}, curve {} ({w}x{h})",
+            p.curve
+        );
+        happy_up += (bh > 0.0) as usize;
+        unhappy_down += (bu < 0.0) as usize;
+    }
+    assert!(
+        happy_up == pairs as usize && unhappy_down == pairs as usize,
+        "smiles curving up {happy_up}/{pairs}, frowns curving down {unhappy_down}/{pairs}"
+    );
+}
+
 /// Not a check: writes samples of every generator to `$CNND_DATAGEN_DUMP` (default
 /// `target/datagen-samples`) to look at. `cargo test --release --test datagen_formats -- --ignored`.
 #[test]
@@ -327,9 +472,40 @@ fn dump_samples() {
         seed: 1,
     };
     let n = make_image_folder(&out.join("folder"), &spec);
+    let faces = FolderSpec {
+        classes: vec!["happy", "unhappy"],
+        train_per_class: 8,
+        val_per_class: 2,
+        test_per_class: 2,
+        seed: 1,
+    };
+    let nf = make_image_folder(&out.join("faces"), &faces);
+    // And a sheet of 8 faces, each smiling (top row) and frowning (bottom row) with the same
+    // parameters, at 96 px and scaled up 2x.
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (side, cols) = (96u32, 8u32);
+    let mut sheet = RgbImage::new(side * cols * 2, side * 2 * 2);
+    for col in 0..cols {
+        let p = FaceParams::sample(side, side, &mut rng);
+        for (row, happy) in [(0, true), (1, false)] {
+            let img = image::imageops::resize(
+                &face_picture(&p, happy, col as u64),
+                side * 2,
+                side * 2,
+                image::imageops::FilterType::Nearest,
+            );
+            image::imageops::replace(
+                &mut sheet,
+                &img,
+                (col * side * 2) as i64,
+                (row * side * 2) as i64,
+            );
+        }
+    }
+    sheet.save(out.join("faces_sheet.png")).unwrap();
     let photos = photo_like_digits(&common::data_dir(), &out.join("photos"), 8, 1);
     eprintln!(
-        "{n} folder files, {} photos in {}",
+        "{n} folder files, {nf} face files, faces_sheet.png, {} photos in {}",
         photos.len(),
         out.display()
     );

@@ -1,5 +1,7 @@
 //! Test data the tests generate: real files in the real published formats (IDX as MNIST ships
-//! it, CIFAR-10 binary batches, image folders of PNG/JPEG/BMP files, photo-like digit pictures),
+//! it, CIFAR-10 binary batches, image folders of PNG/JPEG/BMP files (geometric patterns, or
+//! smiling and frowning faces like the seed notebook's happy/unhappy set), photo-like digit
+//! pictures),
 //! deterministic for a seed, so the crate's readers are tested against bytes they will meet.
 //!
 //! Owns: the writers and generators below. Must not touch: the daemon harness (`common/mod.rs`)
@@ -140,8 +142,9 @@ pub fn write_cifar_dir(dir: &Path, per_batch: usize, seed: u64) -> (Vec<u8>, Vec
 #[derive(Debug, Clone)]
 pub struct FolderSpec {
     /// Class folder names. Known names pick their pattern ("circle"/"disc", "square",
-    /// "stripes" (horizontal), "vstripes", "cross", "ring", "checker", "triangle"); any
-    /// other name gets the first pattern no other class uses.
+    /// "stripes" (horizontal), "vstripes", "cross", "ring", "checker", "triangle", and the
+    /// faces "happy" (smiling) and "unhappy" (frowning), see [`FaceParams`]); any other name
+    /// gets the first pattern no other class uses.
     pub classes: Vec<&'static str>,
     pub train_per_class: usize,
     /// 0: no validation folder.
@@ -151,10 +154,15 @@ pub struct FolderSpec {
     pub seed: u64,
 }
 
-/// The drawable patterns, by index.
-const PATTERNS: [&str; 8] = [
-    "circle", "square", "stripes", "vstripes", "cross", "ring", "checker", "triangle",
+/// The drawable patterns, by index. The faces come last, so that classes of other names get a
+/// geometric pattern first.
+const PATTERNS: [&str; 10] = [
+    "circle", "square", "stripes", "vstripes", "cross", "ring", "checker", "triangle", "happy",
+    "unhappy",
 ];
+/// Index of the smiling face in [`PATTERNS`]; the frowning one follows it.
+const HAPPY: usize = 8;
+const UNHAPPY: usize = 9;
 
 fn pattern_of_name(name: &str) -> Option<usize> {
     let n = name.to_ascii_lowercase();
@@ -167,6 +175,8 @@ fn pattern_of_name(name: &str) -> Option<usize> {
         "ring" | "rings" => 5,
         "checker" | "checkers" | "checkerboard" => 6,
         "triangle" | "triangles" => 7,
+        "happy" | "smile" | "smiling" => HAPPY,
+        "unhappy" | "sad" | "frown" | "frowning" => UNHAPPY,
         _ => return None,
     };
     Some(p)
@@ -275,6 +285,316 @@ fn draw(pattern: usize, w: u32, h: u32, rng: &mut ChaCha8Rng) -> Vec<[f32; 3]> {
     out
 }
 
+/// Realistic skin tones (RGB, 0..1), light to dark.
+const SKIN: [[f32; 3]; 7] = [
+    [0.96, 0.80, 0.69],
+    [0.92, 0.72, 0.58],
+    [0.84, 0.62, 0.47],
+    [0.76, 0.57, 0.40],
+    [0.65, 0.45, 0.31],
+    [0.55, 0.36, 0.24],
+    [0.40, 0.26, 0.18],
+];
+
+/// Hair colours (RGB, 0..1): black, dark brown, brown, blond, red, grey.
+const HAIR: [[f32; 3]; 6] = [
+    [0.06, 0.05, 0.05],
+    [0.20, 0.12, 0.07],
+    [0.38, 0.24, 0.13],
+    [0.80, 0.66, 0.40],
+    [0.62, 0.27, 0.12],
+    [0.62, 0.62, 0.60],
+];
+
+fn luma(p: [f32; 3]) -> f32 {
+    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+}
+
+/// Coverage of a pixel by a shape whose signed distance (pixels, negative inside) from the
+/// pixel centre to its edge is `d`: a one-pixel soft edge.
+fn coverage(d: f32) -> f32 {
+    (0.5 - d).clamp(0.0, 1.0)
+}
+
+fn blend(px: &mut [f32; 3], colour: [f32; 3], alpha: f32) {
+    for c in 0..3 {
+        px[c] += (colour[c] - px[c]) * alpha;
+    }
+}
+
+/// Signed distance (approximate, pixels) from `(u, v)` to an axis-aligned ellipse.
+fn ellipse_distance(u: f32, v: f32, cu: f32, cv: f32, ra: f32, rb: f32) -> f32 {
+    let q = (((u - cu) / ra).powi(2) + ((v - cv) / rb).powi(2)).sqrt();
+    (q - 1.0) * ra.min(rb)
+}
+
+/// Distance (pixels) from `(u, v)` to the segment `a`-`b`.
+fn segment_distance(u: f32, v: f32, a: (f32, f32), b: (f32, f32)) -> f32 {
+    let (du, dv) = (b.0 - a.0, b.1 - a.1);
+    let len2 = (du * du + dv * dv).max(1e-6);
+    let t = (((u - a.0) * du + (v - a.1) * dv) / len2).clamp(0.0, 1.0);
+    ((u - a.0 - t * du).powi(2) + (v - a.1 - t * dv).powi(2)).sqrt()
+}
+
+/// A line segment between two points of a face's frame.
+pub type Segment = ((f32, f32), (f32, f32));
+
+/// Everything random about one face picture except its expression: the same parameters drawn
+/// happy and unhappy (with the same noise) differ only at the mouth, whose arc curves up
+/// (corners higher than the middle: a smile) or down (a frown).
+///
+/// Lengths are in pixels. The face has its own frame: `u` along the face's width, `v` down
+/// its height, origin at the face centre (`cx`, `cy` in the image), turned by `angle`; see
+/// [`FaceParams::to_image`] and [`FaceParams::to_face`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceParams {
+    /// Image size.
+    pub w: u32,
+    pub h: u32,
+    /// Background: a linear gradient from `bg0` to `bg1` along the direction `bg_angle`.
+    pub bg0: [f32; 3],
+    pub bg1: [f32; 3],
+    pub bg_angle: f32,
+    /// Hair colour and how far down the sides it reaches (`v`, as a fraction of `b`); `None`:
+    /// no hair.
+    pub hair: Option<([f32; 3], f32)>,
+    pub skin: [f32; 3],
+    /// Face centre in image coordinates, half width `a` and half height `b` of the face
+    /// ellipse, and its rotation (radians, clockwise in the image).
+    pub cx: f32,
+    pub cy: f32,
+    pub a: f32,
+    pub b: f32,
+    pub angle: f32,
+    /// Eye centres (left, right), their half width and half height, and colour.
+    pub eyes: [(f32, f32); 2],
+    pub eye_ra: f32,
+    pub eye_rb: f32,
+    pub eye_colour: [f32; 3],
+    /// Eyebrows: two segments and their thickness; `None`: no eyebrows.
+    pub brows: Option<([Segment; 2], f32)>,
+    /// Mouth: the middle of its arc's band (`mouth_u`, `mouth_v`), half width, depth of the
+    /// curve (the middle and the corners are `curve` apart in `v`), line thickness, colour.
+    pub mouth_u: f32,
+    pub mouth_v: f32,
+    pub mouth_half_width: f32,
+    pub curve: f32,
+    pub thickness: f32,
+    pub mouth_colour: [f32; 3],
+    /// Overall brightness factor (lighting).
+    pub light: f32,
+}
+
+impl FaceParams {
+    /// Draws the parameters of a `w x h` face picture from `rng`: a skin-toned ellipse of
+    /// 55-85% of the smaller side, off centre and slightly turned, on a random two-colour
+    /// gradient that is kept apart from the skin's brightness; optional hair and eyebrows;
+    /// jittered dark eyes; a mouth of random width, thickness, depth of curve and height.
+    pub fn sample(w: u32, h: u32, rng: &mut ChaCha8Rng) -> FaceParams {
+        let (wf, hf) = (w as f32, h as f32);
+        let m = wf.min(hf);
+        let tone = SKIN[rng.gen_range(0..SKIN.len())];
+        let skin = tone.map(|c| (c + rng.gen_range(-0.04..0.04f32)).clamp(0.0, 1.0));
+        let mut bg0: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.05..0.95f32));
+        let mut bg1: [f32; 3] =
+            std::array::from_fn(|c| (bg0[c] + rng.gen_range(-0.35..0.35f32)).clamp(0.0, 1.0));
+        let bg_angle = rng.gen_range(0.0..std::f32::consts::TAU);
+        // Keep the background's brightness away from the skin's, so the face stands out
+        // (in gray images too).
+        let mean = luma(std::array::from_fn(|c| (bg0[c] + bg1[c]) / 2.0));
+        if (mean - luma(skin)).abs() < 0.15 {
+            let darker = luma(skin) > 0.45;
+            for bg in [&mut bg0, &mut bg1] {
+                for v in bg.iter_mut() {
+                    *v = if darker {
+                        *v * 0.45
+                    } else {
+                        1.0 - (1.0 - *v) * 0.35
+                    };
+                }
+            }
+        }
+        let b = m * rng.gen_range(0.55..0.85f32) / 2.0;
+        let a = b * rng.gen_range(0.74..0.92f32);
+        let angle = rng.gen_range(-0.22..0.22f32);
+        let slack_x = (wf / 2.0 - a).max(0.0);
+        let slack_y = (hf / 2.0 - b).max(0.0);
+        let cx = wf / 2.0 + slack_x * rng.gen_range(-0.8..0.8f32);
+        let cy = hf / 2.0 + slack_y * rng.gen_range(-0.8..0.8f32);
+        let hair = if rng.gen_bool(0.6) {
+            let colour = HAIR[rng.gen_range(0..HAIR.len())];
+            Some((colour, rng.gen_range(-0.2..0.3f32)))
+        } else {
+            None
+        };
+        let eye_v = -b * rng.gen_range(0.12..0.30f32);
+        let eye_u = a * rng.gen_range(0.30..0.44f32);
+        let jitter = |rng: &mut ChaCha8Rng| a * rng.gen_range(-0.04..0.04f32);
+        let eyes = [
+            (-eye_u + jitter(rng), eye_v + jitter(rng)),
+            (eye_u + jitter(rng), eye_v + jitter(rng)),
+        ];
+        let eye_ra = (a * rng.gen_range(0.08..0.13f32)).max(0.9);
+        let eye_rb = eye_ra * rng.gen_range(1.0..1.5f32);
+        let g = rng.gen_range(0.03..0.14f32);
+        let eye_colour = [
+            g,
+            g * rng.gen_range(0.8..1.2f32),
+            g * rng.gen_range(0.8..1.3f32),
+        ];
+        let brows = if rng.gen_bool(0.5) {
+            let up = eye_rb + b * rng.gen_range(0.10..0.18f32);
+            let half = a * rng.gen_range(0.12..0.19f32);
+            // Inner ends up or down alike on both sides, whatever the expression.
+            let tilt = rng.gen_range(-0.3..0.3f32);
+            let (du, dv) = (half * tilt.cos(), half * tilt.sin());
+            let seg = |(eu, ev): (f32, f32), side: f32| {
+                let c = (eu, ev - up);
+                ((c.0 - du, c.1 + side * dv), (c.0 + du, c.1 - side * dv))
+            };
+            let thick = (b * rng.gen_range(0.035..0.06f32)).max(0.8);
+            Some(([seg(eyes[0], 1.0), seg(eyes[1], -1.0)], thick))
+        } else {
+            None
+        };
+        let mouth_u = a * rng.gen_range(-0.06..0.06f32);
+        let mouth_v = b * rng.gen_range(0.36..0.54f32);
+        let mouth_half_width = (a * rng.gen_range(0.32..0.55f32)).max(2.0);
+        let curve = (b * rng.gen_range(0.14..0.24f32)).max(1.5);
+        let thickness = (b * rng.gen_range(0.07..0.12f32)).max(1.4);
+        let f = rng.gen_range(0.8..1.0f32);
+        let mouth_colour = [skin[0] * 0.55 * f, skin[1] * 0.25 * f, skin[2] * 0.30 * f];
+        let light = rng.gen_range(0.85..1.1f32);
+        FaceParams {
+            w,
+            h,
+            bg0,
+            bg1,
+            bg_angle,
+            hair,
+            skin,
+            cx,
+            cy,
+            a,
+            b,
+            angle,
+            eyes,
+            eye_ra,
+            eye_rb,
+            eye_colour,
+            brows,
+            mouth_u,
+            mouth_v,
+            mouth_half_width,
+            curve,
+            thickness,
+            mouth_colour,
+            light,
+        }
+    }
+
+    /// Face coordinates `(u, v)` of the image point `(x, y)` (pixel centres are at +0.5).
+    pub fn to_face(&self, x: f32, y: f32) -> (f32, f32) {
+        let (s, c) = self.angle.sin_cos();
+        let (dx, dy) = (x - self.cx, y - self.cy);
+        (dx * c + dy * s, -dx * s + dy * c)
+    }
+
+    /// Image coordinates `(x, y)` of the face point `(u, v)`.
+    pub fn to_image(&self, u: f32, v: f32) -> (f32, f32) {
+        let (s, c) = self.angle.sin_cos();
+        (self.cx + u * c - v * s, self.cy + u * s + v * c)
+    }
+
+    /// `v` of the mouth's centre line at `u` (for `|u - mouth_u| <= mouth_half_width`): the
+    /// middle is `curve / 2` below `mouth_v` for a smile (corners above it), above for a frown.
+    pub fn mouth_line(&self, happy: bool, u: f32) -> f32 {
+        let s = if happy { 1.0 } else { -1.0 };
+        let t = (u - self.mouth_u) / self.mouth_half_width;
+        self.mouth_v + s * self.curve * (0.5 - t * t)
+    }
+
+    /// Signed distance (pixels) from the face point `(u, v)` to the mouth's edge: a stroke of
+    /// `thickness` with round ends along the centre line (as 24 segments).
+    fn mouth_distance(&self, happy: bool, u: f32, v: f32) -> f32 {
+        let hw = self.mouth_half_width;
+        let r = self.thickness / 2.0;
+        if (u - self.mouth_u).abs() > hw + r + 1.0
+            || (v - self.mouth_v).abs() > self.curve / 2.0 + r + 1.0
+        {
+            return f32::INFINITY;
+        }
+        const SEGMENTS: usize = 24;
+        let point = |i: usize| {
+            let u = self.mouth_u + hw * (2.0 * i as f32 / SEGMENTS as f32 - 1.0);
+            (u, self.mouth_line(happy, u))
+        };
+        (0..SEGMENTS)
+            .map(|i| segment_distance(u, v, point(i), point(i + 1)))
+            .fold(f32::INFINITY, f32::min)
+            - r
+    }
+}
+
+/// Draws the face `p` smiling (`happy`) or frowning as RGB floats in 0..1, with mild noise
+/// drawn from `rng` (the same number of draws whatever the expression).
+pub fn draw_face(p: &FaceParams, happy: bool, rng: &mut ChaCha8Rng) -> Vec<[f32; 3]> {
+    let (wf, hf) = (p.w as f32, p.h as f32);
+    let (gx, gy) = (p.bg_angle.cos(), p.bg_angle.sin());
+    let span = (gx.abs() * wf + gy.abs() * hf).max(1.0);
+    let start = gx.min(0.0) * wf + gy.min(0.0) * hf;
+    let mut out = Vec::with_capacity((p.w * p.h) as usize);
+    for y in 0..p.h {
+        for x in 0..p.w {
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            let t = ((px * gx + py * gy) - start) / span;
+            let mut c: [f32; 3] = std::array::from_fn(|i| p.bg0[i] + (p.bg1[i] - p.bg0[i]) * t);
+            let (u, v) = p.to_face(px, py);
+            if let Some((hair, low)) = p.hair {
+                let d = ellipse_distance(u, v, 0.0, -p.b * 0.1, p.a * 1.12, p.b * 1.04)
+                    .max(v - p.b * low);
+                blend(&mut c, hair, coverage(d));
+            }
+            let d = ellipse_distance(u, v, 0.0, 0.0, p.a, p.b);
+            let on_face = coverage(d);
+            if on_face > 0.0 {
+                // Rounded shading: darker towards the edge.
+                let q2 = (u / p.a).powi(2) + (v / p.b).powi(2);
+                let shade = 1.0 - 0.16 * q2.min(1.0);
+                blend(&mut c, p.skin.map(|s| s * shade), on_face);
+                if let Some((brows, thick)) = p.brows {
+                    for (s, e) in brows {
+                        let d = segment_distance(u, v, s, e) - thick / 2.0;
+                        blend(&mut c, p.eye_colour, coverage(d) * on_face);
+                    }
+                }
+                for (eu, ev) in p.eyes {
+                    let d = ellipse_distance(u, v, eu, ev, p.eye_ra, p.eye_rb);
+                    blend(&mut c, p.eye_colour, coverage(d) * on_face);
+                }
+                let d = p.mouth_distance(happy, u, v);
+                blend(&mut c, p.mouth_colour, coverage(d) * on_face);
+            }
+            let noise: f32 = rng.gen_range(-0.045..0.045);
+            let tint: [f32; 3] = std::array::from_fn(|_| rng.gen_range(-0.015..0.015f32));
+            out.push(std::array::from_fn(|i| {
+                ((c[i] + noise + tint[i]) * p.light).clamp(0.0, 1.0)
+            }));
+        }
+    }
+    out
+}
+
+/// The face `p` smiling (`happy`) or frowning as an RGB image, its noise drawn from a ChaCha8
+/// stream seeded by `noise_seed` (same seed: the two expressions differ only at the mouth).
+pub fn face_picture(p: &FaceParams, happy: bool, noise_seed: u64) -> RgbImage {
+    let px = draw_face(p, happy, &mut ChaCha8Rng::seed_from_u64(noise_seed));
+    match to_image(&px, p.w, p.h, Mode::Rgb8) {
+        DynamicImage::ImageRgb8(img) => img,
+        _ => unreachable!(),
+    }
+}
+
 /// Converts drawn pixels into an image of `mode`.
 fn to_image(px: &[[f32; 3]], w: u32, h: u32, mode: Mode) -> DynamicImage {
     let lum = |p: &[f32; 3]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
@@ -334,7 +654,7 @@ fn extension(format: ImageFormat) -> &'static str {
 /// Writes an image folder under `root` as `spec` says: for each split with a non-zero count
 /// (`train`, `validation`, `test`) and each class, that many pictures of the class's pattern
 /// (see [`FolderSpec::classes`]): a bright shape or texture on dark noise, with random
-/// position, size and colour, MIXED sizes (24..=96 px wide and high, independently), modes
+/// position, size and colour (or, for "happy"/"unhappy", a face, see [`FaceParams`]), MIXED sizes (24..=96 px wide and high, independently), modes
 /// (8-bit gray, RGB, RGBA (opaque), 16-bit gray) and formats (PNG, JPEG, and BMP when the image
 /// crate can write it, else PNG in its place), cycling through all combinations, named
 /// `CLASS_NNNN.{png,jpg,bmp}`. Also writes ONE corrupt file `root/train/<first class>/corrupt.png`
@@ -367,7 +687,12 @@ pub fn make_image_folder(root: &Path, spec: &FolderSpec) -> usize {
                 }
                 let w = rng.gen_range(24..=96u32);
                 let h = rng.gen_range(24..=96u32);
-                let px = draw(pattern, w, h, &mut rng);
+                let px = if pattern == HAPPY || pattern == UNHAPPY {
+                    let face = FaceParams::sample(w, h, &mut rng);
+                    draw_face(&face, pattern == HAPPY, &mut rng)
+                } else {
+                    draw(pattern, w, h, &mut rng)
+                };
                 let q = rng.gen_range(85..=95u8);
                 let path = dir.join(format!("{class}_{i:04}.{}", extension(format)));
                 save(&to_image(&px, w, h, mode), &path, format, q);
