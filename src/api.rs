@@ -422,6 +422,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
             objective: r.objective,
             repeats: r.repeats,
             device: r.device,
+            warmup_epochs: r.warmup_epochs,
+            min_trials: r.min_trials,
+            grace_period: r.grace_period,
+            reduction_factor: r.reduction_factor,
         };
         // Image folders are listed from disk: off the async threads.
         let limits = self.scheduler.config.limits;

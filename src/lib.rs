@@ -5,7 +5,7 @@
 //! ```text
 //! bin (cnnd, cnnctl)
 //! api            worker  predict
-//! scheduler  charts        train  transfer
+//! scheduler  charts  pruning  train  transfer
 //! store                    model
 //! sweep  datasets          data  imaging
 //! proto  config
@@ -24,6 +24,7 @@ pub mod sweep;
 // Control plane.
 pub mod api;
 pub mod charts;
+pub mod pruning;
 pub mod scheduler;
 pub mod store;
 

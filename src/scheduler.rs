@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
+use crate::pruning::{self, EarlyStopping, OtherTrial};
 use crate::store::{EpochRow, Lease, ReportError, Store, StoredEvent, TrialFacts, TrialResult};
-use crate::sweep::{SweepLimits, SweepSpec};
+use crate::sweep::{Objective, SweepLimits, SweepSpec};
 
 /// A compute device the workers can use, as probed at start-up.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -278,9 +279,14 @@ impl Scheduler {
                         w.last_heartbeat = Some(Instant::now());
                     }
                 }
+                let sweep_id = event.sweep_id.clone();
                 self.publish([event]);
                 if self.is_shutting_down() {
                     return Ok(Ok(Verdict::GiveBack));
+                }
+                if let Some(reason) = self.early_stop(&sweep_id, trial_id).await? {
+                    tracing::info!(trial = trial_id, "{reason}");
+                    return Ok(Ok(Verdict::Stop(reason)));
                 }
                 Ok(Ok(Verdict::Proceed))
             }
@@ -289,6 +295,44 @@ impl Scheduler {
             }
             Err(e) => Ok(Err(e)),
         }
+    }
+
+    /// The sweep's early-stopping decision for `trial_id`, which just recorded an epoch:
+    /// the reason to stop it ("pruned: ..."), or None.
+    async fn early_stop(&self, sweep_id: &str, trial_id: &str) -> Result<Option<String>> {
+        let Some(sweep) = self.store.sweep(sweep_id).await? else {
+            return Ok(None);
+        };
+        if sweep.early_stopping == EarlyStopping::None {
+            return Ok(None);
+        }
+        let objective = match sweep.objective.as_str() {
+            "val_loss" => Objective::ValLoss,
+            _ => Objective::ValAccuracy,
+        };
+        let pick = |(acc, loss): &(f64, f64)| match objective {
+            Objective::ValAccuracy => *acc,
+            Objective::ValLoss => *loss,
+        };
+        let mut trial = Vec::new();
+        let mut others = Vec::new();
+        for (id, status, history) in self.store.objective_histories(sweep_id).await? {
+            let values: Vec<f64> = history.iter().map(pick).collect();
+            if id == trial_id {
+                trial = values;
+            } else {
+                others.push(OtherTrial {
+                    completed: status == "succeeded",
+                    values,
+                });
+            }
+        }
+        Ok(pruning::decide(
+            &sweep.early_stopping,
+            objective,
+            &trial,
+            &others,
+        ))
     }
 
     /// Renews a lease and records progress inside the epoch.

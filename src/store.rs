@@ -97,6 +97,7 @@ pub struct SweepRow {
     pub paused: bool,
     pub created_at: String,
     pub finished_at: Option<String>,
+    pub early_stopping: crate::pruning::EarlyStopping,
 }
 
 impl SweepRow {
@@ -316,6 +317,8 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
         paused: r.get::<i64, _>("paused") != 0,
         created_at: r.get("created_at"),
         finished_at: r.get("finished_at"),
+        early_stopping: serde_json::from_str(&r.get::<String, _>("early_stopping"))
+            .context("sweeps.early_stopping in the store")?,
     })
 }
 
@@ -412,8 +415,8 @@ impl Store {
             .unwrap_or("auto")
             .to_string();
         sqlx::query(
-            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
         )
         .bind(id)
         .bind(&spec.name)
@@ -426,6 +429,7 @@ impl Store {
         .bind(spec.max_parallel as i64)
         .bind(&device)
         .bind(&created)
+        .bind(serde_json::to_string(&spec.early_stopping)?)
         .execute(&mut *tx)
         .await?;
         let seq0: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(queue_seq), 0) FROM trials")
@@ -490,6 +494,35 @@ impl Store {
                 )
             })
             .collect())
+    }
+
+    /// Every trial of a sweep with its status and its (val_accuracy, val_loss) by epoch,
+    /// epoch 1 first: what early stopping decides from.
+    pub async fn objective_histories(
+        &self,
+        sweep_id: &str,
+    ) -> Result<Vec<(String, String, Vec<(f64, f64)>)>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.status, e.val_accuracy, e.val_loss FROM trials t
+             LEFT JOIN epochs e ON e.trial_id = t.id WHERE t.sweep_id = ? ORDER BY t.idx, e.epoch",
+        )
+        .bind(sweep_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out: Vec<(String, String, Vec<(f64, f64)>)> = Vec::new();
+        for r in &rows {
+            let id: String = r.get("id");
+            if out.last().is_none_or(|(last, _, _)| *last != id) {
+                out.push((id, r.get("status"), Vec::new()));
+            }
+            if let (Some(acc), Some(loss)) = (
+                r.get::<Option<f64>, _>("val_accuracy"),
+                r.get::<Option<f64>, _>("val_loss"),
+            ) {
+                out.last_mut().expect("pushed above").2.push((acc, loss));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn trials_of(&self, sweep_id: &str) -> Result<Vec<TrialRow>> {

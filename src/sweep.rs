@@ -458,6 +458,12 @@ pub struct SweepRequest {
     pub objective: String,
     pub repeats: u32,
     pub device: String,
+    /// Early stopping options (0: the default). `median`: epochs never stopped, and
+    /// completed trials needed first. `asha`: first rung, and the keep-1-in-N factor.
+    pub warmup_epochs: u32,
+    pub min_trials: u32,
+    pub grace_period: u32,
+    pub reduction_factor: u32,
 }
 
 /// A validated sweep, ready to be stored: every trial's full hyperparameters, in order.
@@ -474,6 +480,7 @@ pub struct SweepSpec {
     pub seed: u64,
     pub priority: i32,
     pub objective: Objective,
+    pub early_stopping: crate::pruning::EarlyStopping,
     pub repeats: u32,
     pub device: DeviceRequest,
     /// The request, normalised, as stored for the record.
@@ -567,23 +574,20 @@ impl SweepRequest {
         )?;
         let device: DeviceRequest =
             parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
-        match self.early_stopping.as_str() {
-            "" | "none" => {}
-            "median" | "asha" => {
-                return Err(err(
-                    "earlyStopping",
-                    format!(
-                        "'{}' is not available in this version; use none",
-                        self.early_stopping
-                    ),
-                ))
-            }
-            other => {
-                return Err(err(
-                    "earlyStopping",
-                    format!("'{other}' is not one of none, median, asha"),
-                ))
-            }
+        if !matches!(self.early_stopping.as_str(), "" | "none" | "median" | "asha") {
+            return Err(err(
+                "earlyStopping",
+                format!(
+                    "'{}' is not one of none, median, asha",
+                    self.early_stopping
+                ),
+            ));
+        }
+        if self.reduction_factor == 1 || self.reduction_factor > 100 {
+            return Err(err(
+                "reductionFactor",
+                format!("{} is outside 2..=100 (0: 3)", self.reduction_factor),
+            ));
         }
         let repeats = if self.repeats == 0 { 1 } else { self.repeats };
         if repeats > 100 {
@@ -757,6 +761,23 @@ impl SweepRequest {
         };
         request.strategy = strategy_name(strategy).to_string();
         request.repeats = repeats;
+        let max_epochs = trials.iter().map(|t| t.epochs).max().unwrap_or(1);
+        let early_stopping = match self.early_stopping.as_str() {
+            "median" => crate::pruning::EarlyStopping::Median {
+                warmup_epochs: self.warmup_epochs,
+                min_trials: self.min_trials.max(1),
+            },
+            "asha" => crate::pruning::EarlyStopping::Asha {
+                grace_period: self.grace_period.max(1),
+                reduction_factor: if self.reduction_factor == 0 {
+                    3
+                } else {
+                    self.reduction_factor
+                },
+                max_epochs,
+            },
+            _ => crate::pruning::EarlyStopping::None,
+        };
         Ok(SweepSpec {
             name: request.name.clone(),
             dataset: dataset.name.to_string(),
@@ -767,6 +788,7 @@ impl SweepRequest {
             seed: self.seed,
             priority: self.priority,
             objective,
+            early_stopping,
             repeats,
             device,
             request,

@@ -385,8 +385,11 @@ fn run_lease(
         Some(r) => LeaseEnd::Abandon(r.to_string()),
         None => LeaseEnd::Abandon("stopped".into()),
     };
+    let pruned = reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with(crate::pruning::PRUNED));
     match result {
-        Ok(outcome) if outcome.stopped && reason.is_some() => stopped_because(reason),
+        Ok(outcome) if outcome.stopped && reason.is_some() && !pruned => stopped_because(reason),
         Ok(outcome) => {
             if outcome.resumed_from_epoch > 0 {
                 tracing::info!(
@@ -400,6 +403,12 @@ fn run_lease(
                     "pruned".into()
                 } else {
                     "succeeded".into()
+                },
+                // Why it was pruned, kept with its recorded epochs and test metrics.
+                error: if pruned {
+                    reason.clone().unwrap_or_default()
+                } else {
+                    String::new()
                 },
                 test_loss: outcome.test_loss,
                 test_accuracy: outcome.test_accuracy,

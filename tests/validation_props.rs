@@ -144,7 +144,8 @@ prop_compose! {
         max_parallel in 0u32..4,
         seed in any::<u64>(),
         priority in any::<i32>(),
-        early_stopping in weighted(&[("", 12), ("none", 6), ("median", 1), ("x", 1)]),
+        early_stopping in weighted(&[("", 12), ("none", 6), ("median", 2), ("asha", 2), ("x", 1)]),
+        reduction_factor in prop_oneof![8 => Just(0u32), 4 => 2u32..5, 1 => any::<u32>()],
         objective in weighted(&[("", 12), ("val_accuracy", 4), ("val_loss", 4), ("f1", 1)]),
         repeats in prop_oneof![16 => 0u32..4, 1 => any::<u32>()],
         device in weighted(&[("", 12), ("auto", 4), ("cpu", 4), ("cuda", 1), ("tpu", 1)]),
@@ -163,6 +164,9 @@ prop_compose! {
             objective,
             repeats,
             device,
+            reduction_factor,
+            grace_period: 1,
+            ..Default::default()
         }
     }
 }
@@ -190,6 +194,7 @@ const TOP_LEVEL: &[&str] = &[
     "objective",
     "repeats",
     "device",
+    "reductionFactor",
 ];
 
 fn check_refusal(e: &SpecError) {

@@ -50,6 +50,10 @@ const FIELDS: &[(&str, &str)] = &[
     ("earlyStopping", "early_stopping"),
     ("objective", "objective"),
     ("repeats", "repeats"),
+    ("warmupEpochs", "warmup_epochs"),
+    ("minTrials", "min_trials"),
+    ("gracePeriod", "grace_period"),
+    ("reductionFactor", "reduction_factor"),
     ("device", "device"),
 ];
 
@@ -201,6 +205,11 @@ pub fn request_from_map(doc: &Map<String, Value>) -> Result<SubmitSweepRequest, 
         i32::MAX as i128,
     )? as i32;
     req.repeats = int_field("repeats", get("repeats"), 0, u32::MAX as i128)? as u32;
+    req.warmup_epochs = int_field("warmupEpochs", get("warmupEpochs"), 0, u32::MAX as i128)? as u32;
+    req.min_trials = int_field("minTrials", get("minTrials"), 0, u32::MAX as i128)? as u32;
+    req.grace_period = int_field("gracePeriod", get("gracePeriod"), 0, u32::MAX as i128)? as u32;
+    req.reduction_factor =
+        int_field("reductionFactor", get("reductionFactor"), 0, u32::MAX as i128)? as u32;
     Ok(req)
 }
 
