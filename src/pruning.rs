@@ -198,12 +198,21 @@ mod tests {
         ];
         // Epoch 2: median of 0.6, 0.7, 0.8 is 0.7. Best so far 0.65 < 0.7: stop.
         let r = decide(&policy, Objective::ValAccuracy, &[0.65, 0.6], &others).unwrap();
-        assert!(r.starts_with("pruned: median: best val_accuracy 0.6500 by epoch 2"), "{r}");
+        assert!(
+            r.starts_with("pruned: median: best val_accuracy 0.6500 by epoch 2"),
+            "{r}"
+        );
         assert!(r.contains("median 0.7000 of 3 completed trials"), "{r}");
         // Best so far 0.75 >= 0.7: go on, though the last value is lower.
-        assert_eq!(decide(&policy, Objective::ValAccuracy, &[0.75, 0.6], &others), None);
+        assert_eq!(
+            decide(&policy, Objective::ValAccuracy, &[0.75, 0.6], &others),
+            None
+        );
         // Warm-up: epoch 1 never stops.
-        assert_eq!(decide(&policy, Objective::ValAccuracy, &[0.0], &others), None);
+        assert_eq!(
+            decide(&policy, Objective::ValAccuracy, &[0.0], &others),
+            None
+        );
         // Too few completed trials.
         assert_eq!(
             decide(&policy, Objective::ValAccuracy, &[0.1, 0.1], &others[..1]),
@@ -212,7 +221,10 @@ mod tests {
         // Loss: lower is better. Median of 0.6, 0.7, 0.8 = 0.7; best (lowest) 0.75 is worse.
         let r = decide(&policy, Objective::ValLoss, &[0.9, 0.75], &others).unwrap();
         assert!(r.contains("best val_loss 0.7500"), "{r}");
-        assert_eq!(decide(&policy, Objective::ValLoss, &[0.9, 0.65], &others), None);
+        assert_eq!(
+            decide(&policy, Objective::ValLoss, &[0.9, 0.65], &others),
+            None
+        );
     }
 
     #[test]
@@ -233,21 +245,46 @@ mod tests {
         ];
         // Rung 1: recorded 0.1, 0.2, 0.3, 0.4; the 66.7th percentile is 0.3.
         let r = decide(&policy, Objective::ValAccuracy, &[0.25], &others).unwrap();
-        assert!(r.contains("outside the top 1/3 (cutoff 0.3000) of 5 trials"), "{r}");
-        assert_eq!(decide(&policy, Objective::ValAccuracy, &[0.35], &others), None);
+        assert!(
+            r.contains("outside the top 1/3 (cutoff 0.3000) of 5 trials"),
+            "{r}"
+        );
+        assert_eq!(
+            decide(&policy, Objective::ValAccuracy, &[0.35], &others),
+            None
+        );
         // Epoch 2 is no rung.
-        assert_eq!(decide(&policy, Objective::ValAccuracy, &[0.9, 0.0], &others), None);
+        assert_eq!(
+            decide(&policy, Objective::ValAccuracy, &[0.9, 0.0], &others),
+            None
+        );
         // Rung 3: recorded 0.1, 0.2, 0.6 -> cutoff 0.2 + (0.6 - 0.2) * 1/3.
         let cut = 0.2 + 0.4 / 3.0;
-        assert!(decide(&policy, Objective::ValAccuracy, &[0.9, 0.9, cut - 0.01], &others).is_some());
+        assert!(decide(
+            &policy,
+            Objective::ValAccuracy,
+            &[0.9, 0.9, cut - 0.01],
+            &others
+        )
+        .is_some());
         assert_eq!(
-            decide(&policy, Objective::ValAccuracy, &[0.9, 0.9, cut + 0.01], &others),
+            decide(
+                &policy,
+                Objective::ValAccuracy,
+                &[0.9, 0.9, cut + 0.01],
+                &others
+            ),
             None
         );
         // The first trial at a rung always goes on.
         assert_eq!(decide(&policy, Objective::ValAccuracy, &[0.0], &[]), None);
         // Loss: 0.35 is worse than the top third of losses 0.1..0.4 (cutoff 0.2).
-        let losses = [running(&[0.1]), running(&[0.2]), running(&[0.3]), running(&[0.4])];
+        let losses = [
+            running(&[0.1]),
+            running(&[0.2]),
+            running(&[0.3]),
+            running(&[0.4]),
+        ];
         assert!(decide(&policy, Objective::ValLoss, &[0.35], &losses).is_some());
         assert_eq!(decide(&policy, Objective::ValLoss, &[0.15], &losses), None);
     }
@@ -255,7 +292,12 @@ mod tests {
     #[test]
     fn no_policy_never_stops() {
         assert_eq!(
-            decide(&EarlyStopping::None, Objective::ValAccuracy, &[0.0], &[done(&[1.0])]),
+            decide(
+                &EarlyStopping::None,
+                Objective::ValAccuracy,
+                &[0.0],
+                &[done(&[1.0])]
+            ),
             None
         );
     }

@@ -574,13 +574,13 @@ impl SweepRequest {
         )?;
         let device: DeviceRequest =
             parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
-        if !matches!(self.early_stopping.as_str(), "" | "none" | "median" | "asha") {
+        if !matches!(
+            self.early_stopping.as_str(),
+            "" | "none" | "median" | "asha"
+        ) {
             return Err(err(
                 "earlyStopping",
-                format!(
-                    "'{}' is not one of none, median, asha",
-                    self.early_stopping
-                ),
+                format!("'{}' is not one of none, median, asha", self.early_stopping),
             ));
         }
         if self.reduction_factor == 1 || self.reduction_factor > 100 {

@@ -208,8 +208,12 @@ pub fn request_from_map(doc: &Map<String, Value>) -> Result<SubmitSweepRequest, 
     req.warmup_epochs = int_field("warmupEpochs", get("warmupEpochs"), 0, u32::MAX as i128)? as u32;
     req.min_trials = int_field("minTrials", get("minTrials"), 0, u32::MAX as i128)? as u32;
     req.grace_period = int_field("gracePeriod", get("gracePeriod"), 0, u32::MAX as i128)? as u32;
-    req.reduction_factor =
-        int_field("reductionFactor", get("reductionFactor"), 0, u32::MAX as i128)? as u32;
+    req.reduction_factor = int_field(
+        "reductionFactor",
+        get("reductionFactor"),
+        0,
+        u32::MAX as i128,
+    )? as u32;
     Ok(req)
 }
 
