@@ -654,7 +654,7 @@ mod tests {
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
         assert!(
-            e.contains("CNND_DATA_DIR") && e.contains("scripts/setup.sh"),
+            e.contains("CNND_DATA_DIR") && e.contains("scripts/fetch-data.sh mnist"),
             "{e}"
         );
     }

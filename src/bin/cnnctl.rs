@@ -41,7 +41,8 @@ struct Cli {
     /// Address of the cnnd daemon
     #[arg(long, env = "CNND_ADDR", default_value = DEFAULT_ADDR, global = true)]
     addr: String,
-    /// Output format: human-readable tables or JSON (one object per line for `watch`)
+    /// Output format: human-readable tables, JSON (one object per line for `watch`), or CSV
+    /// (the trial table of `cnnctl sweep`)
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
     #[command(subcommand)]
@@ -66,6 +67,8 @@ pub struct PredictArgs {
 pub enum Output {
     Table,
     Json,
+    /// CSV (`cnnctl sweep` only)
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +349,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         let request = read_sweep_file(file, *format)?;
         let mut d = connect(&cli.addr).await?;
         return commands::submit(&mut d, request, *watch, output).await;
+    }
+    if output == Output::Csv && !matches!(cli.command, Command::Sweep { .. }) {
+        return Err(CliError::Other(
+            "--output csv is available for `cnnctl sweep` only (its trial table); use json here"
+                .into(),
+        ));
     }
     let mut d = connect(&cli.addr).await?;
     match cli.command {

@@ -209,8 +209,140 @@ pub fn sweeps_json(r: &pb::ListSweepsResponse) -> Value {
     })).collect::<Vec<_>>()})
 }
 
+/// How one varied parameter did: mean test accuracy of the succeeded trials per value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamEffect {
+    pub name: String,
+    /// (value as shown, mean test accuracy, trials), best first.
+    pub values: Vec<(String, f64, usize)>,
+    /// Best mean minus worst mean, in accuracy points (0..100).
+    pub spread_points: f64,
+}
+
+/// For each varied parameter, the mean test accuracy per value over the succeeded trials
+/// (so repeats and the other parameters average out), best value first.
+pub fn param_effects(s: &pb::Sweep) -> Vec<ParamEffect> {
+    let done: Vec<&pb::TrialSummary> = s
+        .trials
+        .iter()
+        .filter(|t| t.status == "succeeded")
+        .collect();
+    let mut out = Vec::new();
+    for name in &s.varied {
+        let mut groups: Vec<(String, f64, usize)> = Vec::new();
+        for t in &done {
+            let Some(v) = params_map(&t.params).get(name).map(param_value) else {
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.0 == v) {
+                Some(g) => {
+                    g.1 += t.test_accuracy;
+                    g.2 += 1;
+                }
+                None => groups.push((v, t.test_accuracy, 1)),
+            }
+        }
+        if groups.is_empty() {
+            continue;
+        }
+        for g in &mut groups {
+            g.1 /= g.2 as f64;
+        }
+        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let spread_points = (groups[0].1 - groups[groups.len() - 1].1) * 100.0;
+        out.push(ParamEffect {
+            name: name.clone(),
+            values: groups,
+            spread_points,
+        });
+    }
+    out.sort_by(|a, b| b.spread_points.total_cmp(&a.spread_points));
+    out
+}
+
+/// One line per parameter: "kernelSize: best 5 (98.91%, 4 trials); 3 97.80%: mattered 1.11 points".
+pub fn effect_line(e: &ParamEffect) -> String {
+    let (best, mean, n) = &e.values[0];
+    let others: Vec<String> = e.values[1..]
+        .iter()
+        .map(|(v, m, n)| format!("{v} {} ({n})", pct(*m)))
+        .collect();
+    if others.is_empty() {
+        return format!("{}: only {best} finished ({} over {n})", e.name, pct(*mean));
+    }
+    format!(
+        "{}: best {best} ({} over {n}); {}; mattered {:.2} points",
+        e.name,
+        pct(*mean),
+        others.join(", "),
+        e.spread_points
+    )
+}
+
+fn effects_json(s: &pb::Sweep) -> Value {
+    json!(param_effects(s)
+        .iter()
+        .map(|e| json!({
+            "name": e.name,
+            "bestValue": e.values[0].0,
+            "spreadPoints": e.spread_points,
+            "values": e.values.iter().map(|(v, m, n)| json!({
+                "value": v, "meanTestAccuracy": m, "trials": n,
+            })).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>())
+}
+
+/// The sweep's trials as CSV: id, index, status, every varied parameter, epochs, metrics.
+pub fn sweep_csv(s: &pb::Sweep) -> Result<String, String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = ["trial_id", "index", "status"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    header.extend(s.varied.iter().cloned());
+    header.extend(
+        [
+            "epochs_done",
+            "epochs_planned",
+            "val_accuracy",
+            "val_loss",
+            "test_accuracy",
+            "test_loss",
+            "parameter_count",
+            "error",
+        ]
+        .iter()
+        .map(|h| h.to_string()),
+    );
+    w.write_record(&header).map_err(|e| e.to_string())?;
+    for t in &s.trials {
+        let params = params_map(&t.params);
+        let mut row = vec![t.trial_id.clone(), t.index.to_string(), t.status.clone()];
+        row.extend(
+            s.varied
+                .iter()
+                .map(|n| params.get(n).map(param_value).unwrap_or_default()),
+        );
+        row.extend([
+            t.epochs_done.to_string(),
+            t.epochs_planned.to_string(),
+            t.val_accuracy.to_string(),
+            t.val_loss.to_string(),
+            t.test_accuracy.to_string(),
+            t.test_loss.to_string(),
+            t.parameter_count.to_string(),
+            t.error.clone(),
+        ]);
+        w.write_record(&row).map_err(|e| e.to_string())?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
 pub fn sweep_json(s: &pb::Sweep) -> Value {
     json!({
+        "summary": {"bestTrialId": s.best_trial_id, "parameters": effects_json(s)},
         "sweepId": s.sweep_id, "name": s.name, "dataset": s.dataset, "status": s.status,
         "strategy": s.strategy, "varied": s.varied, "spec": struct_json(&s.spec),
         "createdAt": s.created_at, "finishedAt": s.finished_at, "bestTrialId": s.best_trial_id,
