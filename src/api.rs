@@ -204,6 +204,7 @@ pub async fn render_sweep_charts(
         name: sweep.name.clone(),
         dataset: sweep.dataset.clone(),
         varied: sweep.varied.clone(),
+        objective: sweep.objective.clone(),
         best_trial_id: best,
         trials: trials
             .iter()
@@ -282,6 +283,25 @@ fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
         error: t.error.clone().unwrap_or_default(),
         worker: t.worker.clone().unwrap_or_default(),
     }
+}
+
+/// The hyperparameters that differ between a recorded and a re-derived trial, as
+/// "name: recorded -> re-derived, ...".
+fn describe_difference(
+    recorded: &crate::sweep::TrialParams,
+    derived: &crate::sweep::TrialParams,
+) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
+        serde_json::to_value(recorded),
+        serde_json::to_value(derived),
+    ) else {
+        return "differs".into();
+    };
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).cloned().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the response of `SubmitSweep` says about the data set: splits carved from train.
@@ -746,6 +766,66 @@ impl proto::orchestrator_server::Orchestrator for Api {
             libtorch_version: crate::config::LIBTORCH_VERSION.to_string(),
             db_path: s.config.db_path.display().to_string(),
             state_dir: s.config.state_dir.display().to_string(),
+        }))
+    }
+
+    async fn replay_sweep(
+        &self,
+        request: Request<proto::ReplaySweepRequest>,
+    ) -> Result<Response<proto::ReplaySweepResponse>, Status> {
+        let id = request.into_inner().sweep_id;
+        require_id("sweepId", &id)?;
+        let store = &self.scheduler.store;
+        let sweep = store
+            .sweep(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
+        let recorded = store.trials_of(&id).await.map_err(internal)?;
+        let request: SweepRequest = serde_json::from_value(sweep.spec.clone()).map_err(|e| {
+            Status::internal(format!("sweep '{id}': stored request unreadable: {e}"))
+        })?;
+        let limits = self.scheduler.config.limits;
+        let data_dir = self.scheduler.config.data_dir.clone();
+        let spec = tokio::task::spawn_blocking(move || request.validate(limits, data_dir.as_deref()))
+            .await
+            .map_err(|e| Status::internal(format!("replay task: {e}")))?
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "sweep '{id}' no longer validates as stored ({e}); its data set or this daemon's limits changed"
+                ))
+            })?;
+        let mut trials = Vec::with_capacity(spec.trials.len().max(recorded.len()));
+        for (i, derived) in spec.trials.iter().enumerate() {
+            let stored = recorded.get(i);
+            let difference = match stored {
+                None => "not recorded (the sweep recorded fewer trials)".to_string(),
+                Some(t) if t.params == *derived => String::new(),
+                Some(t) => describe_difference(&t.params, derived),
+            };
+            trials.push(proto::ReplayedTrial {
+                index: i as u32,
+                trial_id: stored.map(|t| t.id.clone()).unwrap_or_default(),
+                params: Some(json_object(derived)),
+                matches: difference.is_empty(),
+                difference,
+            });
+        }
+        for t in recorded.iter().skip(spec.trials.len()) {
+            trials.push(proto::ReplayedTrial {
+                index: t.index,
+                trial_id: t.id.clone(),
+                params: None,
+                matches: false,
+                difference: "recorded but not re-derived".into(),
+            });
+        }
+        Ok(Response::new(proto::ReplaySweepResponse {
+            sweep_id: id,
+            strategy: sweep.strategy,
+            seed: spec.seed,
+            identical: trials.iter().all(|t| t.matches),
+            trials,
         }))
     }
 

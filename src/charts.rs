@@ -29,7 +29,7 @@ use plotters::style::{register_font, FontStyle, RGBAColor};
 // ---------------------------------------------------------------------------
 
 /// Metrics of one finished epoch of a trial.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChartEpoch {
     pub epoch: u32,
     pub train_loss: f64,
@@ -39,7 +39,7 @@ pub struct ChartEpoch {
 }
 
 /// One trial of a sweep, as far as the charts are concerned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChartTrial {
     /// e.g. "t-3f2a9c01"
     pub trial_id: String,
@@ -56,7 +56,7 @@ pub struct ChartTrial {
 }
 
 /// Everything the charts of one sweep need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChartSweep {
     pub sweep_id: String,
     pub name: String,
@@ -65,6 +65,10 @@ pub struct ChartSweep {
     pub varied: Vec<String>,
     pub trials: Vec<ChartTrial>,
     pub best_trial_id: Option<String>,
+    /// The sweep's objective: "val_accuracy" (higher is better; also used when
+    /// empty or unknown) or "val_loss" (lower is better). A trial's objective
+    /// value is its best epoch's value (the trainer keeps the best epoch).
+    pub objective: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -106,13 +110,18 @@ pub struct Panel {
     pub color_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PanelKind {
     LearningCurves,
     TestAccuracyBars,
     AccuracyVsParameters,
     LossCurves,
+    OptimizationHistory,
+    ParallelCoordinates,
+    ParamEffects,
+    Pareto,
+    ParamImportance,
 }
 
 impl PanelKind {
@@ -123,6 +132,11 @@ impl PanelKind {
             PanelKind::TestAccuracyBars => "test_accuracy_bars",
             PanelKind::AccuracyVsParameters => "accuracy_vs_parameters",
             PanelKind::LossCurves => "loss_curves",
+            PanelKind::OptimizationHistory => "optimization_history",
+            PanelKind::ParallelCoordinates => "parallel_coordinates",
+            PanelKind::ParamEffects => "param_effects",
+            PanelKind::Pareto => "pareto",
+            PanelKind::ParamImportance => "param_importance",
         }
     }
 
@@ -132,6 +146,11 @@ impl PanelKind {
             PanelKind::TestAccuracyBars => "Test accuracy by trial",
             PanelKind::AccuracyVsParameters => "Test accuracy vs parameter count",
             PanelKind::LossCurves => "Train and validation loss per epoch",
+            PanelKind::OptimizationHistory => "Optimization history",
+            PanelKind::ParallelCoordinates => "Hyperparameters and objective, one line per trial",
+            PanelKind::ParamEffects => "Effect of each hyperparameter on the objective",
+            PanelKind::Pareto => "Accuracy vs size: the Pareto front",
+            PanelKind::ParamImportance => "Hyperparameter importance",
         }
     }
 }
@@ -266,18 +285,35 @@ pub fn render_dashboard(
 
 /// Renders one panel and returns the encoded PNG bytes.
 pub fn render_panel_png(sweep: &ChartSweep, panel: &Panel) -> Result<Vec<u8>> {
+    render_panel(sweep, panel).map(|(png, _)| png)
+}
+
+/// What a panel shows: a chart, or the "no data yet" frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drawn {
+    Chart,
+    NoData,
+}
+
+fn render_panel(sweep: &ChartSweep, panel: &Panel) -> Result<(Vec<u8>, Drawn)> {
     panel.validate()?;
     ensure_fonts()?;
     let (w, h) = panel_pixels(sweep, panel);
     let mut rgb = vec![255u8; w as usize * h as usize * 3];
+    let drawn;
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        match panel.kind {
+        drawn = match panel.kind {
             PanelKind::LearningCurves => draw_learning_curves(&root, sweep, panel),
             PanelKind::LossCurves => draw_loss_curves(&root, sweep, panel),
             PanelKind::TestAccuracyBars => draw_accuracy_bars(&root, sweep, panel),
             PanelKind::AccuracyVsParameters => draw_accuracy_vs_parameters(&root, sweep, panel),
+            PanelKind::OptimizationHistory => draw_optimization_history(&root, sweep, panel),
+            PanelKind::ParallelCoordinates => draw_parallel_coordinates(&root, sweep, panel),
+            PanelKind::ParamEffects => draw_param_effects(&root, sweep, panel),
+            PanelKind::Pareto => draw_pareto(&root, sweep, panel),
+            PanelKind::ParamImportance => draw_param_importance(&root, sweep, panel),
         }
         .with_context(|| format!("rendering panel {} ({})", panel.kind, panel.file))?;
         root.present().map_err(plot_err)?;
@@ -286,7 +322,7 @@ pub fn render_panel_png(sweep: &ChartSweep, panel: &Panel) -> Result<Vec<u8>> {
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&rgb, w, h, image::ExtendedColorType::Rgb8)
         .with_context(|| format!("encoding {}", panel.file))?;
-    Ok(png)
+    Ok((png, drawn))
 }
 
 /// Short label of a trial built from its varied parameters only, e.g.
@@ -541,7 +577,7 @@ fn draw_header<'a>(root: &Area<'a>, title: &str, sub: &str) -> Result<Area<'a>> 
 }
 
 /// A chart frame that only says "no data yet".
-fn draw_no_data(body: &Area, reason: &str) -> Result<()> {
+fn draw_no_data(body: &Area, reason: &str) -> Result<Drawn> {
     let (w, h) = body.dim_in_pixel();
     let frame = [(40, 10), (w as i32 - 40, h as i32 - 30)];
     body.draw(&Rectangle::new(
@@ -555,7 +591,8 @@ fn draw_no_data(body: &Area, reason: &str) -> Result<()> {
     draw_text_at(body, "no data yet", &big, (cx, cy - 18))?;
     let small = anchored(text(AXIS_DESC_PX, &MUTED), HPos::Center, VPos::Center);
     let reason = fit_text(body, reason, &small, w.saturating_sub(120));
-    draw_text_at(body, &reason, &small, (cx, cy + 24))
+    draw_text_at(body, &reason, &small, (cx, cy + 24))?;
+    Ok(Drawn::NoData)
 }
 
 fn finite_range(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
@@ -746,9 +783,16 @@ fn format_count(v: f64) -> String {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Swatch {
-    Line { dashed: bool, width: u32 },
+    Line {
+        dashed: bool,
+        width: u32,
+    },
     Dot,
+    /// An unfilled circle (pruned trials in scatter charts).
+    Hollow,
     Ring,
+    /// No symbol: a text-only row.
+    Blank,
 }
 
 struct LegendEntry {
@@ -761,6 +805,8 @@ struct LegendEntry {
 
 const LEGEND_ROW: i32 = 24;
 const LEGEND_SWATCH: i32 = 38;
+/// At most this many legend rows, the last one then reading "+K more".
+const LEGEND_MAX_ROWS: usize = 16;
 
 fn legend_width(root: &Area, heading: &str, entries: &[LegendEntry]) -> u32 {
     let (w, _) = root.dim_in_pixel();
@@ -783,7 +829,7 @@ fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()
     let heading = fit_text(area, heading, &hs, w.saturating_sub(24));
     draw_text_at(area, &heading, &hs, (x0, y))?;
     y += 30;
-    let rows = ((h as i32 - y - 16) / LEGEND_ROW).max(0) as usize;
+    let rows = (((h as i32 - y - 16) / LEGEND_ROW).max(0) as usize).min(LEGEND_MAX_ROWS);
     let overflow = entries.len() > rows;
     let shown = if overflow {
         rows.saturating_sub(1)
@@ -814,7 +860,19 @@ fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()
                         .map_err(plot_err)?;
                 }
             }
-            Swatch::Dot => {}
+            Swatch::Dot | Swatch::Blank => {}
+            Swatch::Hollow => {
+                area.draw(&Circle::new(
+                    ((sx0 + sx1) / 2, cy),
+                    5,
+                    ShapeStyle {
+                        color: e.color,
+                        filled: false,
+                        stroke_width: 2,
+                    },
+                ))
+                .map_err(plot_err)?;
+            }
             Swatch::Ring => {
                 area.draw(&Circle::new(
                     ((sx0 + sx1) / 2, cy),
@@ -835,13 +893,18 @@ fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()
             text(LEGEND_PX, &INK)
         };
         let ts = anchored(ts, HPos::Left, VPos::Center);
+        let (tx, max_text) = if e.swatch == Swatch::Blank {
+            (x0, w.saturating_sub(x0 as u32 + 8))
+        } else {
+            (sx1 + 10, max_text)
+        };
         let label = fit_text(area, &e.label, &ts, max_text);
-        draw_text_at(area, &label, &ts, (sx1 + 10, cy))?;
+        draw_text_at(area, &label, &ts, (tx, cy))?;
         y += LEGEND_ROW;
     }
     if overflow {
         let ts = anchored(text(LEGEND_PX, &MUTED), HPos::Left, VPos::Center);
-        let more = format!("… and {} more", entries.len() - shown);
+        let more = format!("+{} more", entries.len() - shown);
         draw_text_at(area, &more, &ts, (x0, y + LEGEND_ROW / 2))?;
     }
     Ok(())
@@ -886,7 +949,7 @@ impl Curve<'_> {
         if self.best {
             format!("{} (best)", self.label)
         } else if self.inactive {
-            format!("{} [{}]", self.label, self.trial.status)
+            format!("{} ({})", self.label, self.trial.status)
         } else {
             self.label.clone()
         }
@@ -920,9 +983,11 @@ struct LineChartSpec<'a> {
     empty_reason: &'a str,
     legend_heading: &'a str,
     key: Vec<LegendEntry>,
+    /// Legend swatches of pruned/failed/cancelled trials are dashed like their lines.
+    inactive_dashed: bool,
 }
 
-fn draw_learning_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<()> {
+fn draw_learning_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
     let labels = unique_labels(sweep);
     let curves: Vec<Curve> = sweep
         .trials
@@ -950,17 +1015,39 @@ fn draw_learning_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Resul
             })
         })
         .collect();
+    // Pruned (and failed/cancelled) trials are dashed and faded; say so
+    // even when none of them makes it into the capped legend.
+    let mut stopped: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in curves.iter().filter(|c| c.inactive) {
+        *stopped.entry(c.trial.status.as_str()).or_default() += 1;
+    }
+    let key = if !stopped.is_empty() {
+        let counts: Vec<String> = stopped.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        vec![LegendEntry {
+            label: format!("dashed, faded: {}", counts.join(", ")),
+            color: MUTED.mix(0.6),
+            swatch: Swatch::Line {
+                dashed: true,
+                width: 2,
+            },
+            marker: false,
+            emphasis: false,
+        }]
+    } else {
+        Vec::new()
+    };
     let spec = LineChartSpec {
         y_desc: "validation accuracy",
         percent: true,
         empty_reason: "no trial has reported a validation accuracy",
         legend_heading: "trials, by best val. accuracy",
-        key: Vec::new(),
+        key,
+        inactive_dashed: true,
     };
     draw_line_chart(root, sweep, panel, curves, spec)
 }
 
-fn draw_loss_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<()> {
+fn draw_loss_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
     let labels = unique_labels(sweep);
     let curves: Vec<Curve> = sweep
         .trials
@@ -1017,6 +1104,7 @@ fn draw_loss_curves(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<()
                 emphasis: false,
             },
         ],
+        inactive_dashed: false,
     };
     draw_line_chart(root, sweep, panel, curves, spec)
 }
@@ -1027,7 +1115,7 @@ fn draw_line_chart(
     panel: &Panel,
     mut curves: Vec<Curve>,
     spec: LineChartSpec,
-) -> Result<()> {
+) -> Result<Drawn> {
     let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
     let all_points = || {
         curves
@@ -1050,14 +1138,13 @@ fn draw_line_chart(
     });
     let dense = curves.len() > PALETTE.len();
     let mut entries = spec.key;
-    let has_key = !entries.is_empty();
     for c in &curves {
         let (color, width) = c.style(false);
         entries.push(LegendEntry {
             label: c.legend_label(),
             color,
             swatch: Swatch::Line {
-                dashed: c.inactive && !has_key,
+                dashed: c.inactive && spec.inactive_dashed,
                 width,
             },
             marker: true,
@@ -1162,7 +1249,8 @@ fn draw_line_chart(
                 .map_err(plot_err)?;
         }
     }
-    draw_legend(&legend_area, spec.legend_heading, &entries)
+    draw_legend(&legend_area, spec.legend_heading, &entries)?;
+    Ok(Drawn::Chart)
 }
 
 // ---------------------------------------------------------------------------
@@ -1201,7 +1289,7 @@ fn panel_pixels(sweep: &ChartSweep, panel: &Panel) -> (u32, u32) {
     }
 }
 
-fn draw_accuracy_bars(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<()> {
+fn draw_accuracy_bars(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
     let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
     let bars = scored_trials(sweep);
     let Some((a_lo, a_hi)) = finite_range(bars.iter().map(|b| b.2)) else {
@@ -1331,7 +1419,7 @@ fn draw_accuracy_bars(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<
         let label = fit_text(root, &bar_labels[rank], &ls, label_w);
         draw_text_at(root, &label, &ls, (start.0 - 10, start.1))?;
     }
-    Ok(())
+    Ok(Drawn::Chart)
 }
 
 // ---------------------------------------------------------------------------
@@ -1359,7 +1447,7 @@ fn pick_color_param(sweep: &ChartSweep, panel: &Panel, trials: &[&ChartTrial]) -
         .cloned()
 }
 
-fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<()> {
+fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
     let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
     let labels = unique_labels(sweep);
     let points: Vec<(usize, &ChartTrial, f64, f64)> = sweep
@@ -1557,7 +1645,8 @@ fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -
             }
         }
     }
-    draw_legend(&legend_area, &heading, &entries)
+    draw_legend(&legend_area, &heading, &entries)?;
+    Ok(Drawn::Chart)
 }
 
 fn plot_area_pixels<X: Ranged, Y: Ranged>(
@@ -1584,6 +1673,1614 @@ fn label_without(label: &str, trial: &ChartTrial, param: Option<&str>) -> String
         .filter(|s| *s != part)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// The sweep's objective, and the trials that have a value for it
+// ---------------------------------------------------------------------------
+
+/// Direction and display of the sweep's objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// `val_accuracy`: higher is better.
+    MaxAccuracy,
+    /// `val_loss`: lower is better.
+    MinLoss,
+}
+
+impl Goal {
+    fn of(sweep: &ChartSweep) -> Goal {
+        match sweep.objective.trim() {
+            "val_loss" => Goal::MinLoss,
+            _ => Goal::MaxAccuracy,
+        }
+    }
+
+    /// True when `a` is a better objective value than `b`.
+    fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Goal::MaxAccuracy => a > b,
+            Goal::MinLoss => a < b,
+        }
+    }
+
+    /// Axis and legend text, e.g. "best val. accuracy".
+    fn name(self) -> &'static str {
+        match self {
+            Goal::MaxAccuracy => "val. accuracy",
+            Goal::MinLoss => "val. loss",
+        }
+    }
+
+    fn direction(self) -> &'static str {
+        match self {
+            Goal::MaxAccuracy => "higher is better",
+            Goal::MinLoss => "lower is better",
+        }
+    }
+
+    fn percent(self) -> bool {
+        self == Goal::MaxAccuracy
+    }
+
+    fn fmt(self, v: f64) -> String {
+        match self {
+            Goal::MaxAccuracy => format!("{:.2}%", v * 100.0),
+            Goal::MinLoss => format!("{v:.4}"),
+        }
+    }
+
+    /// A trial's objective value: that of its best epoch (the trainer keeps
+    /// and tests the best epoch's weights).
+    fn trial_value(self, trial: &ChartTrial) -> Option<f64> {
+        let values = trial
+            .epochs
+            .iter()
+            .map(|e| match self {
+                Goal::MaxAccuracy => e.val_accuracy,
+                Goal::MinLoss => e.val_loss,
+            })
+            .filter(|v| v.is_finite());
+        match self {
+            Goal::MaxAccuracy => values.reduce(f64::max),
+            Goal::MinLoss => values.reduce(f64::min),
+        }
+    }
+
+    /// The objective axis: padded around the data, ticks in data units.
+    fn axis(self, lo: f64, hi: f64) -> TickAxis {
+        let (a, b) = match self {
+            Goal::MaxAccuracy => fit_range(lo, hi, 0.004, true),
+            Goal::MinLoss => fit_range(lo, hi, (hi.abs() * 0.05).max(1e-3), true),
+        };
+        TickAxis::linear(a, b, 8, false)
+    }
+
+    /// Tick label formatter for an objective axis with these ticks.
+    fn tick_fmt(self, ticks: &[f64]) -> impl Fn(&f64) -> String {
+        let percent = self.percent();
+        let dec = if percent {
+            exact_decimals(&ticks.iter().map(|v| v * 100.0).collect::<Vec<_>>(), 4)
+        } else {
+            exact_decimals(ticks, 6)
+        };
+        move |v: &f64| {
+            if percent {
+                format!("{:.*}%", dec, v * 100.0)
+            } else {
+                format!("{v:.dec$}")
+            }
+        }
+    }
+}
+
+/// Fewest decimals (0..=max) that print every value exactly.
+fn exact_decimals(values: &[f64], max: usize) -> usize {
+    (0..=max)
+        .find(|d| {
+            let scale = 10f64.powi(*d as i32);
+            values
+                .iter()
+                .all(|v| ((v * scale).round() - v * scale).abs() < 1e-6)
+        })
+        .unwrap_or(max)
+}
+
+/// A finished trial (succeeded or pruned) with its objective value.
+struct Scored<'s> {
+    /// Position in `sweep.trials` (labels and colours are indexed by it).
+    pos: usize,
+    trial: &'s ChartTrial,
+    value: f64,
+    pruned: bool,
+}
+
+/// Succeeded and pruned trials that have an objective value, in trial order.
+fn objective_trials(sweep: &ChartSweep, goal: Goal) -> Vec<Scored<'_>> {
+    let mut v: Vec<Scored> = sweep
+        .trials
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(t.status.as_str(), "succeeded" | "pruned"))
+        .filter_map(|(pos, t)| {
+            goal.trial_value(t).map(|value| Scored {
+                pos,
+                trial: t,
+                value,
+                pruned: t.status == "pruned",
+            })
+        })
+        .collect();
+    v.sort_by_key(|s| (s.trial.index, s.pos));
+    v
+}
+
+/// The succeeded trial with the best objective value (ties: lower index).
+fn best_scored<'a, 's>(scored: &'a [Scored<'s>], goal: Goal) -> Option<&'a Scored<'s>> {
+    scored
+        .iter()
+        .filter(|s| !s.pruned)
+        .fold(None, |best: Option<&Scored>, s| match best {
+            Some(b) if !goal.better(s.value, b.value) => Some(b),
+            _ => Some(s),
+        })
+}
+
+/// Compact text of a number on a parameter axis ("0.25", "3", "1e-4", "12k").
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 10_000.0 {
+        return format_count(v);
+    }
+    // six significant digits, without float noise (0.30000000000000004 → 0.3)
+    let r: f64 = format!("{v:.5e}").parse().unwrap_or(v);
+    if r.fract() == 0.0 && r.abs() < 1e15 {
+        return format!("{}", r as i64);
+    }
+    format_param(&serde_json::json!(r))
+}
+
+// ---------------------------------------------------------------------------
+// Trials grouped by the value of one hyperparameter
+// ---------------------------------------------------------------------------
+
+/// More distinct numeric values than this are binned into ranges.
+const MAX_GROUPS: usize = 10;
+const BINS: usize = 6;
+
+/// Trials sharing one value (or one value range) of a hyperparameter.
+struct ValueGroup {
+    label: String,
+    /// Indices into the slice of trials that was grouped.
+    members: Vec<usize>,
+    /// Their objective values.
+    values: Vec<f64>,
+}
+
+impl ValueGroup {
+    fn mean(&self) -> f64 {
+        self.values.iter().sum::<f64>() / self.values.len().max(1) as f64
+    }
+
+    /// Population standard deviation (0 for a single trial).
+    fn std(&self) -> f64 {
+        let m = self.mean();
+        (self.values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / self.values.len().max(1) as f64)
+            .sqrt()
+    }
+
+    fn min_max(&self) -> (f64, f64) {
+        finite_range(self.values.iter().copied()).unwrap_or((f64::NAN, f64::NAN))
+    }
+}
+
+/// Groups `scored` by the value of `param`: one group per distinct value,
+/// numbers in numeric order, missing values last as "n/a"; more than
+/// [`MAX_GROUPS`] distinct numbers are binned into about [`BINS`] ranges.
+fn param_groups(param: &str, scored: &[&Scored]) -> Vec<ValueGroup> {
+    let numeric: Vec<Option<f64>> = scored
+        .iter()
+        .map(|s| s.trial.params.get(param).and_then(|v| v.as_f64()))
+        .collect();
+    let all_numeric = numeric.iter().all(|v| v.is_some());
+    let mut distinct: Vec<f64> = numeric.iter().flatten().copied().collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    if all_numeric && distinct.len() > MAX_GROUPS {
+        return binned_groups(scored, &numeric);
+    }
+    let mut by_key: BTreeMap<String, ValueGroup> = BTreeMap::new();
+    for (i, s) in scored.iter().enumerate() {
+        let key = s
+            .trial
+            .params
+            .get(param)
+            .map(format_param)
+            .unwrap_or_else(|| "n/a".to_string());
+        let g = by_key.entry(key.clone()).or_insert_with(|| ValueGroup {
+            label: key,
+            members: Vec::new(),
+            values: Vec::new(),
+        });
+        g.members.push(i);
+        g.values.push(s.value);
+    }
+    let mut groups: Vec<ValueGroup> = by_key.into_values().collect();
+    let sort_key = |g: &ValueGroup| -> (u8, f64) {
+        let first = &scored[g.members[0]];
+        match first.trial.params.get(param) {
+            None => (2, 0.0),
+            Some(v) => match v.as_f64() {
+                Some(x) => (0, x),
+                None => (1, 0.0),
+            },
+        }
+    };
+    groups.sort_by(|a, b| {
+        let (ka, kb) = (sort_key(a), sort_key(b));
+        ka.0.cmp(&kb.0)
+            .then(ka.1.total_cmp(&kb.1))
+            .then(a.label.cmp(&b.label))
+    });
+    groups
+}
+
+fn binned_groups(scored: &[&Scored], numeric: &[Option<f64>]) -> Vec<ValueGroup> {
+    // cut the sorted distinct values into runs holding about n/BINS trials each
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|a, b| {
+        numeric[*a]
+            .unwrap_or(0.0)
+            .total_cmp(&numeric[*b].unwrap_or(0.0))
+    });
+    let target = scored.len().div_ceil(BINS).max(1);
+    let mut groups: Vec<ValueGroup> = Vec::new();
+    let mut bounds: Vec<(f64, f64)> = Vec::new();
+    let mut start_new = true;
+    for (k, &i) in order.iter().enumerate() {
+        let v = numeric[i].unwrap_or(0.0);
+        if start_new {
+            groups.push(ValueGroup {
+                label: String::new(),
+                members: Vec::new(),
+                values: Vec::new(),
+            });
+            bounds.push((v, v));
+            start_new = false;
+        }
+        let g = groups.last_mut().expect("pushed above");
+        g.members.push(i);
+        g.values.push(scored[i].value);
+        bounds.last_mut().expect("pushed above").1 = v;
+        let next = order.get(k + 1).map(|j| numeric[*j].unwrap_or(0.0));
+        if g.members.len() >= target && next.is_some_and(|n| n != v) {
+            start_new = true;
+        }
+    }
+    for (g, (lo, hi)) in groups.iter_mut().zip(bounds) {
+        g.label = if lo == hi {
+            fmt_num(lo)
+        } else {
+            format!("{}–{}", fmt_num(lo), fmt_num(hi))
+        };
+    }
+    groups
+}
+
+/// Share of the variance of the values explained by their grouping: the
+/// between-group sum of squares over the total sum of squares (one-way ANOVA
+/// eta squared, 0..=1). None when there are fewer than two values or they
+/// do not vary. Non-finite values are ignored.
+pub fn eta_squared(groups: &[Vec<f64>]) -> Option<f64> {
+    let groups: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|g| g.iter().copied().filter(|v| v.is_finite()).collect())
+        .filter(|g: &Vec<f64>| !g.is_empty())
+        .collect();
+    let n: usize = groups.iter().map(Vec::len).sum();
+    if n < 2 {
+        return None;
+    }
+    let grand = groups.iter().flatten().sum::<f64>() / n as f64;
+    let total: f64 = groups.iter().flatten().map(|v| (v - grand).powi(2)).sum();
+    let scale = grand.abs().max(1.0);
+    if total <= 1e-24 * scale * scale * n as f64 {
+        return None;
+    }
+    let between: f64 = groups
+        .iter()
+        .map(|g| {
+            let m = g.iter().sum::<f64>() / g.len() as f64;
+            g.len() as f64 * (m - grand).powi(2)
+        })
+        .sum();
+    Some((between / total).clamp(0.0, 1.0))
+}
+
+/// Importance of each varied hyperparameter for the objective: eta squared
+/// ([`eta_squared`]) of the objective values of the succeeded trials grouped
+/// by the parameter's value, sorted from most to least important (ties: the
+/// sweep's order). Empty when fewer than two succeeded trials have an
+/// objective value or the values do not vary.
+pub fn param_importance(sweep: &ChartSweep) -> Vec<(String, f64)> {
+    let goal = Goal::of(sweep);
+    let scored = objective_trials(sweep, goal);
+    let done: Vec<&Scored> = scored.iter().filter(|s| !s.pruned).collect();
+    let mut out: Vec<(String, f64)> = varied_present(sweep, &done)
+        .into_iter()
+        .filter_map(|p| {
+            let groups: Vec<Vec<f64>> = param_groups(&p, &done)
+                .into_iter()
+                .map(|g| g.values)
+                .collect();
+            eta_squared(&groups).map(|e| (p, e))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+/// Varied hyperparameters that at least one of the trials has.
+fn varied_present(sweep: &ChartSweep, scored: &[&Scored]) -> Vec<String> {
+    sweep
+        .varied
+        .iter()
+        .filter(|p| scored.iter().any(|s| s.trial.params.contains_key(*p)))
+        .cloned()
+        .collect()
+}
+
+/// Indices of the Pareto-optimal points among `(cost, value)` pairs, where a
+/// lower cost and a higher value are better: no other point has a cost that
+/// is lower or equal and a value that is higher or equal, one of them
+/// strictly (identical points are all kept). Points with a non-finite
+/// coordinate are ignored. Sorted by cost, then value, then index.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let ok = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let mut front: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            let p = points[i];
+            ok(&p)
+                && !points
+                    .iter()
+                    .any(|q| ok(q) && q.0 <= p.0 && q.1 >= p.1 && (q.0 < p.0 || q.1 > p.1))
+        })
+        .collect();
+    front.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[a].1.total_cmp(&points[b].1))
+            .then(a.cmp(&b))
+    });
+    front
+}
+
+/// Deterministic pseudo-random number in -1..1 for jittering markers.
+fn jitter(a: u64, b: u64) -> f64 {
+    let mut x = a
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x % 2001) as f64 / 1000.0 - 1.0
+}
+
+/// Small muted text at the bottom left of an area.
+fn draw_footnote(area: &Area, note: &str) -> Result<()> {
+    let (w, h) = area.dim_in_pixel();
+    let s = anchored(text(SMALL_PX, &MUTED), HPos::Left, VPos::Bottom);
+    let note = fit_text(area, note, &s, w.saturating_sub(32));
+    draw_text_at(area, &note, &s, (16, h as i32 - 6))
+}
+
+// ---------------------------------------------------------------------------
+// Optimization history: objective per trial in sweep order, best so far
+// ---------------------------------------------------------------------------
+
+const PRUNED: RGBColor = RGBColor(150, 150, 150);
+
+fn draw_optimization_history(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let goal = Goal::of(sweep);
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let scored = objective_trials(sweep, goal);
+    let (Some((i_lo, i_hi)), Some((v_lo, v_hi))) = (
+        finite_range(scored.iter().map(|s| s.trial.index as f64)),
+        finite_range(scored.iter().map(|s| s.value)),
+    ) else {
+        return draw_no_data(
+            &body,
+            &format!("no trial has finished with a {} yet", goal.name()),
+        );
+    };
+    let labels = unique_labels(sweep);
+
+    // Best so far over succeeded trials, as a staircase.
+    let mut stairs: Vec<(f64, f64)> = Vec::new();
+    let mut best: Option<f64> = None;
+    for s in scored.iter().filter(|s| !s.pruned) {
+        let x = s.trial.index as f64;
+        let b = match best {
+            Some(b) if !goal.better(s.value, b) => b,
+            _ => s.value,
+        };
+        if let Some(&(_, prev)) = stairs.last() {
+            stairs.push((x, prev));
+        }
+        stairs.push((x, b));
+        best = Some(b);
+    }
+    if let Some(&(x, b)) = stairs.last() {
+        if x < i_hi {
+            stairs.push((i_hi, b));
+        }
+    }
+    let top = best_scored(&scored, goal);
+
+    let n_done = scored.iter().filter(|s| !s.pruned).count();
+    let n_pruned = scored.len() - n_done;
+    let mut entries = vec![
+        LegendEntry {
+            label: format!("succeeded ({n_done})"),
+            color: PALETTE[0].mix(0.85),
+            swatch: Swatch::Dot,
+            marker: false,
+            emphasis: false,
+        },
+        LegendEntry {
+            label: format!("pruned ({n_pruned}), value at stop"),
+            color: PRUNED.mix(1.0),
+            swatch: Swatch::Hollow,
+            marker: false,
+            emphasis: false,
+        },
+        LegendEntry {
+            label: "best so far".into(),
+            color: BAR_BEST.mix(1.0),
+            swatch: Swatch::Line {
+                dashed: false,
+                width: 3,
+            },
+            marker: false,
+            emphasis: false,
+        },
+    ];
+    if let Some(t) = top {
+        entries.push(LegendEntry {
+            label: format!("best: #{} {}", t.trial.index, goal.fmt(t.value)),
+            color: INK.mix(1.0),
+            swatch: Swatch::Ring,
+            marker: false,
+            emphasis: true,
+        });
+        entries.push(LegendEntry {
+            label: labels[t.pos].clone(),
+            color: INK.mix(1.0),
+            swatch: Swatch::Blank,
+            marker: false,
+            emphasis: false,
+        });
+    }
+    let others = sweep.trials.len() - scored.len();
+    if others > 0 {
+        entries.push(LegendEntry {
+            label: format!("{others} other trial(s) not shown"),
+            color: MUTED.mix(1.0),
+            swatch: Swatch::Blank,
+            marker: false,
+            emphasis: false,
+        });
+    }
+    let heading = format!("objective: {}", goal.name());
+    let legend_w = legend_width(root, &heading, &entries);
+    let (bw, _) = body.dim_in_pixel();
+    let (plot_area, legend_area) = body.split_horizontally(bw - legend_w);
+
+    let x_pad = ((i_hi - i_lo) * 0.02).max(0.6);
+    let x_axis = TickAxis::linear(i_lo - x_pad, i_hi + x_pad, 10, true);
+    let y_axis = goal.axis(v_lo, v_hi);
+    let y_fmt = goal.tick_fmt(&y_axis.ticks);
+    let mut chart = ChartBuilder::on(&plot_area)
+        .margin_top(8)
+        .margin_left(12)
+        .margin_right(24)
+        .margin_bottom(12)
+        .x_label_area_size(54)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x_axis, y_axis)
+        .map_err(plot_err)?;
+    let x_fmt = |v: &f64| format!("{v:.0}");
+    chart
+        .configure_mesh()
+        .x_desc("trial (sweep order)")
+        .y_desc(format!("best-epoch {} ({})", goal.name(), goal.direction()))
+        .axis_desc_style(text(AXIS_DESC_PX, &INK))
+        .label_style(text(TICK_PX, &INK))
+        .y_label_offset(center_nudge(TICK_PX as f64))
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .bold_line_style(GRID.stroke_width(1))
+        .light_line_style(GRID_LIGHT.stroke_width(1))
+        .axis_style(AXIS.stroke_width(1))
+        .draw()
+        .map_err(plot_err)?;
+
+    let r = if scored.len() > 60 { 4 } else { 6 };
+    for s in scored.iter().filter(|s| s.pruned) {
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (s.trial.index as f64, s.value),
+                r,
+                ShapeStyle::from(&PRUNED).stroke_width(2),
+            )))
+            .map_err(plot_err)?;
+    }
+    chart
+        .draw_series(scored.iter().filter(|s| !s.pruned).map(|s| {
+            Circle::new(
+                (s.trial.index as f64, s.value),
+                r,
+                PALETTE[0].mix(0.85).filled(),
+            )
+        }))
+        .map_err(plot_err)?;
+    if stairs.len() > 1 {
+        chart
+            .draw_series(LineSeries::new(
+                stairs.clone(),
+                BAR_BEST.mix(0.95).stroke_width(3),
+            ))
+            .map_err(plot_err)?;
+    }
+    if let Some(t) = top {
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (t.trial.index as f64, t.value),
+                r + 6,
+                ShapeStyle::from(&INK).stroke_width(2),
+            )))
+            .map_err(plot_err)?;
+    }
+    draw_legend(&legend_area, &heading, &entries)?;
+    Ok(Drawn::Chart)
+}
+
+// ---------------------------------------------------------------------------
+// Parallel coordinates: one axis per varied parameter plus the objective
+// ---------------------------------------------------------------------------
+
+/// Objective colour ramp, worst (light amber) to best (deep indigo).
+const RAMP: [(f64, RGBColor); 4] = [
+    (0.0, RGBColor(250, 200, 80)),
+    (0.35, RGBColor(240, 120, 60)),
+    (0.65, RGBColor(190, 50, 110)),
+    (1.0, RGBColor(40, 20, 130)),
+];
+
+/// Colour of `t` in 0..=1 (0 worst, 1 best) on [`RAMP`].
+fn ramp(t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    for w in RAMP.windows(2) {
+        let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+        if t <= t1 {
+            let f = if t1 > t0 { (t - t0) / (t1 - t0) } else { 0.0 };
+            let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+            return RGBColor(mix(c0.0, c1.0), mix(c0.1, c1.1), mix(c0.2, c1.2));
+        }
+    }
+    RAMP[RAMP.len() - 1].1
+}
+
+enum PcScale {
+    /// Values in display order, spaced evenly.
+    Categories(Vec<String>),
+    Linear(f64, f64),
+    Log(f64, f64),
+}
+
+struct PcAxis {
+    title: String,
+    scale: PcScale,
+    /// Each trial's position on the axis, 0 (bottom) ..= 1 (top).
+    pos: Vec<f64>,
+    /// Tick positions (0..=1) and labels.
+    ticks: Vec<(f64, String)>,
+    /// Few distinct values: lines get a little vertical jitter.
+    jitter: bool,
+}
+
+impl PcScale {
+    fn frac(&self, v: f64) -> f64 {
+        let (a, b, x) = match self {
+            PcScale::Categories(_) => return 0.5,
+            PcScale::Linear(a, b) => (*a, *b, v),
+            PcScale::Log(a, b) => (a.log10(), b.log10(), v.max(f64::MIN_POSITIVE).log10()),
+        };
+        if b > a {
+            ((x - a) / (b - a)).clamp(0.0, 1.0)
+        } else {
+            0.5
+        }
+    }
+}
+
+/// The axis of one hyperparameter over the trials in `scored`.
+fn pc_param_axis(param: &str, scored: &[Scored]) -> PcAxis {
+    let values: Vec<Option<&serde_json::Value>> =
+        scored.iter().map(|s| s.trial.params.get(param)).collect();
+    let nums: Option<Vec<f64>> = values.iter().map(|v| v.and_then(|v| v.as_f64())).collect();
+    let title = param.to_string();
+    if let Some(nums) = nums {
+        let mut distinct = nums.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        let (lo, hi) = (distinct[0], distinct[distinct.len() - 1]);
+        let log = lo > 0.0 && hi / lo >= 100.0;
+        let scale = if log {
+            PcScale::Log(lo, hi)
+        } else {
+            PcScale::Linear(lo, hi)
+        };
+        let tick_values: Vec<f64> = if distinct.len() <= 8 {
+            distinct.clone()
+        } else if log {
+            let mut t = TickAxis::log(lo, hi).ticks;
+            if t.len() < 2 {
+                t = vec![lo, hi];
+            }
+            t
+        } else {
+            TickAxis::linear(lo, hi, 6, false).ticks
+        };
+        let ticks = tick_values
+            .iter()
+            .map(|v| (scale.frac(*v), fmt_num(*v)))
+            .collect();
+        let pos = nums.iter().map(|v| scale.frac(*v)).collect();
+        return PcAxis {
+            title,
+            scale,
+            pos,
+            ticks,
+            jitter: distinct.len() <= 12,
+        };
+    }
+    // categorical: numbers first in numeric order, then text, then missing
+    let key = |v: Option<&serde_json::Value>| -> (u8, f64, String) {
+        match v {
+            None => (2, 0.0, "n/a".to_string()),
+            Some(v) => match v.as_f64() {
+                Some(x) => (0, x, format_param(v)),
+                None => (1, 0.0, format_param(v)),
+            },
+        }
+    };
+    let mut keys: Vec<(u8, f64, String)> = values.iter().map(|v| key(*v)).collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    keys.dedup_by(|a, b| a.2 == b.2);
+    let cats: Vec<String> = keys.into_iter().map(|k| k.2).collect();
+    let k = cats.len();
+    let frac_of = |i: usize| {
+        if k <= 1 {
+            0.5
+        } else {
+            i as f64 / (k - 1) as f64
+        }
+    };
+    let pos = values
+        .iter()
+        .map(|v| {
+            let label = key(*v).2;
+            frac_of(cats.iter().position(|c| *c == label).unwrap_or(0))
+        })
+        .collect();
+    let ticks = cats
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (frac_of(i), c.clone()))
+        .collect();
+    PcAxis {
+        title,
+        scale: PcScale::Categories(cats),
+        pos,
+        ticks,
+        jitter: true,
+    }
+}
+
+/// Keeps tick labels at least `min_gap` px apart (positions in px, any order).
+fn thin_ticks(ticks: &[(i32, String)], min_gap: i32) -> Vec<(i32, String)> {
+    let mut sorted: Vec<(i32, String)> = ticks.to_vec();
+    sorted.sort_by_key(|t| t.0);
+    let n = sorted.len();
+    if n <= 2 {
+        return sorted;
+    }
+    // the smallest stride that spaces every shown label far enough apart
+    let stride = (1..=n)
+        .find(|s| {
+            let shown: Vec<i32> = sorted.iter().step_by(*s).map(|t| t.0).collect();
+            shown.windows(2).all(|w| w[1] - w[0] >= min_gap)
+        })
+        .unwrap_or(n);
+    sorted.into_iter().step_by(stride).collect()
+}
+
+fn draw_parallel_coordinates(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let goal = Goal::of(sweep);
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let scored = objective_trials(sweep, goal);
+    if scored.is_empty() {
+        return draw_no_data(
+            &body,
+            &format!("no trial has finished with a {} yet", goal.name()),
+        );
+    }
+    let refs: Vec<&Scored> = scored.iter().collect();
+    let params = varied_present(sweep, &refs);
+    if params.is_empty() {
+        return draw_no_data(&body, "the sweep varies no hyperparameter");
+    }
+    let mut axes: Vec<PcAxis> = params.iter().map(|p| pc_param_axis(p, &scored)).collect();
+
+    // Objective axis and colours (from the succeeded trials when there are any).
+    let (v_lo, v_hi) = finite_range(scored.iter().map(|s| s.value)).expect("not empty");
+    let obj_scale = PcScale::Linear(v_lo, v_hi);
+    let obj_ticks: Vec<f64> = if v_hi > v_lo {
+        let mut t = TickAxis::linear(v_lo, v_hi, 6, false).ticks;
+        t.retain(|v| *v >= v_lo && *v <= v_hi);
+        t
+    } else {
+        vec![v_lo]
+    };
+    let obj_fmt = goal.tick_fmt(&obj_ticks);
+    axes.push(PcAxis {
+        title: goal.name().to_string(),
+        pos: scored.iter().map(|s| obj_scale.frac(s.value)).collect(),
+        ticks: if v_hi > v_lo {
+            obj_ticks
+                .iter()
+                .map(|v| (obj_scale.frac(*v), obj_fmt(v)))
+                .collect()
+        } else {
+            vec![(0.5, goal.fmt(v_lo))]
+        },
+        scale: obj_scale,
+        jitter: false,
+    });
+    let done: Vec<f64> = scored
+        .iter()
+        .filter(|s| !s.pruned)
+        .map(|s| s.value)
+        .collect();
+    let (c_lo, c_hi) = finite_range(done.iter().copied()).unwrap_or((v_lo, v_hi));
+    let goodness = |v: f64| {
+        let f = if c_hi > c_lo {
+            (v - c_lo) / (c_hi - c_lo)
+        } else {
+            1.0
+        };
+        match goal {
+            Goal::MaxAccuracy => f,
+            Goal::MinLoss => 1.0 - f,
+        }
+    };
+    let top = best_scored(&scored, goal).map(|s| s.pos);
+
+    // Layout: axes spread over the plot, a colour bar and key on the right.
+    let (bw, bh) = body.dim_in_pixel();
+    let legend_w = 240u32.min(bw / 3);
+    let (plot, legend) = body.split_horizontally(bw - legend_w);
+    let (pw, ph) = plot.dim_in_pixel();
+    let left = 100i32;
+    let right = pw as i32 - 70;
+    let top_y = 64i32;
+    let bottom_y = ph as i32 - 44;
+    let m = axes.len();
+    let axis_x = |i: usize| -> i32 {
+        if m == 1 {
+            (left + right) / 2
+        } else {
+            left + ((right - left) as f64 * i as f64 / (m - 1) as f64).round() as i32
+        }
+    };
+    let y_of = |f: f64| -> i32 { bottom_y - ((bottom_y - top_y) as f64 * f).round() as i32 };
+    let spacing = if m > 1 {
+        (right - left) / (m as i32 - 1)
+    } else {
+        right - left
+    };
+
+    // Jitter amplitude per axis: a fraction of the gap between its values.
+    let jit_px: Vec<f64> = axes
+        .iter()
+        .map(|a| {
+            if !a.jitter {
+                return 0.0;
+            }
+            let mut fr: Vec<f64> = a.pos.clone();
+            fr.sort_by(f64::total_cmp);
+            fr.dedup();
+            let gap = fr.windows(2).map(|w| w[1] - w[0]).fold(1.0f64, f64::min)
+                * (bottom_y - top_y) as f64;
+            (gap * 0.12).clamp(0.0, 9.0)
+        })
+        .collect();
+    let polyline = |k: usize| -> Vec<(i32, i32)> {
+        axes.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let j = jit_px[i] * jitter(scored[k].trial.index as u64, i as u64);
+                (axis_x(i), y_of(a.pos[k]) + j.round() as i32)
+            })
+            .collect()
+    };
+
+    // Lines: pruned (grey) first, then succeeded from worst to best, best last.
+    let dense = scored.len() > 30;
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (sa, sb) = (&scored[a], &scored[b]);
+        sb.pruned
+            .cmp(&sa.pruned)
+            .then((Some(sa.pos) == top).cmp(&(Some(sb.pos) == top)))
+            .then(goodness(sa.value).total_cmp(&goodness(sb.value)))
+    });
+    for &k in &order {
+        let s = &scored[k];
+        let pts = polyline(k);
+        if s.pruned {
+            let style = ShapeStyle {
+                color: PRUNED.mix(if dense { 0.35 } else { 0.55 }),
+                filled: false,
+                stroke_width: 1,
+            };
+            plot.draw(&PathElement::new(pts, style)).map_err(plot_err)?;
+        } else if Some(s.pos) == top {
+            plot.draw(&PathElement::new(pts.clone(), WHITE.stroke_width(8)))
+                .map_err(plot_err)?;
+            plot.draw(&PathElement::new(pts, ramp(1.0).stroke_width(4)))
+                .map_err(plot_err)?;
+        } else {
+            let style = ShapeStyle {
+                color: ramp(goodness(s.value)).mix(if dense { 0.7 } else { 0.9 }),
+                filled: false,
+                stroke_width: if dense { 1 } else { 2 },
+            };
+            plot.draw(&PathElement::new(pts, style)).map_err(plot_err)?;
+        }
+    }
+
+    // Axes, titles and tick labels on a white backing so lines do not hide them.
+    let ts = anchored(bold(TICK_PX, &INK), HPos::Center, VPos::Bottom);
+    let ls = anchored(text(SMALL_PX, &INK), HPos::Right, VPos::Center);
+    for (i, a) in axes.iter().enumerate() {
+        let x = axis_x(i);
+        plot.draw(&PathElement::new(
+            vec![(x, top_y), (x, bottom_y)],
+            AXIS.stroke_width(2),
+        ))
+        .map_err(plot_err)?;
+        let last = i + 1 == m;
+        // the objective axis (last) is labelled on its right, where no lines run
+        let title_room = if last {
+            (pw as i32 - x) * 2 - 8
+        } else {
+            spacing - 12
+        }
+        .max(60) as u32;
+        let title = fit_text(&plot, &a.title, &ts, title_room);
+        draw_text_at(&plot, &title, &ts, (x, top_y - 28))?;
+        let note = match &a.scale {
+            _ if last => Some(goal.direction().to_string()),
+            PcScale::Categories(c) if c.len() == 1 => Some("1 value".to_string()),
+            PcScale::Categories(c) => Some(format!("{} values", c.len())),
+            PcScale::Log(..) => Some("log scale".to_string()),
+            PcScale::Linear(..) => None,
+        };
+        if let Some(note) = note {
+            let ns = anchored(text(SMALL_PX, &MUTED), HPos::Center, VPos::Bottom);
+            let note = fit_text(&plot, &note, &ns, title_room);
+            draw_text_at(&plot, &note, &ns, (x, top_y - 12))?;
+        }
+        let px: Vec<(i32, String)> = a.ticks.iter().map(|(f, l)| (y_of(*f), l.clone())).collect();
+        let label_room = if last {
+            (pw as i32 - x - 14).max(30) as u32
+        } else {
+            (spacing - 24).clamp(40, 160) as u32
+        };
+        let (ls, dir) = if last {
+            (anchored(text(SMALL_PX, &INK), HPos::Left, VPos::Center), 1)
+        } else {
+            (ls.clone(), -1)
+        };
+        for (y, label) in thin_ticks(&px, SMALL_PX as i32 + 4) {
+            let label = fit_text(&plot, &label, &ls, label_room);
+            let lw = text_width(&plot, &label, &ls) as i32;
+            let (x0, x1) = if last {
+                (x + 6, x + 9 + lw + 3)
+            } else {
+                (x - 9 - lw - 3, x - 6)
+            };
+            plot.draw(&Rectangle::new(
+                [(x0, y - 9), (x1, y + 9)],
+                WHITE.mix(0.85).filled(),
+            ))
+            .map_err(plot_err)?;
+            plot.draw(&PathElement::new(
+                vec![(x + 5 * dir, y), (x, y)],
+                AXIS.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+            draw_text_at(&plot, &label, &ls, (x + 9 * dir, y))?;
+        }
+    }
+    draw_footnote(
+        &plot,
+        "one line per finished trial · categorical values evenly spaced, lines jittered \
+         slightly where values repeat · numeric axes linear, log where values span ≥ 2 decades",
+    )?;
+
+    // Colour bar with labelled ends, then the line key.
+    let hs = anchored(bold(LEGEND_PX, &INK), HPos::Left, VPos::Top);
+    let heading = fit_text(
+        &legend,
+        &format!("colour: {}", goal.name()),
+        &hs,
+        legend_w - 24,
+    );
+    draw_text_at(&legend, &heading, &hs, (12, 20))?;
+    let (bar_x, bar_w) = (16i32, 22i32);
+    let bar_top = 56i32;
+    let bar_h = ((bh as i32 - bar_top) / 2).clamp(80, 260);
+    for dy in 0..bar_h {
+        let f = 1.0 - dy as f64 / (bar_h - 1).max(1) as f64;
+        legend
+            .draw(&Rectangle::new(
+                [(bar_x, bar_top + dy), (bar_x + bar_w, bar_top + dy + 1)],
+                ramp(f).filled(),
+            ))
+            .map_err(plot_err)?;
+    }
+    legend
+        .draw(&Rectangle::new(
+            [(bar_x, bar_top), (bar_x + bar_w, bar_top + bar_h)],
+            AXIS.stroke_width(1),
+        ))
+        .map_err(plot_err)?;
+    let (best_v, worst_v) = match goal {
+        Goal::MaxAccuracy => (c_hi, c_lo),
+        Goal::MinLoss => (c_lo, c_hi),
+    };
+    let es = anchored(text(LEGEND_PX, &INK), HPos::Left, VPos::Center);
+    let room = legend_w.saturating_sub((bar_x + bar_w + 20) as u32);
+    let bar_labels = if c_hi > c_lo {
+        vec![
+            (bar_top, format!("best {}", goal.fmt(best_v))),
+            (bar_top + bar_h / 2, goal.fmt((best_v + worst_v) / 2.0)),
+            (bar_top + bar_h, format!("worst {}", goal.fmt(worst_v))),
+        ]
+    } else {
+        vec![(bar_top, format!("all {}", goal.fmt(best_v)))]
+    };
+    for (y, label) in bar_labels {
+        let label = fit_text(&legend, &label, &es, room);
+        draw_text_at(&legend, &label, &es, (bar_x + bar_w + 8, y))?;
+    }
+    let n_pruned = scored.iter().filter(|s| s.pruned).count();
+    let mut entries = Vec::new();
+    if let Some(pos) = top {
+        entries.push(LegendEntry {
+            label: format!("best trial #{}", sweep.trials[pos].index),
+            color: ramp(1.0).mix(1.0),
+            swatch: Swatch::Line {
+                dashed: false,
+                width: 4,
+            },
+            marker: false,
+            emphasis: true,
+        });
+        entries.push(LegendEntry {
+            label: unique_labels(sweep)[pos].clone(),
+            color: INK.mix(1.0),
+            swatch: Swatch::Blank,
+            marker: false,
+            emphasis: false,
+        });
+    }
+    entries.extend([LegendEntry {
+        label: format!("succeeded ({})", scored.len() - n_pruned),
+        color: ramp(0.5).mix(1.0),
+        swatch: Swatch::Line {
+            dashed: false,
+            width: 2,
+        },
+        marker: false,
+        emphasis: false,
+    }]);
+    if n_pruned > 0 {
+        entries.push(LegendEntry {
+            label: format!("pruned ({n_pruned}), grey"),
+            color: PRUNED.mix(1.0),
+            swatch: Swatch::Line {
+                dashed: false,
+                width: 2,
+            },
+            marker: false,
+            emphasis: false,
+        });
+    }
+    let (_, key_area) = legend.split_vertically((bar_top + bar_h + 24) as u32);
+    draw_legend(&key_area, "lines", &entries)?;
+    Ok(Drawn::Chart)
+}
+
+// ---------------------------------------------------------------------------
+// Parameter effects: small multiples, mean objective per value with spread
+// ---------------------------------------------------------------------------
+
+fn draw_param_effects(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let goal = Goal::of(sweep);
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let scored = objective_trials(sweep, goal);
+    let done: Vec<&Scored> = scored.iter().filter(|s| !s.pruned).collect();
+    if done.is_empty() {
+        return draw_no_data(
+            &body,
+            &format!("no trial has succeeded with a {} yet", goal.name()),
+        );
+    }
+    let params = varied_present(sweep, &done);
+    if params.is_empty() {
+        return draw_no_data(&body, "the sweep varies no hyperparameter");
+    }
+    let (v_lo, v_hi) = finite_range(done.iter().map(|s| s.value)).expect("not empty");
+    let n = params.len();
+    let cols = match n {
+        1..=3 => n,
+        4 => 2,
+        _ => 3,
+    };
+    let rows = n.div_ceil(cols);
+    let foot_h = 26u32;
+    let grid_area = body.margin(0, foot_h, 8, 8);
+    let cells = grid_area.split_evenly((rows, cols));
+    for (param, cell) in params.iter().zip(cells.iter()) {
+        let groups = param_groups(param, &done);
+        draw_effect_cell(root, cell, param, &groups, &done, goal, (v_lo, v_hi))?;
+    }
+    draw_footnote(
+        &body,
+        &format!(
+            "y: best-epoch {} of {} succeeded trials (pruned left out) · dot: mean · box: ±1 \
+             std · whisker: min–max · grey: single trials · n: trials per value · orange: best",
+            goal.name(),
+            done.len()
+        ),
+    )?;
+    Ok(Drawn::Chart)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_effect_cell(
+    root: &Area,
+    cell: &Area,
+    param: &str,
+    groups: &[ValueGroup],
+    done: &[&Scored],
+    goal: Goal,
+    (v_lo, v_hi): (f64, f64),
+) -> Result<()> {
+    let k = groups.len().max(1);
+    let means: Vec<f64> = groups.iter().map(ValueGroup::mean).collect();
+    let best_g = (0..groups.len()).fold(None, |b: Option<usize>, i| match b {
+        Some(j) if !goal.better(means[i], means[j]) => Some(j),
+        _ => Some(i),
+    });
+    let worst_g = (0..groups.len()).fold(None, |b: Option<usize>, i| match b {
+        Some(j) if !goal.better(means[j], means[i]) => Some(j),
+        _ => Some(i),
+    });
+
+    // Cell title: the parameter and the answer ("best: gap").
+    let (cw, _) = cell.dim_in_pixel();
+    let title = match (best_g, worst_g) {
+        (Some(b), Some(w)) if groups.len() > 1 => format!(
+            "{param}: best {} ({}), worst {} ({})",
+            groups[b].label,
+            goal.fmt(means[b]),
+            groups[w].label,
+            goal.fmt(means[w])
+        ),
+        _ => format!("{param}: one value only"),
+    };
+    let ts = anchored(bold(LEGEND_PX, &INK), HPos::Center, VPos::Top);
+    let title = fit_text(cell, &title, &ts, cw.saturating_sub(16));
+    draw_text_at(cell, &title, &ts, (cw as i32 / 2, 6))?;
+
+    // Value labels: one row when they fit, else staggered over two rows.
+    let label_area_h = 62u32;
+    let y_axis = goal.axis(v_lo, v_hi);
+    let y_fmt = goal.tick_fmt(&y_axis.ticks);
+    let x_axis = TickAxis {
+        lo: -0.6,
+        hi: k as f64 - 0.4,
+        log: false,
+        ticks: Vec::new(),
+        light: Vec::new(),
+    };
+    let mut chart = ChartBuilder::on(cell)
+        .margin_top(30)
+        .margin_left(6)
+        .margin_right(14)
+        .margin_bottom(4)
+        .x_label_area_size(label_area_h)
+        .y_label_area_size(72)
+        .build_cartesian_2d(x_axis, y_axis)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels(6)
+        .axis_desc_style(text(SMALL_PX, &INK))
+        .label_style(text(SMALL_PX, &INK))
+        .y_label_offset(center_nudge(SMALL_PX as f64))
+        .y_label_formatter(&y_fmt)
+        .bold_line_style(GRID.stroke_width(1))
+        .light_line_style(GRID_LIGHT.stroke_width(1))
+        .axis_style(AXIS.stroke_width(1))
+        .draw()
+        .map_err(plot_err)?;
+
+    let slot = {
+        let a = chart.backend_coord(&(0.0, v_lo));
+        let b = chart.backend_coord(&(1.0, v_lo));
+        (b.0 - a.0).max(1)
+    };
+    let box_w = 0.18f64.min(26.0 / slot as f64);
+    for (i, g) in groups.iter().enumerate() {
+        let x = i as f64;
+        let color = if Some(i) == best_g && groups.len() > 1 {
+            BAR_BEST
+        } else {
+            BAR
+        };
+        // single trials, jittered sideways
+        chart
+            .draw_series(g.members.iter().zip(&g.values).map(|(&m, &v)| {
+                let dx = 0.3 * jitter(done[m].trial.index as u64, 7) * (box_w / 0.18);
+                Circle::new((x + dx, v), 2, MUTED.mix(0.4).filled())
+            }))
+            .map_err(plot_err)?;
+        let (lo, hi) = g.min_max();
+        let (mean, sd) = (g.mean(), g.std());
+        // min-max whisker with caps
+        let whisker = AXIS.stroke_width(1);
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(x, lo), (x, hi)],
+                whisker,
+            )))
+            .map_err(plot_err)?;
+        for y in [lo, hi] {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x - box_w * 0.6, y), (x + box_w * 0.6, y)],
+                    whisker,
+                )))
+                .map_err(plot_err)?;
+        }
+        // ±1 std box
+        if sd > 0.0 {
+            let (b0, b1) = ((mean - sd).max(lo), (mean + sd).min(hi));
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - box_w, b0), (x + box_w, b1)],
+                    color.mix(0.22).filled(),
+                )))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - box_w, b0), (x + box_w, b1)],
+                    color.mix(0.8).stroke_width(1),
+                )))
+                .map_err(plot_err)?;
+        }
+        chart
+            .draw_series(std::iter::once(Circle::new((x, mean), 6, color.filled())))
+            .map_err(plot_err)?;
+        // mean value beside the dot when there is room
+        let (px, py) = chart.backend_coord(&(x, mean));
+        let ms = anchored(text(SMALL_PX, &INK), HPos::Left, VPos::Center);
+        let mtext = goal.fmt(mean);
+        let mw = text_width(root, &mtext, &ms) as i32;
+        let off = (box_w * slot as f64) as i32 + 5;
+        if off + mw + 4 < slot / 2 {
+            root.draw(&Rectangle::new(
+                [(px + off - 2, py - 8), (px + off + mw + 2, py + 9)],
+                WHITE.mix(0.8).filled(),
+            ))
+            .map_err(plot_err)?;
+            draw_text_at(root, &mtext, &ms, (px + off, py))?;
+        }
+    }
+
+    // Value labels and n under the axis.
+    let ls = anchored(text(SMALL_PX, &INK), HPos::Center, VPos::Top);
+    let ns = anchored(text(SMALL_PX - 1, &MUTED), HPos::Center, VPos::Top);
+    let widest = groups
+        .iter()
+        .map(|g| text_width(root, &g.label, &ls) as i32)
+        .max()
+        .unwrap_or(0);
+    let stagger = widest + 6 > slot;
+    let room = if stagger { 2 * slot - 8 } else { slot - 6 }.max(20) as u32;
+    let y_axis_px = plot_area_pixels(&chart).1.end;
+    for (i, g) in groups.iter().enumerate() {
+        let (px, _) = chart.backend_coord(&(i as f64, v_lo));
+        let row = if stagger { (i % 2) as i32 } else { 0 };
+        let y = y_axis_px + 6 + row * 16;
+        let label = fit_text(root, &g.label, &ls, room);
+        let s = if Some(i) == best_g && groups.len() > 1 {
+            anchored(bold(SMALL_PX, &INK), HPos::Center, VPos::Top)
+        } else {
+            ls.clone()
+        };
+        if stagger && row == 1 {
+            root.draw(&PathElement::new(
+                vec![(px, y_axis_px + 1), (px, y - 2)],
+                GRID.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+        }
+        draw_text_at(root, &label, &s, (px, y))?;
+        let n_y = y_axis_px + 6 + if stagger { 34 } else { 18 };
+        let nt = format!("n={}", g.values.len());
+        if text_width(root, &nt, &ns) as i32 <= slot - 2 || !stagger {
+            draw_text_at(root, &nt, &ns, (px, n_y))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Pareto front: test accuracy against parameter count
+// ---------------------------------------------------------------------------
+
+const FRONT: RGBColor = RGBColor(214, 96, 20);
+const OTHER: RGBColor = RGBColor(120, 150, 185);
+
+fn draw_pareto(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let labels = unique_labels(sweep);
+    let points: Vec<(usize, &ChartTrial, f64, f64)> = sweep
+        .trials
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let acc = t.test_accuracy.filter(|a| a.is_finite())?;
+            let params = t.parameter_count.filter(|p| *p > 0)? as f64;
+            Some((i, t, params, acc))
+        })
+        .collect();
+    let (Some((p_lo, p_hi)), Some((a_lo, a_hi))) = (
+        finite_range(points.iter().map(|p| p.2)),
+        finite_range(points.iter().map(|p| p.3)),
+    ) else {
+        return draw_no_data(
+            &body,
+            "no trial has both a test accuracy and a parameter count yet",
+        );
+    };
+    let front = pareto_front(&points.iter().map(|p| (p.2, p.3)).collect::<Vec<_>>());
+    let on_front: HashSet<usize> = front.iter().copied().collect();
+
+    // Legend: the key, then the front trials numbered as in the plot.
+    let mut entries = vec![
+        LegendEntry {
+            label: format!("Pareto-optimal ({})", front.len()),
+            color: FRONT.mix(1.0),
+            swatch: Swatch::Line {
+                dashed: false,
+                width: 2,
+            },
+            marker: true,
+            emphasis: false,
+        },
+        LegendEntry {
+            label: format!("dominated ({})", points.len() - front.len()),
+            color: OTHER.mix(0.8),
+            swatch: Swatch::Dot,
+            marker: false,
+            emphasis: false,
+        },
+    ];
+    if points.iter().any(|p| is_inactive(&p.1.status)) {
+        entries.push(LegendEntry {
+            label: "hollow: pruned / stopped".into(),
+            color: OTHER.mix(1.0),
+            swatch: Swatch::Hollow,
+            marker: false,
+            emphasis: false,
+        });
+    }
+    if points.iter().any(|p| is_best(sweep, p.1)) {
+        entries.push(LegendEntry {
+            label: "best test accuracy".into(),
+            color: INK.mix(1.0),
+            swatch: Swatch::Ring,
+            marker: false,
+            emphasis: true,
+        });
+    }
+    entries.push(LegendEntry {
+        label: "front, fewest parameters first:".into(),
+        color: INK.mix(1.0),
+        swatch: Swatch::Blank,
+        marker: false,
+        emphasis: true,
+    });
+    for (rank, &k) in front.iter().enumerate() {
+        let (i, _, p, a) = points[k];
+        entries.push(LegendEntry {
+            label: format!(
+                "{}. {:.2}% · {} · {}",
+                rank + 1,
+                a * 100.0,
+                format_count(p),
+                labels[i]
+            ),
+            color: INK.mix(1.0),
+            swatch: Swatch::Blank,
+            marker: false,
+            emphasis: false,
+        });
+    }
+    let heading = "higher accuracy, fewer parameters";
+    let legend_w = legend_width(root, heading, &entries).max(300);
+    let (bw, _) = body.dim_in_pixel();
+    let (plot_area, legend_area) = body.split_horizontally(bw - legend_w);
+
+    let (x_lo, x_hi) = (p_lo / 1.35, p_hi * 1.35);
+    let mut x_axis = TickAxis::log(x_lo, x_hi);
+    if x_axis.ticks.len() < 2 {
+        x_axis.ticks = vec![p_lo, p_hi];
+    }
+    let (y_lo, y_hi) = fit_range(a_lo, a_hi, 0.004, true);
+    let y_axis = TickAxis::linear(y_lo, y_hi, 8, false);
+    let y_fmt = Goal::MaxAccuracy.tick_fmt(&y_axis.ticks);
+    let mut chart = ChartBuilder::on(&plot_area)
+        .margin_top(8)
+        .margin_left(12)
+        .margin_right(24)
+        .margin_bottom(12)
+        .x_label_area_size(54)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x_axis, y_axis)
+        .map_err(plot_err)?;
+    let x_fmt = |v: &f64| format_count(*v);
+    chart
+        .configure_mesh()
+        .x_desc("parameter count (log scale)")
+        .y_desc("test accuracy")
+        .axis_desc_style(text(AXIS_DESC_PX, &INK))
+        .label_style(text(TICK_PX, &INK))
+        .y_label_offset(center_nudge(TICK_PX as f64))
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .bold_line_style(GRID.stroke_width(1))
+        .light_line_style(GRID_LIGHT.stroke_width(1))
+        .axis_style(AXIS.stroke_width(1))
+        .draw()
+        .map_err(plot_err)?;
+
+    // Dominated trials first, faded.
+    for (k, (_, t, p, a)) in points.iter().enumerate() {
+        if on_front.contains(&k) {
+            continue;
+        }
+        let style = if is_inactive(&t.status) {
+            OTHER.mix(0.9).stroke_width(2)
+        } else {
+            OTHER.mix(0.6).filled()
+        };
+        chart
+            .draw_series(std::iter::once(Circle::new((*p, *a), 5, style)))
+            .map_err(plot_err)?;
+    }
+    // The front as a staircase: for a budget between two front points the
+    // best reachable accuracy is that of the cheaper one.
+    let mut stairs: Vec<(f64, f64)> = Vec::new();
+    for &k in &front {
+        let (_, _, p, a) = points[k];
+        if let Some(&(_, prev)) = stairs.last() {
+            stairs.push((p, prev));
+        }
+        stairs.push((p, a));
+    }
+    if let Some(&(p, a)) = stairs.last() {
+        stairs.push((p.max(x_hi / 1.1), a));
+    }
+    chart
+        .draw_series(LineSeries::new(stairs, FRONT.stroke_width(2)))
+        .map_err(plot_err)?;
+    for &k in &front {
+        let (_, t, p, a) = points[k];
+        let style = if is_inactive(&t.status) {
+            FRONT.stroke_width(3)
+        } else {
+            FRONT.filled()
+        };
+        chart
+            .draw_series(std::iter::once(Circle::new((p, a), 7, style)))
+            .map_err(plot_err)?;
+    }
+    if let Some((_, _, p, a)) = points.iter().find(|p| is_best(sweep, p.1)) {
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (*p, *a),
+                12,
+                ShapeStyle::from(&INK).stroke_width(2),
+            )))
+            .map_err(plot_err)?;
+    }
+
+    // Number the front points (as listed in the legend), avoiding collisions.
+    let (xr, yr) = plot_area_pixels(&chart);
+    let mut taken: Vec<[i32; 4]> = points
+        .iter()
+        .map(|(_, _, p, a)| {
+            let (x, y) = chart.backend_coord(&(*p, *a));
+            [x - 6, y - 6, x + 6, y + 6]
+        })
+        .collect();
+    let ls = bold(LEGEND_PX, &FRONT);
+    for (rank, &k) in front.iter().enumerate() {
+        let (_, t, p, a) = points[k];
+        let label = (rank + 1).to_string();
+        let (x, y) = chart.backend_coord(&(p, a));
+        let lw = text_width(root, &label, &ls) as i32;
+        let lh = LEGEND_PX as i32 + 2;
+        let g = if is_best(sweep, t) { 15 } else { 10 };
+        let candidates = [
+            (x - lw / 2, y - g - lh),
+            (x - g - lw, y - lh / 2),
+            (x + g, y - lh / 2),
+            (x - lw / 2, y + g),
+            (x - g - lw, y - g - lh),
+            (x + g, y - g - lh),
+            (x - g - lw, y + g),
+            (x + g, y + g),
+        ];
+        let spot = candidates.iter().find(|(lx, ly)| {
+            let r = [*lx, *ly, lx + lw, ly + lh];
+            r[0] >= xr.start
+                && r[2] <= xr.end
+                && r[1] >= yr.start
+                && r[3] <= yr.end
+                && !taken.iter().any(|o| overlaps(o, &r))
+        });
+        if let Some((lx, ly)) = spot {
+            taken.push([*lx, *ly, lx + lw, ly + lh]);
+            let s = anchored(ls.clone(), HPos::Left, VPos::Center);
+            draw_text_at(root, &label, &s, (*lx, ly + lh / 2))?;
+        }
+    }
+    draw_legend(&legend_area, heading, &entries)?;
+    Ok(Drawn::Chart)
+}
+
+// ---------------------------------------------------------------------------
+// Hyperparameter importance (eta squared), as sorted bars
+// ---------------------------------------------------------------------------
+
+fn draw_param_importance(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let goal = Goal::of(sweep);
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let scored = objective_trials(sweep, goal);
+    let done: Vec<&Scored> = scored.iter().filter(|s| !s.pruned).collect();
+    if sweep.varied.is_empty() {
+        return draw_no_data(&body, "the sweep varies no hyperparameter");
+    }
+    let importance = param_importance(sweep);
+    if importance.is_empty() {
+        return draw_no_data(
+            &body,
+            &format!(
+                "needs at least two succeeded trials whose {} differs",
+                goal.name()
+            ),
+        );
+    }
+    let bar_labels: Vec<String> = importance
+        .iter()
+        .map(|(p, _)| {
+            let k = param_groups(p, &done).len();
+            format!("{p} ({k} value{})", if k == 1 { "" } else { "s" })
+        })
+        .collect();
+    let (bw, _) = body.dim_in_pixel();
+    let label_w = bar_labels
+        .iter()
+        .map(|l| text_width(root, l, &text(TICK_PX, &INK)))
+        .max()
+        .unwrap_or(0)
+        .clamp(60, (bw as f64 * 0.4) as u32);
+    let n = importance.len();
+    let top = importance[0].1;
+    let x_hi = ((top * 1.25).max(0.05) / 0.05).ceil() * 0.05;
+    let x_axis = TickAxis::linear(0.0, x_hi.min(1.15), 8, false);
+    let x_fmt = Goal::MaxAccuracy.tick_fmt(&x_axis.ticks);
+    let foot_h = 30;
+    let chart_area = body.margin(0, foot_h, 0, 0);
+    let mut chart = ChartBuilder::on(&chart_area)
+        .margin_top(10)
+        .margin_left(16)
+        .margin_right(32)
+        .margin_bottom(10)
+        .x_label_area_size(60)
+        .y_label_area_size(label_w + 20)
+        .build_cartesian_2d(x_axis, 0f64..n as f64)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc(format!(
+            "share of the {} variance explained (one-way ANOVA η²)",
+            goal.name()
+        ))
+        .axis_desc_style(text(AXIS_DESC_PX, &INK))
+        .label_style(text(TICK_PX, &INK))
+        .x_label_formatter(&x_fmt)
+        .bold_line_style(GRID.stroke_width(1))
+        .light_line_style(GRID_LIGHT.stroke_width(1))
+        .axis_style(AXIS.stroke_width(1))
+        .draw()
+        .map_err(plot_err)?;
+    let row_px = {
+        let a = chart.backend_coord(&(0.0, 0.0));
+        let b = chart.backend_coord(&(0.0, 1.0));
+        (a.1 - b.1).abs().max(1)
+    };
+    let thickness = 0.7f64.min(44.0 / row_px as f64);
+    for (rank, (_, eta)) in importance.iter().enumerate() {
+        let yc = (n - 1 - rank) as f64 + 0.5;
+        let color = if rank == 0 { BAR_BEST } else { BAR };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, yc - thickness / 2.0), (*eta, yc + thickness / 2.0)],
+                color.filled(),
+            )))
+            .map_err(plot_err)?;
+        let end = chart.backend_coord(&(*eta, yc));
+        let vs = anchored(bold(15, &INK), HPos::Left, VPos::Center);
+        draw_text_at(
+            root,
+            &format!("{:.1}%", eta * 100.0),
+            &vs,
+            (end.0 + 6, end.1),
+        )?;
+        let start = chart.backend_coord(&(0.0, yc));
+        let ls = anchored(text(TICK_PX, &INK), HPos::Right, VPos::Center);
+        let label = fit_text(root, &bar_labels[rank], &ls, label_w);
+        draw_text_at(root, &label, &ls, (start.0 - 10, start.1))?;
+    }
+    draw_footnote(
+        &body,
+        &format!(
+            "method: one-way ANOVA η² = between-value-group / total variance of the {} over \
+             {} succeeded trials; each parameter on its own, so shares need not sum to 100%",
+            goal.name(),
+            done.len()
+        ),
+    )?;
+    Ok(Drawn::Chart)
 }
 
 // ---------------------------------------------------------------------------
@@ -1678,6 +3375,7 @@ mod tests {
                 trial(2, json!({"head": "fc"})),
             ],
             best_trial_id: None,
+            ..Default::default()
         };
         assert_eq!(
             unique_labels(&sweep),
@@ -1761,7 +3459,7 @@ mod tests {
     }
 
     #[test]
-    fn builtin_default_has_the_four_panels() {
+    fn builtin_default_has_its_panels() {
         let d = Dashboard::builtin_default();
         let files: Vec<&str> = d.panels.iter().map(|p| p.file.as_str()).collect();
         assert_eq!(
@@ -1770,7 +3468,9 @@ mod tests {
                 "learning_curves.png",
                 "loss_curves.png",
                 "test_accuracy.png",
-                "accuracy_vs_parameters.png"
+                "accuracy_vs_parameters.png",
+                "optimization_history.png",
+                "param_effects.png",
             ]
         );
     }
@@ -1794,11 +3494,12 @@ mod tests {
             varied: varied(&["head"]),
             trials: vec![t],
             best_trial_id: Some("t-00000000".into()),
+            ..Default::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let d = Dashboard::builtin_default();
         let paths = render_dashboard(&sweep, &d, &dir.path().join("one")).unwrap();
-        assert_eq!(paths.len(), 4);
+        assert_eq!(paths.len(), 6);
         for p in &paths {
             let bytes = std::fs::read(p).unwrap();
             assert!(bytes.starts_with(b"\x89PNG"), "{}", p.display());
@@ -1806,5 +3507,449 @@ mod tests {
         sweep.trials.clear();
         let paths = render_dashboard(&sweep, &d, &dir.path().join("empty")).unwrap();
         assert!(paths.iter().all(|p| p.exists()));
+    }
+
+    // ---- dashboards of a realistic sweep -------------------------------
+
+    /// Tiny deterministic generator for the synthetic sweep.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// 100 trials over kernelSize × dropout × head × learningRate (numeric,
+    /// numeric, categorical, numeric spanning two decades); some pruned,
+    /// failed, cancelled, running and queued; 1..=5 epochs each.
+    fn synthetic_sweep(n: u32) -> ChartSweep {
+        let mut rng = Lcg(42);
+        let kernels = [3, 5, 7];
+        let dropouts = [0.0, 0.25, 0.5];
+        let heads = ["gap", "dense"];
+        let lrs = [1e-4f64, 3e-4, 1e-3, 3e-3, 1e-2];
+        let mut trials = Vec::new();
+        for i in 0..n {
+            let k = kernels[(rng.next() * 3.0) as usize % 3];
+            let d = dropouts[(rng.next() * 3.0) as usize % 3];
+            let h = heads[(rng.next() * 2.0) as usize % 2];
+            let lr = lrs[(rng.next() * 5.0) as usize % 5];
+            let mut t = trial(
+                i,
+                json!({"kernelSize": k, "dropout": d, "head": h, "learningRate": lr,
+                       "epochs": 5, "baseFilters": 32}),
+            );
+            let status = match i {
+                _ if i + 1 == n => "queued",
+                _ if i + 2 == n => "running",
+                _ if i % 13 == 5 => "failed",
+                _ if i % 29 == 11 => "cancelled",
+                _ if i % 6 == 3 => "pruned",
+                _ => "succeeded",
+            };
+            t.status = status.into();
+            let target =
+                0.975 + if h == "gap" { 0.006 } else { 0.0 } + if d == 0.25 { 0.004 } else { 0.0 }
+                    - (lr.log10() + 3.0).abs() * 0.006
+                    - if k == 7 { 0.002 } else { 0.0 }
+                    + (rng.next() - 0.5) * 0.004;
+            let epochs = match status {
+                "queued" => 0,
+                "pruned" | "failed" | "running" => 1 + (rng.next() * 2.0) as u32,
+                _ => 3 + (rng.next() * 3.0) as u32,
+            };
+            for e in 1..=epochs {
+                let f = 1.0 - 0.5f64.powi(e as i32);
+                let acc = target * (0.9 + 0.1 * f) + (rng.next() - 0.5) * 0.002;
+                t.epochs.push(ChartEpoch {
+                    epoch: e,
+                    train_loss: 0.4 * (1.0 - f) + 0.03,
+                    train_accuracy: acc + 0.005,
+                    val_loss: (1.0 - acc) * 2.0,
+                    val_accuracy: acc,
+                });
+            }
+            if status == "succeeded" {
+                t.test_accuracy = Some(target + (rng.next() - 0.5) * 0.003);
+            }
+            if epochs > 0 {
+                let head_params = if h == "dense" { 400_000 } else { 650 };
+                t.parameter_count = Some(head_params + 9_000 * (k as u64 * k as u64) / 9);
+            }
+            trials.push(t);
+        }
+        let mut sweep = ChartSweep {
+            sweep_id: "s-synthetic".into(),
+            name: "synthetic".into(),
+            dataset: "mnist".into(),
+            varied: varied(&["kernelSize", "dropout", "head", "learningRate"]),
+            trials,
+            best_trial_id: None,
+            objective: "val_accuracy".into(),
+        };
+        sweep.best_trial_id = scored_trials(&sweep).first().map(|b| b.1.trial_id.clone());
+        sweep
+    }
+
+    fn dashboards_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards")
+    }
+
+    /// Renders every panel of `board`; checks each PNG decodes at the size
+    /// the panel asks for. Returns what each panel showed. With
+    /// CNND_CHART_TEST_OUT set, the PNGs are also kept under that folder.
+    fn render_and_check(sweep: &ChartSweep, board: &Dashboard, tag: &str) -> Vec<Drawn> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = render_dashboard(sweep, board, dir.path()).unwrap();
+        assert_eq!(paths.len(), board.panels.len());
+        let keep = std::env::var_os("CNND_CHART_TEST_OUT").map(|d| PathBuf::from(d).join(tag));
+        let mut drawn = Vec::new();
+        for (panel, path) in board.panels.iter().zip(&paths) {
+            let bytes = std::fs::read(path).unwrap();
+            let img = image::load_from_memory(&bytes)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let expected = if panel.kind == PanelKind::TestAccuracyBars {
+                let n = scored_trials(sweep).len() as u32;
+                if n == 0 {
+                    panel.size()
+                } else {
+                    (
+                        panel.size().0,
+                        (BAR_CHROME + n * BAR_ROW).max(panel.size().1),
+                    )
+                }
+            } else {
+                panel.size()
+            };
+            assert_eq!((img.width(), img.height()), expected, "{}", path.display());
+            let (again, what) = render_panel(sweep, panel).unwrap();
+            assert_eq!(again, bytes, "{}: rendering is deterministic", panel.file);
+            drawn.push(what);
+            if let Some(k) = &keep {
+                std::fs::create_dir_all(k).unwrap();
+                std::fs::write(k.join(&panel.file), &bytes).unwrap();
+            }
+        }
+        drawn
+    }
+
+    #[test]
+    fn compare_dashboard_declares_every_new_panel() {
+        let board = Dashboard::load(&dashboards_dir(), "compare").unwrap();
+        let kinds: HashSet<PanelKind> = board.panels.iter().map(|p| p.kind).collect();
+        for k in [
+            PanelKind::OptimizationHistory,
+            PanelKind::ParallelCoordinates,
+            PanelKind::ParamEffects,
+            PanelKind::Pareto,
+            PanelKind::ParamImportance,
+            PanelKind::LearningCurves,
+        ] {
+            assert!(kinds.contains(&k), "compare.toml lacks {k}");
+        }
+        // the shipped default file and the embedded copy agree
+        let default = Dashboard::load(&dashboards_dir(), "default").unwrap();
+        assert_eq!(
+            default.panels.len(),
+            Dashboard::builtin_default().panels.len()
+        );
+    }
+
+    #[test]
+    fn renders_every_panel_of_a_100_trial_sweep() {
+        let sweep = synthetic_sweep(100);
+        let statuses: HashSet<&str> = sweep.trials.iter().map(|t| t.status.as_str()).collect();
+        for s in [
+            "succeeded",
+            "pruned",
+            "failed",
+            "cancelled",
+            "running",
+            "queued",
+        ] {
+            assert!(statuses.contains(s), "{s}");
+        }
+        for name in ["default", "compare"] {
+            let board = Dashboard::load(&dashboards_dir(), name).unwrap();
+            let drawn = render_and_check(&sweep, &board, name);
+            for (panel, what) in board.panels.iter().zip(drawn) {
+                assert_eq!(what, Drawn::Chart, "{name}: {}", panel.file);
+            }
+        }
+        // the loss objective renders too (lower is better)
+        let mut loss = sweep.clone();
+        loss.objective = "val_loss".into();
+        let board = Dashboard::load(&dashboards_dir(), "compare").unwrap();
+        let drawn = render_and_check(&loss, &board, "compare-val-loss");
+        assert!(drawn.iter().all(|d| *d == Drawn::Chart));
+    }
+
+    #[test]
+    fn renders_small_sweeps_with_every_new_panel() {
+        let board = Dashboard::load(&dashboards_dir(), "compare").unwrap();
+        for n in [3, 8] {
+            let sweep = synthetic_sweep(n);
+            render_and_check(&sweep, &board, &format!("compare-{n}"));
+        }
+    }
+
+    #[test]
+    fn no_finished_trials_render_no_data_panels() {
+        let mut sweep = synthetic_sweep(6);
+        for t in &mut sweep.trials {
+            t.status = "queued".into();
+            t.epochs.clear();
+            t.test_accuracy = None;
+            t.parameter_count = None;
+        }
+        sweep.best_trial_id = None;
+        for name in ["default", "compare"] {
+            let board = Dashboard::load(&dashboards_dir(), name).unwrap();
+            let drawn = render_and_check(&sweep, &board, &format!("{name}-empty"));
+            for (panel, what) in board.panels.iter().zip(drawn) {
+                assert_eq!(what, Drawn::NoData, "{name}: {}", panel.file);
+            }
+        }
+        // running trials with epochs: curves show, objective panels wait
+        for t in &mut sweep.trials {
+            t.status = "running".into();
+            t.epochs = vec![ChartEpoch {
+                epoch: 1,
+                val_accuracy: 0.9,
+                val_loss: 0.3,
+                ..Default::default()
+            }];
+        }
+        let board = Dashboard::load(&dashboards_dir(), "compare").unwrap();
+        let drawn = render_and_check(&sweep, &board, "compare-running");
+        for (panel, what) in board.panels.iter().zip(drawn) {
+            let want = if panel.kind == PanelKind::LearningCurves {
+                Drawn::Chart
+            } else {
+                Drawn::NoData
+            };
+            assert_eq!(what, want, "{}", panel.file);
+        }
+        // no trials at all
+        sweep.trials.clear();
+        let drawn = render_and_check(&sweep, &board, "compare-none");
+        assert!(drawn.iter().all(|d| *d == Drawn::NoData));
+    }
+
+    #[test]
+    fn renders_continuous_and_many_valued_params() {
+        // random search: a log-uniform learning rate (every value distinct) and a
+        // categorical parameter with a dozen long values
+        let mut sweep = synthetic_sweep(100);
+        let mut rng = Lcg(7);
+        for t in &mut sweep.trials {
+            let lr = 10f64.powf(-5.0 + 3.0 * rng.next());
+            let arch = format!("architecture-variant-{:02}", (rng.next() * 12.0) as u32);
+            t.params.insert("learningRate".into(), json!(lr));
+            t.params.insert("arch".into(), json!(arch));
+        }
+        sweep.varied.push("arch".into());
+        let board = Dashboard::load(&dashboards_dir(), "compare").unwrap();
+        let drawn = render_and_check(&sweep, &board, "compare-continuous");
+        assert!(drawn.iter().all(|d| *d == Drawn::Chart));
+    }
+
+    // ---- computations checked by hand ------------------------------------
+
+    #[test]
+    fn pareto_front_by_hand() {
+        // (parameters, accuracy)
+        let pts = [
+            (100.0, 0.90), // 0: front
+            (200.0, 0.95), // 1: dominated by 5 (same size, more accurate)
+            (150.0, 0.89), // 2: dominated by 0 (bigger, less accurate)
+            (300.0, 0.95), // 3: dominated by 5
+            (50.0, 0.80),  // 4: front (smallest)
+            (200.0, 0.96), // 5: front (most accurate)
+            (f64::NAN, 0.99),
+        ];
+        assert_eq!(pareto_front(&pts), vec![4, 0, 5]);
+        // identical points are both optimal; one point is its own front
+        assert_eq!(pareto_front(&[(10.0, 0.5), (10.0, 0.5)]), vec![0, 1]);
+        assert_eq!(pareto_front(&[(10.0, 0.5)]), vec![0]);
+        assert!(pareto_front(&[]).is_empty());
+        // a strictly better point dominates everything
+        assert_eq!(
+            pareto_front(&[(20.0, 0.7), (5.0, 0.9), (30.0, 0.8)]),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn eta_squared_by_hand() {
+        // grand mean 2.75; SS_total = 3.0625 + 0.5625 + 0.0625 + 5.0625 = 8.75;
+        // group means 1.5 and 4: SS_between = 2·1.5625 + 2·1.5625 = 6.25
+        let e = eta_squared(&[vec![1.0, 2.0], vec![3.0, 5.0]]).unwrap();
+        assert!((e - 6.25 / 8.75).abs() < 1e-12, "{e}");
+        // equal group means explain nothing; separated constant groups everything
+        let e = eta_squared(&[vec![1.0, 3.0], vec![2.0, 2.0]]).unwrap();
+        assert!(e.abs() < 1e-12, "{e}");
+        let e = eta_squared(&[vec![1.0, 1.0], vec![3.0, 3.0, 3.0]]).unwrap();
+        assert!((e - 1.0).abs() < 1e-12, "{e}");
+        // one group: 0; no variance or too few values: undefined
+        assert_eq!(eta_squared(&[vec![1.0, 2.0, 4.0]]), Some(0.0));
+        assert_eq!(eta_squared(&[vec![2.0], vec![2.0]]), None);
+        assert_eq!(eta_squared(&[vec![2.0], vec![]]), None);
+        // groups of three: means 2, 5, 8, grand 5; SS_between = 3·9 + 0 + 3·9 = 54;
+        // SS_total = 54 + 3·(1+0+1) = 60
+        let e = eta_squared(&[
+            vec![1.0, 2.0, 3.0],
+            vec![4.0, 5.0, 6.0],
+            vec![7.0, 8.0, 9.0],
+        ])
+        .unwrap();
+        assert!((e - 0.9).abs() < 1e-12, "{e}");
+    }
+
+    #[test]
+    fn param_importance_ranks_by_eta_squared() {
+        // objective: the best epoch's val accuracy; the pruned and the failed
+        // trial are left out of the importance.
+        let mk = |i: u32, head: &str, k: u32, acc: f64, status: &str| {
+            let mut t = trial(i, json!({"head": head, "k": k}));
+            t.status = status.into();
+            t.epochs = vec![
+                ChartEpoch {
+                    epoch: 1,
+                    val_accuracy: acc - 0.1,
+                    ..Default::default()
+                },
+                ChartEpoch {
+                    epoch: 2,
+                    val_accuracy: acc,
+                    ..Default::default()
+                },
+            ];
+            t
+        };
+        let sweep = ChartSweep {
+            varied: varied(&["head", "k"]),
+            trials: vec![
+                mk(0, "gap", 3, 0.9, "succeeded"),
+                mk(1, "gap", 5, 0.8, "succeeded"),
+                mk(2, "dense", 3, 0.6, "succeeded"),
+                mk(3, "dense", 5, 0.5, "succeeded"),
+                mk(4, "dense", 5, 0.1, "pruned"),
+                mk(5, "dense", 5, 0.1, "failed"),
+            ],
+            ..Default::default()
+        };
+        // values 0.9 0.8 0.6 0.5, grand mean 0.7, SS_total = 0.04+0.01+0.01+0.04 = 0.10
+        // head: means 0.85 / 0.55 → SS_between = 2·0.0225·2 = 0.09 → 0.9
+        // k:    means 0.75 / 0.65 → SS_between = 2·0.0025·2 = 0.01 → 0.1
+        let imp = param_importance(&sweep);
+        assert_eq!(imp.len(), 2);
+        assert_eq!(imp[0].0, "head");
+        assert!((imp[0].1 - 0.9).abs() < 1e-9, "{imp:?}");
+        assert_eq!(imp[1].0, "k");
+        assert!((imp[1].1 - 0.1).abs() < 1e-9, "{imp:?}");
+    }
+
+    #[test]
+    fn objective_direction_and_best_so_far_inputs() {
+        let mut t = trial(0, json!({}));
+        t.epochs = vec![
+            ChartEpoch {
+                epoch: 1,
+                val_accuracy: 0.8,
+                val_loss: 0.5,
+                ..Default::default()
+            },
+            ChartEpoch {
+                epoch: 2,
+                val_accuracy: 0.85,
+                val_loss: f64::NAN,
+                ..Default::default()
+            },
+            ChartEpoch {
+                epoch: 3,
+                val_accuracy: 0.83,
+                val_loss: 0.4,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(Goal::MaxAccuracy.trial_value(&t), Some(0.85));
+        assert_eq!(Goal::MinLoss.trial_value(&t), Some(0.4));
+        let sweep = ChartSweep {
+            objective: "val_loss".into(),
+            ..Default::default()
+        };
+        assert_eq!(Goal::of(&sweep), Goal::MinLoss);
+        assert_eq!(Goal::of(&ChartSweep::default()), Goal::MaxAccuracy);
+        assert!(Goal::MinLoss.better(0.1, 0.2));
+        assert!(Goal::MaxAccuracy.better(0.2, 0.1));
+    }
+
+    #[test]
+    fn many_numeric_values_are_binned_and_ordered() {
+        let trials: Vec<ChartTrial> = (0..30)
+            .map(|i| {
+                let mut t = trial(i, json!({"lr": 10f64.powf(-4.0 + i as f64 / 10.0)}));
+                t.epochs = vec![ChartEpoch {
+                    epoch: 1,
+                    val_accuracy: 0.5 + i as f64 / 100.0,
+                    ..Default::default()
+                }];
+                t
+            })
+            .collect();
+        let sweep = ChartSweep {
+            varied: varied(&["lr"]),
+            trials,
+            ..Default::default()
+        };
+        let scored = objective_trials(&sweep, Goal::MaxAccuracy);
+        let refs: Vec<&Scored> = scored.iter().collect();
+        let groups = param_groups("lr", &refs);
+        assert!((2..=BINS).contains(&groups.len()), "{}", groups.len());
+        assert_eq!(groups.iter().map(|g| g.values.len()).sum::<usize>(), 30);
+        assert!(groups[0].label.contains('–'), "{}", groups[0].label);
+        // ordered by value: the means rise with lr here
+        let means: Vec<f64> = groups.iter().map(ValueGroup::mean).collect();
+        assert!(means.windows(2).all(|w| w[0] < w[1]), "{means:?}");
+        // few values: one group each, numbers in numeric order, missing last
+        let mut few = sweep.clone();
+        few.trials.truncate(3);
+        few.trials[0].params = json!({"lr": 10}).as_object().cloned().unwrap();
+        few.trials[1].params = json!({"lr": 9}).as_object().cloned().unwrap();
+        few.trials[2].params = Default::default();
+        let scored = objective_trials(&few, Goal::MaxAccuracy);
+        let refs: Vec<&Scored> = scored.iter().collect();
+        let labels: Vec<String> = param_groups("lr", &refs)
+            .into_iter()
+            .map(|g| g.label)
+            .collect();
+        assert_eq!(labels, ["9", "10", "n/a"]);
+    }
+
+    #[test]
+    fn thinned_ticks_keep_their_distance() {
+        let ticks: Vec<(i32, String)> = (0..40).map(|i| (i * 5, i.to_string())).collect();
+        let kept = thin_ticks(&ticks, 17);
+        assert!(kept.len() < 40 && kept.len() >= 10, "{}", kept.len());
+        assert!(kept.windows(2).all(|w| w[1].0 - w[0].0 >= 17));
+        assert_eq!(kept[0].1, "0");
+        let wide: Vec<(i32, String)> = (0..5).map(|i| (i * 100, i.to_string())).collect();
+        assert_eq!(thin_ticks(&wide, 17).len(), 5);
+    }
+
+    #[test]
+    fn legend_of_many_trials_is_capped() {
+        assert!(LEGEND_MAX_ROWS >= 8);
+        assert_eq!(fmt_num(0.0001), "1e-4");
+        assert_eq!(fmt_num(0.25), "0.25");
+        assert_eq!(fmt_num(3.0), "3");
+        assert_eq!(fmt_num(0.30000000000000004), "0.3");
+        assert_eq!(fmt_num(250_000.0), "250k");
     }
 }

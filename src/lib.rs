@@ -27,6 +27,7 @@ pub mod charts;
 pub mod pruning;
 pub mod scheduler;
 pub mod store;
+pub mod tpe;
 
 // Training side.
 pub mod data;

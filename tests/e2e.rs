@@ -95,6 +95,27 @@ fn a_small_sweep_trains_records_and_charts() {
         assert_eq!(t["status"], "succeeded", "{t}");
     }
 
+    // Replay: the stored request and seed re-derive the same four configurations, in order.
+    let replay = d.cnnctl_json(&["replay", &sweep_id]);
+    assert_eq!(replay["identical"], true, "{replay}");
+    let replayed: Vec<&str> = replay["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["trialId"].as_str().unwrap())
+        .collect();
+    let recorded: Vec<&str> = trials
+        .iter()
+        .map(|t| t["trialId"].as_str().unwrap())
+        .collect();
+    assert_eq!(replayed, recorded);
+    for (r, t) in replay["trials"].as_array().unwrap().iter().zip(trials) {
+        assert_eq!(r["params"], t["params"], "re-derived params differ");
+    }
+    let out = d.cnnctl(&["replay", &sweep_id]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("4 of 4 configurations re-derived identically"));
+
     // Every trial: one epoch with sane metrics, test metrics, weights on disk.
     let mut params_by_head = std::collections::HashMap::new();
     for t in trials {

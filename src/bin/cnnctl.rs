@@ -119,6 +119,12 @@ enum Command {
         /// Sweep id
         id: String,
     },
+    /// Re-derive a sweep's configurations from its request and seed and check they are the
+    /// recorded ones, in order (exit 1 when they differ)
+    Replay {
+        /// Sweep id
+        id: String,
+    },
     /// Classify image files with a trained trial's best weights
     #[command(after_help = PREDICT_HELP)]
     Predict {
@@ -368,6 +374,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pause { id } => commands::pause(&mut d, &id, true, output).await,
         Command::Resume { id } => commands::pause(&mut d, &id, false, output).await,
         Command::Charts { id, dashboard } => commands::charts(&mut d, &id, dashboard, output).await,
+        Command::Replay { id } => commands::replay(&mut d, &id, output).await,
         Command::Predict { trial, files, args } => {
             commands::predict(&mut d, &trial, &files, &args, output).await
         }

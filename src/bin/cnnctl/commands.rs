@@ -470,6 +470,60 @@ pub async fn pause(d: &mut Daemon, id: &str, hold: bool, output: Output) -> Resu
     Ok(())
 }
 
+/// `cnnctl replay`: re-derives the sweep's configurations and compares them with the
+/// recorded trials; a difference is an error (exit 1).
+pub async fn replay(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliError> {
+    let addr = d.addr.clone();
+    let r = d
+        .client
+        .replay_sweep(pb::ReplaySweepRequest {
+            sweep_id: id.to_string(),
+        })
+        .await
+        .map_err(|e| CliError::rpc(format!("replay sweep {id}"), &addr, e))?
+        .into_inner();
+    let differing: Vec<&pb::ReplayedTrial> = r.trials.iter().filter(|t| !t.matches).collect();
+    if output == Output::Json {
+        out_json(&serde_json::json!({
+            "sweepId": r.sweep_id, "strategy": r.strategy, "seed": r.seed,
+            "identical": r.identical,
+            "trials": r.trials.iter().map(|t| serde_json::json!({
+                "index": t.index, "trialId": t.trial_id, "matches": t.matches,
+                "difference": t.difference, "params": crate::format::struct_json(&t.params),
+            })).collect::<Vec<_>>(),
+        }));
+    } else {
+        for t in &r.trials {
+            out(format!(
+                "{:>4}  {:<20} {}",
+                t.index,
+                or_dash(&t.trial_id),
+                if t.matches {
+                    "same".to_string()
+                } else {
+                    format!("DIFFERS: {}", t.difference)
+                }
+            ));
+        }
+        out(format!(
+            "sweep {}: strategy {}, seed {}: {} of {} configurations re-derived identically, in the recorded order",
+            r.sweep_id,
+            r.strategy,
+            r.seed,
+            r.trials.len() - differing.len(),
+            r.trials.len()
+        ));
+    }
+    if r.identical {
+        Ok(())
+    } else {
+        Err(CliError::Other(format!(
+            "replay of sweep {id}: {} configuration(s) differ from the recorded trials",
+            differing.len()
+        )))
+    }
+}
+
 /// `cnnctl predict`: sends image files' bytes (never paths) and prints the top classes.
 pub async fn predict(
     d: &mut Daemon,

@@ -169,7 +169,7 @@ pub fn render(t: &Table) -> String {
 
 // ---- the API messages as JSON (proto3 JSON names; every field present) ----
 
-fn struct_json(s: &Option<prost_types::Struct>) -> Value {
+pub fn struct_json(s: &Option<prost_types::Struct>) -> Value {
     Value::Object(params_map(s))
 }
 
