@@ -34,6 +34,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(v) = version {
                 println!("cargo:rustc-env=CNND_LIBTORCH_VERSION={v}");
             }
+            // `cuda: Optional[str] = '13.0'` (None in CPU-only builds).
+            let cuda = text
+                .lines()
+                .find_map(|l| l.strip_prefix("cuda"))
+                .and_then(|rest| rest.split('=').nth(1))
+                .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+                .filter(|v| v != "None");
+            if let Some(c) = cuda {
+                println!("cargo:rustc-env=CNND_TORCH_CUDA_VERSION={c}");
+            }
         }
         let lib = PathBuf::from(libtorch).join("lib");
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());

@@ -703,6 +703,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             frozen: t.frozen.clone(),
             reinitialised: t.reinitialised.clone(),
             skipped_files: t.skipped_files,
+            provenance: t.provenance.clone().into_iter().collect(),
         }))
     }
 
@@ -1002,6 +1003,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             frozen: r.frozen,
             reinitialised: r.reinitialised,
             skipped_files: r.skipped_files,
+            provenance: r.provenance.into_iter().collect(),
         });
         let verdict = self
             .scheduler

@@ -5,6 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The libtorch version this binary was built against (read from the torch package).
+/// The CUDA version libtorch was built with (from torch/version.py at build time).
+pub const TORCH_CUDA_VERSION: &str = match option_env!("CNND_TORCH_CUDA_VERSION") {
+    Some(v) => v,
+    None => "none",
+};
+
 pub const LIBTORCH_VERSION: &str = match option_env!("CNND_LIBTORCH_VERSION") {
     Some(v) => v,
     None => "unknown",

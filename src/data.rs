@@ -88,6 +88,44 @@ pub struct Dataset {
     pub test: Option<Split>,
     /// Image files that could not be decoded: (path, reason). They are left out.
     pub skipped: Vec<(PathBuf, String)>,
+    /// [`Dataset::content_hash`], computed on first use.
+    pub hash: std::sync::OnceLock<String>,
+}
+
+impl Dataset {
+    /// SHA-256 (hex) of every example as decoded (pixels rounded to bytes, then labels; train,
+    /// validation, test): the same files decoded the same way give the same hash.
+    pub fn content_hash(&self) -> &str {
+        self.hash.get_or_init(|| self.compute_hash())
+    }
+
+    fn compute_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for split in [
+            Some(&self.train),
+            self.validation.as_ref(),
+            self.test.as_ref(),
+        ] {
+            let Some(split) = split else {
+                h.update(b"-");
+                continue;
+            };
+            let pixels = (&split.images * 255.0)
+                .round()
+                .clamp(0.0, 255.0)
+                .to_kind(Kind::Uint8);
+            h.update(Vec::<u8>::try_from(&pixels.flatten(0, -1)).unwrap_or_default());
+            h.update(
+                Vec::<i64>::try_from(&split.labels)
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|l| l.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            );
+        }
+        format!("{:x}", h.finalize())
+    }
 }
 
 // SAFETY: a `Dataset` is immutable once loaded: its tensors are only read (narrow,
@@ -325,6 +363,7 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, as_: DecodeAs) -> anyhow::Resul
                 validation: None,
                 test: Some(read_split(info, data_dir, test_images, test_labels)?),
                 skipped: Vec::new(),
+                hash: Default::default(),
             })
         }
         Source::Cifar10 { folder } => {
@@ -335,6 +374,7 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, as_: DecodeAs) -> anyhow::Resul
                 validation: None,
                 test: Some(test),
                 skipped: Vec::new(),
+                hash: Default::default(),
             })
         }
         Source::Folder { root, .. } => {
@@ -356,6 +396,7 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, as_: DecodeAs) -> anyhow::Resul
                     .into_iter()
                     .map(|f| (f.path, f.reason))
                     .collect(),
+                hash: Default::default(),
             })
         }
     }
@@ -602,6 +643,7 @@ mod tests {
             validation: None,
             test: Some(Split { images, labels }),
             skipped: Vec::new(),
+            hash: Default::default(),
         }
     }
 

@@ -143,6 +143,7 @@ pub struct TrialRow {
     pub frozen: Vec<String>,
     pub reinitialised: Vec<String>,
     pub skipped_files: u32,
+    pub provenance: std::collections::BTreeMap<String, String>,
 }
 
 /// A trial handed to a worker: the lease it now holds.
@@ -173,6 +174,8 @@ pub struct TrialFacts {
     pub reinitialised: Vec<String>,
     /// Image files the worker could not decode.
     pub skipped_files: u32,
+    /// Versions, device, seed and data hash (see the `Trial.provenance` field).
+    pub provenance: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -232,7 +235,7 @@ fn options(path: &Path) -> Result<SqliteConnectOptions> {
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
     t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
-    t.notes, t.frozen, t.reinitialised, t.skipped_files,
+    t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance,
     (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_done,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
@@ -280,6 +283,8 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
         frozen: string_list(r, "frozen")?,
         reinitialised: string_list(r, "reinitialised")?,
         skipped_files: r.get::<i64, _>("skipped_files") as u32,
+        provenance: serde_json::from_str(&r.get::<String, _>("provenance"))
+            .context("trials.provenance in the store")?,
     })
 }
 
@@ -748,7 +753,7 @@ impl Store {
         .await?;
         if let Some(f) = facts {
             sqlx::query("UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ?,
-                                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ? WHERE id = ?")
+                                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ?, provenance = ? WHERE id = ?")
                 .bind(f.parameter_count as i64)
                 .bind(f.train_examples as i64)
                 .bind(f.val_examples as i64)
@@ -757,6 +762,7 @@ impl Store {
                 .bind(serde_json::to_string(&f.frozen)?)
                 .bind(serde_json::to_string(&f.reinitialised)?)
                 .bind(f.skipped_files as i64)
+                .bind(serde_json::to_string(&f.provenance)?)
                 .bind(trial_id)
                 .execute(&mut *tx)
                 .await?;

@@ -280,6 +280,26 @@ fn run_lease(
             return LeaseEnd::Finish(failed(format!("cannot create {}: {e}", dir.display())));
         }
     }
+    // Where the numbers come from; the data hash once per worker and data set.
+    let provenance: std::collections::HashMap<String, String> = [
+        ("cnnd", env!("CARGO_PKG_VERSION").to_string()),
+        ("libtorch", crate::config::LIBTORCH_VERSION.to_string()),
+        ("device", format!("{device:?}").to_lowercase()),
+        ("seed", params.seed.to_string()),
+        (
+            "data",
+            format!("{} sha256:{}", info.name, dataset.content_hash()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(device.is_cuda().then(|| {
+        (
+            "cuda".to_string(),
+            crate::config::TORCH_CUDA_VERSION.to_string(),
+        )
+    }))
+    .collect();
     // What prediction needs to see images as this trial saw them.
     let input_record = crate::predict::InputRecord::of(&params, &info, &prepared);
     if let Err(e) = input_record.save(&weights_path) {
@@ -331,6 +351,7 @@ fn run_lease(
             req.test_examples = facts.test_examples;
             req.notes = prepared.notes.clone();
             req.skipped_files = dataset.skipped.len() as u32;
+            req.provenance = provenance.clone();
             if let Some(t) = &facts.transfer {
                 req.notes.push(t.note.clone());
                 req.frozen = t.frozen.clone();

@@ -112,6 +112,21 @@ fn a_small_sweep_trains_records_and_charts() {
     for (r, t) in replay["trials"].as_array().unwrap().iter().zip(trials) {
         assert_eq!(r["params"], t["params"], "re-derived params differ");
     }
+    // Provenance: versions, device, seed and the data hash on every trial; one data set,
+    // one hash.
+    let hashes: std::collections::BTreeSet<String> = trials
+        .iter()
+        .map(|t| {
+            let p = d.get_trial(t["trialId"].as_str().unwrap()).provenance;
+            for key in ["cnnd", "libtorch", "device", "seed", "data"] {
+                assert!(p.contains_key(key), "provenance without {key}: {p:?}");
+            }
+            assert_eq!(p["device"], "cpu");
+            p["data"].clone()
+        })
+        .collect();
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    assert!(hashes.iter().next().unwrap().starts_with("mnist sha256:"));
     let out = d.cnnctl(&["replay", &sweep_id]);
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("4 of 4 configurations re-derived identically"));

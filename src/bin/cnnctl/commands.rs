@@ -345,6 +345,15 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         }
     ));
     out(format!("weights:    {}", or_dash(&t.weights_path)));
+    if !t.provenance.is_empty() {
+        let mut keys: Vec<&String> = t.provenance.keys().collect();
+        keys.sort();
+        let parts: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{k} {}", t.provenance[*k]))
+            .collect();
+        out(format!("provenance: {}", parts.join(", ")));
+    }
     for note in &t.notes {
         out(format!("note:       {}", one_line(note)));
     }

@@ -377,6 +377,7 @@ pub fn trial_json(t: &pb::Trial) -> Value {
         "testExamples": t.test_examples, "device": t.device,
         "notes": t.notes, "frozen": t.frozen, "reinitialised": t.reinitialised,
         "skippedFiles": t.skipped_files,
+        "provenance": t.provenance,
     })
 }
 
