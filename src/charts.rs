@@ -1828,11 +1828,18 @@ fn best_scored<'a, 's>(scored: &'a [Scored<'s>], goal: Goal) -> Option<&'a Score
 
 /// Compact text of a number on a parameter axis ("0.25", "3", "1e-4", "12k").
 fn fmt_num(v: f64) -> String {
+    fmt_sig(v, 6)
+}
+
+/// `v` rounded to `sig` significant digits, as compact text.
+fn fmt_sig(v: f64, sig: usize) -> String {
     if v.abs() >= 10_000.0 {
         return format_count(v);
     }
-    // six significant digits, without float noise (0.30000000000000004 → 0.3)
-    let r: f64 = format!("{v:.5e}").parse().unwrap_or(v);
+    // rounding through text also drops float noise (0.30000000000000004 → 0.3)
+    let r: f64 = format!("{v:.*e}", sig.clamp(1, 17) - 1)
+        .parse()
+        .unwrap_or(v);
     if r.fract() == 0.0 && r.abs() < 1e15 {
         return format!("{}", r as i64);
     }
@@ -1960,7 +1967,7 @@ fn binned_groups(scored: &[&Scored], numeric: &[Option<f64>]) -> Vec<ValueGroup>
         g.label = if lo == hi {
             fmt_num(lo)
         } else {
-            format!("{}–{}", fmt_num(lo), fmt_num(hi))
+            format!("{}–{}", fmt_sig(lo, 2), fmt_sig(hi, 2))
         };
     }
     groups
@@ -2390,6 +2397,35 @@ fn pc_param_axis(param: &str, scored: &[Scored]) -> PcAxis {
         ticks,
         jitter: true,
     }
+}
+
+/// The labels with a prefix they all share (at least 4 characters, cut after a
+/// separator where possible) replaced by "…"; unchanged when there is none.
+fn elide_common_prefix(labels: &[String]) -> Vec<String> {
+    if labels.len() < 2 {
+        return labels.to_vec();
+    }
+    let first: Vec<char> = labels[0].chars().collect();
+    let mut n = first.len();
+    for l in &labels[1..] {
+        n = n.min(l.chars().zip(&first).take_while(|(a, b)| a == *b).count());
+    }
+    // keep at least one character of every label, and cut after a separator
+    let shortest = labels.iter().map(|l| l.chars().count()).min().unwrap_or(0);
+    n = n.min(shortest.saturating_sub(1));
+    if let Some(sep) = first[..n]
+        .iter()
+        .rposition(|c| matches!(c, '-' | '_' | ' ' | '/' | '.' | ':'))
+    {
+        n = sep + 1;
+    }
+    if n < 4 {
+        return labels.to_vec();
+    }
+    labels
+        .iter()
+        .map(|l| format!("…{}", l.chars().skip(n).collect::<String>()))
+        .collect()
 }
 
 /// Keeps tick labels at least `min_gap` px apart (positions in px, any order).
@@ -2910,12 +2946,14 @@ fn draw_effect_cell(
         }
     }
 
-    // Value labels and n under the axis.
+    // Value labels and n under the axis; a prefix every label shares
+    // ("architecture-variant-01", "-02", …) is elided so the rest shows.
+    let shown = elide_common_prefix(&groups.iter().map(|g| g.label.clone()).collect::<Vec<_>>());
     let ls = anchored(text(SMALL_PX, &INK), HPos::Center, VPos::Top);
     let ns = anchored(text(SMALL_PX - 1, &MUTED), HPos::Center, VPos::Top);
-    let widest = groups
+    let widest = shown
         .iter()
-        .map(|g| text_width(root, &g.label, &ls) as i32)
+        .map(|l| text_width(root, l, &ls) as i32)
         .max()
         .unwrap_or(0);
     let stagger = widest + 6 > slot;
@@ -2925,7 +2963,7 @@ fn draw_effect_cell(
         let (px, _) = chart.backend_coord(&(i as f64, v_lo));
         let row = if stagger { (i % 2) as i32 } else { 0 };
         let y = y_axis_px + 6 + row * 16;
-        let label = fit_text(root, &g.label, &ls, room);
+        let label = fit_text(root, &shown[i], &ls, room);
         let s = if Some(i) == best_g && groups.len() > 1 {
             anchored(bold(SMALL_PX, &INK), HPos::Center, VPos::Top)
         } else {
@@ -3951,5 +3989,20 @@ mod tests {
         assert_eq!(fmt_num(3.0), "3");
         assert_eq!(fmt_num(0.30000000000000004), "0.3");
         assert_eq!(fmt_num(250_000.0), "250k");
+        assert_eq!(fmt_sig(1.05516e-5, 2), "1.1e-5");
+        assert_eq!(fmt_sig(0.0052448, 2), "0.0052");
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            elide_common_prefix(&l(&["arch-variant-01", "arch-variant-10"])),
+            l(&["…01", "…10"])
+        );
+        assert_eq!(
+            elide_common_prefix(&l(&["gap", "dense"])),
+            l(&["gap", "dense"])
+        );
+        assert_eq!(
+            elide_common_prefix(&l(&["resnet", "resnet-wide"])),
+            l(&["resnet", "resnet-wide"])
+        );
     }
 }

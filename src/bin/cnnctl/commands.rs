@@ -294,6 +294,25 @@ pub async fn sweep(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
     } else {
         out(render(&sweep_table(&s)));
     }
+    let groups = repeat_groups(&s);
+    if !groups.is_empty() {
+        out("");
+        let mut g = table(["configuration", "runs", "mean test acc", "std"]);
+        for (key, mean, std, n) in &groups {
+            g.add_row(vec![
+                if key.is_empty() {
+                    "-".to_string()
+                } else {
+                    key.clone()
+                },
+                n.to_string(),
+                pct(*mean),
+                format!("{:.2} pts", std * 100.0),
+            ]);
+        }
+        align_right(&mut g, &[1, 2, 3]);
+        out(render(&g));
+    }
     out("");
     out(best_line(&s));
     for e in param_effects(&s) {
@@ -722,6 +741,23 @@ mod tests {
         let json = sweep_json(&s);
         assert_eq!(json["summary"]["bestTrialId"], "t2");
         assert!(json["summary"]["parameters"].as_array().unwrap().len() == 3);
+    }
+
+    #[test]
+    fn repeated_configurations_show_mean_and_spread() {
+        let mut s = sweep_fixture();
+        assert!(repeat_groups(&s).is_empty(), "no configuration ran twice");
+        let mut again = s.trials[1].clone();
+        again.trial_id = "t2b".into();
+        again.test_accuracy = 0.97912;
+        s.trials.push(again);
+        let groups = repeat_groups(&s);
+        assert_eq!(groups[1].0, "kernelSize=5 dropout=0.5 head=gap");
+        let (key, mean, std, n) = &groups[0];
+        assert_eq!(key, "kernelSize=3 dropout=0.5 head=dense");
+        assert_eq!(*n, 2);
+        assert!((mean - 0.98412).abs() < 1e-12);
+        assert!((std - 0.01 / 2f64.sqrt()).abs() < 1e-12, "{std}");
     }
 
     #[test]
