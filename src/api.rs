@@ -395,16 +395,20 @@ impl Api {
         Ok(())
     }
 
-    /// The sweep `id`, which must exist and not have ended.
-    async fn open_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
+    /// The sweep `id`, which must exist.
+    async fn find_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
         require_id("sweepId", id)?;
-        let sweep = self
-            .scheduler
+        self.scheduler
             .store
             .sweep(id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
+            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))
+    }
+
+    /// The sweep `id`, which must exist and not have ended.
+    async fn open_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
+        let sweep = self.find_sweep(id).await?;
         if sweep.status == "finished" || sweep.status == "cancelled" {
             let verb = if sweep.status == "finished" {
                 "finished"
@@ -490,13 +494,8 @@ impl proto::orchestrator_server::Orchestrator for Api {
         request: Request<proto::GetSweepRequest>,
     ) -> Result<Response<proto::Sweep>, Status> {
         let id = request.into_inner().sweep_id;
-        require_id("sweepId", &id)?;
+        let sweep = self.find_sweep(&id).await?;
         let store = &self.scheduler.store;
-        let sweep = store
-            .sweep(&id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
         let trials = store.trials_of(&id).await.map_err(internal)?;
         let best = best_trial(&trials)
             .map(|t| t.id.clone())
@@ -775,14 +774,13 @@ impl proto::orchestrator_server::Orchestrator for Api {
         request: Request<proto::ReplaySweepRequest>,
     ) -> Result<Response<proto::ReplaySweepResponse>, Status> {
         let id = request.into_inner().sweep_id;
-        require_id("sweepId", &id)?;
-        let store = &self.scheduler.store;
-        let sweep = store
-            .sweep(&id)
+        let sweep = self.find_sweep(&id).await?;
+        let recorded = self
+            .scheduler
+            .store
+            .trials_of(&id)
             .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))?;
-        let recorded = store.trials_of(&id).await.map_err(internal)?;
+            .map_err(internal)?;
         let request: SweepRequest = serde_json::from_value(sweep.spec.clone()).map_err(|e| {
             Status::internal(format!("sweep '{id}': stored request unreadable: {e}"))
         })?;

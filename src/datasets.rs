@@ -92,18 +92,7 @@ fn builtin(name: &str) -> Option<DatasetInfo> {
             },
             32,
             3,
-            names(&[
-                "airplane",
-                "automobile",
-                "bird",
-                "cat",
-                "deer",
-                "dog",
-                "frog",
-                "horse",
-                "ship",
-                "truck",
-            ]),
+            names(&CIFAR10_CLASSES),
             50_000,
             10_000,
         ),
@@ -120,6 +109,20 @@ fn builtin(name: &str) -> Option<DatasetInfo> {
         test_examples: test,
     })
 }
+
+/// CIFAR-10's class names, in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// A built-in data set by name (no disk access); None for other names.
 pub fn dataset_info(name: &str) -> Option<DatasetInfo> {

@@ -21,18 +21,7 @@ pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 /// Number of classes (labels are 0..=9).
 pub const CLASSES: usize = 10;
 /// The class names of the published data set, used when `batches.meta.txt` is absent.
-pub const CLASS_NAMES: [&str; CLASSES] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CLASS_NAMES: [&str; CLASSES] = crate::datasets::CIFAR10_CLASSES;
 /// The training batch files, in order.
 pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",

@@ -116,18 +116,7 @@ pub fn write_cifar_dir(dir: &Path, per_batch: usize, seed: u64) -> (Vec<u8>, Vec
     }
     let (images, labels) = batch(&mut rng);
     write_cifar_batch(&dir.join("test_batch.bin"), &images, &labels);
-    let names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    let names = cnnd::datasets::CIFAR10_CLASSES;
     // The published file ends with blank lines too.
     fs::write(
         dir.join("batches.meta.txt"),
