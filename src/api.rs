@@ -250,8 +250,8 @@ fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {
         return charts::Dashboard::load(dir, name)
             .map_err(|e| Status::invalid_argument(format!("dashboard: {e:#}")));
     }
-    if name == "default" {
-        return Ok(charts::Dashboard::builtin_default());
+    if let Some(board) = charts::Dashboard::builtin(name) {
+        return Ok(board);
     }
     Err(Status::not_found(format!(
         "dashboard: no dashboard '{name}' (looked for {})",

@@ -244,6 +244,17 @@ impl Dashboard {
             .expect("dashboards/default.toml is valid")
     }
 
+    /// The dashboards shipped in `dashboards/`, compiled in: used when the daemon's
+    /// dashboards folder has no file of that name.
+    pub fn builtin(name: &str) -> Option<Dashboard> {
+        let text = match name {
+            "default" => include_str!("../dashboards/default.toml"),
+            "compare" => include_str!("../dashboards/compare.toml"),
+            _ => return None,
+        };
+        Some(Self::from_toml_str(text).expect("the shipped dashboards are valid"))
+    }
+
     /// Checks file names (plain `.png` names, no duplicates) and sizes.
     pub fn validate(&self) -> Result<()> {
         if self.panels.is_empty() {
@@ -821,6 +832,18 @@ fn legend_width(root: &Area, heading: &str, entries: &[LegendEntry]) -> u32 {
     widest.max(head).clamp(200, (w as f64 * 0.36) as u32)
 }
 
+/// How many of `entries` legend rows to draw when `fit` rows fit, and how
+/// many are left for a final "+K more" row: at most [`LEGEND_MAX_ROWS`] rows.
+fn legend_rows(entries: usize, fit: usize) -> (usize, usize) {
+    let rows = fit.min(LEGEND_MAX_ROWS);
+    if entries <= rows {
+        (entries, 0)
+    } else {
+        let shown = rows.saturating_sub(1);
+        (shown, entries - shown)
+    }
+}
+
 fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()> {
     let (w, h) = area.dim_in_pixel();
     let x0 = 12;
@@ -829,13 +852,8 @@ fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()
     let heading = fit_text(area, heading, &hs, w.saturating_sub(24));
     draw_text_at(area, &heading, &hs, (x0, y))?;
     y += 30;
-    let rows = (((h as i32 - y - 16) / LEGEND_ROW).max(0) as usize).min(LEGEND_MAX_ROWS);
-    let overflow = entries.len() > rows;
-    let shown = if overflow {
-        rows.saturating_sub(1)
-    } else {
-        entries.len()
-    };
+    let rows = ((h as i32 - y - 16) / LEGEND_ROW).max(0) as usize;
+    let (shown, more) = legend_rows(entries.len(), rows);
     let max_text = w.saturating_sub((x0 + LEGEND_SWATCH + 16) as u32);
     for e in &entries[..shown] {
         let cy = y + LEGEND_ROW / 2;
@@ -902,10 +920,14 @@ fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> Result<()
         draw_text_at(area, &label, &ts, (tx, cy))?;
         y += LEGEND_ROW;
     }
-    if overflow {
+    if more > 0 {
         let ts = anchored(text(LEGEND_PX, &MUTED), HPos::Left, VPos::Center);
-        let more = format!("+{} more", entries.len() - shown);
-        draw_text_at(area, &more, &ts, (x0, y + LEGEND_ROW / 2))?;
+        draw_text_at(
+            area,
+            &format!("+{more} more"),
+            &ts,
+            (x0, y + LEGEND_ROW / 2),
+        )?;
     }
     Ok(())
 }
@@ -975,6 +997,23 @@ fn epoch_segments(trial: &ChartTrial, metric: impl Fn(&ChartEpoch) -> f64) -> Ve
     }
     segments.retain(|s| !s.is_empty());
     segments
+}
+
+/// Moves up to `want` pruned curves into the first `room` places when none
+/// is there and more curves than `room` exist; the order is otherwise kept.
+fn promote_pruned(curves: &mut Vec<Curve>, room: usize, want: usize) {
+    let pruned = |c: &Curve| c.trial.status == "pruned";
+    if curves.len() <= room || room <= want || curves[..room].iter().any(pruned) {
+        return;
+    }
+    let picked: Vec<usize> = (room..curves.len())
+        .filter(|&i| pruned(&curves[i]))
+        .take(want)
+        .collect();
+    for (slot, &i) in picked.iter().enumerate() {
+        let c = curves.remove(i);
+        curves.insert(room - picked.len() + slot, c);
+    }
 }
 
 struct LineChartSpec<'a> {
@@ -1136,6 +1175,12 @@ fn draw_line_chart(
             .then(b.score.total_cmp(&a.score))
             .then(a.trial.index.cmp(&b.trial.index))
     });
+    if spec.inactive_dashed {
+        // When the legend overflows, keep the two best pruned trials in it,
+        // so their "(pruned)" style is seen next to the others.
+        let room = LEGEND_MAX_ROWS.saturating_sub(spec.key.len() + 1);
+        promote_pruned(&mut curves, room, 2);
+    }
     let dense = curves.len() > PALETTE.len();
     let mut entries = spec.key;
     for c in &curves {
@@ -2399,10 +2444,14 @@ fn pc_param_axis(param: &str, scored: &[Scored]) -> PcAxis {
     }
 }
 
-/// The labels with a prefix they all share (at least 4 characters, cut after a
-/// separator where possible) replaced by "…"; unchanged when there is none.
+/// The labels with a prefix they all share (at least 4 characters, ending in
+/// a separator such as '-') replaced by "…"; unchanged when there is none.
 fn elide_common_prefix(labels: &[String]) -> Vec<String> {
-    if labels.len() < 2 {
+    // numbers and ranges ("1000.5", "1e-5–3e-5") are never shortened
+    let words = labels
+        .iter()
+        .all(|l| l.chars().next().is_some_and(char::is_alphabetic));
+    if labels.len() < 2 || !words {
         return labels.to_vec();
     }
     let first: Vec<char> = labels[0].chars().collect();
@@ -2410,15 +2459,17 @@ fn elide_common_prefix(labels: &[String]) -> Vec<String> {
     for l in &labels[1..] {
         n = n.min(l.chars().zip(&first).take_while(|(a, b)| a == *b).count());
     }
-    // keep at least one character of every label, and cut after a separator
+    // keep at least one character of every label; cut only after a separator
+    // so whole words stay ("resnet" / "resnet-wide" keep their names)
     let shortest = labels.iter().map(|l| l.chars().count()).min().unwrap_or(0);
     n = n.min(shortest.saturating_sub(1));
-    if let Some(sep) = first[..n]
+    let Some(sep) = first[..n]
         .iter()
-        .rposition(|c| matches!(c, '-' | '_' | ' ' | '/' | '.' | ':'))
-    {
-        n = sep + 1;
-    }
+        .rposition(|c| matches!(c, '-' | '_' | ' ' | '/' | ':'))
+    else {
+        return labels.to_vec();
+    };
+    let n = sep + 1;
     if n < 4 {
         return labels.to_vec();
     }
@@ -2801,7 +2852,6 @@ fn draw_param_effects(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<
     Ok(Drawn::Chart)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn draw_effect_cell(
     root: &Area,
     cell: &Area,
@@ -3983,7 +4033,17 @@ mod tests {
 
     #[test]
     fn legend_of_many_trials_is_capped() {
-        assert!(LEGEND_MAX_ROWS >= 8);
+        // 100 trials, room for 22 rows: the top 15, then "+85 more"
+        assert_eq!(LEGEND_MAX_ROWS, 16);
+        assert_eq!(legend_rows(100, 22), (15, 85));
+        assert_eq!(legend_rows(16, 22), (16, 0));
+        assert_eq!(legend_rows(17, 22), (15, 2));
+        assert_eq!(legend_rows(12, 10), (9, 3));
+        assert_eq!(legend_rows(3, 0), (0, 3));
+    }
+
+    #[test]
+    fn numbers_and_shared_prefixes_are_compact() {
         assert_eq!(fmt_num(0.0001), "1e-4");
         assert_eq!(fmt_num(0.25), "0.25");
         assert_eq!(fmt_num(3.0), "3");

@@ -5,9 +5,9 @@
 //! ```text
 //! bin (cnnd, cnnctl)
 //! api            worker  predict
-//! scheduler  charts  pruning  train  transfer
+//! scheduler  charts        train  transfer
 //! store                    model
-//! sweep  datasets          data  imaging
+//! sweep  datasets  pruning  tpe   data  imaging
 //! proto  config
 //! ```
 //!
