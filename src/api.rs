@@ -304,6 +304,36 @@ fn describe_difference(
         .join(", ")
 }
 
+/// How a tpe trial's values were chosen, in words.
+fn suggestion_note(t: &TrialRow) -> Option<String> {
+    let basis = t.suggestion.as_ref()?;
+    Some(if basis.tpe {
+        format!(
+            "suggested by tpe from {} finished trials{}{}",
+            basis.observed.len(),
+            if basis.pending.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} running as pending ({})",
+                    basis.pending.len(),
+                    basis.pending.join(", ")
+                )
+            },
+            if basis.observed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", basis.observed.join(", "))
+            }
+        )
+    } else {
+        format!(
+            "suggested by random start-up ({} finished trials so far)",
+            basis.observed.len()
+        )
+    })
+}
+
 /// What the response of `SubmitSweep` says about the data set: splits carved from train.
 fn dataset_notes(spec: &SweepSpec, data_dir: Option<&Path>) -> Vec<String> {
     let Ok(info) = datasets::resolve(&spec.dataset, data_dir) else {
@@ -450,6 +480,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             min_trials: r.min_trials,
             grace_period: r.grace_period,
             reduction_factor: r.reduction_factor,
+            startup_trials: r.startup_trials,
         };
         // Image folders are listed from disk: off the async threads.
         let limits = self.scheduler.config.limits;
@@ -698,7 +729,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
             val_examples: t.val_examples.unwrap_or_default(),
             test_examples: t.test_examples.unwrap_or_default(),
             device: t.ran_on.clone().unwrap_or_default(),
-            notes: t.notes.clone(),
+            notes: suggestion_note(&t)
+                .into_iter()
+                .chain(t.notes.clone())
+                .collect(),
             frozen: t.frozen.clone(),
             reinitialised: t.reinitialised.clone(),
             skipped_files: t.skipped_files,
@@ -794,8 +828,50 @@ impl proto::orchestrator_server::Orchestrator for Api {
                     "sweep '{id}' no longer validates as stored ({e}); its data set or this daemon's limits changed"
                 ))
             })?;
+        // tpe: each suggestion again, from the basis recorded with it.
+        let histories = match &sweep.tpe {
+            Some(_) => self
+                .scheduler
+                .store
+                .objective_histories(&sweep.id)
+                .await
+                .map_err(internal)?,
+            None => Vec::new(),
+        };
+        let derived_params: Vec<crate::sweep::TrialParams> = spec
+            .trials
+            .iter()
+            .enumerate()
+            .map(|(i, base)| {
+                let (Some(search), Some(basis)) = (
+                    &sweep.tpe,
+                    recorded.get(i).and_then(|t| t.suggestion.as_ref()),
+                ) else {
+                    return base.clone();
+                };
+                let (all_observed, _) = crate::scheduler::suggestion_inputs(
+                    &recorded,
+                    &histories,
+                    &sweep.objective,
+                    "",
+                );
+                let observed: Vec<(crate::sweep::TrialParams, f64)> = basis
+                    .observed
+                    .iter()
+                    .filter_map(|id| all_observed.iter().find(|(t, _)| t.id == *id))
+                    .map(|(t, s)| (t.params.clone(), *s))
+                    .collect();
+                let pending: Vec<crate::sweep::TrialParams> = basis
+                    .pending
+                    .iter()
+                    .filter_map(|id| recorded.iter().find(|t| t.id == *id))
+                    .map(|t| t.params.clone())
+                    .collect();
+                search.suggest(i as u32, base, &observed, &pending).0
+            })
+            .collect();
         let mut trials = Vec::with_capacity(spec.trials.len().max(recorded.len()));
-        for (i, derived) in spec.trials.iter().enumerate() {
+        for (i, derived) in derived_params.iter().enumerate() {
             let stored = recorded.get(i);
             let difference = match stored {
                 None => "not recorded (the sweep recorded fewer trials)".to_string(),

@@ -174,8 +174,8 @@ pub fn find_file(info: &DatasetInfo, data_dir: &Path, file: &str) -> anyhow::Res
         "{}: file {file} not found; tried {}. Set CNND_DATA_DIR (or --data-dir) to the folder \
          that holds the data sets, or download them with scripts/fetch-data.sh {}",
         info.name,
-        info.name,
-        list.join(", ")
+        list.join(", "),
+        info.name
     ))
 }
 

@@ -16,7 +16,10 @@ use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
 use crate::pruning::{self, EarlyStopping, OtherTrial};
-use crate::store::{EpochRow, Lease, ReportError, Store, StoredEvent, TrialFacts, TrialResult};
+use crate::store::{
+    EpochRow, Lease, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts, TrialResult,
+    TrialRow,
+};
 use crate::sweep::{Objective, SweepLimits, SweepSpec};
 
 /// A compute device the workers can use, as probed at start-up.
@@ -103,6 +106,8 @@ pub struct Scheduler {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Set when the shutdown grace period is over: running trials stop mid-epoch.
     hard_stop: std::sync::atomic::AtomicBool,
+    /// Serialises tpe suggestions, so each sees the ones made before it as pending.
+    suggesting: tokio::sync::Mutex<()>,
 }
 
 /// A report refused because the worker's lease is gone.
@@ -136,6 +141,7 @@ impl Scheduler {
             queue_changed: Notify::new(),
             shutting_down: Default::default(),
             hard_stop: Default::default(),
+            suggesting: Default::default(),
         })
     }
 
@@ -217,8 +223,13 @@ impl Scheduler {
             let changed = self.queue_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some((lease, event)) = self.store.lease_next(worker_id, serves, &device).await? {
+            if let Some((mut lease, event)) =
+                self.store.lease_next(worker_id, serves, &device).await?
+            {
                 let _ = kind;
+                if lease.awaiting_suggestion {
+                    self.suggest(&mut lease).await?;
+                }
                 {
                     let mut workers = self.workers.lock().unwrap();
                     if let Some(w) = workers.get_mut(worker_id) {
@@ -295,6 +306,46 @@ impl Scheduler {
             }
             Err(e) => Ok(Err(e)),
         }
+    }
+
+    /// Suggests the values of a leased tpe trial from its sweep's finished trials (and its
+    /// running ones as pending), stores them with their basis, and puts them in the lease.
+    async fn suggest(&self, lease: &mut Lease) -> Result<()> {
+        let _one_at_a_time = self.suggesting.lock().await;
+        let Some(sweep) = self.store.sweep(&lease.sweep_id).await? else {
+            return Ok(());
+        };
+        let Some(search) = &sweep.tpe else {
+            return Ok(());
+        };
+        let trials = self.store.trials_of(&lease.sweep_id).await?;
+        let histories = self.store.objective_histories(&lease.sweep_id).await?;
+        let (observed, pending) =
+            suggestion_inputs(&trials, &histories, &sweep.objective, &lease.trial_id);
+        let index = trials
+            .iter()
+            .find(|t| t.id == lease.trial_id)
+            .map_or(0, |t| t.index);
+        let (params, tpe) = search.suggest(
+            index,
+            &lease.params,
+            &observed
+                .iter()
+                .map(|(t, s)| (t.params.clone(), *s))
+                .collect::<Vec<_>>(),
+            &pending.iter().map(|t| t.params.clone()).collect::<Vec<_>>(),
+        );
+        let basis = SuggestionBasis {
+            observed: observed.iter().map(|(t, _)| t.id.clone()).collect(),
+            pending: pending.iter().map(|t| t.id.clone()).collect(),
+            tpe,
+        };
+        self.store
+            .set_suggestion(&lease.trial_id, &params, &basis)
+            .await?;
+        lease.params = params;
+        lease.awaiting_suggestion = false;
+        Ok(())
     }
 
     /// The sweep's early-stopping decision for `trial_id`, which just recorded an epoch:
@@ -642,4 +693,35 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The inputs of a tpe suggestion for trial `for_trial`: the finished trials (succeeded or
+/// pruned, with at least one epoch) with their best objective as a score (higher better),
+/// oldest finish first, and the running trials whose values are already suggested.
+pub fn suggestion_inputs<'a>(
+    trials: &'a [TrialRow],
+    histories: &[crate::store::ObjectiveHistory],
+    objective: &str,
+    for_trial: &str,
+) -> (Vec<(&'a TrialRow, f64)>, Vec<&'a TrialRow>) {
+    let score = |id: &str| -> Option<f64> {
+        let (_, _, h) = histories.iter().find(|(t, _, _)| t == id)?;
+        h.iter()
+            .map(|(acc, loss)| if objective == "val_loss" { -loss } else { *acc })
+            .filter(|v| v.is_finite())
+            .reduce(f64::max)
+    };
+    let mut observed: Vec<(&TrialRow, f64)> = trials
+        .iter()
+        .filter(|t| t.id != for_trial && (t.status == "succeeded" || t.status == "pruned"))
+        .filter_map(|t| score(&t.id).map(|s| (t, s)))
+        .collect();
+    observed.sort_by(|a, b| {
+        (a.0.finished_at.as_deref(), a.0.index).cmp(&(b.0.finished_at.as_deref(), b.0.index))
+    });
+    let pending = trials
+        .iter()
+        .filter(|t| t.id != for_trial && t.status == "running" && t.suggestion.is_some())
+        .collect();
+    (observed, pending)
 }

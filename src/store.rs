@@ -98,6 +98,7 @@ pub struct SweepRow {
     pub created_at: String,
     pub finished_at: Option<String>,
     pub early_stopping: crate::pruning::EarlyStopping,
+    pub tpe: Option<crate::sweep::TpeSearch>,
 }
 
 impl SweepRow {
@@ -144,6 +145,9 @@ pub struct TrialRow {
     pub reinitialised: Vec<String>,
     pub skipped_files: u32,
     pub provenance: std::collections::BTreeMap<String, String>,
+    /// What a tpe suggestion was based on (None for grid and random trials, and for tpe
+    /// trials not leased yet).
+    pub suggestion: Option<SuggestionBasis>,
 }
 
 /// A trial handed to a worker: the lease it now holds.
@@ -157,6 +161,21 @@ pub struct Lease {
     pub params: TrialParams,
     /// Epochs of this trial already in the store (from earlier attempts).
     pub epochs_recorded: u32,
+    /// A tpe trial whose values are still to be suggested (see `Store::set_suggestion`).
+    pub awaiting_suggestion: bool,
+}
+
+/// A trial's id, status, and (val_accuracy, val_loss) by epoch, epoch 1 first.
+pub type ObjectiveHistory = (String, String, Vec<(f64, f64)>);
+
+/// What one tpe suggestion was made from: the finished trials (oldest first) observed and
+/// the running ones taken as pending, by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SuggestionBasis {
+    pub observed: Vec<String>,
+    pub pending: Vec<String>,
+    /// False for the random start-up suggestions.
+    pub tpe: bool,
 }
 
 /// Sent with the first epoch of an attempt.
@@ -235,7 +254,7 @@ fn options(path: &Path) -> Result<SqliteConnectOptions> {
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
     t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
-    t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance,
+    t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance, t.suggestion_basis,
     (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_done,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
@@ -285,6 +304,11 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
         skipped_files: r.get::<i64, _>("skipped_files") as u32,
         provenance: serde_json::from_str(&r.get::<String, _>("provenance"))
             .context("trials.provenance in the store")?,
+        suggestion: r
+            .get::<Option<String>, _>("suggestion_basis")
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .context("trials.suggestion_basis in the store")?,
     })
 }
 
@@ -324,6 +348,11 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
         finished_at: r.get("finished_at"),
         early_stopping: serde_json::from_str(&r.get::<String, _>("early_stopping"))
             .context("sweeps.early_stopping in the store")?,
+        tpe: r
+            .get::<Option<String>, _>("tpe")
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .context("sweeps.tpe in the store")?,
     })
 }
 
@@ -420,8 +449,8 @@ impl Store {
             .unwrap_or("auto")
             .to_string();
         sqlx::query(
-            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping, tpe)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         )
         .bind(id)
         .bind(&spec.name)
@@ -435,6 +464,7 @@ impl Store {
         .bind(&device)
         .bind(&created)
         .bind(serde_json::to_string(&spec.early_stopping)?)
+        .bind(spec.tpe.as_ref().map(serde_json::to_string).transpose()?)
         .execute(&mut *tx)
         .await?;
         let seq0: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(queue_seq), 0) FROM trials")
@@ -444,8 +474,8 @@ impl Store {
         for (i, params) in spec.trials.iter().enumerate() {
             let trial_id = format!("{id}-t{i}");
             sqlx::query(
-                "INSERT INTO trials (id, sweep_id, idx, params, status, priority, queue_seq, device, epochs_planned)
-                 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "INSERT INTO trials (id, sweep_id, idx, params, status, priority, queue_seq, device, epochs_planned, awaiting_suggestion)
+                 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
             )
             .bind(&trial_id)
             .bind(id)
@@ -455,6 +485,7 @@ impl Store {
             .bind(seq0 + 1 + i as i64)
             .bind(&device)
             .bind(params.epochs as i64)
+            .bind(spec.tpe.is_some() as i64)
             .execute(&mut *tx)
             .await?;
             ids.push(trial_id);
@@ -503,10 +534,7 @@ impl Store {
 
     /// Every trial of a sweep with its status and its (val_accuracy, val_loss) by epoch,
     /// epoch 1 first: what early stopping decides from.
-    pub async fn objective_histories(
-        &self,
-        sweep_id: &str,
-    ) -> Result<Vec<(String, String, Vec<(f64, f64)>)>> {
+    pub async fn objective_histories(&self, sweep_id: &str) -> Result<Vec<ObjectiveHistory>> {
         let rows = sqlx::query(
             "SELECT t.id, t.status, e.val_accuracy, e.val_loss FROM trials t
              LEFT JOIN epochs e ON e.trial_id = t.id WHERE t.sweep_id = ? ORDER BY t.idx, e.epoch",
@@ -514,7 +542,7 @@ impl Store {
         .bind(sweep_id)
         .fetch_all(&self.reader)
         .await?;
-        let mut out: Vec<(String, String, Vec<(f64, f64)>)> = Vec::new();
+        let mut out: Vec<ObjectiveHistory> = Vec::new();
         for r in &rows {
             let id: String = r.get("id");
             if out.last().is_none_or(|(last, _, _)| *last != id) {
@@ -622,7 +650,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
-            "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset,
+            "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset, t.awaiting_suggestion,
                     (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_recorded
              FROM trials t JOIN sweeps s ON s.id = t.sweep_id
              WHERE t.status = 'queued' AND s.paused = 0 AND t.device IN ({placeholders})
@@ -679,10 +707,51 @@ impl Store {
                 attempt,
                 params: serde_json::from_str(&params)?,
                 epochs_recorded: row.get::<i64, _>("epochs_recorded") as u32,
+                awaiting_suggestion: row.get::<i64, _>("awaiting_suggestion") != 0,
             },
             event,
         )))
         }).await
+    }
+
+    /// Stores the values suggested for a leased tpe trial and what they were based on.
+    pub async fn set_suggestion(
+        &self,
+        trial_id: &str,
+        params: &TrialParams,
+        basis: &SuggestionBasis,
+    ) -> Result<()> {
+        self.write(async {
+            sqlx::query(
+                "UPDATE trials SET params = ?, awaiting_suggestion = 0, suggestion_basis = ? WHERE id = ?",
+            )
+            .bind(serde_json::to_string(params)?)
+            .bind(serde_json::to_string(basis)?)
+            .bind(trial_id)
+            .execute(&self.writer)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What each suggested trial of a sweep was based on, by trial id.
+    pub async fn suggestion_bases(
+        &self,
+        sweep_id: &str,
+    ) -> Result<std::collections::HashMap<String, SuggestionBasis>> {
+        let rows = sqlx::query(
+            "SELECT id, suggestion_basis FROM trials WHERE sweep_id = ? AND suggestion_basis IS NOT NULL",
+        )
+        .bind(sweep_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.get("suggestion_basis");
+                Ok((r.get("id"), serde_json::from_str(&text)?))
+            })
+            .collect()
     }
 
     /// Checks that `generation` is the trial's live lease; returns (sweep id, status).

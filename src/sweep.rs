@@ -413,6 +413,70 @@ impl TrialParams {
 pub enum Strategy {
     Grid,
     Random,
+    /// Tree-structured Parzen Estimator: configurations suggested one at a time when a
+    /// trial is leased, from the results of the finished trials (see `tpe`).
+    Tpe,
+}
+
+/// The search space of a `tpe` sweep, kept with the sweep: what the scheduler suggests
+/// from when it leases one of its trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpeSearch {
+    pub space: Vec<crate::tpe::Dimension>,
+    pub startup_trials: usize,
+    pub seed: u64,
+}
+
+impl TpeSearch {
+    pub fn config(&self) -> crate::tpe::TpeConfig {
+        crate::tpe::TpeConfig {
+            startup_trials: self.startup_trials,
+            ..Default::default()
+        }
+    }
+
+    /// The values of the searched hyperparameters in `p`, in `space` order.
+    pub fn values_of(&self, p: &TrialParams) -> Vec<Value> {
+        let all = serde_json::to_value(p).unwrap_or_default();
+        self.space
+            .iter()
+            .map(|d| all.get(&d.name).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The parameters of trial `index`: `base` (its fixed values) with the searched ones
+    /// suggested from `observed` (finished trials' parameters and scores, higher better,
+    /// oldest first) and `pending` (running trials' parameters). Deterministic in its
+    /// inputs (the generator is the sweep seed's stream `index`), so a replay with the
+    /// recorded basis gives the same values. Returns whether TPE (not the random start-up)
+    /// made them.
+    pub fn suggest(
+        &self,
+        index: u32,
+        base: &TrialParams,
+        observed: &[(TrialParams, f64)],
+        pending: &[TrialParams],
+    ) -> (TrialParams, bool) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(u64::from(index));
+        let observations: Vec<crate::tpe::Observation> = observed
+            .iter()
+            .map(|(p, score)| crate::tpe::Observation {
+                values: self.values_of(p),
+                score: *score,
+            })
+            .collect();
+        let pending: Vec<Vec<Value>> = pending.iter().map(|p| self.values_of(p)).collect();
+        let config = self.config();
+        let values = crate::tpe::suggest(&self.space, &observations, &pending, &config, &mut rng);
+        let mut all = serde_json::to_value(base).unwrap_or_default();
+        for (d, v) in self.space.iter().zip(values) {
+            all[&d.name] = v;
+        }
+        let params = serde_json::from_value(all).unwrap_or_else(|_| base.clone());
+        (params, observed.len() >= config.startup_trials)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +528,8 @@ pub struct SweepRequest {
     pub min_trials: u32,
     pub grace_period: u32,
     pub reduction_factor: u32,
+    /// tpe: random suggestions before the estimator takes over (0: 10).
+    pub startup_trials: u32,
 }
 
 /// A validated sweep, ready to be stored: every trial's full hyperparameters, in order.
@@ -481,6 +547,8 @@ pub struct SweepSpec {
     pub priority: i32,
     pub objective: Objective,
     pub early_stopping: crate::pruning::EarlyStopping,
+    /// The search of a `tpe` sweep (None for grid and random).
+    pub tpe: Option<TpeSearch>,
     pub repeats: u32,
     pub device: DeviceRequest,
     /// The request, normalised, as stored for the record.
@@ -565,7 +633,14 @@ impl SweepRequest {
                 denied: true,
             },
         })?;
-        let strategy: Strategy = parse_choice("strategy", &self.strategy, "grid", "grid, random")?;
+        let strategy: Strategy =
+            parse_choice("strategy", &self.strategy, "grid", "grid, random, tpe")?;
+        if strategy == Strategy::Tpe && self.repeats > 1 {
+            return Err(err(
+                "repeats",
+                "tpe suggests one configuration per trial; use grid or random for repeats",
+            ));
+        }
         let objective: Objective = parse_choice(
             "objective",
             &self.objective,
@@ -614,6 +689,7 @@ impl SweepRequest {
             check_value(k, v, &format!("fixed.{k}"))?;
         }
         let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut domains: Vec<crate::tpe::Dimension> = Vec::new();
         let mut grid_size: u64 = 1;
         for (k, v) in &self.space {
             if !known.contains(k) {
@@ -621,10 +697,30 @@ impl SweepRequest {
             }
             let values = match v {
                 Value::Array(values) => values.clone(),
+                Value::Object(range) => {
+                    if strategy != Strategy::Tpe {
+                        return Err(err(
+                            format!("space.{k}"),
+                            "a range ({min, max, ...}) needs strategy tpe; give a list of values for grid and random",
+                        ));
+                    }
+                    let domain = parse_range(k, range)?;
+                    let placeholder = match &domain {
+                        crate::tpe::Domain::Int { min, .. } => Value::from(*min),
+                        crate::tpe::Domain::Float { min, .. } => Value::from(*min),
+                        crate::tpe::Domain::Categorical(c) => c[0].clone(),
+                    };
+                    domains.push(crate::tpe::Dimension {
+                        name: k.clone(),
+                        domain,
+                    });
+                    axes.push((k.clone(), vec![placeholder]));
+                    continue;
+                }
                 _ => {
                     return Err(err(
                         format!("space.{k}"),
-                        "must be a list of values, e.g. [3, 5]",
+                        "must be a list of values, e.g. [3, 5] (or, with strategy tpe, a range {\"min\": 1e-4, \"max\": 1e-2, \"log\": true})",
                     ))
                 }
             };
@@ -638,8 +734,18 @@ impl SweepRequest {
                 check_value(k, value, &format!("space.{k}[{i}]"))?;
             }
             grid_size = grid_size.saturating_mul(values.len() as u64);
+            if strategy == Strategy::Tpe {
+                domains.push(crate::tpe::Dimension {
+                    name: k.clone(),
+                    domain: crate::tpe::Domain::Categorical(values.clone()),
+                });
+                // One placeholder: the trials' values are suggested when leased.
+                axes.push((k.clone(), vec![values[0].clone()]));
+                continue;
+            }
             axes.push((k.clone(), values));
         }
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
         // Axes in alphabetical order whatever order the request had (protobuf Structs are
         // sorted anyway), so the same sweep always expands the same way.
         axes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -670,6 +776,18 @@ impl SweepRequest {
                 }
                 self.num_trials as u64
             }
+            Strategy::Tpe => {
+                if self.num_trials == 0 {
+                    return Err(err(
+                        "numTrials",
+                        "required by the tpe strategy (how many trials to suggest)",
+                    ));
+                }
+                if domains.is_empty() {
+                    return Err(err("space", "tpe needs at least one axis to search"));
+                }
+                self.num_trials as u64
+            }
         };
         let total = configs_wanted.saturating_mul(repeats as u64);
         if total > limits.max_trials as u64 {
@@ -693,6 +811,8 @@ impl SweepRequest {
         let choices: Vec<Vec<usize>> = match strategy {
             // `total` was checked against the limit, so the grid is small.
             Strategy::Grid => (0..grid_size).map(decode).collect(),
+            // Every trial starts from the placeholders; its values come when it is leased.
+            Strategy::Tpe => vec![vec![0; axes.len()]; configs_wanted as usize],
             Strategy::Random if grid_size <= 1 << 20 => {
                 let mut all: Vec<u64> = (0..grid_size).collect();
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -789,6 +909,15 @@ impl SweepRequest {
             priority: self.priority,
             objective,
             early_stopping,
+            tpe: (strategy == Strategy::Tpe).then(|| TpeSearch {
+                space: domains,
+                startup_trials: if self.startup_trials == 0 {
+                    10
+                } else {
+                    self.startup_trials as usize
+                },
+                seed: self.seed,
+            }),
             repeats,
             device,
             request,
@@ -796,10 +925,75 @@ impl SweepRequest {
     }
 }
 
+/// A numeric range of `space` for tpe: `{"min", "max"}` with optional `"log": true` and,
+/// for integer hyperparameters, `"step"` (default 1).
+fn parse_range(k: &str, range: &Map<String, Value>) -> Result<crate::tpe::Domain, SpecError> {
+    let field = format!("space.{k}");
+    for key in range.keys() {
+        if !["min", "max", "log", "step"].contains(&key.as_str()) {
+            return Err(err(
+                &field,
+                format!("unknown range key '{key}'; a range has min, max, log, step"),
+            ));
+        }
+    }
+    let number = |key: &str| -> Result<f64, SpecError> {
+        range
+            .get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| err(&field, format!("a range needs a number '{key}'")))
+    };
+    let (min, max) = (number("min")?, number("max")?);
+    let log = match range.get("log") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(err(&field, "'log' must be true or false")),
+    };
+    if min > max {
+        return Err(err(&field, format!("min {min} is above max {max}")));
+    }
+    if log && min <= 0.0 {
+        return Err(err(&field, "a log range needs min > 0"));
+    }
+    // Both ends must be values the hyperparameter takes (type and range).
+    check_value(k, &range["min"], &format!("{field}.min"))?;
+    check_value(k, &range["max"], &format!("{field}.max"))?;
+    let integer = check_value(k, &Value::from(0.5), &field).is_err();
+    let domain = if integer {
+        if min.fract() != 0.0 || max.fract() != 0.0 {
+            return Err(err(
+                &field,
+                format!("{k} is an integer: min and max must be whole"),
+            ));
+        }
+        let step = match range.get("step") {
+            None => 1,
+            Some(v) => v
+                .as_i64()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| err(&field, "'step' must be a positive integer"))?,
+        };
+        crate::tpe::Domain::Int {
+            min: min as i64,
+            max: max as i64,
+            step,
+            log,
+        }
+    } else {
+        if range.contains_key("step") {
+            return Err(err(&field, format!("{k} is not an integer: no step")));
+        }
+        crate::tpe::Domain::Float { min, max, log }
+    };
+    domain.check().map_err(|e| err(&field, e))?;
+    Ok(domain)
+}
+
 fn strategy_name(s: Strategy) -> &'static str {
     match s {
         Strategy::Grid => "grid",
         Strategy::Random => "random",
+        Strategy::Tpe => "tpe",
     }
 }
 

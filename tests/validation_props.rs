@@ -139,13 +139,13 @@ prop_compose! {
         dataset in weighted(&[("mnist", 12), ("fashion_mnist", 4), ("", 1), ("cifar10", 1)]),
         space in prop::collection::vec(name().prop_flat_map(axis_for), 0..=3),
         fixed in prop::collection::vec(name().prop_flat_map(value_for), 0..=4),
-        strategy in weighted(&[("", 6), ("grid", 6), ("random", 8), ("bayes", 1)]),
+        strategy in weighted(&[("", 6), ("grid", 6), ("random", 8), ("tpe", 1), ("bayes", 1)]),
         num_trials in prop_oneof![6 => Just(0u32), 8 => 1u32..4, 1 => any::<u32>()],
         max_parallel in 0u32..4,
         seed in any::<u64>(),
         priority in any::<i32>(),
         early_stopping in weighted(&[("", 12), ("none", 6), ("median", 2), ("asha", 2), ("x", 1)]),
-        reduction_factor in prop_oneof![8 => Just(0u32), 4 => 2u32..5, 1 => any::<u32>()],
+        reduction_factor in prop_oneof![16 => Just(0u32), 4 => 2u32..5, 1 => any::<u32>()],
         objective in weighted(&[("", 12), ("val_accuracy", 4), ("val_loss", 4), ("f1", 1)]),
         repeats in prop_oneof![16 => 0u32..4, 1 => any::<u32>()],
         device in weighted(&[("", 12), ("auto", 4), ("cpu", 4), ("cuda", 1), ("tpu", 1)]),
@@ -223,7 +223,7 @@ fn check_accepted(r: &SweepRequest, limits: SweepLimits, spec: &SweepSpec) {
         .collect();
     let configs = match spec.strategy {
         cnnd::sweep::Strategy::Grid => lengths.iter().product::<usize>(),
-        cnnd::sweep::Strategy::Random => r.num_trials as usize,
+        cnnd::sweep::Strategy::Random | cnnd::sweep::Strategy::Tpe => r.num_trials as usize,
     };
     assert_eq!(
         spec.trials.len(),
@@ -531,7 +531,7 @@ fn the_generated_requests_reach_acceptance_and_refusal() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut accepted, mut refused, mut random, mut repeated) = (0, 0, 0, 0);
-    for _ in 0..2000 {
+    for _ in 0..4000 {
         let r = request().new_tree(&mut runner).unwrap().current();
         match r.validate(SweepLimits { max_trials: 64 }, None) {
             Ok(spec) => {

@@ -54,6 +54,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("minTrials", "min_trials"),
     ("gracePeriod", "grace_period"),
     ("reductionFactor", "reduction_factor"),
+    ("startupTrials", "startup_trials"),
     ("device", "device"),
 ];
 
@@ -214,6 +215,8 @@ pub fn request_from_map(doc: &Map<String, Value>) -> Result<SubmitSweepRequest, 
         0,
         u32::MAX as i128,
     )? as u32;
+    req.startup_trials =
+        int_field("startupTrials", get("startupTrials"), 0, u32::MAX as i128)? as u32;
     Ok(req)
 }
 
