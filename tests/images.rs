@@ -405,6 +405,26 @@ fn transfer_learning_from_an_mnist_trial_records_what_was_frozen_and_reinitialis
         "{text}"
     );
 
+    // The same from a safetensors file under the data directory (here: the MNIST trial's
+    // weights copied there).
+    let weights = d.get_trial(&source).weights_path;
+    std::fs::create_dir_all(data.path().join("weights")).unwrap();
+    std::fs::copy(&weights, data.path().join("weights/mnist.safetensors")).unwrap();
+    let from_file = d.submit(&json!({
+        "dataset": "folder:shapes",
+        "fixed": {"epochs": 1, "inputSize": 28, "baseFilters": 16, "units": 64, "batchSize": 16,
+                  "initFrom": "file:weights/mnist.safetensors"}
+    }));
+    let s = d.wait_sweep_ended(&from_file, Duration::from_secs(120));
+    let f = d.get_trial(s["trials"][0]["trialId"].as_str().unwrap());
+    assert_eq!(f.status, "succeeded", "{}", f.error);
+    assert_eq!(f.reinitialised, t.reinitialised);
+    assert!(
+        f.frozen.is_empty(),
+        "freeze defaults to none: {:?}",
+        f.frozen
+    );
+
     // A source that does not exist, or is not finished, is refused at submit.
     for (init, code) in [
         ("trial:nope", "NotFound"),
@@ -453,4 +473,37 @@ fn huge_png_header(width: u32, height: u32) -> Vec<u8> {
 fn encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn two_classes_train_with_a_sigmoid_or_a_softmax_head() {
+    let _one_at_a_time = serial();
+    let data = lab();
+    let spec = FolderSpec {
+        classes: vec!["circle", "stripes"],
+        ..shapes(20, 0, 10)
+    };
+    datagen::make_image_folder(&data.path().join("two"), &spec);
+    let d = Daemon::start_with_data_dir(data.path(), 1, &[]);
+    let sweep = d.submit(&json!({
+        "dataset": "folder:two",
+        "space": {"output": ["sigmoid", "softmax"]},
+        "fixed": {"epochs": 2, "inputSize": 24, "baseFilters": 4, "units": 32, "batchSize": 8}
+    }));
+    let s = d.wait_sweep_ended(&sweep, Duration::from_secs(120));
+    let done = succeeded(&s);
+    assert_eq!(done.len(), 2, "{s}");
+    let count = |output: &str| {
+        done.iter()
+            .find(|t| t["params"]["output"] == output)
+            .unwrap()["parameterCount"]
+            .as_u64()
+            .unwrap()
+    };
+    // One output unit instead of two: the last layer loses 32 weights and a bias.
+    assert_eq!(count("softmax") - count("sigmoid"), 33);
+    for t in &done {
+        let acc = t["testAccuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{t}");
+    }
 }
