@@ -10,13 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$CNND_REPO"
 data_dir="$(scripts/setup.sh)"
 state="${CNND_ASHA_STATE:-$CNND_REPO/asha-state}"
-port="${CNND_ASHA_PORT:-50061}"
-export CNND_ADDR="http://127.0.0.1:$port"
-rm -rf "$state"; mkdir -p "$state"
-target/release/cnnd --listen "127.0.0.1:$port" --state-dir "$state" --data-dir "$data_dir" 2> "$state/cnnd.log" &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do target/release/cnnctl status >/dev/null 2>&1 && break; sleep 0.2; done
+source scripts/daemon.sh
+start_daemon "$state" "${CNND_ASHA_PORT:-50061}" "$data_dir"
 
 run() { # $1: label, $2: sweep file
   local sweep start

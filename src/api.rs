@@ -335,10 +335,8 @@ fn suggestion_note(t: &TrialRow) -> Option<String> {
 }
 
 /// What the response of `SubmitSweep` says about the data set: splits carved from train.
-fn dataset_notes(spec: &SweepSpec, data_dir: Option<&Path>) -> Vec<String> {
-    let Ok(info) = datasets::resolve(&spec.dataset, data_dir) else {
-        return Vec::new();
-    };
+fn dataset_notes(spec: &SweepSpec) -> Vec<String> {
+    let info = &spec.dataset_info;
     let Source::Folder {
         has_validation,
         has_test,
@@ -487,7 +485,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
         let data_dir = self.scheduler.config.data_dir.clone();
         let (spec, notes) = tokio::task::spawn_blocking(move || {
             let spec = sweep_request.validate(limits, data_dir.as_deref())?;
-            let notes = dataset_notes(&spec, data_dir.as_deref());
+            let notes = dataset_notes(&spec);
             Ok::<_, SpecError>((spec, notes))
         })
         .await

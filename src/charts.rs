@@ -1492,10 +1492,9 @@ fn pick_color_param(sweep: &ChartSweep, panel: &Panel, trials: &[&ChartTrial]) -
         .cloned()
 }
 
-fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
-    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
-    let labels = unique_labels(sweep);
-    let points: Vec<(usize, &ChartTrial, f64, f64)> = sweep
+/// (trial position, trial, parameter count, test accuracy) of every trial that has both.
+fn size_accuracy_points(sweep: &ChartSweep) -> Vec<(usize, &ChartTrial, f64, f64)> {
+    sweep
         .trials
         .iter()
         .enumerate()
@@ -1504,7 +1503,13 @@ fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -
             let params = t.parameter_count.filter(|p| *p > 0)? as f64;
             Some((i, t, params, acc))
         })
-        .collect();
+        .collect()
+}
+
+fn draw_accuracy_vs_parameters(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
+    let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
+    let labels = unique_labels(sweep);
+    let points = size_accuracy_points(sweep);
     let (Some((p_lo, p_hi)), Some((a_lo, a_hi))) = (
         finite_range(points.iter().map(|p| p.2)),
         finite_range(points.iter().map(|p| p.3)),
@@ -3046,16 +3051,7 @@ const OTHER: RGBColor = RGBColor(120, 150, 185);
 fn draw_pareto(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Drawn> {
     let body = draw_header(root, &chart_title(sweep, panel), &subtitle(sweep))?;
     let labels = unique_labels(sweep);
-    let points: Vec<(usize, &ChartTrial, f64, f64)> = sweep
-        .trials
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            let acc = t.test_accuracy.filter(|a| a.is_finite())?;
-            let params = t.parameter_count.filter(|p| *p > 0)? as f64;
-            Some((i, t, params, acc))
-        })
-        .collect();
+    let points = size_accuracy_points(sweep);
     let (Some((p_lo, p_hi)), Some((a_lo, a_hi))) = (
         finite_range(points.iter().map(|p| p.2)),
         finite_range(points.iter().map(|p| p.3)),

@@ -538,6 +538,10 @@ pub struct SweepRequest {
 pub struct SweepSpec {
     pub name: String,
     pub dataset: String,
+    /// What `dataset` resolved to when the request was validated (image folders: listed
+    /// once, here).
+    #[serde(skip)]
+    pub dataset_info: DatasetInfo,
     pub strategy: Strategy,
     /// Names of the varied hyperparameters (the keys of `space`, sorted).
     pub varied: Vec<String>,
@@ -901,6 +905,7 @@ impl SweepRequest {
         Ok(SweepSpec {
             name: request.name.clone(),
             dataset: dataset.name.to_string(),
+            dataset_info: dataset.clone(),
             strategy,
             varied,
             trials,
