@@ -20,7 +20,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use cnnd::proto::orchestrator_client::OrchestratorClient;
 use cnnd::proto::{
     struct_from_json, struct_to_json, GetStatusRequest, GetSweepRequest, GetTrialRequest,
     SubmitSweepRequest,
@@ -291,7 +290,11 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
     );
 
     // Wait until every worker has registered and is idle.
-    let url = format!("http://{listen}");
+    let options = cnnd::client::ClientOptions {
+        addr: listen.clone(),
+        token_file: Some(cnnd::auth::token_path(state.path())),
+        ..Default::default()
+    };
     let mut client = loop {
         if let Ok(Some(st)) = daemon.child.try_wait() {
             bail!("the daemon exited ({st}):\n{}", daemon.log_tail());
@@ -299,7 +302,11 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
         if spawned.elapsed() > Duration::from_secs(120) {
             bail!("the daemon did not answer in 120 s:\n{}", daemon.log_tail());
         }
-        match OrchestratorClient::connect(url.clone()).await {
+        if !cnnd::auth::token_path(state.path()).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        match cnnd::client::connect(&options).await {
             Ok(c) => break c,
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

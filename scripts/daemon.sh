@@ -1,10 +1,11 @@
 # Sourced by scripts that drive a daemon of their own (demo.sh, asha-vs-grid.sh), after
 # env.sh: start_daemon STATE PORT DATA_DIR starts target/release/cnnd on a fresh STATE
-# directory (log in STATE/cnnd.log), points cnnctl at it (CNND_ADDR), stops it when the
+# directory (log in STATE/cnnd.log), points cnnctl at it (CNND_ADDR, CNND_TOKEN_FILE), stops it when the
 # script exits, and returns once it answers.
 start_daemon() {
   local state="$1" port="$2" data_dir="$3"
   export CNND_ADDR="http://127.0.0.1:$port"
+  export CNND_TOKEN_FILE="$state/token"
   rm -rf "$state"; mkdir -p "$state"
   target/release/cnnd --listen "127.0.0.1:$port" --state-dir "$state" --data-dir "$data_dir" 2> "$state/cnnd.log" &
   CNND_DAEMON_PID=$!

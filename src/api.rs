@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,6 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::charts;
 use crate::datasets::{self, DatasetError, Source};
+use crate::limits::StreamQuota;
+use crate::metrics::Metrics;
 use crate::proto::{self, struct_from_json, struct_to_json};
 use crate::scheduler::{Scheduler, Verdict};
 use crate::store::{EpochRow, Event, StoredEvent, TrialFacts, TrialResult, TrialRow};
@@ -27,6 +30,12 @@ pub struct Api {
     pub dashboards_dir: PathBuf,
     /// Runs `Predict`; None answers UNIMPLEMENTED.
     pub predictor: Option<Arc<dyn Predictor>>,
+    /// Open WatchSweep streams per client and in total.
+    pub streams: StreamQuota,
+    /// How long a stream waits for a client that does not read before closing.
+    pub stream_send_timeout: Duration,
+    /// Most queued trials over all sweeps.
+    pub max_queued_trials: u32,
 }
 
 /// Classifies images with a trial's weights (blocking; called on a blocking thread). The
@@ -424,6 +433,25 @@ impl Api {
     }
 
     /// The sweep `id`, which must exist.
+    /// RESOURCE_EXHAUSTED when queueing `spec` would pass `max_queued_trials`.
+    async fn check_queue_room(&self, spec: &SweepSpec) -> Result<(), Status> {
+        let queued = self
+            .scheduler
+            .store
+            .queue_counts()
+            .await
+            .map_err(internal)?
+            .queued as u64;
+        let adding = spec.trials.len() as u64;
+        let limit = self.max_queued_trials as u64;
+        if queued + adding > limit {
+            return Err(Status::resource_exhausted(format!(
+                "queue: {queued} trials are queued and this sweep adds {adding}; the daemon queues at most {limit} (max_queued_trials)"
+            )));
+        }
+        Ok(())
+    }
+
     async fn find_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
         require_id("sweepId", id)?;
         self.scheduler
@@ -503,6 +531,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
                 "device: 'cuda' was requested but this daemon sees no CUDA device; use auto or cpu",
             ));
         }
+        self.check_queue_room(&spec).await?;
         let (sweep_id, trials) = self.scheduler.submit(&spec).await.map_err(internal)?;
         tracing::info!(
             sweep_id,
@@ -587,8 +616,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         &self,
         request: Request<proto::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let client = request.remote_addr().map(|a| a.ip());
         let id = request.into_inner().sweep_id;
         require_id("sweepId", &id)?;
+        let permit = self.streams.acquire(client)?;
         // Subscribe first, then replay history: an event lands in one or both, never neither.
         let mut live = self.scheduler.subscribe();
         let store = self.scheduler.store.clone();
@@ -596,29 +627,49 @@ impl proto::orchestrator_server::Orchestrator for Api {
             return Err(Status::not_found(format!("sweepId: no sweep '{id}'")));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let timeout = self.stream_send_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
+            // False when the client is gone or has not read for `timeout`: end the stream.
+            let send = |item: Result<proto::SweepEvent, Status>| {
+                let tx = tx.clone();
+                async move {
+                    match tx.send_timeout(item, timeout).await {
+                        Ok(()) => true,
+                        Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                            tracing::info!(
+                                ?client,
+                                "closing a WatchSweep stream whose client stopped reading"
+                            );
+                            false
+                        }
+                        Err(_) => false,
+                    }
+                }
+            };
             let mut last = 0i64;
             let history = match store.events_after(&id, 0).await {
                 Ok(h) => h,
                 Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
+                    send(Err(internal(e))).await;
                     return;
                 }
             };
             for e in &history {
                 last = e.id;
-                if tx.send(Ok(event_to_proto(e))).await.is_err() {
-                    return;
-                }
-                if is_final(e) {
+                if !send(Ok(event_to_proto(e))).await || is_final(e) {
                     return;
                 }
             }
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    _ = tx.closed() => return,
+                };
+                match received {
                     Ok(e) if e.sweep_id == id && e.id > last => {
                         last = e.id;
-                        if tx.send(Ok(event_to_proto(&e))).await.is_err() || is_final(&e) {
+                        if !send(Ok(event_to_proto(&e))).await || is_final(&e) {
                             return;
                         }
                     }
@@ -629,15 +680,13 @@ impl proto::orchestrator_server::Orchestrator for Api {
                             Ok(missed) => {
                                 for e in missed {
                                     last = e.id;
-                                    if tx.send(Ok(event_to_proto(&e))).await.is_err()
-                                        || is_final(&e)
-                                    {
+                                    if !send(Ok(event_to_proto(&e))).await || is_final(&e) {
                                         return;
                                     }
                                 }
                             }
                             Err(e) => {
-                                let _ = tx.send(Err(internal(e))).await;
+                                send(Err(internal(e))).await;
                                 return;
                             }
                         }
@@ -957,6 +1006,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
 /// The worker protocol: the daemon side of lease, report and finish.
 pub struct Hub {
     pub scheduler: Arc<Scheduler>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn verdict_response(v: Verdict) -> proto::ReportEpochResponse {
@@ -1083,6 +1133,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             .await
             .map_err(internal)?
             .map_err(refusal)?;
+        self.metrics.epoch_recorded();
         Ok(Response::new(verdict_response(verdict)))
     }
 

@@ -8,7 +8,7 @@
 //! scheduler  charts        train  transfer
 //! store                    model
 //! sweep  datasets  pruning  tpe   data  imaging
-//! proto  config
+//! proto  config  auth  limits  metrics(uses scheduler)
 //! ```
 //!
 //! The control plane (api, scheduler, store, charts) never imports the training side
@@ -16,14 +16,18 @@
 //! meet in `sweep`, `datasets` and `proto`. `Predict` runs in the daemon process through the
 //! [`api::Predictor`] trait, which the `cnnd` binary fills with [`predict::LocalPredictor`].
 
+pub mod auth;
+pub mod client;
 pub mod config;
 pub mod datasets;
+pub mod limits;
 pub mod proto;
 pub mod sweep;
 
 // Control plane.
 pub mod api;
 pub mod charts;
+pub mod metrics;
 pub mod pruning;
 pub mod scheduler;
 pub mod store;

@@ -61,6 +61,8 @@ pub struct SchedulerConfig {
     /// The program and leading arguments that start a worker process; the scheduler adds
     /// `--daemon URL --worker-id ID --threads N --device D`.
     pub worker_command: Vec<String>,
+    /// Environment variables every worker process gets (the API token).
+    pub worker_env: Vec<(String, String)>,
 }
 
 /// What the daemon knows about one worker process right now.
@@ -592,6 +594,7 @@ impl Scheduler {
                     "--device",
                     &slot.device,
                 ])
+                .envs(self.config.worker_env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .kill_on_drop(true);
             if let Some(n) = slot.device.strip_prefix("cuda:") {

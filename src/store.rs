@@ -637,6 +637,17 @@ impl Store {
         })
     }
 
+    /// Trials per status over all sweeps (for the metrics endpoint).
+    pub async fn trial_counts_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM trials GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>("status"), r.get::<i64, _>("n")))
+            .collect())
+    }
+
     /// Hands the next queued trial a worker may run to that worker: highest priority first,
     /// FIFO within a priority, never more running trials of a sweep than its `maxParallel`.
     /// `devices` lists the trial device requests this worker serves (e.g. auto and cpu).

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+use crate::auth::BearerToken;
 
 use crate::datasets;
 use crate::proto::worker_hub_client::WorkerHubClient;
@@ -91,11 +94,21 @@ pub fn probe() -> Probe {
     }
 }
 
-async fn connect(url: &str) -> Result<WorkerHubClient<Channel>> {
+/// The environment variable the daemon hands its API token to workers in.
+pub const TOKEN_ENV: &str = "CNND_WORKER_TOKEN";
+
+/// A worker's client of the daemon: the worker protocol with the daemon's token attached.
+type HubClient = WorkerHubClient<InterceptedService<Channel, BearerToken>>;
+
+async fn connect(url: &str) -> Result<HubClient> {
+    let token = BearerToken::new(std::env::var(TOKEN_ENV).ok().as_deref())?;
     let mut last = None;
     for _ in 0..50 {
-        match WorkerHubClient::connect(url.to_string()).await {
-            Ok(c) => return Ok(c),
+        match tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect()
+            .await
+        {
+            Ok(channel) => return Ok(WorkerHubClient::with_interceptor(channel, token)),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -236,7 +249,7 @@ fn failed(error: String) -> FinishTrialRequest {
 fn run_lease(
     lease: &LeaseResponse,
     worker_id: &str,
-    mut client: WorkerHubClient<Channel>,
+    mut client: HubClient,
     handle: tokio::runtime::Handle,
     cache: &data::DataCache,
     device: tch::Device,
@@ -448,7 +461,7 @@ fn run_lease(
 /// Renews the lease every second with the current batch; raises `stop` when the daemon
 /// says stop, has been unreachable for ten seconds, or the trial's time limit is over.
 async fn heartbeat_loop(
-    mut client: WorkerHubClient<Channel>,
+    mut client: HubClient,
     template: HeartbeatRequest,
     stop: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,

@@ -27,8 +27,9 @@ fn small_sweep() -> Value {
 #[test]
 fn grpcurl_sees_the_api_through_reflection_and_health() {
     let d = Daemon::start(1, &[]);
+    let auth = format!("authorization: Bearer {}", d.token());
     let out = std::process::Command::new(common::grpcurl_bin())
-        .args(["-plaintext", &d.addr, "list"])
+        .args(["-plaintext", "-H", &auth, &d.addr, "list"])
         .output()
         .unwrap();
     let services = stdout(&out);
@@ -36,7 +37,14 @@ fn grpcurl_sees_the_api_through_reflection_and_health() {
     assert!(services.contains("cnn.v1.Orchestrator"), "{services}");
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
     let out = std::process::Command::new(common::grpcurl_bin())
-        .args(["-plaintext", &d.addr, "describe", "cnn.v1.Orchestrator"])
+        .args([
+            "-plaintext",
+            "-H",
+            &auth,
+            &d.addr,
+            "describe",
+            "cnn.v1.Orchestrator",
+        ])
         .output()
         .unwrap();
     let described = stdout(&out);

@@ -271,7 +271,7 @@ fn worker_killed_mid_epoch_is_requeued_and_resumes_from_its_checkpoint() {
     let stale = json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "epoch": 42,
                        "trainLoss": 1.0, "trainAccuracy": 0.5, "valLoss": 1.0, "valAccuracy": 0.5,
                        "seconds": 1.0, "imagesPerSecond": 1.0});
-    let out = d.grpcurl("cnn.v1.WorkerHub/ReportEpoch", &stale.to_string());
+    let out = d.grpcurl_worker_hub("cnn.v1.WorkerHub/ReportEpoch", &stale.to_string());
     assert!(
         !out.status.success() && stderr(&out).contains("FailedPrecondition"),
         "stale report: {}",
@@ -746,7 +746,6 @@ fn sigterm_gives_the_running_trial_back_at_the_epoch_boundary_and_restart_resume
 
 #[test]
 fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
-    use cnnd::proto::orchestrator_client::OrchestratorClient;
     use cnnd::proto::{GetStatusRequest, GetSweepRequest, GetTrialRequest, ListSweepsRequest};
 
     let _one_at_a_time = serial();
@@ -756,7 +755,11 @@ fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
         small_with(2, json!({"batchSize": 32})),
         json!({"kernelSize": [3, 5], "head": ["gap", "dense"]}),
     ));
-    let url = format!("http://{}", d.addr);
+    let options = cnnd::client::ClientOptions {
+        addr: d.addr.clone(),
+        token_file: Some(d.token_file()),
+        ..Default::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -766,12 +769,12 @@ fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut tasks = Vec::new();
         for i in 0..50 {
-            let url = url.clone();
+            let options = options.clone();
             let sweep = sweep.clone();
             tasks.push(tokio::spawn(async move {
                 let mut ok = 0u32;
                 let mut errors: Vec<String> = Vec::new();
-                let mut client = match OrchestratorClient::connect(url).await {
+                let mut client = match cnnd::client::connect(&options).await {
                     Ok(c) => c,
                     Err(e) => return (0, vec![format!("client {i}: connect: {e}")]),
                 };
@@ -1226,10 +1229,12 @@ fn restart_on_a_read_only_store_serves_reads_or_refuses_to_start_and_never_write
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let token_file = cnnd::auth::token_path(state.path());
     let cnnctl = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cnnctl"))
             .args(args)
             .env("CNND_ADDR", format!("http://127.0.0.1:{port}"))
+            .env("CNND_TOKEN_FILE", &token_file)
             .output()
             .unwrap()
     };
@@ -1246,9 +1251,15 @@ fn restart_on_a_read_only_store_serves_reads_or_refuses_to_start_and_never_write
     );
     if up {
         eprintln!("read-only store with its WAL files ({wal_left}): the daemon serves reads");
+        let header = format!(
+            "authorization: Bearer {}",
+            cnnd::auth::read_token_file(&token_file).unwrap()
+        );
         let out = std::process::Command::new(common::grpcurl_bin())
             .args([
                 "-plaintext",
+                "-H",
+                &header,
                 "-d",
                 "@",
                 &format!("127.0.0.1:{port}"),

@@ -20,9 +20,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use cnnd::proto::{self as pb, orchestrator_client::OrchestratorClient};
+use cnnd::proto as pb;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
 
 use format::one_line;
 
@@ -41,6 +40,13 @@ struct Cli {
     /// Address of the cnnd daemon
     #[arg(long, env = "CNND_ADDR", default_value = DEFAULT_ADDR, global = true)]
     addr: String,
+    /// File holding the daemon's API token [default: STATE_DIR/token of the default state
+    /// directory]; the environment variable CNND_TOKEN (the token itself) wins over it
+    #[arg(long, env = "CNND_TOKEN_FILE", global = true, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) for an https:// daemon [default: the system roots]
+    #[arg(long, env = "CNND_CA_FILE", global = true, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format: human-readable tables, JSON (one object per line for `watch`), or CSV
     /// (the trial table of `cnnctl sweep`)
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
@@ -220,6 +226,14 @@ impl std::fmt::Display for CliError {
                 f,
                 "cannot reach cnnd at {addr} (is the daemon running? start it with: cnnd)"
             ),
+            CliError::Rpc { what, status } if status.code() == tonic::Code::Unauthenticated => {
+                write!(
+                    f,
+                    "{what}: UNAUTHENTICATED: {} (cnnctl sends the token from CNND_TOKEN, \
+                     --token-file, or the default state directory's token file)",
+                    one_line(status.message())
+                )
+            }
             CliError::Rpc { what, status } => write!(
                 f,
                 "{what}: {}: {}",
@@ -262,16 +276,6 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// `127.0.0.1:50051` -> `http://127.0.0.1:50051`; an address with a scheme is kept.
-fn normalize_addr(addr: &str) -> String {
-    let addr = addr.trim().trim_end_matches('/');
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// Writes one line to stdout; a closed pipe (`cnnctl sweeps | head`) ends the program
 /// quietly instead of panicking.
 pub fn out(line: impl AsRef<str>) {
@@ -292,21 +296,28 @@ pub fn out_json(v: &Value) {
 
 /// A connected client plus the address, for error messages.
 pub struct Daemon {
-    pub client: OrchestratorClient<Channel>,
+    pub client: cnnd::client::Client,
     pub addr: String,
 }
 
-async fn connect(given: &str) -> Result<Daemon, CliError> {
-    let addr = normalize_addr(given);
-    let endpoint = Endpoint::from_shared(addr.clone())
-        .map_err(|e| CliError::Other(format!("invalid --addr '{given}': {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(Daemon {
-            client: OrchestratorClient::new(channel),
-            addr,
+async fn connect(cli: &Cli) -> Result<Daemon, CliError> {
+    let options = cnnd::client::ClientOptions {
+        addr: cli.addr.clone(),
+        token: std::env::var("CNND_TOKEN").ok(),
+        token_file: cli.token_file.clone(),
+        ca_file: cli.ca_file.clone(),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        local_address: None,
+    };
+    match cnnd::client::connect(&options).await {
+        Ok(client) => Ok(Daemon {
+            client,
+            addr: cnnd::client::normalize_addr(&cli.addr),
         }),
-        _ => Err(CliError::Unreachable(addr)),
+        Err(cnnd::client::ConnectError::Unreachable(addr, why)) => {
+            Err(CliError::Unreachable(format!("{addr}{why}")))
+        }
+        Err(e) => Err(CliError::Other(e.to_string())),
     }
 }
 
@@ -353,7 +364,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     } = &cli.command
     {
         let request = read_sweep_file(file, *format)?;
-        let mut d = connect(&cli.addr).await?;
+        let mut d = connect(&cli).await?;
         return commands::submit(&mut d, request, *watch, output).await;
     }
     if output == Output::Csv && !matches!(cli.command, Command::Sweep { .. }) {
@@ -362,7 +373,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .into(),
         ));
     }
-    let mut d = connect(&cli.addr).await?;
+    let mut d = connect(&cli).await?;
     match cli.command {
         Command::Status => commands::status(&mut d, output).await,
         Command::Submit { .. } => unreachable!("handled above"),
@@ -443,9 +454,12 @@ mod tests {
 
     #[test]
     fn addresses_get_a_scheme() {
-        assert_eq!(normalize_addr("127.0.0.1:50051"), "http://127.0.0.1:50051");
-        assert_eq!(normalize_addr("http://h:1/"), "http://h:1");
-        assert_eq!(normalize_addr("https://h:1"), "https://h:1");
+        assert_eq!(
+            cnnd::client::normalize_addr("127.0.0.1:50051"),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(cnnd::client::normalize_addr("http://h:1/"), "http://h:1");
+        assert_eq!(cnnd::client::normalize_addr("https://h:1"), "https://h:1");
     }
 
     #[test]

@@ -1,13 +1,23 @@
-//! `cnnd`: the daemon. Serves the gRPC API (with reflection and health), keeps the worker
-//! processes running, and owns the SQLite store. `cnnd worker` is the worker process the
-//! daemon starts for each slot; `cnnd probe` prints the devices libtorch sees.
+//! `cnnd`: the daemon. Serves the gRPC API (with reflection and health) behind the token,
+//! size and timing layers, serves the worker protocol on a separate loopback listener,
+//! keeps the worker processes running, and owns the SQLite store. `cnnd worker` is the
+//! worker process the daemon starts for each slot; `cnnd probe` prints the devices libtorch
+//! sees; `cnnd config` prints the effective configuration.
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cnnd::api::{Api, Hub};
-use cnnd::config::{cpu_cores, DaemonConfig};
+use cnnd::auth::RequireBearer;
+use cnnd::config::{cpu_cores, DaemonConfig, LogFormat};
+use cnnd::limits::{RequestSizeLimit, StreamQuota};
+use cnnd::metrics::{Metrics, RpcTiming};
 use cnnd::proto::orchestrator_server::OrchestratorServer;
 use cnnd::proto::worker_hub_server::WorkerHubServer;
 use cnnd::scheduler::{DeviceInfo, Scheduler, SchedulerConfig, SlotConfig};
@@ -32,33 +42,108 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Prints the devices libtorch sees, as JSON.
     Probe,
+    /// Prints the effective configuration as TOML (flags > environment > config file >
+    /// defaults), each value with where it came from.
+    Config(DaemonConfig),
 }
 
 fn long_version() -> &'static str {
     Box::leak(
         format!(
-            "{} (libtorch {})",
+            "{} (libtorch {}, CUDA {})",
             env!("CARGO_PKG_VERSION"),
-            cnnd::config::LIBTORCH_VERSION
+            cnnd::config::LIBTORCH_VERSION,
+            cnnd::config::TORCH_CUDA_VERSION
         )
         .into_boxed_str(),
     )
 }
 
-/// Largest request the Orchestrator service decodes (Predict uploads images).
-const PREDICT_REQUEST_LIMIT: usize = 64 << 20;
+/// The command line after applying the config file: the parsed settings, and which
+/// settings the file gave (for `cnnd config`).
+struct Invocation {
+    cli: Cli,
+    matches: clap::ArgMatches,
+    file: Option<PathBuf>,
+    from_file: BTreeSet<String>,
+}
+
+/// Parses flags and environment, then adds the config file's settings for whatever they
+/// left at the default, and parses again.
+fn parse_invocation() -> Result<Invocation, String> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let command = Cli::command();
+    let matches = command.clone().get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let (config, sub) = match &cli.command {
+        None => (&cli.config, None),
+        Some(Command::Config(c)) => (c, Some("config")),
+        Some(_) => {
+            return Ok(Invocation {
+                cli,
+                matches,
+                file: None,
+                from_file: BTreeSet::new(),
+            })
+        }
+    };
+    let Some(file) = config.config_file() else {
+        return Ok(Invocation {
+            cli,
+            matches,
+            file: None,
+            from_file: BTreeSet::new(),
+        });
+    };
+    let (scope, scope_matches) = match sub {
+        None => (command.clone(), &matches),
+        Some(name) => (
+            command.find_subcommand(name).cloned().unwrap_or_default(),
+            matches.subcommand_matches(name).unwrap_or(&matches),
+        ),
+    };
+    let (extra, names) = cnnd::config::file_arguments(&file, &scope, scope_matches)?;
+    let matches = command.get_matches_from(
+        args.into_iter()
+            .chain(extra.into_iter().map(OsString::from)),
+    );
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    Ok(Invocation {
+        cli,
+        matches,
+        file: Some(file),
+        from_file: names.into_iter().collect(),
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
 
 fn main() {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match cli.command {
+    let invocation = match parse_invocation() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("cnnd: {e}");
+            std::process::exit(2);
+        }
+    };
+    let format = match &invocation.cli.command {
+        None => invocation.cli.config.log_format,
+        _ => LogFormat::Human,
+    };
+    init_logging(format);
+    let result = match invocation.cli.command {
         Some(Command::Probe) => {
             println!(
                 "{}",
@@ -66,13 +151,46 @@ fn main() {
             );
             Ok(())
         }
+        Some(Command::Config(ref config)) => {
+            print_config(config, &invocation);
+            Ok(())
+        }
         Some(Command::Worker(args)) => runtime(1).and_then(|rt| rt.block_on(worker::run(args))),
-        None => runtime(2).and_then(|rt| rt.block_on(serve(cli.config))),
+        None => runtime(2).and_then(|rt| rt.block_on(serve(invocation.cli.config))),
     };
     if let Err(e) = result {
         eprintln!("cnnd: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `cnnd config`: the effective settings, each with its source.
+fn print_config(config: &DaemonConfig, invocation: &Invocation) {
+    use clap::parser::ValueSource;
+    let matches = invocation
+        .matches
+        .subcommand_matches("config")
+        .unwrap_or(&invocation.matches);
+    let env_name = |name: &str| format!("CNND_{}", name.to_uppercase());
+    let source = |name: &str| -> String {
+        if invocation.from_file.contains(name) {
+            return "config file".into();
+        }
+        match matches.value_source(name) {
+            Some(ValueSource::CommandLine) => "flag".into(),
+            Some(ValueSource::EnvVariable) => format!("environment {}", env_name(name)),
+            _ => "default".into(),
+        }
+    };
+    println!("# cnnd {}: effective configuration", long_version());
+    match &invocation.file {
+        Some(f) => println!("# config file: {}", f.display()),
+        None => println!(
+            "# config file: none ({} does not exist)",
+            config.state_dir().join(cnnd::config::CONFIG_FILE).display()
+        ),
+    }
+    print!("{}", cnnd::config::effective_toml(config, &source));
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
@@ -113,9 +231,33 @@ fn probe_devices() -> Result<Vec<DeviceInfo>> {
 }
 
 async fn serve(config: DaemonConfig) -> Result<()> {
+    config.check_transport().map_err(anyhow::Error::msg)?;
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            Some(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+            ))
+        }
+        _ => None,
+    };
+    let (auth, worker_env) = if config.insecure_no_auth {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-no-auth: serving without the API token; every local user can drive this daemon"
+        );
+        (RequireBearer::disabled(), vec![])
+    } else {
+        let token = cnnd::auth::load_or_create_token(&state_dir)?;
+        (
+            RequireBearer::new(&token),
+            vec![(worker::TOKEN_ENV.to_string(), token)],
+        )
+    };
     let devices = probe_devices()?;
     let gpus: Vec<&DeviceInfo> = devices.iter().filter(|d| d.kind == "cuda").collect();
     let cpu_workers = config
@@ -163,6 +305,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             lease_timeout: Duration::from_secs(config.lease_timeout_secs.max(1)),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             worker_command: vec![exe, "worker".into()],
+            worker_env,
         },
     );
     let requeued = scheduler.recover().await?;
@@ -177,11 +320,12 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let worker_url = if addr.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}", addr.port())
-    } else {
-        format!("http://{addr}")
-    };
+    // The worker protocol has a listener of its own on loopback, never the public address.
+    let hub_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("listening for workers on 127.0.0.1")?;
+    let hub_addr = hub_listener.local_addr()?;
+    let worker_url = format!("http://{hub_addr}");
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cnnd::proto::FILE_DESCRIPTOR_SET)
@@ -197,19 +341,43 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     health.set_serving::<OrchestratorServer<Api>>().await;
 
     let dashboards_dir = config.dashboards_dir();
+    let metrics = Arc::new(Metrics::new());
+    let streams = StreamQuota::new(config.max_streams_per_client, config.max_streams_total);
     let api = Api {
         scheduler: scheduler.clone(),
         dashboards_dir: dashboards_dir.clone(),
-        predictor: Some(std::sync::Arc::new(cnnd::predict::LocalPredictor::default())),
+        predictor: Some(Arc::new(cnnd::predict::LocalPredictor {
+            limits: cnnd::imaging::DecodeLimits {
+                max_bytes: config.max_image_bytes,
+                max_pixels: config.max_image_pixels,
+            },
+        })),
+        streams: streams.clone(),
+        stream_send_timeout: Duration::from_secs(config.stream_send_timeout_secs.max(1)),
+        max_queued_trials: config.max_queued_trials,
     };
     let hub = Hub {
         scheduler: scheduler.clone(),
+        metrics: metrics.clone(),
     };
+    if let Some(metrics_addr) = config.metrics_listen {
+        let bound = cnnd::metrics::serve(
+            metrics_addr,
+            metrics.clone(),
+            scheduler.clone(),
+            streams.clone(),
+        )
+        .await?;
+        tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+    }
     cnnd::api::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
     scheduler.start_workers(worker_url);
     scheduler.start_lease_reaper();
     tracing::info!(
         %addr,
+        worker_hub = %hub_addr,
+        tls = tls.is_some(),
+        auth = !config.insecure_no_auth,
         db = %db_path.display(),
         state_dir = %state_dir.display(),
         workers = scheduler.config.slots.len(),
@@ -220,29 +388,51 @@ async fn serve(config: DaemonConfig) -> Result<()> {
 
     // On SIGTERM/SIGINT: drain the workers while the server still answers them, then stop
     // serving (giving open streams a moment), then exit; workers die with the daemon.
-    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            // Predict carries image files: up to 64 MiB per request (each image is then
-            // held to imaging::DecodeLimits).
-            .add_service(
-                OrchestratorServer::new(api).max_decoding_message_size(PREDICT_REQUEST_LIMIT),
-            )
-            .add_service(WorkerHubServer::new(hub))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = serving_stopped.await;
-                },
-            ),
-    );
+    let (stop_serving, serving_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut public = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(config.max_streams_per_client.max(1) * 4));
+    if let Some(tls) = tls {
+        public = public.tls_config(tls)?;
+    }
+    let public = public
+        .layer(RequestSizeLimit {
+            limit: config.max_request_bytes,
+        })
+        .layer(auth.clone())
+        .layer(RpcTiming {
+            metrics: metrics.clone(),
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            OrchestratorServer::new(api).max_decoding_message_size(config.max_request_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(serving_stopped.clone()),
+        );
+    let hub_server = tonic::transport::Server::builder()
+        .layer(auth)
+        .add_service(WorkerHubServer::new(hub))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(hub_listener),
+            stopped(serving_stopped),
+        );
+    let server = tokio::spawn(async move {
+        let (a, b) = tokio::join!(public, hub_server);
+        a.and(b)
+    });
     shutdown_signal().await;
     tracing::info!("shutting down: no new trials; running ones stop at their next epoch boundary");
     scheduler.shutdown().await;
-    let _ = stop_serving.send(());
+    let _ = stop_serving.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
     Ok(())

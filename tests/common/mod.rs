@@ -78,6 +78,7 @@ impl Daemon {
             .open(state.path().join("cnnd.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cnnd"))
+            .env_remove("CNND_CONFIG")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(state.path())
@@ -127,12 +128,52 @@ impl Daemon {
         self.state.path().join("cnnd.sqlite")
     }
 
+    /// The daemon's API token file (created by the daemon at its first start).
+    pub fn token_file(&self) -> PathBuf {
+        cnnd::auth::token_path(self.state.path())
+    }
+
+    /// The daemon's API token.
+    pub fn token(&self) -> String {
+        cnnd::auth::read_token_file(&self.token_file()).expect("reading the daemon's token")
+    }
+
+    /// cnnctl pointed at this daemon; it finds the token in the daemon's state directory
+    /// as it would the default daemon's.
     pub fn cnnctl(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_cnnctl"))
             .args(args)
             .env("CNND_ADDR", format!("http://{}", self.addr))
+            .env("CNND_STATE_DIR", self.state.path())
+            .env_remove("CNND_TOKEN_FILE")
+            .env_remove("CNND_TOKEN")
             .output()
             .expect("running cnnctl")
+    }
+
+    /// An in-process client of the public API with the token attached.
+    pub async fn client(&self) -> cnnd::client::Client {
+        cnnd::client::connect(&cnnd::client::ClientOptions {
+            addr: self.addr.clone(),
+            token_file: Some(self.token_file()),
+            ..Default::default()
+        })
+        .await
+        .expect("connecting to cnnd")
+    }
+
+    /// The loopback address the daemon serves the worker protocol on (from its log).
+    pub fn worker_hub_addr(&self) -> String {
+        let log = self.log();
+        let at = log
+            .find("worker_hub=")
+            .unwrap_or_else(|| panic!("no worker_hub= in the log:\n{log}"));
+        log[at + "worker_hub=".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
     }
 
     /// cnnctl with `--output json`, parsed; panics with stderr when it fails.
@@ -156,8 +197,13 @@ impl Daemon {
     /// grpcurl through server reflection only (no proto files), body on stdin.
     pub fn grpcurl(&self, method: &str, body: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new(grpcurl_bin())
-            .args(["-plaintext", "-d", "@", &self.addr, method])
+        let mut cmd = Command::new(grpcurl_bin());
+        cmd.arg("-plaintext");
+        if self.token_file().exists() {
+            cmd.args(["-H", &format!("authorization: Bearer {}", self.token())]);
+        }
+        let mut child = cmd
+            .args(["-d", "@", &self.addr, method])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -170,6 +216,20 @@ impl Daemon {
             .write_all(body.as_bytes())
             .unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// grpcurl against the worker protocol's loopback listener (no reflection there: the
+    /// proto files), with the token.
+    pub fn grpcurl_worker_hub(&self, method: &str, body: &str) -> Output {
+        let header = format!("authorization: Bearer {}", self.token());
+        let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+        let output = Command::new(grpcurl_bin())
+            .args(["-plaintext", "-H", &header, "-import-path", protos])
+            .args(["-proto", "cnn/v1/worker.proto", "-d", body])
+            .args([&self.worker_hub_addr(), method])
+            .output()
+            .expect("running grpcurl");
+        output
     }
 
     pub fn grpcurl_json(&self, method: &str, body: &str) -> serde_json::Value {
@@ -311,11 +371,8 @@ impl Daemon {
     /// GetStatus through an in-process gRPC client: for polling (cnnctl takes ~0.7 s to
     /// start, as it loads libtorch).
     pub fn get_status(&self) -> cnnd::proto::Status {
-        let addr = format!("http://{}", self.addr);
         block_on(async move {
-            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
-                .await
-                .expect("connecting to cnnd");
+            let mut c = self.client().await;
             c.get_status(cnnd::proto::GetStatusRequest {})
                 .await
                 .expect("GetStatus")
@@ -325,12 +382,9 @@ impl Daemon {
 
     /// GetSweep through an in-process gRPC client.
     pub fn get_sweep(&self, sweep_id: &str) -> cnnd::proto::Sweep {
-        let addr = format!("http://{}", self.addr);
         let sweep_id = sweep_id.to_string();
         block_on(async move {
-            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
-                .await
-                .expect("connecting to cnnd");
+            let mut c = self.client().await;
             c.get_sweep(cnnd::proto::GetSweepRequest { sweep_id })
                 .await
                 .expect("GetSweep")
@@ -340,12 +394,9 @@ impl Daemon {
 
     /// GetTrial through an in-process gRPC client.
     pub fn get_trial(&self, trial_id: &str) -> cnnd::proto::Trial {
-        let addr = format!("http://{}", self.addr);
         let trial_id = trial_id.to_string();
         block_on(async move {
-            let mut c = cnnd::proto::orchestrator_client::OrchestratorClient::connect(addr)
-                .await
-                .expect("connecting to cnnd");
+            let mut c = self.client().await;
             c.get_trial(cnnd::proto::GetTrialRequest { trial_id })
                 .await
                 .expect("GetTrial")

@@ -1,0 +1,263 @@
+//! Authentication: the daemon's bearer token and both ends of checking it.
+//!
+//! Owns: creating the token on first start (`STATE_DIR/token`, 32 random bytes as hex, mode
+//! 0600), reading it back, the server layer that refuses every call but health without
+//! `authorization: Bearer TOKEN` (UNAUTHENTICATED, compared in constant time, nothing else
+//! revealed), and the client interceptor cnnctl, the workers and the tests send it with.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{bail, Context as _, Result};
+use futures::future::{ready, Either, Ready};
+use subtle::ConstantTimeEq;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// The token file's name inside the state directory.
+pub const TOKEN_FILE: &str = "token";
+
+/// Paths served without a token: the gRPC health service (load balancers, systemd probes).
+const OPEN_PATHS: &[&str] = &["/grpc.health.v1.Health/"];
+
+/// The token file of a state directory.
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(TOKEN_FILE)
+}
+
+/// Reads the daemon's token from `state_dir`, creating it (owner read/write only) when it
+/// does not exist yet. Refuses a token file others can read.
+pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
+    let path = token_path(state_dir);
+    if path.exists() {
+        // Read first: a read-only state directory still serves with its existing token.
+        check_private(&path)?;
+        return read_token_file(&path);
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let token = new_token();
+            file.write_all(token.as_bytes())
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created the API token (mode 0600)");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_private(&path)?;
+            read_token_file(&path)
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// Reads a token file (whitespace around the token is ignored).
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "{}: not a token (expected one line of text)",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{}: the token file is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Server side.
+
+/// Tower layer refusing calls without the daemon's token. `RequireBearer::disabled()` lets
+/// everything through (`--insecure-no-auth`).
+#[derive(Clone)]
+pub struct RequireBearer {
+    expected: Option<Arc<[u8]>>,
+}
+
+impl RequireBearer {
+    pub fn new(token: &str) -> Self {
+        RequireBearer {
+            expected: Some(format!("Bearer {token}").into_bytes().into()),
+        }
+    }
+
+    pub fn disabled() -> Self {
+        RequireBearer { expected: None }
+    }
+
+    /// Why a request with this path and `authorization` header is refused, if it is.
+    fn refusal(&self, path: &str, header: Option<&[u8]>) -> Option<&'static str> {
+        let expected = self.expected.as_ref()?;
+        if OPEN_PATHS.iter().any(|p| path.starts_with(p)) {
+            return None;
+        }
+        match header {
+            None => Some("authentication required: send metadata 'authorization: Bearer TOKEN'"),
+            Some(given) if bool::from(given.ct_eq(expected)) => None,
+            Some(_) => Some("the bearer token is not valid for this daemon"),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RequireBearer {
+    type Service = RequireBearerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireBearerService {
+            inner,
+            auth: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireBearerService<S> {
+    inner: S,
+    auth: RequireBearer,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for RequireBearerService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        match self.auth.refusal(request.uri().path(), header) {
+            Some(reason) => {
+                tracing::debug!(path = request.uri().path(), reason, "refused a call");
+                Either::Left(ready(Ok(Status::unauthenticated(reason).into_http())))
+            }
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side.
+
+/// Adds `authorization: Bearer TOKEN` to every call (nothing when there is no token).
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self> {
+        match token {
+            None => Ok(BearerToken(None)),
+            Some(t) => {
+                Ok(BearerToken(Some(format!("Bearer {t}").parse().context(
+                    "the token has characters a header cannot carry",
+                )?)))
+            }
+        }
+    }
+
+    /// The token of the daemon whose state directory is `state_dir`.
+    pub fn from_state_dir(state_dir: &Path) -> Result<Self> {
+        Self::new(Some(&read_token_file(&token_path(state_dir))?))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_is_created_once_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(token.len(), 64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), token);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(load_or_create_token(other.path()).unwrap(), token);
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_token(dir.path()).unwrap();
+        let path = token_path(dir.path());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_token(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("readable by others"), "{e}");
+    }
+
+    #[test]
+    fn only_health_is_open_and_the_token_must_match_exactly() {
+        let auth = RequireBearer::new("abc");
+        let svc = "/cnn.v1.Orchestrator/GetStatus";
+        assert!(auth.refusal(svc, None).unwrap().contains("required"));
+        assert!(auth.refusal(svc, Some(b"Bearer abd")).is_some());
+        assert!(auth.refusal(svc, Some(b"Bearer ab")).is_some());
+        assert!(auth.refusal(svc, Some(b"bearer abc")).is_some());
+        assert!(auth.refusal(svc, Some(b"Bearer abc")).is_none());
+        assert!(auth.refusal("/grpc.health.v1.Health/Check", None).is_none());
+        assert!(auth
+            .refusal(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                None
+            )
+            .is_some());
+        assert!(RequireBearer::disabled().refusal(svc, None).is_none());
+    }
+}

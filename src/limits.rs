@@ -1,0 +1,270 @@
+//! Resource limits of the public API, enforced where the request enters the daemon.
+//!
+//! Owns: the request-size layer (reads each request's gRPC frame header and refuses a
+//! message over `max_request_bytes` with RESOURCE_EXHAUSTED before buffering it) and the
+//! stream quota (how many `WatchSweep` streams one client address, and all clients
+//! together, may hold open). Limits on sweep sizes and queued trials live with the checks
+//! that count them (`sweep`, `api`); image decode limits in `imaging`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tonic::Status;
+
+/// The gRPC frame header: one compression flag byte and a 4-byte big-endian length.
+const FRAME_HEADER: usize = 5;
+
+/// Tower layer refusing requests whose message is larger than `limit` bytes.
+#[derive(Clone, Copy)]
+pub struct RequestSizeLimit {
+    pub limit: usize,
+}
+
+impl<S> tower::Layer<S> for RequestSizeLimit {
+    type Service = RequestSizeLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestSizeLimitService {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestSizeLimitService<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for RequestSizeLimitService<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let limit = self.limit;
+        self.inner.call(request.map(|body| {
+            tonic::body::Body::new(LimitedGrpcBody {
+                inner: body,
+                limit,
+                seen: 0,
+                header: [0; FRAME_HEADER],
+            })
+        }))
+    }
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED as soon as its first message header
+/// announces more than `limit` bytes, or more than `limit` bytes arrive in all.
+struct LimitedGrpcBody {
+    inner: tonic::body::Body,
+    limit: usize,
+    seen: usize,
+    header: [u8; FRAME_HEADER],
+}
+
+impl LimitedGrpcBody {
+    fn inspect(&mut self, data: &[u8]) -> Result<(), Status> {
+        for (pos, &b) in (self.seen..FRAME_HEADER).zip(data) {
+            self.header[pos] = b;
+        }
+        self.seen += data.len();
+        let announced = if self.seen >= FRAME_HEADER {
+            u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize
+        } else {
+            0
+        };
+        let size = announced.max(self.seen.saturating_sub(FRAME_HEADER));
+        if size > self.limit {
+            return Err(too_large(size, self.limit));
+        }
+        Ok(())
+    }
+}
+
+/// The refusal of an oversized request.
+pub fn too_large(size: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "request: {size} bytes, this daemon accepts at most {limit} bytes per request (max_request_bytes)"
+    ))
+}
+
+impl http_body::Body for LimitedGrpcBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    if let Err(refused) = self.inspect(&data) {
+                        return Poll::Ready(Some(Err(refused)));
+                    }
+                }
+                Some(Ok(frame))
+            }
+            other => other,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Counts open server streams per client address and in total.
+#[derive(Clone)]
+pub struct StreamQuota {
+    per_client: u32,
+    total: u32,
+    open: Arc<Mutex<HashMap<Option<IpAddr>, u32>>>,
+}
+
+/// One open stream; gives its place back when dropped.
+pub struct StreamPermit {
+    quota: StreamQuota,
+    client: Option<IpAddr>,
+}
+
+impl StreamQuota {
+    pub fn new(per_client: u32, total: u32) -> Self {
+        StreamQuota {
+            per_client,
+            total,
+            open: Default::default(),
+        }
+    }
+
+    /// A place for one more stream of `client`, or RESOURCE_EXHAUSTED naming the limit.
+    pub fn acquire(&self, client: Option<IpAddr>) -> Result<StreamPermit, Status> {
+        let mut open = self.open.lock().unwrap();
+        let all: u32 = open.values().sum();
+        let mine = open.get(&client).copied().unwrap_or(0);
+        if mine >= self.per_client {
+            return Err(Status::resource_exhausted(format!(
+                "streams: this client already has {mine} open, the limit is {} (max_streams_per_client); close one first",
+                self.per_client
+            )));
+        }
+        if all >= self.total {
+            return Err(Status::resource_exhausted(format!(
+                "streams: {all} are open, the daemon's limit is {} (max_streams_total); try again later",
+                self.total
+            )));
+        }
+        *open.entry(client).or_default() += 1;
+        Ok(StreamPermit {
+            quota: self.clone(),
+            client,
+        })
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> u32 {
+        self.open.lock().unwrap().values().sum()
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.quota.open.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(limit: usize) -> LimitedGrpcBody {
+        LimitedGrpcBody {
+            inner: tonic::body::Body::empty(),
+            limit,
+            seen: 0,
+            header: [0; FRAME_HEADER],
+        }
+    }
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&len.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn an_announced_length_over_the_limit_is_refused_at_the_header() {
+        let mut b = body(100);
+        let e = b.inspect(&frame(101)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("101 bytes"), "{}", e.message());
+        assert!(body(100).inspect(&frame(100)).is_ok());
+    }
+
+    #[test]
+    fn a_header_split_across_chunks_is_still_read() {
+        let mut b = body(100);
+        let f = frame(1000);
+        assert!(b.inspect(&f[..2]).is_ok());
+        assert!(b.inspect(&f[2..]).is_err());
+    }
+
+    #[test]
+    fn more_bytes_than_the_limit_are_refused_whatever_the_header_says() {
+        let mut b = body(10);
+        let mut data = frame(4);
+        data.extend_from_slice(&[0; 4]);
+        assert!(b.inspect(&data).is_ok());
+        assert!(b.inspect(&[0; 6]).is_ok()); // 10 bytes of messages
+        assert!(b.inspect(&[0; 1]).is_err());
+    }
+
+    #[test]
+    fn stream_quota_per_client_and_in_total() {
+        let q = StreamQuota::new(2, 3);
+        let a: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
+        let a1 = q.acquire(a).unwrap();
+        let _a2 = q.acquire(a).unwrap();
+        let e = q.acquire(a).err().unwrap();
+        assert!(e.message().contains("max_streams_per_client"));
+        let _b1 = q.acquire(b).unwrap();
+        let e = q.acquire(b).err().unwrap();
+        assert!(e.message().contains("max_streams_total"));
+        drop(a1);
+        assert!(q.acquire(b).is_ok());
+        assert_eq!(q.open_streams(), 3);
+    }
+}

@@ -1,0 +1,293 @@
+//! Prometheus metrics: what an operator graphs and alerts on.
+//!
+//! Owns: the metric registry, the tower layer that times every authenticated RPC by method,
+//! the counters the API bumps (epochs recorded), the gauges read from the scheduler and the
+//! store at scrape time (queue depth, workers busy, trials by state, open streams), and the
+//! plain-HTTP `/metrics` endpoint (`--metrics-listen`, off by default).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::limits::StreamQuota;
+use crate::scheduler::Scheduler;
+
+/// Trial states reported even when no trial is in them (so graphs start at zero).
+const TRIAL_STATES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "pruned",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    rpc_seconds: Family<MethodLabel, Histogram>,
+    epochs_recorded: Counter,
+    epochs_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
+    queue_depth: Gauge,
+    workers_busy: Gauge,
+    workers: Gauge,
+    trials: Family<StateLabel, Gauge>,
+    open_streams: Gauge,
+    /// (when, epochs_recorded) at the previous scrape, for epochs_per_second.
+    last_scrape: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cnnd");
+        let rpc_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        registry.register(
+            "rpc_duration_seconds",
+            "Time from a call's arrival to its response headers, by gRPC method (authenticated calls only)",
+            rpc_seconds.clone(),
+        );
+        let epochs_recorded = Counter::default();
+        registry.register(
+            "epochs_recorded",
+            "Epoch results stored since the daemon started (rate() gives epochs per second)",
+            epochs_recorded.clone(),
+        );
+        let epochs_per_second = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "epochs_per_second",
+            "Epochs recorded per second since the previous scrape",
+            epochs_per_second.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Trials waiting for a worker",
+            queue_depth.clone(),
+        );
+        let workers_busy = Gauge::default();
+        registry.register(
+            "workers_busy",
+            "Worker processes running a trial",
+            workers_busy.clone(),
+        );
+        let workers = Gauge::default();
+        registry.register("workers", "Worker slots", workers.clone());
+        let trials = Family::<StateLabel, Gauge>::default();
+        registry.register("trials", "Trials in the store by state", trials.clone());
+        let open_streams = Gauge::default();
+        registry.register(
+            "open_streams",
+            "WatchSweep streams open now",
+            open_streams.clone(),
+        );
+        Metrics {
+            registry,
+            rpc_seconds,
+            epochs_recorded,
+            epochs_per_second,
+            queue_depth,
+            workers_busy,
+            workers,
+            trials,
+            open_streams,
+            last_scrape: Mutex::new(None),
+        }
+    }
+
+    /// One more epoch result stored.
+    pub fn epoch_recorded(&self) {
+        self.epochs_recorded.inc();
+    }
+
+    fn observe_rpc(&self, path: &str, seconds: f64) {
+        self.rpc_seconds
+            .get_or_create(&MethodLabel {
+                method: method_label(path),
+            })
+            .observe(seconds);
+    }
+
+    /// Reads the gauges from the scheduler and the store, then encodes everything in the
+    /// Prometheus text format.
+    pub async fn render(&self, scheduler: &Scheduler, streams: &StreamQuota) -> String {
+        if let Ok(counts) = scheduler.store.queue_counts().await {
+            self.queue_depth.set(counts.queued as i64);
+        }
+        let workers = scheduler.workers();
+        self.workers.set(workers.len() as i64);
+        self.workers_busy
+            .set(workers.iter().filter(|w| w.state == "busy").count() as i64);
+        if let Ok(counts) = scheduler.store.trial_counts_by_status().await {
+            for state in TRIAL_STATES {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == state)
+                    .map_or(0, |(_, n)| *n);
+                self.trials
+                    .get_or_create(&StateLabel {
+                        state: state.to_string(),
+                    })
+                    .set(n);
+            }
+        }
+        self.open_streams.set(streams.open_streams() as i64);
+        {
+            let now = Instant::now();
+            let total = self.epochs_recorded.get();
+            let mut last = self.last_scrape.lock().unwrap();
+            if let Some((then, before)) = *last {
+                let secs = now.duration_since(then).as_secs_f64();
+                if secs > 0.0 {
+                    self.epochs_per_second
+                        .set(total.saturating_sub(before) as f64 / secs);
+                }
+            }
+            *last = Some((now, total));
+        }
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The method label of a request path: the gRPC method, or "other" for paths no service
+/// of ours has (keeps the label set bounded).
+fn method_label(path: &str) -> String {
+    let known = ["/cnn.v1.", "/grpc.health.v1.", "/grpc.reflection."];
+    if known.iter().any(|p| path.starts_with(p)) && path.len() < 100 {
+        path.trim_start_matches('/').to_string()
+    } else {
+        "other".into()
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    scheduler: Arc<Scheduler>,
+    streams: StreamQuota,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics: listening on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, scheduler, streams) =
+                (metrics.clone(), scheduler.clone(), streams.clone());
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(&scheduler, &streams).await,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Tower layer timing each call into `cnnd_rpc_duration_seconds`.
+#[derive(Clone)]
+pub struct RpcTiming {
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Layer<S> for RpcTiming {
+    type Service = RpcTimingService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcTimingService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcTimingService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcTimingService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let r = response.await;
+            metrics.observe_rpc(&path, started.elapsed().as_secs_f64());
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(
+            method_label("/cnn.v1.Orchestrator/GetStatus"),
+            "cnn.v1.Orchestrator/GetStatus"
+        );
+        assert_eq!(method_label("/evil/path"), "other");
+        assert_eq!(
+            method_label(&format!("/cnn.v1.{}", "x".repeat(200))),
+            "other"
+        );
+    }
+}
