@@ -238,6 +238,38 @@ pub struct Store {
     /// disk, an I/O error), sqlx-sqlite still counts it as open and would run every later write
     /// inside a savepoint of a transaction that is never committed (acknowledged, then lost).
     writer_suspect: Arc<AtomicBool>,
+    /// Trials of recently read sweeps (see [`TrialsCache`]); None for read-only stores, whose
+    /// file another process writes.
+    trials_cache: Option<Arc<std::sync::Mutex<TrialsCache>>>,
+}
+
+/// What `trials_of` answered for the sweeps read most recently. Reading a 1,000-trial sweep
+/// costs tens of milliseconds (every trial row, its epoch count and last epoch); clients poll
+/// `GetSweep` far more often than trials change. Every write transaction (`Store::write`, the
+/// only way this store writes) clears the cache and bumps `generation` once it has ended,
+/// committed or not, so a cached answer is always what the database holds now: the daemon is
+/// the only writer. A read stores its answer only when no write ended while it ran.
+#[derive(Default)]
+struct TrialsCache {
+    generation: u64,
+    sweeps: std::collections::HashMap<String, Arc<Vec<TrialRow>>>,
+}
+
+/// Sweeps kept in [`TrialsCache`] (about 2 MB per 1,000 trials).
+const TRIALS_CACHE_SWEEPS: usize = 8;
+
+/// Clears the trials cache when dropped: after a write transaction's body has ended, also when
+/// its future is dropped half-way (a cancelled request), when a COMMIT may still have landed.
+struct InvalidateOnDrop<'a>(Option<&'a std::sync::Mutex<TrialsCache>>);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0 {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.generation += 1;
+            c.sweeps.clear();
+        }
+    }
 }
 
 fn options(path: &Path) -> Result<SqliteConnectOptions> {
@@ -255,12 +287,14 @@ const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.devi
     t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
     t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance, t.suggestion_basis,
-    (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_done,
+    t.epoch_count AS epochs_done,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
 
+// `epoch_count` and `last_epoch` are COUNT(*) and MAX(epoch) of the trial's epochs, kept by
+// triggers (migrations/0007_control_plane_indexes.sql).
 const TRIAL_FROM: &str = "FROM trials t LEFT JOIN epochs e ON e.trial_id = t.id
-    AND e.epoch = (SELECT MAX(epoch) FROM epochs WHERE trial_id = t.id)";
+    AND e.epoch = t.last_epoch";
 
 fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
     let params: String = r.get("params");
@@ -410,6 +444,7 @@ impl Store {
             writer,
             reader,
             writer_suspect,
+            trials_cache: Some(Arc::default()),
         })
     }
 
@@ -425,13 +460,16 @@ impl Store {
             writer: reader.clone(),
             reader,
             writer_suspect: Arc::default(),
+            trials_cache: None,
         })
     }
 
     /// Runs the body of one write transaction. Any error marks the writer connection for
     /// replacement (see `writer_suspect`): cheap, and the only safe answer when SQLite may
     /// already have rolled the transaction back behind sqlx's back.
+    /// Every write goes through here: it also keeps the trials cache true (see [`TrialsCache`]).
     async fn write<T>(&self, body: impl Future<Output = Result<T>>) -> Result<T> {
+        let _invalidate = InvalidateOnDrop(self.trials_cache.as_deref());
         let outcome = body.await;
         if outcome.is_err() {
             self.writer_suspect.store(true, Ordering::SeqCst);
@@ -559,13 +597,38 @@ impl Store {
     }
 
     pub async fn trials_of(&self, sweep_id: &str) -> Result<Vec<TrialRow>> {
+        let generation = match &self.trials_cache {
+            Some(cache) => {
+                let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(trials) = c.sweeps.get(sweep_id) {
+                    return Ok(trials.as_ref().clone());
+                }
+                Some(c.generation)
+            }
+            None => None,
+        };
         let sql =
             format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx");
         let rows = sqlx::query(&sql)
             .bind(sweep_id)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(trial_from_row).collect()
+        let trials = rows
+            .iter()
+            .map(trial_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if let (Some(cache), Some(generation)) = (&self.trials_cache, generation) {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            // A write that ended while this read ran may or may not be in `trials`.
+            if c.generation == generation {
+                if c.sweeps.len() >= TRIALS_CACHE_SWEEPS {
+                    c.sweeps.clear();
+                }
+                c.sweeps
+                    .insert(sweep_id.to_string(), Arc::new(trials.clone()));
+            }
+        }
+        Ok(trials)
     }
 
     pub async fn trial(&self, id: &str) -> Result<Option<TrialRow>> {
@@ -662,7 +725,7 @@ impl Store {
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
             "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset, t.awaiting_suggestion,
-                    (SELECT COUNT(*) FROM epochs e WHERE e.trial_id = t.id) AS epochs_recorded
+                    t.epoch_count AS epochs_recorded
              FROM trials t JOIN sweeps s ON s.id = t.sweep_id
              WHERE t.status = 'queued' AND s.paused = 0 AND t.device IN ({placeholders})
                AND (s.max_parallel = 0 OR
