@@ -1427,7 +1427,7 @@ fn stale_reports_from_an_old_lease_are_refused_and_change_nothing() {
         },
     );
 
-    let out = d.grpcurl(
+    let out = d.grpcurl_worker_hub(
         "cnn.v1.WorkerHub/FinishTrial",
         &json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "status": "failed", "error": "old lease"}).to_string(),
     );
@@ -1436,7 +1436,7 @@ fn stale_reports_from_an_old_lease_are_refused_and_change_nothing() {
         "stale finish: {}",
         stderr(&out)
     );
-    let out = d.grpcurl(
+    let out = d.grpcurl_worker_hub(
         "cnn.v1.WorkerHub/ReleaseTrial",
         &json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "reason": "old lease"})
             .to_string(),

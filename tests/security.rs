@@ -451,8 +451,7 @@ fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
                 sweep_id: sweep.clone(),
             })
             .await
-            .err()
-            .expect("a fifth stream from the same client must be refused");
+            .expect_err("a fifth stream from the same client must be refused");
         assert_eq!(
             refused.code(),
             tonic::Code::ResourceExhausted,
@@ -494,6 +493,63 @@ fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
         assert!(again.is_some(), "closed streams were not given back");
     });
     d.wait_for_sweep(&sweep, Duration::from_secs(120));
+}
+
+/// A client that opens a stream with tens of thousands of events and stops reading: once HTTP/2
+/// flow control and the stream's buffer are full, the daemon waits
+/// `stream_send_timeout_secs`, closes the stream and gives its place back.
+#[test]
+fn a_stream_whose_client_stops_reading_is_closed_after_the_send_timeout() {
+    use cnnd::proto::WatchSweepRequest;
+    let d = Daemon::start(
+        1,
+        &[
+            "--max-streams-per-client",
+            "1",
+            "--stream-send-timeout-secs",
+            "2",
+            "--max-trials-per-sweep",
+            "40000",
+        ],
+    );
+    // 40,000 trials, cancelled at once: 40,001 events (~3.5 MB) to replay, more than the
+    // client's HTTP/2 window (2 MiB), the server's send buffer and the stream's queue hold.
+    let values: Vec<f64> = (0..200).map(|i| i as f64 / 1_000.0).collect();
+    let rates: Vec<f64> = (1..=200).map(|i| i as f64 * 1e-5).collect();
+    let sweep = d.submit(&json!({"name": "many-events", "dataset": "mnist",
+        "space": {"dropout": values, "learningRate": rates},
+        "fixed": {"epochs": 1, "trainLimit": 200, "testLimit": 100, "baseFilters": 4, "units": 8}}));
+    let out = d.cnnctl(&["cancel", &sweep]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    common::block_on(async {
+        let mut client = d.client().await;
+        let watch = || WatchSweepRequest {
+            sweep_id: sweep.clone(),
+        };
+        let unread = client.watch_sweep(watch()).await.unwrap().into_inner();
+        let refused = client.watch_sweep(watch()).await.err();
+        assert_eq!(
+            refused.map(|s| s.code()),
+            Some(tonic::Code::ResourceExhausted),
+            "the unread stream holds the client's only place"
+        );
+        // Never reading `unread`: the daemon must give the place back by itself.
+        let mut reopened = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if client.watch_sweep(watch()).await.is_ok() {
+                reopened = true;
+                break;
+            }
+        }
+        assert!(reopened, "the stalled stream was never closed");
+        drop(unread);
+    });
+    assert!(
+        d.log().contains("stopped reading"),
+        "the closing is logged: {}",
+        d.log()
+    );
 }
 
 #[test]

@@ -44,7 +44,7 @@ enum Command {
     Probe,
     /// Prints the effective configuration as TOML (flags > environment > config file >
     /// defaults), each value with where it came from.
-    Config(DaemonConfig),
+    Config(Box<DaemonConfig>),
 }
 
 fn long_version() -> &'static str {
@@ -77,7 +77,7 @@ fn parse_invocation() -> Result<Invocation, String> {
     let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
     let (config, sub) = match &cli.command {
         None => (&cli.config, None),
-        Some(Command::Config(c)) => (c, Some("config")),
+        Some(Command::Config(c)) => (c.as_ref(), Some("config")),
         Some(_) => {
             return Ok(Invocation {
                 cli,
