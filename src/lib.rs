@@ -4,11 +4,11 @@
 //!
 //! ```text
 //! bin (cnnd, cnnctl)
-//! api            worker  predict
+//! api  metrics   worker  predict
 //! scheduler  charts        train  transfer
 //! store                    model
 //! sweep  datasets  pruning  tpe   data  imaging
-//! proto  config  auth  limits  metrics(uses scheduler)
+//! proto  config  auth  limits  client
 //! ```
 //!
 //! The control plane (api, scheduler, store, charts) never imports the training side
