@@ -409,6 +409,60 @@ fn oversized_requests_and_queues_are_refused_with_resource_exhausted() {
     );
 }
 
+/// A PNG of `side` x `side` noisy gray pixels (noise keeps it from compressing small).
+fn noisy_png(side: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_fn(side, side, |x, y| {
+        image::Luma([((x * 7919 + y * 104_729) % 251) as u8])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+/// The image limits of Predict are settings: a file over `max_image_bytes` and one over
+/// `max_image_pixels` are refused by name, while an image within both is classified.
+#[test]
+fn predict_image_limits_follow_the_settings() {
+    let _one_at_a_time = serial();
+    let d = Daemon::start(
+        1,
+        &["--max-image-bytes", "20000", "--max-image-pixels", "4096"],
+    );
+    let sweep = d.submit(&json!({"name": "tiny", "dataset": "mnist",
+        "fixed": {"epochs": 1, "trainLimit": 300, "testLimit": 100, "baseFilters": 4, "units": 8}}));
+    d.wait_for_sweep(&sweep, Duration::from_secs(120));
+    let trial = format!("{sweep}-t0");
+    let predict = |name: &str, png: &[u8]| {
+        d.grpcurl(
+            "cnn.v1.Orchestrator/Predict",
+            &json!({"trialId": trial, "images": [{"name": name, "data": base64_of(png)}]})
+                .to_string(),
+        )
+    };
+    let fine = noisy_png(28); // 784 pixels, ~1 kB
+    let out = predict("fine.png", &fine);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wide = noisy_png(80); // 6,400 pixels, ~7 kB
+    assert!(wide.len() < 20_000);
+    let out = predict("wide.png", &wide);
+    let err = stderr(&out);
+    assert!(
+        err.contains("ResourceExhausted") && err.contains("wide.png"),
+        "{err}"
+    );
+    assert!(err.contains("the limit is"), "the limit is named: {err}");
+    let heavy = noisy_png(200); // 40,000 pixels, well over 20 kB
+    assert!(heavy.len() > 20_000);
+    let out = predict("heavy.png", &heavy);
+    let err = stderr(&out);
+    assert!(
+        err.contains("ResourceExhausted") && err.contains("heavy.png"),
+        "{err}"
+    );
+    assert!(err.contains("the limit is"), "the limit is named: {err}");
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
