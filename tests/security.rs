@@ -222,6 +222,15 @@ fn insecure_no_auth_and_plaintext_are_refused_off_loopback() {
         err.contains("--tls-cert and --tls-key go together"),
         "{err}"
     );
+    let junk = state.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.to_str().unwrap();
+    let (status, err) = run(&["--tls-cert", junk, "--tls-key", junk]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--tls-cert") && !err.contains("listening"),
+        "a bad key pair is refused before serving: {err}"
+    );
     assert!(
         !state.path().join("cnnd.sqlite").exists(),
         "a refused start must not create a store"

@@ -239,9 +239,20 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         (Some(cert), Some(key)) => {
             let read =
                 |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-            Some(tonic::transport::ServerTlsConfig::new().identity(
+            let tls = tonic::transport::ServerTlsConfig::new().identity(
                 tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-            ))
+            );
+            // Check the pair now, before anything is started or announced.
+            tonic::transport::Server::builder()
+                .tls_config(tls.clone())
+                .with_context(|| {
+                    format!(
+                        "--tls-cert {} / --tls-key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            Some(tls)
         }
         _ => None,
     };
