@@ -28,6 +28,9 @@
 //! 1/5/15-minute load average read when it was taken: on a shared 2-core machine the load
 //! says more about a latency than the code does.
 
+mod common;
+
+use common::{cpu_model, daemon_binary, free_port, loadavg, manifest_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -79,10 +82,6 @@ struct Opts {
     data_dir: PathBuf,
     keep_state: bool,
     daemon: Option<PathBuf>,
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -166,54 +165,8 @@ fn parse_opts() -> Result<Opts> {
     Ok(o)
 }
 
-/// The 1, 5 and 15-minute load averages.
-fn loadavg() -> [f64; 3] {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut it = s
-        .split_whitespace()
-        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
-    [
-        it.next().unwrap_or(f64::NAN),
-        it.next().unwrap_or(f64::NAN),
-        it.next().unwrap_or(f64::NAN),
-    ]
-}
-
 fn fmt_load(l: [f64; 3]) -> String {
     format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The daemon binary: the one cargo built for this bench (same profile), else
-/// target/release/cnnd.
-fn daemon_binary() -> Result<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_cnnd")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    {
-        return Ok(p);
-    }
-    let p = manifest_dir().join("target/release/cnnd");
-    if !p.exists() {
-        bail!("{} missing: cargo build --release --bins", p.display());
-    }
-    Ok(p)
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// Latency statistics in milliseconds.

@@ -12,6 +12,9 @@
 //!
 //! Results: a summary on stdout and `target/bench/sweep_throughput.json`.
 
+mod common;
+
+use common::{children_cpu_seconds, cpu_model, daemon_binary, free_port, load1, manifest_dir};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,10 +43,6 @@ struct Opts {
     threads_per_worker: u32,
     pytorch_threads: u32,
     skip_pytorch: bool,
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -93,35 +92,6 @@ fn parse_opts() -> Result<Opts> {
     Ok(o)
 }
 
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) of the children waited for so far.
-fn children_cpu_seconds() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn torch_python() -> PathBuf {
     if let Some(p) = std::env::var_os("CNND_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -137,35 +107,6 @@ fn torch_python() -> PathBuf {
             .join(".cache/cnnd"),
     };
     cache.join("venv-torch-2.11.0/bin/python")
-}
-
-/// The daemon binary: the one cargo built for this bench (same profile), else
-/// target/release/cnnd, built with `cargo build --release --bins` when missing.
-fn daemon_binary() -> Result<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_cnnd")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    {
-        return Ok(p);
-    }
-    let p = manifest_dir().join("target/release/cnnd");
-    if !p.exists() {
-        eprintln!("{} missing: cargo build --release --bins", p.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--release", "--bins"])
-            .current_dir(manifest_dir())
-            .status()?;
-        if !st.success() || !p.exists() {
-            bail!("cargo build --release --bins failed ({st})");
-        }
-    }
-    Ok(p)
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// The daemon process; stopped (SIGTERM, then SIGKILL) when dropped. Its workers die with it

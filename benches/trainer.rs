@@ -22,6 +22,9 @@
 //! child) and of PyTorch (`bench/profile_torch.py`), medians per batch, to see where a
 //! difference comes from; results in `target/bench/trainer_profile.json`.
 
+mod common;
+
+use common::{children_cpu_seconds, cpu_model, load1, manifest_dir, rusage_seconds};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -50,10 +53,6 @@ struct Opts {
     keras: bool,
     /// Per-batch phase profile of this many batches instead of the epoch comparison.
     profile: u32,
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn list<T>(flag: &str, v: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
@@ -180,43 +179,9 @@ fn keras_python() -> PathBuf {
     cache_dir().join("venv-keras/bin/python")
 }
 
-/// The 1-minute load average, from /proc/loadavg.
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) of the children waited for so far.
-fn children_cpu_seconds() -> f64 {
-    rusage_seconds(libc::RUSAGE_CHILDREN)
-}
-
 /// CPU seconds (user + system) of this process so far.
 fn self_cpu_seconds() -> f64 {
     rusage_seconds(libc::RUSAGE_SELF)
-}
-
-fn rusage_seconds(who: libc::c_int) -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The seed model with the head of a configuration: dense (units 128, dropout 0.5) or GAP

@@ -118,8 +118,7 @@ impl http_body::Body for LimitedGrpcBody {
         Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let data = data.clone();
-                    if let Err(refused) = self.inspect(&data) {
+                    if let Err(refused) = self.inspect(data) {
                         return Poll::Ready(Some(Err(refused)));
                     }
                 }

@@ -21,16 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::limits::StreamQuota;
 use crate::scheduler::Scheduler;
-
-/// Trial states reported even when no trial is in them (so graphs start at zero).
-const TRIAL_STATES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "pruned",
-];
+use crate::store::TRIAL_STATUSES;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
@@ -137,24 +128,26 @@ impl Metrics {
     /// Reads the gauges from the scheduler and the store, then encodes everything in the
     /// Prometheus text format.
     pub async fn render(&self, scheduler: &Scheduler, streams: &StreamQuota) -> String {
-        if let Ok(counts) = scheduler.store.queue_counts().await {
-            self.queue_depth.set(counts.queued as i64);
-        }
         let workers = scheduler.workers();
         self.workers.set(workers.len() as i64);
         self.workers_busy
             .set(workers.iter().filter(|w| w.state == "busy").count() as i64);
+        // One query gives both the queue depth and the trials by state (every state is
+        // reported, zero included, so graphs start at zero).
         if let Ok(counts) = scheduler.store.trial_counts_by_status().await {
-            for state in TRIAL_STATES {
-                let n = counts
+            let count = |state: &str| {
+                counts
                     .iter()
                     .find(|(s, _)| s == state)
-                    .map_or(0, |(_, n)| *n);
+                    .map_or(0, |(_, n)| *n)
+            };
+            self.queue_depth.set(count("queued"));
+            for state in TRIAL_STATUSES {
                 self.trials
                     .get_or_create(&StateLabel {
                         state: state.to_string(),
                     })
-                    .set(n);
+                    .set(count(state));
             }
         }
         self.open_streams.set(streams.open_streams() as i64);

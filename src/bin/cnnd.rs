@@ -68,6 +68,17 @@ struct Invocation {
     from_file: BTreeSet<String>,
 }
 
+impl Invocation {
+    fn without_file(cli: Cli, matches: clap::ArgMatches) -> Self {
+        Invocation {
+            cli,
+            matches,
+            file: None,
+            from_file: BTreeSet::new(),
+        }
+    }
+}
+
 /// Parses flags and environment, then adds the config file's settings for whatever they
 /// left at the default, and parses again.
 fn parse_invocation() -> Result<Invocation, String> {
@@ -78,22 +89,10 @@ fn parse_invocation() -> Result<Invocation, String> {
     let (config, sub) = match &cli.command {
         None => (&cli.config, None),
         Some(Command::Config(c)) => (c.as_ref(), Some("config")),
-        Some(_) => {
-            return Ok(Invocation {
-                cli,
-                matches,
-                file: None,
-                from_file: BTreeSet::new(),
-            })
-        }
+        Some(_) => return Ok(Invocation::without_file(cli, matches)), // worker, probe
     };
     let Some(file) = config.config_file() else {
-        return Ok(Invocation {
-            cli,
-            matches,
-            file: None,
-            from_file: BTreeSet::new(),
-        });
+        return Ok(Invocation::without_file(cli, matches));
     };
     let (scope, scope_matches) = match sub {
         None => (command.clone(), &matches),

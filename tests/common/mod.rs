@@ -223,13 +223,12 @@ impl Daemon {
     pub fn grpcurl_worker_hub(&self, method: &str, body: &str) -> Output {
         let header = format!("authorization: Bearer {}", self.token());
         let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
-        let output = Command::new(grpcurl_bin())
+        Command::new(grpcurl_bin())
             .args(["-plaintext", "-H", &header, "-import-path", protos])
             .args(["-proto", "cnn/v1/worker.proto", "-d", body])
             .args([&self.worker_hub_addr(), method])
             .output()
-            .expect("running grpcurl");
-        output
+            .expect("running grpcurl")
     }
 
     pub fn grpcurl_json(&self, method: &str, body: &str) -> serde_json::Value {

@@ -1,0 +1,82 @@
+//! Helpers every benchmark shares (`mod common;` in each): where the repository is, the
+//! machine's CPU model and load, CPU seconds used, a free port and the daemon binary.
+#![allow(dead_code)] // each benchmark uses its own subset
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The 1, 5 and 15-minute load averages, from /proc/loadavg (NaN when unreadable).
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    [(); 3].map(|_| it.next().unwrap_or(f64::NAN))
+}
+
+/// The 1-minute load average.
+pub fn load1() -> f64 {
+    loadavg()[0]
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU seconds (user + system) of `who` (`libc::RUSAGE_SELF` or `RUSAGE_CHILDREN`).
+pub fn rusage_seconds(who: libc::c_int) -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU seconds of the children waited for so far.
+pub fn children_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_CHILDREN)
+}
+
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The daemon binary: the one cargo built for this bench (same profile), else
+/// target/release/cnnd, built with `cargo build --release --bins` when missing.
+pub fn daemon_binary() -> Result<PathBuf> {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_cnnd")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    {
+        return Ok(p);
+    }
+    let p = manifest_dir().join("target/release/cnnd");
+    if !p.exists() {
+        eprintln!("{} missing: cargo build --release --bins", p.display());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--release", "--bins"])
+            .current_dir(manifest_dir())
+            .status()?;
+        if !st.success() || !p.exists() {
+            bail!("cargo build --release --bins failed ({st})");
+        }
+    }
+    Ok(p)
+}
