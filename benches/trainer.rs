@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! cargo bench --bench trainer -- [--threads 1,2] [--heads dense,gap] [--kernels 3,5]
-//!     [--rounds N] [--train-limit N] [--data-dir DIR] [--keras] [--profile BATCHES]
+//!     [--rounds N] [--train-limit N] [--batch-size 64] [--epochs 1] [--device cpu|cuda]
+//!     [--data-dir DIR] [--keras] [--profile BATCHES]      (--help lists them)
 //! ```
 //!
 //! Results: a table on stdout and `target/bench/trainer.json`.
@@ -33,111 +34,75 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use cnnd::sweep::{dataset_info, Head, TrialParams};
+use cnnd::train::{EpochReport, TrialInfo};
 
 /// Set (to a JSON job) when this binary runs as the child that measures one epoch of ours.
 const CHILD_ENV: &str = "CNND_BENCH_TRAINER_CHILD";
 /// The child's result line on stdout starts with this.
 const RESULT_MARK: &str = "CNND_BENCH_RESULT ";
 
-const USAGE: &str = "usage: cargo bench --bench trainer -- [--threads 1,2] [--heads dense,gap] \
-[--kernels 3,5] [--rounds N] [--train-limit N] [--data-dir DIR] [--keras] [--profile BATCHES]";
-
-#[derive(Debug, Clone)]
+/// `cargo bench --bench trainer -- [options]`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "trainer",
+    about = "cnnd's trainer against the PyTorch reference, interleaved"
+)]
 struct Opts {
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u32).range(1..))]
     threads: Vec<u32>,
+    /// Heads to measure: dense (units 128, dropout 0.5) and/or gap (dropout 0.25).
+    #[arg(long, value_delimiter = ',', default_value = "dense,gap", value_parser = parse_head)]
     heads: Vec<Head>,
+    /// Kernel sizes to measure (odd).
+    #[arg(long, value_delimiter = ',', default_value = "3,5", value_parser = parse_kernel)]
     kernels: Vec<u32>,
+    /// Rounds; each round measures every configuration once per side.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Training examples (0: all 60,000 less the validation split).
+    #[arg(long, default_value_t = 0)]
     train_limit: u32,
-    data_dir: PathBuf,
+    /// Batch size of both sides.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Epochs per run; the last one is compared (2 on a GPU: the first one warms up cuDNN).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// `cpu` or `cuda` (data and model resident on the device on both sides).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// Folder holding mnist/ (default: $CNND_DATA_DIR, else ../shared/data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Also run the Keras reference (bench/keras_reference.py).
+    #[arg(long)]
     keras: bool,
     /// Per-batch phase profile of this many batches instead of the epoch comparison.
+    #[arg(long, default_value_t = 0)]
     profile: u32,
+    /// Passed by `cargo bench` to `harness = false` targets.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn list<T>(flag: &str, v: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
-    let out: Option<Vec<T>> = v
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(&parse)
-        .collect();
-    match out {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => bail!("{flag}: cannot read '{v}'\n{USAGE}"),
+fn parse_head(s: &str) -> Result<Head, String> {
+    match s {
+        "dense" => Ok(Head::Dense),
+        "gap" => Ok(Head::Gap),
+        _ => Err(format!("'{s}': dense or gap")),
     }
 }
 
-fn parse_opts() -> Result<Opts> {
-    let mut o = Opts {
-        threads: vec![1, 2],
-        heads: vec![Head::Dense, Head::Gap],
-        kernels: vec![3, 5],
-        rounds: 1,
-        train_limit: 0,
-        data_dir: default_data_dir(),
-        keras: false,
-        profile: 0,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = || -> Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}")),
-            }
-        };
-        match flag.as_str() {
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
-            "--threads" => {
-                o.threads = list(&flag, &value()?, |s| s.parse().ok().filter(|&n| n > 0))?
-            }
-            "--heads" => {
-                o.heads = list(&flag, &value()?, |s| match s {
-                    "dense" => Some(Head::Dense),
-                    "gap" => Some(Head::Gap),
-                    _ => None,
-                })?
-            }
-            "--kernels" => {
-                o.kernels = list(&flag, &value()?, |s| s.parse().ok().filter(|k| k % 2 == 1))?
-            }
-            "--rounds" => {
-                o.rounds = value()?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| anyhow!("--rounds: a positive number"))?
-            }
-            "--train-limit" => {
-                o.train_limit = value()?
-                    .parse()
-                    .map_err(|_| anyhow!("--train-limit: a number (0: all)"))?
-            }
-            "--data-dir" => o.data_dir = PathBuf::from(value()?),
-            "--keras" => o.keras = true,
-            "--profile" => {
-                o.profile = value()?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| anyhow!("--profile: a positive number of batches"))?
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument '{other}'\n{USAGE}"),
-        }
+fn parse_kernel(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(k) if k % 2 == 1 => Ok(k),
+        _ => Err(format!("'{s}': an odd kernel size")),
     }
-    Ok(o)
+}
+
+fn data_dir_opt(o: &Opts) -> &PathBuf {
+    o.data_dir.as_ref().expect("set in main")
 }
 
 fn default_data_dir() -> PathBuf {
@@ -185,8 +150,8 @@ fn self_cpu_seconds() -> f64 {
 }
 
 /// The seed model with the head of a configuration: dense (units 128, dropout 0.5) or GAP
-/// (dropout 0.25); 2 blocks of 32 then 64 filters, batch norm, ReLU, Adam 1e-3, batch 64.
-fn params(head: Head, kernel: u32, train_limit: u32) -> TrialParams {
+/// (dropout 0.25); 2 blocks of 32 then 64 filters, batch norm, ReLU, Adam 1e-3, `--batch-size`.
+fn params(head: Head, kernel: u32, o: &Opts) -> TrialParams {
     TrialParams {
         kernel_size: kernel,
         head,
@@ -195,9 +160,9 @@ fn params(head: Head, kernel: u32, train_limit: u32) -> TrialParams {
             Head::Dense => 0.5,
             Head::Gap => 0.25,
         },
-        epochs: 1,
-        batch_size: 64,
-        train_limit,
+        epochs: o.epochs,
+        batch_size: o.batch_size,
+        train_limit: o.train_limit,
         seed: 0,
         ..TrialParams::default()
     }
@@ -235,6 +200,11 @@ fn child(job: &str) -> Result<()> {
     let threads = job["threads"].as_u64().context("threads")? as i32;
     let data_dir = PathBuf::from(job["data_dir"].as_str().context("data_dir")?);
     let p: TrialParams = serde_json::from_value(job["params"].clone()).context("params")?;
+    let device = match job["device"].as_str() {
+        Some("cuda") if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        Some("cuda") => bail!("--device cuda: libtorch sees no CUDA device"),
+        _ => tch::Device::Cpu,
+    };
     let process_start = Instant::now();
     // As the worker does (src/worker.rs).
     tch::set_num_threads(threads);
@@ -268,11 +238,12 @@ fn child(job: &str) -> Result<()> {
         ));
         true
     };
-    let outcome = run_trial_compat(
+    let outcome = cnnd::train::run_trial(
         &prepared,
         &p,
         info.channels as i64,
         info.classes as i64,
+        device,
         &weights,
         &mut on_epoch,
     )
@@ -304,132 +275,6 @@ fn child(job: &str) -> Result<()> {
     });
     println!("{RESULT_MARK}{out}");
     Ok(())
-}
-
-/// `cnnd::train::run_trial` for one trial on the CPU, never stopped early, with the default
-/// (empty) `TrialControl`. `run_trial` is gaining a `control: &TrialControl` argument before
-/// `on_epoch`; [`RunTrial`] accepts either signature so this bench builds before and after.
-fn run_trial_compat(
-    prepared: &cnnd::data::Prepared,
-    p: &TrialParams,
-    channels: i64,
-    classes: i64,
-    weights: &Path,
-    on_epoch: &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
-) -> Result<TrainOutcome, TrainError> {
-    call_run_trial(
-        cnnd::train::run_trial,
-        prepared,
-        p,
-        channels,
-        classes,
-        weights,
-        on_epoch,
-    )
-}
-
-use cnnd::data::Prepared;
-use cnnd::train::{EpochReport, TrainError, TrainOutcome, TrialInfo};
-
-type OnEpoch<'a> = &'a mut dyn FnMut(&EpochReport, &TrialInfo) -> bool;
-
-/// Calls a `run_trial` of either signature (the marker `M` tells the two impls apart).
-trait RunTrial<M> {
-    fn call(
-        &self,
-        prepared: &Prepared,
-        p: &TrialParams,
-        channels: i64,
-        classes: i64,
-        weights: &Path,
-        on_epoch: OnEpoch<'_>,
-    ) -> Result<TrainOutcome, TrainError>;
-}
-
-/// `run_trial(prepared, p, channels, classes, device, weights_path, on_epoch)`.
-struct WithoutControl;
-/// `run_trial(prepared, p, channels, classes, device, weights_path, control, on_epoch)`.
-struct WithControl;
-
-impl<F> RunTrial<WithoutControl> for F
-where
-    F: Fn(
-        &Prepared,
-        &TrialParams,
-        i64,
-        i64,
-        tch::Device,
-        &Path,
-        &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
-    ) -> Result<TrainOutcome, TrainError>,
-{
-    fn call(
-        &self,
-        prepared: &Prepared,
-        p: &TrialParams,
-        channels: i64,
-        classes: i64,
-        weights: &Path,
-        on_epoch: OnEpoch<'_>,
-    ) -> Result<TrainOutcome, TrainError> {
-        self(
-            prepared,
-            p,
-            channels,
-            classes,
-            tch::Device::Cpu,
-            weights,
-            on_epoch,
-        )
-    }
-}
-
-impl<F> RunTrial<WithControl> for F
-where
-    F: Fn(
-        &Prepared,
-        &TrialParams,
-        i64,
-        i64,
-        tch::Device,
-        &Path,
-        &cnnd::train::TrialControl<'_>,
-        &mut dyn FnMut(&EpochReport, &TrialInfo) -> bool,
-    ) -> Result<TrainOutcome, TrainError>,
-{
-    fn call(
-        &self,
-        prepared: &Prepared,
-        p: &TrialParams,
-        channels: i64,
-        classes: i64,
-        weights: &Path,
-        on_epoch: OnEpoch<'_>,
-    ) -> Result<TrainOutcome, TrainError> {
-        let control = cnnd::train::TrialControl::default();
-        self(
-            prepared,
-            p,
-            channels,
-            classes,
-            tch::Device::Cpu,
-            weights,
-            &control,
-            on_epoch,
-        )
-    }
-}
-
-fn call_run_trial<M, F: RunTrial<M>>(
-    f: F,
-    prepared: &Prepared,
-    p: &TrialParams,
-    channels: i64,
-    classes: i64,
-    weights: &Path,
-    on_epoch: OnEpoch<'_>,
-) -> Result<TrainOutcome, TrainError> {
-    f.call(prepared, p, channels, classes, weights, on_epoch)
 }
 
 /// Per-batch phase timings of ours: the same step as run_trial's loop (cnnd's model and
@@ -548,8 +393,8 @@ impl Run {
     }
 }
 
-fn run_ours(p: &TrialParams, threads: u32, data_dir: &Path) -> Result<Run> {
-    let job = json!({"threads": threads, "data_dir": data_dir, "params": p});
+fn run_ours(p: &TrialParams, threads: u32, data_dir: &Path, device: &str) -> Result<Run> {
+    let job = json!({"threads": threads, "data_dir": data_dir, "params": p, "device": device});
     let exe = std::env::current_exe()?;
     let load_before = load1();
     let cpu_before = children_cpu_seconds();
@@ -593,8 +438,9 @@ fn run_reference(
     p: &TrialParams,
     threads: u32,
     data_dir: &Path,
+    device: &str,
 ) -> Result<Run> {
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         script.display().to_string(),
         "--data-dir".into(),
         data_dir.display().to_string(),
@@ -623,6 +469,10 @@ fn run_reference(
         "--seed".into(),
         p.seed.to_string(),
     ];
+    if device != "cpu" {
+        // The Keras script is CPU-only; it is not run with --device cuda.
+        args.extend(["--device".into(), device.into()]);
+    }
     let load_before = load1();
     let cpu_before = children_cpu_seconds();
     let t = Instant::now();
@@ -696,7 +546,7 @@ fn run_profile(o: &Opts, python: &Path, data_dir: &Path) -> Result<()> {
     for &threads in &o.threads {
         for &head in &o.heads {
             for &kernel in &o.kernels {
-                let p = params(head, kernel, 0);
+                let p = params(head, kernel, o);
                 let mut pair = Vec::new();
                 for side in ["ours", "PyTorch"] {
                     let load_before = load1();
@@ -768,7 +618,7 @@ fn run_profile(o: &Opts, python: &Path, data_dir: &Path) -> Result<()> {
     }
     println!(
         "(median milliseconds per batch of {} after 20 warm-up batches)",
-        64
+        o.batch_size
     );
     let out_dir = manifest_dir().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -838,22 +688,28 @@ fn main() -> Result<()> {
     if let Ok(job) = std::env::var(CHILD_ENV) {
         return child(&job);
     }
-    let o = parse_opts()?;
+    let mut o = <Opts as clap::Parser>::parse();
+    o.data_dir.get_or_insert_with(default_data_dir);
+    if o.keras && o.device != "cpu" {
+        bail!(
+            "--keras runs on the CPU only; leave it out with --device {}",
+            o.device
+        );
+    }
     let info = &dataset_info("mnist").context("mnist")?;
-    if !o.data_dir.join("mnist").is_dir()
-        && !o.data_dir.join("train-images-idx3-ubyte.gz").exists()
-        && !o.data_dir.join("train-images-idx3-ubyte").exists()
+    if !data_dir_opt(&o).join("mnist").is_dir()
+        && !data_dir_opt(&o).join("train-images-idx3-ubyte.gz").exists()
+        && !data_dir_opt(&o).join("train-images-idx3-ubyte").exists()
     {
         bail!(
             "no MNIST under {} (set --data-dir or CNND_DATA_DIR)",
-            o.data_dir.display()
+            data_dir_opt(&o).display()
         );
     }
-    cnnd::data::find_file(info, &o.data_dir, "train-images-idx3-ubyte")?;
-    let data_dir = o
-        .data_dir
+    cnnd::data::find_file(info, data_dir_opt(&o), "train-images-idx3-ubyte")?;
+    let data_dir = data_dir_opt(&o)
         .canonicalize()
-        .unwrap_or_else(|_| o.data_dir.clone());
+        .unwrap_or_else(|_| data_dir_opt(&o).clone());
     let python = torch_python();
     if !python.exists() {
         bail!(
@@ -872,6 +728,9 @@ fn main() -> Result<()> {
     }
 
     if o.profile > 0 {
+        if o.device != "cpu" {
+            bail!("--profile times CPU phases only; leave out --device");
+        }
         return run_profile(&o, &python, &data_dir);
     }
 
@@ -880,7 +739,7 @@ fn main() -> Result<()> {
         for &head in &o.heads {
             for &kernel in &o.kernels {
                 cells.push(Cell {
-                    params: params(head, kernel, o.train_limit),
+                    params: params(head, kernel, &o),
                     threads,
                     ours: vec![],
                     torch: vec![],
@@ -906,7 +765,7 @@ fn main() -> Result<()> {
             let ours_first = round % 2 == 0;
             for side in 0..2 {
                 if (side == 0) == ours_first {
-                    let r = run_ours(&cell.params, cell.threads, &data_dir)?;
+                    let r = run_ours(&cell.params, cell.threads, &data_dir, &o.device)?;
                     eprintln!(
                         "  round {} {name:<22} {}t ours    {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
                         round + 1,
@@ -919,7 +778,14 @@ fn main() -> Result<()> {
                     );
                     cell.ours.push(r);
                 } else {
-                    let r = run_reference(&python, &script, &cell.params, cell.threads, &data_dir)?;
+                    let r = run_reference(
+                        &python,
+                        &script,
+                        &cell.params,
+                        cell.threads,
+                        &data_dir,
+                        &o.device,
+                    )?;
                     eprintln!(
                         "  round {} {name:<22} {}t PyTorch {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
                         round + 1,
@@ -940,6 +806,7 @@ fn main() -> Result<()> {
                     &cell.params,
                     cell.threads,
                     &data_dir,
+                    "cpu",
                 )?;
                 eprintln!(
                     "  round {} {name:<22} {}t Keras   {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
@@ -1051,6 +918,9 @@ fn main() -> Result<()> {
             "kernels": o.kernels,
             "rounds": o.rounds,
             "train_limit": o.train_limit,
+            "batch_size": o.batch_size,
+            "epochs": o.epochs,
+            "device": o.device,
             "data_dir": data_dir,
             "keras": o.keras,
         },

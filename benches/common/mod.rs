@@ -7,8 +7,15 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
+/// The repository: where it was built, else (a bench binary copied to another machine, as
+/// `scripts/gpu-check.sh` does) the current directory.
 pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("Cargo.toml").exists() {
+        built
+    } else {
+        std::env::current_dir().unwrap_or(built)
+    }
 }
 
 /// The 1, 5 and 15-minute load averages, from /proc/loadavg (NaN when unreadable).
