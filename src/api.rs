@@ -507,6 +507,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             grace_period: r.grace_period,
             reduction_factor: r.reduction_factor,
             startup_trials: r.startup_trials,
+            asha_mode: r.asha_mode,
         };
         // Image folders are listed from disk: off the async threads.
         let limits = self.scheduler.config.limits;
@@ -1194,9 +1195,12 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             weights_path: (!r.weights_path.is_empty()).then(|| r.weights_path.clone()),
             parameter_count: (r.parameter_count > 0).then_some(r.parameter_count),
         };
-        if !matches!(r.status.as_str(), "succeeded" | "failed" | "pruned") {
+        if !matches!(
+            r.status.as_str(),
+            "succeeded" | "failed" | "pruned" | "parked"
+        ) {
             return Err(Status::invalid_argument(format!(
-                "status: '{}' is not succeeded, failed or pruned",
+                "status: '{}' is not succeeded, failed, pruned or parked",
                 r.status
             )));
         }

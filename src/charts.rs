@@ -505,7 +505,7 @@ fn color_of(pos: usize) -> RGBColor {
 }
 
 fn is_inactive(status: &str) -> bool {
-    matches!(status, "pruned" | "failed" | "cancelled")
+    matches!(status, "pruned" | "parked" | "failed" | "cancelled")
 }
 
 fn is_best(sweep: &ChartSweep, trial: &ChartTrial) -> bool {
@@ -1002,7 +1002,7 @@ fn epoch_segments(trial: &ChartTrial, metric: impl Fn(&ChartEpoch) -> f64) -> Ve
 /// Moves up to `want` pruned curves into the first `room` places when none
 /// is there and more curves than `room` exist; the order is otherwise kept.
 fn promote_pruned(curves: &mut Vec<Curve>, room: usize, want: usize) {
-    let pruned = |c: &Curve| c.trial.status == "pruned";
+    let pruned = |c: &Curve| matches!(c.trial.status.as_str(), "pruned" | "parked");
     if curves.len() <= room || room <= want || curves[..room].iter().any(pruned) {
         return;
     }

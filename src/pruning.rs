@@ -4,10 +4,20 @@
 //! - `median` (Optuna's MedianPruner): after `warmupEpochs`, a trial whose best value so far
 //!   is worse than the median of the completed trials' values at the same epoch stops,
 //!   once at least `minTrials` trials have completed.
-//! - `asha` (asynchronous successive halving, as Ray Tune's AsyncHyperBand): rungs at epochs
-//!   `gracePeriod * reductionFactor^k` below the trials' epochs; a trial reaching a rung goes
-//!   on only if its value is in the top `1/reductionFactor` of the values recorded at that
-//!   rung by the trials that reached it before (the first to arrive always goes on).
+//! - `asha` (asynchronous successive halving, Li et al. 2020): rungs at epochs
+//!   `gracePeriod * reductionFactor^k` below the trials' epochs. Two forms:
+//!   - *promotion* (the paper's, the default): a trial reaching a rung is *parked* there
+//!     (checkpoint kept, worker freed) unless it is among the top
+//!     `floor(n / reductionFactor)` of the `n` trials that reached that rung; a parked trial
+//!     is *promoted* (queued again, resuming from its checkpoint) as soon as later arrivals
+//!     put it in that top set. When nothing else is left to run, no more arrivals can come:
+//!     each rung then keeps at least one trial (synchronous successive halving's rule), so
+//!     the best configuration always trains to the end; parked trials never promoted end
+//!     `pruned` ([`asha_promotions`]);
+//!   - *stop-or-continue* (Ray Tune's AsyncHyperBand, `ashaMode: stop`): a trial reaching a
+//!     rung goes on only if its value is in the top `1/reductionFactor` of the values
+//!     recorded at that rung by the trials that reached it before (the first to arrive
+//!     always goes on), else it is pruned for good ([`decide`]).
 //!
 //! Owns: the policies and their decisions. Pure logic: no I/O, no clock.
 
@@ -17,6 +27,9 @@ use crate::sweep::Objective;
 
 /// How every stop reason of early stopping begins (workers finish such trials `pruned`).
 pub const PRUNED: &str = "pruned: ";
+/// How the stop reason of a trial parked at an ASHA rung begins (workers finish such trials
+/// `parked`: resumable).
+pub const PARKED: &str = "parked: ";
 
 /// A sweep's early-stopping policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -37,7 +50,122 @@ pub enum EarlyStopping {
         reduction_factor: u32,
         /// The sweep's longest trial: no rung at or past it.
         max_epochs: u32,
+        /// The promotion form (park and promote); false: stop-or-continue. Sweeps stored
+        /// before the promotion form existed read as stop-or-continue.
+        #[serde(default)]
+        promote: bool,
     },
+}
+
+/// Where a trial stands, for ASHA's promotions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RungState {
+    /// Queued or running, and not being parked: it has gone (or goes) past its last rung.
+    Active,
+    /// Told to park at its last rung; its worker has not finished it yet.
+    Parking,
+    /// Finished `parked` at its last rung: promotable.
+    Parked,
+    /// Succeeded, failed, pruned or cancelled.
+    Closed,
+}
+
+/// One trial of the sweep, as ASHA's promotions see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RungTrial {
+    pub id: String,
+    pub state: RungState,
+    /// Objective values by epoch: `values[e - 1]` is epoch `e`'s.
+    pub values: Vec<f64>,
+}
+
+/// What ASHA's promotion form decides after a trial reached a rung or finished.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Promotions {
+    /// For the trial that just reached a rung: None to go on, else why it parks
+    /// (starting with [`PARKED`]).
+    pub park: Option<String>,
+    /// Parked trials to queue again (they resume from their checkpoints).
+    pub promote: Vec<String>,
+}
+
+/// ASHA's promotion form. `subject` is the trial that just recorded an epoch (None after a
+/// trial finished). At every rung `r`, of the `n` trials whose values reach epoch `r`, the
+/// top `floor(n / reductionFactor)` by their value at `r` (ties: earlier in `trials` first)
+/// deserve promotion; of those, the ones sitting at `r` are promoted: the subject goes on,
+/// parked trials are queued again. Trials already past `r`, or queued/running at `r`, are
+/// promoted already; trials being parked wait until they are parked. A subject at a rung
+/// outside the top set parks. `exhausted`: nothing of the sweep is queued or running, so
+/// every rung keeps at least one (`max(1, floor(n / reductionFactor))`).
+pub fn asha_promotions(
+    policy: &EarlyStopping,
+    objective: Objective,
+    trials: &[RungTrial],
+    subject: Option<&str>,
+    exhausted: bool,
+) -> Promotions {
+    let EarlyStopping::Asha {
+        grace_period,
+        reduction_factor,
+        max_epochs,
+        promote: true,
+    } = *policy
+    else {
+        return Promotions::default();
+    };
+    let rf = reduction_factor.max(2) as usize;
+    let what = name(objective);
+    let mut out = Promotions::default();
+    for rung in rungs(grace_period, reduction_factor, max_epochs) {
+        let r = rung as usize;
+        let mut reached: Vec<(usize, f64)> = trials
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.values.len() >= r)
+            .map(|(i, t)| (i, score(objective, t.values[r - 1])))
+            .collect();
+        // Stable: ties keep the earlier trial first.
+        reached.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let keep = if exhausted {
+            (reached.len() / rf).max(1).min(reached.len())
+        } else {
+            reached.len() / rf
+        };
+        for &(i, _) in &reached[..keep] {
+            let t = &trials[i];
+            if t.values.len() != r {
+                continue;
+            }
+            if subject == Some(t.id.as_str()) {
+                continue; // goes on: no park
+            }
+            if t.state == RungState::Parked {
+                out.promote.push(t.id.clone());
+            }
+        }
+        if let Some(t) = subject
+            .and_then(|id| trials.iter().position(|t| t.id == id))
+            .map(|i| (i, &trials[i]))
+            .filter(|(_, t)| t.values.len() == r)
+        {
+            let (i, t) = t;
+            if !reached[..keep].iter().any(|&(j, _)| j == i) {
+                let current = t.values[r - 1];
+                let cutoff = if keep == 0 {
+                    "none promoted yet".to_string()
+                } else {
+                    format!("cutoff {:.4}", score(objective, reached[keep - 1].1))
+                };
+                out.park = Some(format!(
+                    "{PARKED}asha: {what} {current:.4} at epoch {r} is outside the top {keep} \
+                     (1/{rf}, {cutoff}) of {} trials at that rung; resumes if later trials \
+                     put it there",
+                    reached.len()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// One other trial of the sweep, as the decision sees it.
@@ -127,10 +255,12 @@ pub fn decide(
                 )
             })
         }
+        EarlyStopping::Asha { promote: true, .. } => None, // see asha_promotions
         EarlyStopping::Asha {
             grace_period,
             reduction_factor,
             max_epochs,
+            promote: false,
         } => {
             if !rungs(grace_period, reduction_factor, max_epochs).contains(&(epoch as u32)) {
                 return None;
@@ -236,6 +366,7 @@ mod tests {
             grace_period: 1,
             reduction_factor: 3,
             max_epochs: 9,
+            promote: false,
         };
         let others = [
             running(&[0.1, 0.2, 0.1]),
@@ -287,6 +418,152 @@ mod tests {
         ];
         assert!(decide(&policy, Objective::ValLoss, &[0.35], &losses).is_some());
         assert_eq!(decide(&policy, Objective::ValLoss, &[0.15], &losses), None);
+    }
+
+    fn at(id: &str, state: RungState, values: &[f64]) -> RungTrial {
+        RungTrial {
+            id: id.into(),
+            state,
+            values: values.to_vec(),
+        }
+    }
+
+    #[test]
+    fn asha_promotion_parks_below_the_top_fraction_and_promotes_later() {
+        use RungState::*;
+        let policy = EarlyStopping::Asha {
+            grace_period: 1,
+            reduction_factor: 3,
+            max_epochs: 9,
+            promote: true,
+        };
+        let acc = Objective::ValAccuracy;
+        // 1. The first trial at rung 1: floor(1/3) = 0 promoted, so it parks.
+        let p = asha_promotions(&policy, acc, &[at("a", Active, &[0.5])], Some("a"), false);
+        assert!(p.park.as_deref().unwrap().starts_with(
+            "parked: asha: val_accuracy 0.5000 at epoch 1 is outside the top 0 (1/3, none promoted yet) of 1 trials"
+        ), "{p:?}");
+        assert!(p.promote.is_empty());
+        // 2. A second one parks too (floor(2/3) = 0).
+        let trials = [at("a", Parked, &[0.5]), at("b", Active, &[0.6])];
+        assert!(asha_promotions(&policy, acc, &trials, Some("b"), false)
+            .park
+            .is_some());
+        // 3. The third arrival makes one promotion: b (0.6), parked, is queued again; c parks.
+        let trials = [
+            at("a", Parked, &[0.5]),
+            at("b", Parked, &[0.6]),
+            at("c", Active, &[0.4]),
+        ];
+        let p = asha_promotions(&policy, acc, &trials, Some("c"), false);
+        assert_eq!(p.promote, vec!["b".to_string()]);
+        assert!(p
+            .park
+            .unwrap()
+            .contains("top 1 (1/3, cutoff 0.6000) of 3 trials"));
+        // 4. d (0.9) is now the top 1 of 4: it goes on; b, queued again, is not promoted twice.
+        let mut trials = vec![
+            at("a", Parked, &[0.5]),
+            at("b", Active, &[0.6]),
+            at("c", Parked, &[0.4]),
+            at("d", Active, &[0.9]),
+        ];
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, Some("d"), false),
+            Promotions::default()
+        );
+        // 5. e (0.55): top 1 of 5 is d, running at rung 1 already: e parks, nothing promoted.
+        trials.push(at("e", Active, &[0.55]));
+        let p = asha_promotions(&policy, acc, &trials, Some("e"), false);
+        assert!(p.park.is_some() && p.promote.is_empty(), "{p:?}");
+        trials[4].state = Parked;
+        // 6. f (0.3): top 2 of 6 are d and b, both promoted: f parks.
+        trials.push(at("f", Active, &[0.3]));
+        let p = asha_promotions(&policy, acc, &trials, Some("f"), false);
+        assert!(p.park.is_some() && p.promote.is_empty(), "{p:?}");
+        // A trial still being parked is not promoted yet, though in the top; once parked, it is.
+        trials[5].state = Parked;
+        trials.push(at("g", Parking, &[0.95]));
+        trials.push(at("h", Closed, &[0.1])); // failed at rung 1: counts, never promoted
+        trials.push(at("i", Parked, &[0.2]));
+        // 9 at rung 1, top 3: g (parking), d, b.
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, None, false),
+            Promotions::default()
+        );
+        trials[6].state = Parked;
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, None, false).promote,
+            vec!["g".to_string()]
+        );
+        trials[6].state = Active; // queued again
+                                  // Exhausted (nothing queued or running): every rung keeps at least one. At rung 1
+                                  // the top 3 are promoted already; at rung 3 nobody is parked yet: nothing to do.
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, None, true),
+            Promotions::default()
+        );
+        // Rung 3: d and b arrive; floor(2/3) = 0, so the first parks.
+        trials[3].values = vec![0.9, 0.91, 0.92];
+        let p = asha_promotions(&policy, acc, &trials, Some("d"), false);
+        assert!(p.park.unwrap().contains("at epoch 3"));
+        // d parked at rung 3, alone there: once the sweep is exhausted it is promoted, so
+        // the best configuration trains to its last epoch.
+        trials[3].state = Parked;
+        for t in trials
+            .iter_mut()
+            .filter(|t| t.state == Parked && t.values.len() == 1)
+        {
+            t.state = Closed; // rung 1 settled, to look at rung 3 alone
+        }
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, None, false),
+            Promotions::default()
+        );
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, None, true).promote,
+            vec!["d".to_string()]
+        );
+        // Epoch 2 is no rung: no decision.
+        trials[1].values = vec![0.6, 0.7];
+        assert_eq!(
+            asha_promotions(&policy, acc, &trials, Some("b"), false).park,
+            None
+        );
+    }
+
+    #[test]
+    fn asha_promotion_ranks_losses_lowest_first() {
+        use RungState::*;
+        let policy = EarlyStopping::Asha {
+            grace_period: 2,
+            reduction_factor: 2,
+            max_epochs: 8,
+            promote: true,
+        };
+        // Rungs 2 and 4. Rung 2: losses 0.3, 0.2 (parked), 0.5 (subject), 0.1 (parked):
+        // top 2 = 0.1 and 0.2, both parked: promoted; the subject parks.
+        let trials = [
+            at("a", Parked, &[0.9, 0.3]),
+            at("b", Parked, &[0.8, 0.2]),
+            at("c", Active, &[0.7, 0.5]),
+            at("d", Parked, &[0.6, 0.1]),
+        ];
+        let p = asha_promotions(&policy, Objective::ValLoss, &trials, Some("c"), false);
+        assert_eq!(p.promote, vec!["d".to_string(), "b".to_string()]);
+        assert!(p.park.unwrap().contains("val_loss 0.5000 at epoch 2"));
+        // The stop-or-continue decision leaves promotion sweeps alone, and vice versa.
+        assert_eq!(decide(&policy, Objective::ValLoss, &[0.9, 0.5], &[]), None);
+        let stop_form = EarlyStopping::Asha {
+            grace_period: 2,
+            reduction_factor: 2,
+            max_epochs: 8,
+            promote: false,
+        };
+        assert_eq!(
+            asha_promotions(&stop_form, Objective::ValLoss, &trials, Some("c"), false),
+            Promotions::default()
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
-use crate::pruning::{self, EarlyStopping, OtherTrial};
+use crate::pruning::{self, EarlyStopping, OtherTrial, RungState, RungTrial};
 use crate::store::{
     EpochRow, Lease, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts, TrialResult,
     TrialRow,
@@ -110,6 +110,11 @@ pub struct Scheduler {
     hard_stop: std::sync::atomic::AtomicBool,
     /// Serialises tpe suggestions, so each sees the ones made before it as pending.
     suggesting: tokio::sync::Mutex<()>,
+    /// Serialises ASHA's promotion decisions, so each sees the parks and promotions before it.
+    promoting: tokio::sync::Mutex<()>,
+    /// Trials told to park at an ASHA rung whose workers have not finished them yet (they
+    /// are not promotable until then: their checkpoint may still be being written).
+    parking: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A report refused because the worker's lease is gone.
@@ -144,6 +149,8 @@ impl Scheduler {
             shutting_down: Default::default(),
             hard_stop: Default::default(),
             suggesting: Default::default(),
+            promoting: Default::default(),
+            parking: Default::default(),
         })
     }
 
@@ -185,6 +192,9 @@ impl Scheduler {
                 )
                 .await?;
             self.publish(events);
+        }
+        for sweep_id in self.store.sweeps_with_parked_trials().await? {
+            self.after_trial_ended(&sweep_id).await?;
         }
         Ok(orphans.len())
     }
@@ -359,10 +369,10 @@ impl Scheduler {
         if sweep.early_stopping == EarlyStopping::None {
             return Ok(None);
         }
-        let objective = match sweep.objective.as_str() {
-            "val_loss" => Objective::ValLoss,
-            _ => Objective::ValAccuracy,
-        };
+        if is_promoting(&sweep.early_stopping) {
+            return self.asha_promotions(&sweep, Some(trial_id)).await;
+        }
+        let objective = objective_of(&sweep);
         let pick = |(acc, loss): &(f64, f64)| match objective {
             Objective::ValAccuracy => *acc,
             Objective::ValLoss => *loss,
@@ -386,6 +396,97 @@ impl Scheduler {
             &trial,
             &others,
         ))
+    }
+
+    /// ASHA's promotion form (see [`pruning::asha_promotions`]) after `subject` recorded an
+    /// epoch, or after a trial ended (`subject` None): queues the parked trials that now
+    /// deserve promotion, and returns why `subject` parks (None: it goes on).
+    async fn asha_promotions(
+        &self,
+        sweep: &crate::store::SweepRow,
+        subject: Option<&str>,
+    ) -> Result<Option<String>> {
+        Ok(self.asha_decide(sweep, subject, false).await?.park)
+    }
+
+    /// [`Self::asha_promotions`], and with `exhausted` (nothing queued or running) every rung
+    /// keeps at least one trial. Returns the decision (promotions already queued).
+    async fn asha_decide(
+        &self,
+        sweep: &crate::store::SweepRow,
+        subject: Option<&str>,
+        exhausted: bool,
+    ) -> Result<pruning::Promotions> {
+        let _one_at_a_time = self.promoting.lock().await;
+        let objective = objective_of(sweep);
+        let trials: Vec<RungTrial> = {
+            let histories = self.store.objective_histories(&sweep.id).await?;
+            let parking = self.parking.lock().unwrap();
+            histories
+                .into_iter()
+                .map(|(id, status, history)| RungTrial {
+                    state: match status.as_str() {
+                        "queued" | "running" if parking.contains(&id) => RungState::Parking,
+                        "queued" | "running" => RungState::Active,
+                        "parked" => RungState::Parked,
+                        _ => RungState::Closed,
+                    },
+                    values: history
+                        .iter()
+                        .map(|(acc, loss)| match objective {
+                            Objective::ValAccuracy => *acc,
+                            Objective::ValLoss => *loss,
+                        })
+                        .collect(),
+                    id,
+                })
+                .collect()
+        };
+        let decision = pruning::asha_promotions(
+            &sweep.early_stopping,
+            objective,
+            &trials,
+            subject,
+            exhausted,
+        );
+        if !decision.promote.is_empty() {
+            let n = self.store.promote_parked(&decision.promote).await?;
+            tracing::info!(sweep = sweep.id, trials = ?decision.promote, queued = n, "asha: promoted");
+            self.queue_changed.notify_waiters();
+        }
+        if let (Some(id), Some(reason)) = (subject, &decision.park) {
+            self.parking.lock().unwrap().insert(id.to_string());
+            tracing::info!(trial = id, "{reason}");
+        }
+        Ok(decision)
+    }
+
+    /// After a trial of `sweep_id` ended (finished, parked, failed): ASHA promotions, and
+    /// when nothing is left to run, the parked trials end pruned and the sweep finishes.
+    async fn after_trial_ended(&self, sweep_id: &str) -> Result<()> {
+        let Some(sweep) = self.store.sweep(sweep_id).await? else {
+            return Ok(());
+        };
+        if !is_promoting(&sweep.early_stopping) {
+            return Ok(());
+        }
+        self.asha_decide(&sweep, None, false).await?;
+        if self.store.active_trials(sweep_id).await? > 0 {
+            return Ok(());
+        }
+        // Nothing left to run: every rung keeps at least one (the best goes on to the end);
+        // when no rung has anyone left to promote, the parked trials end pruned.
+        if !self
+            .asha_decide(&sweep, None, true)
+            .await?
+            .promote
+            .is_empty()
+        {
+            return Ok(());
+        }
+        let events = self.store.settle_parked(sweep_id).await?;
+        self.publish(events);
+        Ok(())
     }
 
     /// Renews a lease and records progress inside the epoch.
@@ -521,7 +622,12 @@ impl Scheduler {
             Ok(events) => {
                 // Only the live lease frees its slot: a stale finish changes nothing.
                 self.worker_went_idle(worker_id, trial_id, true);
+                self.parking.lock().unwrap().remove(trial_id);
+                let sweep_id = events.first().map(|e| e.sweep_id.clone());
                 self.publish(events);
+                if let Some(sweep_id) = sweep_id {
+                    self.after_trial_ended(&sweep_id).await?;
+                }
                 self.queue_changed.notify_waiters();
                 Ok(Ok(()))
             }
@@ -644,7 +750,17 @@ impl Scheduler {
                     .release_trial(&trial, generation, &reason, self.config.max_attempts, true)
                     .await
                 {
-                    Ok(events) => self.publish(events),
+                    Ok(events) => {
+                        let sweep_id = events.first().map(|e| e.sweep_id.clone());
+                        self.publish(events);
+                        self.parking.lock().unwrap().remove(&trial);
+                        // A trial that failed for good may leave only parked ones behind.
+                        if let Some(sweep_id) = sweep_id {
+                            if let Err(e) = self.after_trial_ended(&sweep_id).await {
+                                tracing::error!(sweep_id, "asha after a failed trial: {e:#}");
+                            }
+                        }
+                    }
                     Err(e) => tracing::error!(trial, "could not release trial: {e:#}"),
                 }
                 self.queue_changed.notify_waiters();
@@ -698,6 +814,17 @@ impl Scheduler {
     }
 }
 
+fn is_promoting(policy: &EarlyStopping) -> bool {
+    matches!(policy, EarlyStopping::Asha { promote: true, .. })
+}
+
+fn objective_of(sweep: &crate::store::SweepRow) -> Objective {
+    match sweep.objective.as_str() {
+        "val_loss" => Objective::ValLoss,
+        _ => Objective::ValAccuracy,
+    }
+}
+
 /// The inputs of a tpe suggestion for trial `for_trial`: the finished trials (succeeded or
 /// pruned, with at least one epoch) with their best objective as a score (higher better),
 /// oldest finish first, and the running trials whose values are already suggested.
@@ -716,7 +843,9 @@ pub fn suggestion_inputs<'a>(
     };
     let mut observed: Vec<(&TrialRow, f64)> = trials
         .iter()
-        .filter(|t| t.id != for_trial && (t.status == "succeeded" || t.status == "pruned"))
+        .filter(|t| {
+            t.id != for_trial && matches!(t.status.as_str(), "succeeded" | "pruned" | "parked")
+        })
         .filter_map(|t| score(&t.id).map(|s| (t, s)))
         .collect();
     observed.sort_by(|a, b| {

@@ -28,7 +28,12 @@ pub const TRIAL_STATUSES: &[&str] = &[
     "failed",
     "cancelled",
     "pruned",
+    "parked",
 ];
+
+/// Trial statuses that keep a sweep open: waiting, training, or parked at an ASHA rung
+/// (resumable; see [`crate::pruning`]).
+const OPEN_STATUSES: &str = "('queued', 'running', 'parked')";
 
 /// Current time as RFC 3339 UTC, to the millisecond.
 pub fn now() -> String {
@@ -552,7 +557,7 @@ impl Store {
     pub async fn sweep_progress(&self) -> Result<Vec<(String, u32, u32, Option<f64>)>> {
         let rows = sqlx::query(
             "SELECT sweep_id, COUNT(*) AS total,
-                    SUM(status NOT IN ('queued', 'running')) AS done, MAX(test_accuracy) AS best
+                    SUM(status NOT IN ('queued', 'running', 'parked')) AS done, MAX(test_accuracy) AS best
              FROM trials GROUP BY sweep_id",
         )
         .fetch_all(&self.reader)
@@ -973,6 +978,111 @@ impl Store {
         }).await
     }
 
+    /// ASHA promotions: queues the parked trials `ids` again, ahead of everything else of
+    /// their priority, so they resume from their checkpoints before fresh trials start.
+    /// Their lease attempt is given back (a park is no failure). Returns how many moved.
+    pub async fn promote_parked(&self, ids: &[String]) -> Result<u32> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write(async {
+            let mut tx = self.writer.begin().await?;
+            let mut moved = 0;
+            for id in ids {
+                let r = sqlx::query(
+                    "UPDATE trials SET status = 'queued', worker = NULL, finished_at = NULL,
+                            attempts = MAX(attempts - 1, 0), error = NULL,
+                            queue_seq = (SELECT MIN(queue_seq) - 1 FROM trials)
+                     WHERE id = ? AND status = 'parked'",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                moved += r.rows_affected() as u32;
+            }
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Ends ASHA's waiting: when nothing of the sweep is queued or running any more, its
+    /// parked trials (never promoted) become `pruned`, keeping their epochs and test
+    /// metrics, and the sweep finishes. Returns the events written.
+    pub async fn settle_parked(&self, sweep_id: &str) -> Result<Vec<StoredEvent>> {
+        self.write(async {
+            let mut tx = self.writer.begin().await?;
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
+            )
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active > 0 {
+                return Ok(Vec::new());
+            }
+            // (id, park reason, test accuracy, test loss)
+            type Parked = (String, Option<String>, Option<f64>, Option<f64>);
+            let parked: Vec<Parked> = sqlx::query_as(
+                "SELECT id, error, test_accuracy, test_loss FROM trials
+                 WHERE sweep_id = ? AND status = 'parked' ORDER BY idx",
+            )
+            .bind(sweep_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut events = Vec::new();
+            for (id, error, test_accuracy, test_loss) in parked {
+                let error = format!(
+                    "{}asha: never promoted ({})",
+                    crate::pruning::PRUNED,
+                    error.unwrap_or_default()
+                );
+                sqlx::query("UPDATE trials SET status = 'pruned', error = ? WHERE id = ?")
+                    .bind(&error)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                events.push(
+                    append_event(
+                        &mut tx,
+                        sweep_id,
+                        &Event::TrialFinished {
+                            trial_id: id,
+                            status: "pruned".into(),
+                            test_accuracy,
+                            test_loss,
+                            error: Some(error),
+                        },
+                    )
+                    .await?,
+                );
+            }
+            events.extend(Self::maybe_finish_sweep(&mut tx, sweep_id).await?);
+            tx.commit().await?;
+            Ok(events)
+        })
+        .await
+    }
+
+    /// How many trials of the sweep are queued or running.
+    pub async fn active_trials(&self, sweep_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(sweep_id)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// Sweeps not finished that have parked trials (to settle after a restart).
+    pub async fn sweeps_with_parked_trials(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT sweep_id FROM trials WHERE status = 'parked' ORDER BY sweep_id",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// A worker lost its trial (process died, lease expired): queue it again while attempts
     /// remain, else fail it with `reason`. Returns the events written.
     /// A graceful release (`counts_as_attempt` false: the daemon is shutting down) takes the
@@ -1054,13 +1164,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let ended = now();
-        let open: Vec<(String,)> = sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running') ORDER BY idx")
+        let open: Vec<(String,)> = sqlx::query_as(&format!("SELECT id FROM trials WHERE sweep_id = ? AND status IN {OPEN_STATUSES} ORDER BY idx"))
             .bind(sweep_id)
             .fetch_all(&mut *tx)
             .await?;
         let n = sqlx::query(
-            "UPDATE trials SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'
-             WHERE sweep_id = ? AND status IN ('queued', 'running')",
+            &format!("UPDATE trials SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'
+             WHERE sweep_id = ? AND status IN {OPEN_STATUSES}"),
         )
         .bind(&ended)
         .bind(sweep_id)
@@ -1129,9 +1239,9 @@ impl Store {
         tx: &mut sqlx::SqliteConnection,
         sweep_id: &str,
     ) -> Result<Vec<StoredEvent>> {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
-        )
+        let open: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN {OPEN_STATUSES}"
+        ))
         .bind(sweep_id)
         .fetch_one(&mut *tx)
         .await?;

@@ -530,6 +530,8 @@ pub struct SweepRequest {
     pub reduction_factor: u32,
     /// tpe: random suggestions before the estimator takes over (0: 10).
     pub startup_trials: u32,
+    /// asha: "promote" (default) or "stop" (see [`crate::pruning`]).
+    pub asha_mode: String,
 }
 
 /// A validated sweep, ready to be stored: every trial's full hyperparameters, in order.
@@ -662,6 +664,16 @@ impl SweepRequest {
                 format!("'{}' is not one of none, median, asha", self.early_stopping),
             ));
         }
+        let asha_promote = match self.asha_mode.as_str() {
+            "" | "promote" => true,
+            "stop" => false,
+            other => {
+                return Err(err(
+                    "ashaMode",
+                    format!("'{other}' is not one of promote, stop"),
+                ))
+            }
+        };
         if self.reduction_factor == 1 || self.reduction_factor > 100 {
             return Err(err(
                 "reductionFactor",
@@ -899,6 +911,7 @@ impl SweepRequest {
                     self.reduction_factor
                 },
                 max_epochs,
+                promote: asha_promote,
             },
             _ => crate::pruning::EarlyStopping::None,
         };

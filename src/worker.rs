@@ -422,8 +422,15 @@ fn run_lease(
     let pruned = reason
         .as_deref()
         .is_some_and(|r| r.starts_with(crate::pruning::PRUNED));
+    // Parked at an ASHA rung: finished like a pruned trial (test metrics of its best epoch
+    // so far), but resumable from its checkpoint if promoted.
+    let parked = reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with(crate::pruning::PARKED));
     match result {
-        Ok(outcome) if outcome.stopped && reason.is_some() && !pruned => stopped_because(reason),
+        Ok(outcome) if outcome.stopped && reason.is_some() && !pruned && !parked => {
+            stopped_because(reason)
+        }
         Ok(outcome) => {
             if outcome.resumed_from_epoch > 0 {
                 tracing::info!(
@@ -433,13 +440,15 @@ fn run_lease(
                 );
             }
             LeaseEnd::Finish(FinishTrialRequest {
-                status: if outcome.stopped {
+                status: if parked {
+                    "parked".into()
+                } else if outcome.stopped {
                     "pruned".into()
                 } else {
                     "succeeded".into()
                 },
-                // Why it was pruned, kept with its recorded epochs and test metrics.
-                error: if pruned {
+                // Why it was pruned or parked, kept with its recorded epochs and test metrics.
+                error: if pruned || parked {
                     reason.clone().unwrap_or_default()
                 } else {
                     String::new()

@@ -491,7 +491,14 @@ pub fn event_line(e: &pb::SweepEvent) -> Option<String> {
             ),
             "failed" => format!("trial {} failed: {}", k.trial_id, one_line(&k.error)),
             other if k.error.is_empty() => format!("trial {} {other}", k.trial_id),
-            other => format!("trial {} {other}: {}", k.trial_id, one_line(&k.error)),
+            // Early-stopping reasons start with the status ("pruned: asha: ..."): once is enough.
+            other => {
+                let why = k
+                    .error
+                    .strip_prefix(&format!("{other}: "))
+                    .unwrap_or(&k.error);
+                format!("trial {} {other}: {}", k.trial_id, one_line(why))
+            }
         },
         sweep_event::Kind::SweepFinished(k) => {
             if k.best_trial_id.is_empty() {

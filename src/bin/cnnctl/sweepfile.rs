@@ -55,6 +55,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("gracePeriod", "grace_period"),
     ("reductionFactor", "reduction_factor"),
     ("startupTrials", "startup_trials"),
+    ("ashaMode", "asha_mode"),
     ("device", "device"),
 ];
 
@@ -194,6 +195,7 @@ pub fn request_from_map(doc: &Map<String, Value>) -> Result<SubmitSweepRequest, 
         early_stopping: string_field("earlyStopping", get("earlyStopping"))?,
         objective: string_field("objective", get("objective"))?,
         device: string_field("device", get("device"))?,
+        asha_mode: string_field("ashaMode", get("ashaMode"))?,
         ..Default::default()
     };
     req.num_trials = int_field("numTrials", get("numTrials"), 0, u32::MAX as i128)? as u32;
