@@ -6,6 +6,7 @@
 //! Must not touch: SQL (the store owns it), worker processes (the scheduler owns them),
 //! libtorch (the training side).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +37,36 @@ pub struct Api {
     pub stream_send_timeout: Duration,
     /// Most queued trials over all sweeps.
     pub max_queued_trials: u32,
+    /// GetSweep answers already built.
+    pub sweep_replies: SweepReplyCache,
+}
+
+/// Built `GetSweep` answers by sweep, each tagged with the store's write generation
+/// ([`crate::store::Store::generation`]) read before its reads: served again while the
+/// generation is unchanged, i.e. while nothing was written since. Building one for a
+/// 1,000-trial sweep (every trial's params as a `Struct`) costs far more than a clone.
+#[derive(Default)]
+pub struct SweepReplyCache(std::sync::Mutex<HashMap<String, (u64, Arc<proto::Sweep>)>>);
+
+/// Sweeps whose answers [`SweepReplyCache`] keeps (the most polled ones are the open ones).
+const SWEEP_REPLIES_KEPT: usize = 16;
+
+impl SweepReplyCache {
+    fn get(&self, sweep_id: &str, generation: u64) -> Option<Arc<proto::Sweep>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(sweep_id)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, reply)| reply.clone())
+    }
+
+    fn put(&self, sweep_id: &str, generation: u64, reply: Arc<proto::Sweep>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (g, _)| *g == generation);
+        if map.len() >= SWEEP_REPLIES_KEPT {
+            map.clear();
+        }
+        map.insert(sweep_id.to_string(), (generation, reply));
+    }
 }
 
 /// Classifies images with a trial's weights (blocking; called on a blocking thread). The
@@ -553,13 +584,17 @@ impl proto::orchestrator_server::Orchestrator for Api {
         request: Request<proto::GetSweepRequest>,
     ) -> Result<Response<proto::Sweep>, Status> {
         let id = request.into_inner().sweep_id;
-        let sweep = self.find_sweep(&id).await?;
         let store = &self.scheduler.store;
+        let generation = store.generation();
+        if let Some(reply) = generation.and_then(|g| self.sweep_replies.get(&id, g)) {
+            return Ok(Response::new(reply.as_ref().clone()));
+        }
+        let sweep = self.find_sweep(&id).await?;
         let trials = store.trials_of(&id).await.map_err(internal)?;
         let best = best_trial(&trials)
             .map(|t| t.id.clone())
             .unwrap_or_default();
-        Ok(Response::new(proto::Sweep {
+        let reply = Arc::new(proto::Sweep {
             status: sweep.visible_status(),
             sweep_id: sweep.id,
             name: sweep.name,
@@ -575,7 +610,11 @@ impl proto::orchestrator_server::Orchestrator for Api {
             finished_at: sweep.finished_at.unwrap_or_default(),
             best_trial_id: best,
             skipped_files: trials.iter().map(|t| t.skipped_files).max().unwrap_or(0),
-        }))
+        });
+        if let Some(g) = generation {
+            self.sweep_replies.put(&id, g, reply.clone());
+        }
+        Ok(Response::new(Arc::unwrap_or_clone(reply)))
     }
 
     async fn list_sweeps(

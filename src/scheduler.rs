@@ -115,6 +115,16 @@ pub struct Scheduler {
     /// Trials told to park at an ASHA rung whose workers have not finished them yet (they
     /// are not promotable until then: their checkpoint may still be being written).
     parking: Mutex<std::collections::HashSet<String>>,
+    /// Each sweep's early-stopping policy, read once ([`Self::stop_policy`]).
+    stop_policies: Mutex<HashMap<String, Arc<StopPolicy>>>,
+}
+
+/// What early stopping needs of a sweep; fixed when the sweep is submitted.
+#[derive(Debug)]
+struct StopPolicy {
+    sweep_id: String,
+    early_stopping: EarlyStopping,
+    objective: Objective,
 }
 
 /// A report refused because the worker's lease is gone.
@@ -151,6 +161,7 @@ impl Scheduler {
             suggesting: Default::default(),
             promoting: Default::default(),
             parking: Default::default(),
+            stop_policies: Default::default(),
         })
     }
 
@@ -363,7 +374,7 @@ impl Scheduler {
     /// The sweep's early-stopping decision for `trial_id`, which just recorded an epoch:
     /// the reason to stop it ("pruned: ..."), or None.
     async fn early_stop(&self, sweep_id: &str, trial_id: &str) -> Result<Option<String>> {
-        let Some(sweep) = self.store.sweep(sweep_id).await? else {
+        let Some(sweep) = self.stop_policy(sweep_id).await? else {
             return Ok(None);
         };
         if sweep.early_stopping == EarlyStopping::None {
@@ -372,7 +383,7 @@ impl Scheduler {
         if is_promoting(&sweep.early_stopping) {
             return self.asha_promotions(&sweep, Some(trial_id)).await;
         }
-        let objective = objective_of(&sweep);
+        let objective = sweep.objective;
         let pick = |(acc, loss): &(f64, f64)| match objective {
             Objective::ValAccuracy => *acc,
             Objective::ValLoss => *loss,
@@ -398,12 +409,33 @@ impl Scheduler {
         ))
     }
 
+    /// The early-stopping policy of a sweep, read once per sweep (it never changes).
+    async fn stop_policy(&self, sweep_id: &str) -> Result<Option<Arc<StopPolicy>>> {
+        if let Some(p) = self.stop_policies.lock().unwrap().get(sweep_id) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(sweep) = self.store.sweep(sweep_id).await? else {
+            return Ok(None);
+        };
+        let policy = Arc::new(StopPolicy {
+            sweep_id: sweep.id.clone(),
+            early_stopping: sweep.early_stopping,
+            objective: objective_of(&sweep),
+        });
+        let mut policies = self.stop_policies.lock().unwrap();
+        if policies.len() >= 1024 {
+            policies.clear();
+        }
+        policies.insert(sweep_id.to_string(), policy.clone());
+        Ok(Some(policy))
+    }
+
     /// ASHA's promotion form (see [`pruning::asha_promotions`]) after `subject` recorded an
     /// epoch, or after a trial ended (`subject` None): queues the parked trials that now
     /// deserve promotion, and returns why `subject` parks (None: it goes on).
     async fn asha_promotions(
         &self,
-        sweep: &crate::store::SweepRow,
+        sweep: &StopPolicy,
         subject: Option<&str>,
     ) -> Result<Option<String>> {
         Ok(self.asha_decide(sweep, subject, false).await?.park)
@@ -413,14 +445,14 @@ impl Scheduler {
     /// keeps at least one trial. Returns the decision (promotions already queued).
     async fn asha_decide(
         &self,
-        sweep: &crate::store::SweepRow,
+        sweep: &StopPolicy,
         subject: Option<&str>,
         exhausted: bool,
     ) -> Result<pruning::Promotions> {
         let _one_at_a_time = self.promoting.lock().await;
-        let objective = objective_of(sweep);
+        let objective = sweep.objective;
         let trials: Vec<RungTrial> = {
-            let histories = self.store.objective_histories(&sweep.id).await?;
+            let histories = self.store.objective_histories(&sweep.sweep_id).await?;
             let parking = self.parking.lock().unwrap();
             histories
                 .into_iter()
@@ -451,7 +483,7 @@ impl Scheduler {
         );
         if !decision.promote.is_empty() {
             let n = self.store.promote_parked(&decision.promote).await?;
-            tracing::info!(sweep = sweep.id, trials = ?decision.promote, queued = n, "asha: promoted");
+            tracing::info!(sweep = sweep.sweep_id, trials = ?decision.promote, queued = n, "asha: promoted");
             self.queue_changed.notify_waiters();
         }
         if let (Some(id), Some(reason)) = (subject, &decision.park) {
@@ -464,7 +496,7 @@ impl Scheduler {
     /// After a trial of `sweep_id` ended (finished, parked, failed): ASHA promotions, and
     /// when nothing is left to run, the parked trials end pruned and the sweep finishes.
     async fn after_trial_ended(&self, sweep_id: &str) -> Result<()> {
-        let Some(sweep) = self.store.sweep(sweep_id).await? else {
+        let Some(sweep) = self.stop_policy(sweep_id).await? else {
             return Ok(());
         };
         if !is_promoting(&sweep.early_stopping) {

@@ -601,6 +601,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The write generation: it changes when a write transaction ends (committed or not), so
+    /// an answer derived from reads made at generation `g` is current while this is still
+    /// `g`. None when the store runs without its cache (then derive nothing).
+    pub fn generation(&self) -> Option<u64> {
+        self.trials_cache
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).generation)
+    }
+
     pub async fn trials_of(&self, sweep_id: &str) -> Result<Vec<TrialRow>> {
         let generation = match &self.trials_cache {
             Some(cache) => {

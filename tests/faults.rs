@@ -851,6 +851,11 @@ fn pause_holds_queued_trials_and_resume_releases_them() {
         small_with(1, json!({"batchSize": 32})),
         json!({"dropout": [0.0, 0.1]}),
     ));
+    // Asked twice, the second answer comes from the daemon's GetSweep cache; the pause
+    // below must still show at once.
+    for _ in 0..2 {
+        assert_ne!(d.cnnctl_json(&["sweep", &sweep])["status"], "paused");
+    }
     let paused = d.cnnctl_json(&["pause", &sweep]);
     let held: Vec<String> = db_trials(&db, &sweep)
         .iter()
@@ -898,6 +903,7 @@ fn pause_holds_queued_trials_and_resume_releases_them() {
 
     let resumed = d.cnnctl_json(&["resume", &sweep]);
     assert_eq!(resumed["queuedTrials"], held.len(), "{resumed}");
+    assert_ne!(d.cnnctl_json(&["sweep", &sweep])["status"], "paused");
     let s = d.wait_sweep_ended(&sweep, Duration::from_secs(60));
     assert_eq!(s["status"], "finished");
     assert_eq!(

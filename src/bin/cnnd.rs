@@ -354,6 +354,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let streams = StreamQuota::new(config.max_streams_per_client, config.max_streams_total);
     let api = Api {
+        sweep_replies: Default::default(),
         scheduler: scheduler.clone(),
         dashboards_dir: dashboards_dir.clone(),
         predictor: Some(Arc::new(cnnd::predict::LocalPredictor {
