@@ -336,6 +336,8 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .context("listening for workers on 127.0.0.1")?;
     let hub_addr = hub_listener.local_addr()?;
     let worker_url = format!("http://{hub_addr}");
+    // Where the worker protocol listens, for operators and tests (it changes every start).
+    write_state_file(&state_dir.join("worker-hub.addr"), &format!("{hub_addr}\n"))?;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cnnd::proto::FILE_DESCRIPTOR_SET)
@@ -455,4 +457,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// Writes a small state file whole: to a temporary name beside it, then renamed.
+fn write_state_file(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

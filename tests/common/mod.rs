@@ -162,17 +162,13 @@ impl Daemon {
         .expect("connecting to cnnd")
     }
 
-    /// The loopback address the daemon serves the worker protocol on (from its log).
+    /// The loopback address the daemon serves the worker protocol on
+    /// (`STATE_DIR/worker-hub.addr`).
     pub fn worker_hub_addr(&self) -> String {
-        let log = self.log();
-        let at = log
-            .find("worker_hub=")
-            .unwrap_or_else(|| panic!("no worker_hub= in the log:\n{log}"));
-        log[at + "worker_hub=".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_matches('"')
+        let path = self.state.path().join("worker-hub.addr");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()))
+            .trim()
             .to_string()
     }
 
