@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (data and model on the device)")
+    ap.add_argument("--channels-last", type=int, choices=[0, 1], default=0,
+                    help="1: model and images in channels-last memory format (not PyTorch's default)")
     a = ap.parse_args()
     device = torch.device(a.device)
 
@@ -170,6 +172,9 @@ def main():
 
     model = Net(1, x_train.shape[2], 10, a.kernel_size, a.base_filters, a.blocks, a.head,
                 a.units, a.dropout, bool(a.batch_norm), a.activation).to(device)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     if a.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=a.learning_rate, weight_decay=a.weight_decay)

@@ -298,6 +298,7 @@ fn profile_child(job: &Value) -> Result<()> {
     tch::manual_seed(p.seed as i64);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let net = cnnd::model::build(&vs.root(), &p, 1, x.size()[2], info.classes as i64);
+    cnnd::model::use_channels_last(&vs)?; // as run_trial does on the CPU
     let mut opt = cnnd::train::optim::Optim::new(&vs, cnnd::train::optim::OptimConfig::of(&p))?;
     let n = x.size()[0];
     let batch = p.batch_size as i64;
