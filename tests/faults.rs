@@ -851,11 +851,6 @@ fn pause_holds_queued_trials_and_resume_releases_them() {
         small_with(1, json!({"batchSize": 32})),
         json!({"dropout": [0.0, 0.1]}),
     ));
-    // Asked twice, the second answer comes from the daemon's GetSweep cache; the pause
-    // below must still show at once.
-    for _ in 0..2 {
-        assert_ne!(d.cnnctl_json(&["sweep", &sweep])["status"], "paused");
-    }
     let paused = d.cnnctl_json(&["pause", &sweep]);
     let held: Vec<String> = db_trials(&db, &sweep)
         .iter()
@@ -899,7 +894,11 @@ fn pause_holds_queued_trials_and_resume_releases_them() {
     let st = d.cnnctl_json(&["status"]);
     assert_eq!(st["workersIdle"], 1, "{st}");
     assert_eq!(st["queueDepth"], held.len(), "{st}");
-    assert_eq!(d.cnnctl_json(&["sweep", &sweep])["status"], "paused");
+    // Asked twice: the second answer comes from the daemon's GetSweep cache, which the
+    // resume below must invalidate at once.
+    for _ in 0..2 {
+        assert_eq!(d.cnnctl_json(&["sweep", &sweep])["status"], "paused");
+    }
 
     let resumed = d.cnnctl_json(&["resume", &sweep]);
     assert_eq!(resumed["queuedTrials"], held.len(), "{resumed}");
