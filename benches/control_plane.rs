@@ -96,10 +96,7 @@ fn parse_opts() -> Result<Opts> {
         ingest_tasks: vec![1, 8],
         chart_rounds: 3,
         store_cache: None,
-        data_dir: match std::env::var_os("CNND_DATA_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => manifest_dir().join("../shared/data"),
-        },
+        data_dir: common::default_data_dir(),
         keep_state: false,
         daemon: None,
     };

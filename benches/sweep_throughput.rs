@@ -48,10 +48,7 @@ struct Opts {
 fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
         train_limit: 0,
-        data_dir: match std::env::var_os("CNND_DATA_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => manifest_dir().join("../shared/data"),
-        },
+        data_dir: common::default_data_dir(),
         workers: 2,
         threads_per_worker: 1,
         pytorch_threads: 2,

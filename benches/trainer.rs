@@ -73,8 +73,8 @@ struct Opts {
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
     /// Folder holding mnist/ (default: $CNND_DATA_DIR, else ../shared/data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_os_t = common::default_data_dir())]
+    data_dir: PathBuf,
     /// Also run the Keras reference (bench/keras_reference.py).
     #[arg(long)]
     keras: bool,
@@ -98,17 +98,6 @@ fn parse_kernel(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(k) if k % 2 == 1 => Ok(k),
         _ => Err(format!("'{s}': an odd kernel size")),
-    }
-}
-
-fn data_dir_opt(o: &Opts) -> &PathBuf {
-    o.data_dir.as_ref().expect("set in main")
-}
-
-fn default_data_dir() -> PathBuf {
-    match std::env::var_os("CNND_DATA_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => manifest_dir().join("../shared/data"),
     }
 }
 
@@ -689,8 +678,7 @@ fn main() -> Result<()> {
     if let Ok(job) = std::env::var(CHILD_ENV) {
         return child(&job);
     }
-    let mut o = <Opts as clap::Parser>::parse();
-    o.data_dir.get_or_insert_with(default_data_dir);
+    let o = <Opts as clap::Parser>::parse();
     if o.keras && o.device != "cpu" {
         bail!(
             "--keras runs on the CPU only; leave it out with --device {}",
@@ -698,19 +686,20 @@ fn main() -> Result<()> {
         );
     }
     let info = &dataset_info("mnist").context("mnist")?;
-    if !data_dir_opt(&o).join("mnist").is_dir()
-        && !data_dir_opt(&o).join("train-images-idx3-ubyte.gz").exists()
-        && !data_dir_opt(&o).join("train-images-idx3-ubyte").exists()
+    if !o.data_dir.join("mnist").is_dir()
+        && !o.data_dir.join("train-images-idx3-ubyte.gz").exists()
+        && !o.data_dir.join("train-images-idx3-ubyte").exists()
     {
         bail!(
             "no MNIST under {} (set --data-dir or CNND_DATA_DIR)",
-            data_dir_opt(&o).display()
+            o.data_dir.display()
         );
     }
-    cnnd::data::find_file(info, data_dir_opt(&o), "train-images-idx3-ubyte")?;
-    let data_dir = data_dir_opt(&o)
+    cnnd::data::find_file(info, &o.data_dir, "train-images-idx3-ubyte")?;
+    let data_dir = o
+        .data_dir
         .canonicalize()
-        .unwrap_or_else(|_| data_dir_opt(&o).clone());
+        .unwrap_or_else(|_| o.data_dir.clone());
     let python = torch_python();
     if !python.exists() {
         bail!(

@@ -381,13 +381,10 @@ impl Scheduler {
             return Ok(None);
         }
         if is_promoting(&sweep.early_stopping) {
-            return self.asha_promotions(&sweep, Some(trial_id)).await;
+            return Ok(self.asha_decide(&sweep, Some(trial_id), false).await?.park);
         }
         let objective = sweep.objective;
-        let pick = |(acc, loss): &(f64, f64)| match objective {
-            Objective::ValAccuracy => *acc,
-            Objective::ValLoss => *loss,
-        };
+        let pick = |epoch: &(f64, f64)| objective.of_epoch(*epoch);
         let mut trial = Vec::new();
         let mut others = Vec::new();
         for (id, status, history) in self.store.objective_histories(sweep_id).await? {
@@ -432,17 +429,8 @@ impl Scheduler {
 
     /// ASHA's promotion form (see [`pruning::asha_promotions`]) after `subject` recorded an
     /// epoch, or after a trial ended (`subject` None): queues the parked trials that now
-    /// deserve promotion, and returns why `subject` parks (None: it goes on).
-    async fn asha_promotions(
-        &self,
-        sweep: &StopPolicy,
-        subject: Option<&str>,
-    ) -> Result<Option<String>> {
-        Ok(self.asha_decide(sweep, subject, false).await?.park)
-    }
-
-    /// [`Self::asha_promotions`], and with `exhausted` (nothing queued or running) every rung
-    /// keeps at least one trial. Returns the decision (promotions already queued).
+    /// deserve promotion; `park` of the answer says why `subject` parks (None: it goes on).
+    /// With `exhausted` (nothing queued or running) every rung keeps at least one trial.
     async fn asha_decide(
         &self,
         sweep: &StopPolicy,
@@ -463,13 +451,7 @@ impl Scheduler {
                         "parked" => RungState::Parked,
                         _ => RungState::Closed,
                     },
-                    values: history
-                        .iter()
-                        .map(|(acc, loss)| match objective {
-                            Objective::ValAccuracy => *acc,
-                            Objective::ValLoss => *loss,
-                        })
-                        .collect(),
+                    values: history.iter().map(|e| objective.of_epoch(*e)).collect(),
                     id,
                 })
                 .collect()

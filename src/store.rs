@@ -1021,13 +1021,7 @@ impl Store {
     pub async fn settle_parked(&self, sweep_id: &str) -> Result<Vec<StoredEvent>> {
         self.write(async {
             let mut tx = self.writer.begin().await?;
-            let active: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
-            )
-            .bind(sweep_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if active > 0 {
+            if Self::count_active(&mut tx, sweep_id).await? > 0 {
                 return Ok(Vec::new());
             }
             // (id, park reason, test accuracy, test loss)
@@ -1075,11 +1069,16 @@ impl Store {
 
     /// How many trials of the sweep are queued or running.
     pub async fn active_trials(&self, sweep_id: &str) -> Result<i64> {
+        let mut conn = self.reader.acquire().await?;
+        Self::count_active(&mut conn, sweep_id).await
+    }
+
+    async fn count_active(conn: &mut sqlx::SqliteConnection, sweep_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
         )
         .bind(sweep_id)
-        .fetch_one(&self.reader)
+        .fetch_one(conn)
         .await?)
     }
 

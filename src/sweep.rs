@@ -494,6 +494,14 @@ impl Objective {
             Objective::ValLoss => a < b,
         }
     }
+
+    /// This objective's value of an epoch that recorded (validation accuracy, loss).
+    pub fn of_epoch(self, (val_accuracy, val_loss): (f64, f64)) -> f64 {
+        match self {
+            Objective::ValAccuracy => val_accuracy,
+            Objective::ValLoss => val_loss,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,14 @@ pub fn manifest_dir() -> PathBuf {
     }
 }
 
+/// The folder holding mnist/: `$CNND_DATA_DIR`, else `../shared/data` beside the repository.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("CNND_DATA_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => manifest_dir().join("../shared/data"),
+    }
+}
+
 /// The 1, 5 and 15-minute load averages, from /proc/loadavg (NaN when unreadable).
 pub fn loadavg() -> [f64; 3] {
     let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
