@@ -3,7 +3,8 @@
 //! `dense` or `gap` head.
 //!
 //! Owns: layer construction, initialisation, the forward pass, parameter counting, the
-//! memory format of the weights ([`use_channels_last`]).
+//! memory format of the weights ([`use_channels_last`]), and the size estimate the
+//! scheduler orders trials by ([`model_size`]).
 //! Must not touch: data loading, the training loop, and anything of the control plane (store,
 //! scheduler, api, charts); it only consumes [`TrialParams`] from `sweep`.
 //!
@@ -230,6 +231,63 @@ pub fn parameter_count(vs: &nn::VarStore) -> u64 {
         .sum()
 }
 
+/// Size of a model of the family, computed from its hyperparameters alone (no libtorch):
+/// what the scheduler needs to tell a costly trial from a cheap one before any runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelSize {
+    /// Multiply-accumulates of one forward pass of one image (convolutions and linear
+    /// layers; batch norm, activations and pooling are a few percent and left out).
+    pub forward_macs: u64,
+    /// Trainable parameters, as [`parameter_count`] counts them on the built model.
+    pub parameters: u64,
+}
+
+impl ModelSize {
+    /// Estimated work of training on one image, in multiply-accumulates: the forward pass,
+    /// a backward pass of about twice its cost, and the optimiser step (a few memory-bound
+    /// passes over every parameter) shared by the batch.
+    pub fn training_macs_per_image(&self, batch_size: u32) -> f64 {
+        const OPTIMIZER_MACS_PER_PARAMETER: f64 = 16.0;
+        3.0 * self.forward_macs as f64
+            + OPTIMIZER_MACS_PER_PARAMETER * self.parameters as f64 / batch_size.max(1) as f64
+    }
+}
+
+/// The [`ModelSize`] of the model [`build`] makes for these arguments.
+pub fn model_size(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> ModelSize {
+    let k = p.kernel_size as i64;
+    let (mut macs, mut params) = (0i64, 0i64);
+    let (mut side, mut in_ch, mut out_ch) = (input_size, channels, channels);
+    for i in 0..p.blocks {
+        out_ch = (p.base_filters as i64) << i;
+        // Same padding: the output keeps the input's side.
+        macs += side * side * k * k * in_ch * out_ch;
+        // Kernel, plus the bias or batch norm's scale and shift.
+        params += k * k * in_ch * out_ch + if p.batch_norm { 2 * out_ch } else { out_ch };
+        side /= 2;
+        in_ch = out_ch;
+    }
+    let outputs = output_units(p, classes);
+    let head_weights = match p.head {
+        Head::Dense => {
+            let units = p.units as i64;
+            let flat = out_ch * side * side;
+            params += units + outputs;
+            flat * units + units * outputs
+        }
+        Head::Gap => {
+            params += outputs;
+            out_ch * outputs
+        }
+    };
+    macs += head_weights;
+    params += head_weights;
+    ModelSize {
+        forward_macs: macs as u64,
+        parameters: params as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +342,47 @@ mod tests {
         };
         let (vs, _) = net(&plain, 10);
         assert_eq!(parameter_count(&vs), (288 + 32) + (18_432 + 64) + 650);
+    }
+
+    #[test]
+    fn model_size_matches_the_built_model_and_hand_counts() {
+        // Parameters: the estimate agrees with libtorch's count on the built model.
+        for head in [Head::Dense, Head::Gap] {
+            for (k, blocks, batch_norm) in [(3, 2, true), (5, 2, false), (1, 3, true), (7, 1, true)]
+            {
+                let p = TrialParams {
+                    head,
+                    kernel_size: k,
+                    blocks,
+                    batch_norm,
+                    base_filters: 8,
+                    units: 24,
+                    ..TrialParams::default()
+                };
+                let (vs, _) = net(&p, 10);
+                assert_eq!(
+                    model_size(&p, 1, 28, 10).parameters,
+                    parameter_count(&vs),
+                    "{head:?} k={k} blocks={blocks} bn={batch_norm}"
+                );
+            }
+        }
+        // Forward MACs of the seed model: conv1 28*28*9*1*32, conv2 14*14*9*32*64,
+        // dense 3136*128 + 128*10.
+        let seed = model_size(&TrialParams::default(), 1, 28, 10);
+        assert_eq!(seed.forward_macs, 225_792 + 3_612_672 + 401_408 + 1_280);
+        // Kernel 5 costs more than kernel 3; the dense head more than GAP.
+        let k5 = TrialParams {
+            kernel_size: 5,
+            ..TrialParams::default()
+        };
+        let gap = TrialParams {
+            head: Head::Gap,
+            ..TrialParams::default()
+        };
+        let cost = |p: &TrialParams| model_size(p, 1, 28, 10).training_macs_per_image(64);
+        assert!(cost(&k5) > cost(&TrialParams::default()));
+        assert!(cost(&TrialParams::default()) > cost(&gap));
     }
 
     #[test]

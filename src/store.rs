@@ -514,6 +514,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let mut ids = Vec::with_capacity(spec.trials.len());
+        let mut queue_position = vec![0i64; spec.trials.len()];
+        for (position, &i) in spec.start_order().iter().enumerate() {
+            queue_position[i] = position as i64;
+        }
         for (i, params) in spec.trials.iter().enumerate() {
             let trial_id = format!("{id}-t{i}");
             sqlx::query(
@@ -525,7 +529,7 @@ impl Store {
             .bind(i as i64)
             .bind(serde_json::to_string(params)?)
             .bind(spec.priority)
-            .bind(seq0 + 1 + i as i64)
+            .bind(seq0 + 1 + queue_position[i])
             .bind(&device)
             .bind(params.epochs as i64)
             .bind(spec.tpe.is_some() as i64)

@@ -569,6 +569,45 @@ pub struct SweepSpec {
     pub request: SweepRequest,
 }
 
+impl SweepSpec {
+    /// The order the trials are queued in, as indices into `trials`.
+    ///
+    /// Trials whose results do not depend on each other (grid and random sweeps without
+    /// early stopping) start costliest first: longest-processing-time-first keeps every
+    /// worker busy to the end of the sweep instead of leaving the slowest configuration to
+    /// run alone at the end while the other slots idle. The cost is the estimated training
+    /// work ([`crate::model::model_size`] x training examples x epochs); equal costs keep
+    /// index order. Sweeps with early stopping or tpe keep index order: there, which trials
+    /// report first changes the decisions.
+    pub fn start_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.trials.len()).collect();
+        let independent =
+            self.tpe.is_none() && self.early_stopping == crate::pruning::EarlyStopping::None;
+        if independent {
+            let costs: Vec<f64> = self.trials.iter().map(|p| self.estimated_cost(p)).collect();
+            // Stable: ties keep index order.
+            order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]));
+        }
+        order
+    }
+
+    /// Estimated multiply-accumulates of training `p` on this sweep's data set.
+    fn estimated_cost(&self, p: &TrialParams) -> f64 {
+        let info = &self.dataset_info;
+        let size = crate::model::model_size(
+            p,
+            p.effective_channels(info) as i64,
+            p.effective_input_size(info) as i64,
+            info.classes as i64,
+        );
+        let examples = match p.train_limit {
+            0 => info.train_examples,
+            limit => limit.min(info.train_examples),
+        };
+        size.training_macs_per_image(p.batch_size) * examples as f64 * p.epochs as f64
+    }
+}
+
 /// Limits the daemon applies to every sweep.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepLimits {
@@ -1068,6 +1107,42 @@ mod tests {
                 seen.insert(serde_json::to_string(t).unwrap()),
                 "duplicate configuration"
             );
+        }
+    }
+
+    #[test]
+    fn independent_trials_start_costliest_first_and_the_rest_in_index_order() {
+        let spec = design_example()
+            .validate(SweepLimits::default(), None)
+            .unwrap();
+        let order = spec.start_order();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..12).collect::<Vec<_>>(), "a permutation");
+        let first: Vec<(u32, Head)> = order[..6]
+            .iter()
+            .map(|&i| (spec.trials[i].kernel_size, spec.trials[i].head))
+            .collect();
+        // Kernel 5 before kernel 3; within kernel 5 the dense head before GAP; trials that
+        // differ only in dropout (equal cost) keep index order.
+        assert_eq!(first[..3], [(5, Head::Dense); 3]);
+        assert_eq!(first[3..], [(5, Head::Gap); 3]);
+        assert!(order[..3].windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(spec.trials[order[11]].kernel_size, 3);
+        assert_eq!(spec.trials[order[11]].head, Head::Gap);
+
+        // A larger training set outweighs a smaller model.
+        let mut limits = design_example();
+        limits.space = serde_json::from_value(json!({"trainLimit": [1000, 0]})).unwrap();
+        let spec = limits.validate(SweepLimits::default(), None).unwrap();
+        assert_eq!(spec.start_order(), [1, 0]);
+
+        // With early stopping or tpe, arrival order matters: index order.
+        for (key, value) in [("earlyStopping", "asha"), ("earlyStopping", "median")] {
+            let mut v = serde_json::to_value(design_example()).unwrap();
+            v[key] = json!(value);
+            let spec = request(v).validate(SweepLimits::default(), None).unwrap();
+            assert_eq!(spec.start_order(), (0..12).collect::<Vec<_>>(), "{value}");
         }
     }
 
