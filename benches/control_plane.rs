@@ -6,14 +6,14 @@
 //!    own connection) poll both in a loop, with 10,000 trials and 1,000,000 epoch rows in the
 //!    store (targets: GetSweep p99 < 20 ms, GetStatus p99 < 10 ms).
 //! 3. Epoch ingestion: rows stored per second through the write path of the `ReportEpoch`
-//!    handler (`Scheduler::report_epoch` -> `Store::record_epoch`, one transaction per
-//!    report), with one and with several reporting tasks (target >= 20,000 rows/s).
+//!    handler (`Scheduler::report_epoch` -> `Store::record_epoch`, group commit), with one
+//!    and with several reporting tasks, one per worker (target >= 20,000 rows/s).
 //! 4. `RenderCharts` of a 100-trial sweep with 100 epochs per trial (target < 2 s).
 //!
 //! ```text
 //! cargo bench --bench control_plane -- [--trials 10000] [--epochs-per-trial 100]
 //!     [--pollers 50] [--duration-secs 10] [--poll-intervals-ms 0,1000] [--submits 5]
-//!     [--ingest-epochs 20000] [--ingest-tasks 1,8] [--chart-rounds 3]
+//!     [--ingest-epochs 20000] [--ingest-tasks 1,8,64] [--chart-rounds 3]
 //!     [--store-cache FILE] [--data-dir DIR] [--daemon PATH] [--keep-state]
 //! ```
 //!
@@ -51,7 +51,7 @@ use cnnd::sweep::{SweepLimits, SweepRequest};
 
 const USAGE: &str = "usage: cargo bench --bench control_plane -- [--trials 10000] \
 [--epochs-per-trial 100] [--pollers 50] [--duration-secs 10] [--poll-intervals-ms 0,1000] \
-[--submits 5] [--ingest-epochs 20000] [--ingest-tasks 1,8] [--chart-rounds 3] \
+[--submits 5] [--ingest-epochs 20000] [--ingest-tasks 1,8,64] [--chart-rounds 3] \
 [--store-cache FILE] [--data-dir DIR] [--daemon PATH] [--keep-state]";
 
 /// Trials of the sweep `GetSweep` reads and of the one `SubmitSweep` sends.
@@ -93,7 +93,7 @@ fn parse_opts() -> Result<Opts> {
         poll_intervals_ms: vec![0, 1000],
         submits: 5,
         ingest_epochs: 20_000,
-        ingest_tasks: vec![1, 8],
+        ingest_tasks: vec![1, 8, 64],
         chart_rounds: 3,
         store_cache: None,
         data_dir: common::default_data_dir(),
@@ -602,6 +602,7 @@ async fn measure_single(client: &mut Client, sweep_id: &str, n: u32) -> Result<V
         let s = client
             .get_sweep(GetSweepRequest {
                 sweep_id: sweep_id.into(),
+                all_params: false,
             })
             .await?
             .into_inner();
@@ -667,6 +668,7 @@ async fn measure_polling(
                 match c
                     .get_sweep(GetSweepRequest {
                         sweep_id: sweep_id.clone(),
+                        all_params: false,
                     })
                     .await
                 {
@@ -871,9 +873,11 @@ async fn run_daemon_phase(
 // Ingestion
 
 /// Epoch rows per second through `Scheduler::report_epoch` (what the ReportEpoch handler
-/// calls; it runs `Store::record_epoch`, one transaction per report, then reads the sweep
-/// for early stopping) or through `Store::record_epoch` alone, with `tasks` reporting tasks,
-/// each for its own leased trials, 100 epochs per trial (the first with the trial's facts).
+/// calls; it runs `Store::record_epoch`, then decides early stopping) or through
+/// `Store::record_epoch` alone, with `tasks` reporting tasks (one per worker of a real
+/// daemon), each for its own leased trials, one report at a time, 100 epochs per trial (the
+/// first with the trial's facts). Reports that arrive together share a transaction (group
+/// commit, `store::ingest`), so the rate grows with the number of reporters.
 async fn measure_ingest(
     store: &Store,
     scheduler: &Arc<Scheduler>,

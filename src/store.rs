@@ -2,7 +2,8 @@
 //! migrations from `migrations/`). The daemon is its only writer: writes go through a
 //! single-connection pool, so they never contend; reads use their own pool and never block
 //! the writer. Every state change of a sweep or trial is one transaction, and every change a
-//! watcher cares about appends an [`Event`] in that same transaction.
+//! watcher cares about appends an [`Event`] in that same transaction. Epoch reports are the
+//! exception that proves it: [`ingest`] commits reports arriving together in one transaction.
 //!
 //! Owns: the schema, queries, and the state transitions of sweeps and trials.
 //! Must not touch: processes, gRPC, libtorch, charts.
@@ -20,6 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::sweep::{SweepSpec, TrialParams};
+
+mod ingest;
 
 pub const TRIAL_STATUSES: &[&str] = &[
     "queued",
@@ -246,6 +249,9 @@ pub struct Store {
     /// Trials of recently read sweeps (see [`TrialsCache`]); None for read-only stores, whose
     /// file another process writes.
     trials_cache: Option<Arc<std::sync::Mutex<TrialsCache>>>,
+    /// Epoch reports go to the group-commit task ([`ingest`]); None for read-only stores and
+    /// for the task's own clone.
+    epoch_reports: Option<tokio::sync::mpsc::UnboundedSender<ingest::EpochReport>>,
 }
 
 /// What `trials_of` answered for the sweeps read most recently. Reading a 1,000-trial sweep
@@ -395,6 +401,71 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
     })
 }
 
+/// The columns of a trial that decide whether a report's lease is current.
+struct LeaseRow {
+    sweep_id: String,
+    status: String,
+    generation: u64,
+    epochs_planned: u32,
+}
+
+impl LeaseRow {
+    fn from_row(row: &sqlx::sqlite::SqliteRow) -> LeaseRow {
+        LeaseRow {
+            sweep_id: row.get("sweep_id"),
+            status: row.get("status"),
+            generation: row.get::<i64, _>("generation") as u64,
+            epochs_planned: row.get::<i64, _>("epochs_planned") as u32,
+        }
+    }
+}
+
+/// A report's lease is current when its trial exists, is running, and is at the report's
+/// generation (the fencing token). Answers the trial's sweep and planned epochs.
+fn lease_verdict(
+    trial_id: &str,
+    generation: u64,
+    lease: Option<&LeaseRow>,
+) -> std::result::Result<(String, u32), ReportError> {
+    let Some(lease) = lease else {
+        return Err(ReportError::UnknownTrial(trial_id.to_string()));
+    };
+    if lease.generation != generation || lease.status != "running" {
+        return Err(ReportError::StaleLease {
+            trial: trial_id.to_string(),
+            current: lease.generation,
+            given: generation,
+            status: lease.status.clone(),
+        });
+    }
+    Ok((lease.sweep_id.clone(), lease.epochs_planned))
+}
+
+/// Stores what a worker learned preparing a trial (sent with its first epoch report).
+async fn store_facts(
+    tx: &mut sqlx::SqliteConnection,
+    trial_id: &str,
+    f: &TrialFacts,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ?,
+                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ?, provenance = ? WHERE id = ?",
+    )
+    .bind(f.parameter_count as i64)
+    .bind(f.train_examples as i64)
+    .bind(f.val_examples as i64)
+    .bind(f.test_examples as i64)
+    .bind(serde_json::to_string(&f.notes)?)
+    .bind(serde_json::to_string(&f.frozen)?)
+    .bind(serde_json::to_string(&f.reinitialised)?)
+    .bind(f.skipped_files as i64)
+    .bind(serde_json::to_string(&f.provenance)?)
+    .bind(trial_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn append_event(
     tx: &mut sqlx::SqliteConnection,
     sweep_id: &str,
@@ -445,12 +516,15 @@ impl Store {
             .max_connections(8)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store {
+        let mut store = Store {
             writer,
             reader,
             writer_suspect,
             trials_cache: Some(Arc::default()),
-        })
+            epoch_reports: None,
+        };
+        store.epoch_reports = Some(ingest::spawn(store.clone()));
+        Ok(store)
     }
 
     /// Opens an existing database for reading only (tests, diagnostics): never writes.
@@ -466,6 +540,7 @@ impl Store {
             reader,
             writer_suspect: Arc::default(),
             trials_cache: None,
+            epoch_reports: None,
         })
     }
 
@@ -858,28 +933,16 @@ impl Store {
         .bind(trial_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(Err(ReportError::UnknownTrial(trial_id.to_string())));
-        };
-        let current = row.get::<i64, _>("generation") as u64;
-        let status: String = row.get("status");
-        if current != generation || status != "running" {
-            return Ok(Err(ReportError::StaleLease {
-                trial: trial_id.to_string(),
-                current,
-                given: generation,
-                status,
-            }));
-        }
-        Ok(Ok((
-            row.get("sweep_id"),
-            row.get::<i64, _>("epochs_planned") as u32,
-        )))
+        let lease = row.as_ref().map(LeaseRow::from_row);
+        Ok(lease_verdict(trial_id, generation, lease.as_ref()))
     }
 
     /// Records one epoch of a leased trial. An epoch already recorded (re-run after a crash
     /// between its report and its checkpoint) is replaced, never doubled; its event is appended
     /// again, so watchers see the values that now stand.
+    ///
+    /// Written by the group-commit task ([`ingest`]): reports that arrive together share one
+    /// transaction; this returns once the one holding this report has committed (or failed).
     pub async fn record_epoch(
         &self,
         trial_id: &str,
@@ -887,60 +950,22 @@ impl Store {
         epoch: &EpochRow,
         facts: Option<&TrialFacts>,
     ) -> Result<Result<StoredEvent, ReportError>> {
-        self.write(async {
-        let mut tx = self.writer.begin().await?;
-        let (sweep_id, epochs_planned) =
-            match Self::check_lease(&mut tx, trial_id, generation).await? {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(e)),
-            };
-        sqlx::query(
-            "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
-               val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
-               images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at",
-        )
-        .bind(trial_id)
-        .bind(epoch.epoch as i64)
-        .bind(epoch.train_loss)
-        .bind(epoch.train_accuracy)
-        .bind(epoch.val_loss)
-        .bind(epoch.val_accuracy)
-        .bind(epoch.seconds)
-        .bind(epoch.images_per_second)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(f) = facts {
-            sqlx::query("UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ?,
-                                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ?, provenance = ? WHERE id = ?")
-                .bind(f.parameter_count as i64)
-                .bind(f.train_examples as i64)
-                .bind(f.val_examples as i64)
-                .bind(f.test_examples as i64)
-                .bind(serde_json::to_string(&f.notes)?)
-                .bind(serde_json::to_string(&f.frozen)?)
-                .bind(serde_json::to_string(&f.reinitialised)?)
-                .bind(f.skipped_files as i64)
-                .bind(serde_json::to_string(&f.provenance)?)
-                .bind(trial_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let event = append_event(
-            &mut tx,
-            &sweep_id,
-            &Event::EpochFinished {
+        let Some(reports) = &self.epoch_reports else {
+            anyhow::bail!("this store cannot record epochs (opened read-only)");
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        reports
+            .send(ingest::EpochReport {
                 trial_id: trial_id.to_string(),
-                epochs_planned,
-                metrics: epoch.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(event))
-        }).await
+                generation,
+                epoch: epoch.clone(),
+                facts: facts.cloned(),
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("the epoch writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the epoch writer has stopped"))?
     }
 
     /// Ends a leased trial with its result, and the sweep when that was its last open trial.

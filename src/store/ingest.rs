@@ -1,0 +1,302 @@
+//! Epoch ingestion: group commit of epoch reports. Every report still waits for the
+//! transaction that stores it, but reports that arrive while a transaction is being written
+//! go into the next one together, and each table gets one multi-row statement per
+//! transaction. The fixed cost of a report (BEGIN, a round trip to SQLite's thread per
+//! statement, the WAL commit) is then shared by everyone waiting; one reporter alone sees
+//! one transaction per report, as before.
+//!
+//! Owns: the batching task behind [`Store::record_epoch`] and its statements.
+//! Must not touch: any other write of the store (they keep one transaction per change).
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    lease_verdict, now, store_facts, EpochRow, Event, LeaseRow, ReportError, Store, StoredEvent,
+    TrialFacts,
+};
+
+/// What a report is answered: the stored event, a refusal, or the store's error.
+pub(super) type Outcome = Result<Result<StoredEvent, ReportError>>;
+
+/// One epoch report waiting for its transaction.
+pub(super) struct EpochReport {
+    pub trial_id: String,
+    pub generation: u64,
+    pub epoch: EpochRow,
+    pub facts: Option<TrialFacts>,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// Most reports in one transaction: 9 bound values per epoch row, far below SQLite's limit
+/// of 32,766, and a transaction short enough not to hold other writes back.
+const MAX_BATCH: usize = 256;
+
+/// Starts the task that writes the reports sent to the returned channel. The task holds a
+/// clone of the store without a sender, so it ends when the last `Store` that can send drops.
+pub(super) fn spawn(store: Store) -> mpsc::UnboundedSender<EpochReport> {
+    let (sender, mut receiver) = mpsc::unbounded_channel::<EpochReport>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Waits only while nothing is queued; takes everything queued, up to MAX_BATCH.
+        while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let reports = std::mem::take(&mut batch);
+            match store.write(store_epochs(&store, &reports)).await {
+                Ok(outcomes) => {
+                    for (report, outcome) in reports.into_iter().zip(outcomes) {
+                        // A reporter that gave up (its request was cancelled) is not an error.
+                        let _ = report.reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    for report in reports {
+                        let _ = report.reply.send(Err(anyhow!("{message}")));
+                    }
+                }
+            }
+        }
+    });
+    sender
+}
+
+/// Stores a batch of reports in one transaction: one query for the leases, one multi-row
+/// upsert of the epochs, the trial facts of first reports, and one multi-row insert of the
+/// events. Answers in the order of `reports`.
+async fn store_epochs(
+    store: &Store,
+    reports: &[EpochReport],
+) -> Result<Vec<std::result::Result<StoredEvent, ReportError>>> {
+    let mut tx = store.writer.begin().await?;
+
+    let mut leases: HashMap<String, LeaseRow> = HashMap::new();
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT id, sweep_id, status, generation, epochs_planned FROM trials WHERE id IN (",
+    );
+    let mut ids = query.separated(", ");
+    for report in reports {
+        ids.push_bind(&report.trial_id);
+    }
+    ids.push_unseparated(")");
+    for row in query.build().fetch_all(&mut *tx).await? {
+        leases.insert(row.get("id"), LeaseRow::from_row(&row));
+    }
+    let verdicts: Vec<_> = reports
+        .iter()
+        .map(|r| lease_verdict(&r.trial_id, r.generation, leases.get(&r.trial_id)))
+        .collect();
+    let accepted: Vec<(&EpochReport, &(String, u32))> = reports
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(r, v)| v.as_ref().ok().map(|lease| (r, lease)))
+        .collect();
+
+    let mut stored = Vec::new().into_iter();
+    if !accepted.is_empty() {
+        insert_epochs(&mut tx, &accepted).await?;
+        for (r, _) in &accepted {
+            if let Some(facts) = &r.facts {
+                store_facts(&mut tx, &r.trial_id, facts).await?;
+            }
+        }
+        let events = accepted
+            .iter()
+            .map(|(r, (sweep_id, epochs_planned))| {
+                let event = Event::EpochFinished {
+                    trial_id: r.trial_id.clone(),
+                    epochs_planned: *epochs_planned,
+                    metrics: r.epoch.clone(),
+                };
+                (sweep_id.clone(), event)
+            })
+            .collect();
+        stored = insert_events(&mut tx, events).await?.into_iter();
+    }
+    tx.commit().await?;
+    Ok(verdicts
+        .into_iter()
+        .map(|v| v.map(|_| stored.next().expect("one event per accepted report")))
+        .collect())
+}
+
+/// One multi-row upsert of the accepted reports' epochs. An epoch already recorded (re-run
+/// after a crash) is replaced; rows of one statement are applied in order, so a repeat
+/// within the batch ends as its last report.
+async fn insert_epochs(
+    tx: &mut sqlx::SqliteConnection,
+    accepted: &[(&EpochReport, &(String, u32))],
+) -> Result<()> {
+    let recorded_at = now();
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at) ",
+    );
+    insert.push_values(accepted, |mut row, (r, _)| {
+        row.push_bind(&r.trial_id)
+            .push_bind(r.epoch.epoch as i64)
+            .push_bind(r.epoch.train_loss)
+            .push_bind(r.epoch.train_accuracy)
+            .push_bind(r.epoch.val_loss)
+            .push_bind(r.epoch.val_accuracy)
+            .push_bind(r.epoch.seconds)
+            .push_bind(r.epoch.images_per_second)
+            .push_bind(&recorded_at);
+    });
+    insert.push(
+        " ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
+           val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
+           images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at",
+    );
+    insert.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// One multi-row insert of events, answered in the order given.
+async fn insert_events(
+    tx: &mut sqlx::SqliteConnection,
+    events: Vec<(String, Event)>,
+) -> Result<Vec<StoredEvent>> {
+    let at = now();
+    let payloads = events
+        .iter()
+        .map(|(_, event)| serde_json::to_string(event))
+        .collect::<serde_json::Result<Vec<_>>>()?;
+    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (sweep_id, at, payload) ");
+    insert.push_values(
+        events.iter().zip(&payloads),
+        |mut row, ((sweep_id, _), payload)| {
+            row.push_bind(sweep_id).push_bind(&at).push_bind(payload);
+        },
+    );
+    insert.push(" RETURNING id");
+    // SQLite promises no order for RETURNING rows; the single writer gives the rows of one
+    // statement ascending ids in VALUES order.
+    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+    ids.sort_unstable();
+    if ids.len() != events.len() {
+        return Err(anyhow!(
+            "{} events inserted, {} ids returned",
+            events.len(),
+            ids.len()
+        ));
+    }
+    Ok(events
+        .into_iter()
+        .zip(ids)
+        .map(|((sweep_id, event), id)| StoredEvent {
+            id,
+            sweep_id,
+            at: at.clone(),
+            event,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::{SweepLimits, SweepRequest};
+
+    fn epoch(n: u32, val_accuracy: f64) -> EpochRow {
+        EpochRow {
+            epoch: n,
+            train_loss: 1.0 / n as f64,
+            train_accuracy: 0.5,
+            val_loss: 0.7,
+            val_accuracy,
+            seconds: 1.0,
+            images_per_second: 100.0,
+        }
+    }
+
+    /// Reports sent together land in one batch: each is answered for itself (stale and
+    /// unknown leases refused, the rest stored with their own event, in order), and the
+    /// store holds exactly the accepted epochs.
+    #[tokio::test]
+    async fn a_batch_answers_each_report_and_stores_only_the_accepted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
+        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+            "dataset": "mnist", "space": {"dropout": [0.0, 0.1, 0.2]}, "fixed": {"epochs": 40},
+            "maxParallel": 3
+        }))
+        .unwrap();
+        let spec = request.validate(SweepLimits::default(), None).unwrap();
+        store.insert_sweep("sw-batch", &spec).await.unwrap();
+        let mut leases = Vec::new();
+        for _ in 0..2 {
+            let (lease, _) = store.lease_next("w", &["auto", "cpu"], "cpu").await.unwrap().unwrap();
+            leases.push(lease);
+        }
+        let (a, b) = (&leases[0], &leases[1]);
+
+        // 2 x 30 epochs, a stale lease, an unknown trial, and epoch 3 of `a` reported twice.
+        let mut reports = Vec::new();
+        for n in 1..=30 {
+            for lease in [a, b] {
+                reports.push((lease.trial_id.clone(), lease.generation, epoch(n, 0.5)));
+            }
+        }
+        reports.push((a.trial_id.clone(), a.generation + 1, epoch(31, 0.5)));
+        reports.push(("sw-batch-t99".to_string(), 1, epoch(1, 0.5)));
+        reports.push((a.trial_id.clone(), a.generation, epoch(3, 0.9)));
+        let answers = futures::future::join_all(
+            reports
+                .iter()
+                .map(|(id, generation, e)| store.record_epoch(id, *generation, e, None)),
+        )
+        .await;
+
+        let n = answers.len();
+        let mut last_id = 0;
+        for (i, answer) in answers.iter().enumerate() {
+            let answer = answer.as_ref().unwrap();
+            match i {
+                i if i == n - 3 => assert!(
+                    matches!(answer, Err(ReportError::StaleLease { .. })),
+                    "{answer:?}"
+                ),
+                i if i == n - 2 => assert!(
+                    matches!(answer, Err(ReportError::UnknownTrial(_))),
+                    "{answer:?}"
+                ),
+                _ => {
+                    let event = answer.as_ref().unwrap();
+                    assert!(event.id > last_id, "event ids follow the reports");
+                    last_id = event.id;
+                    let Event::EpochFinished {
+                        trial_id,
+                        epochs_planned,
+                        metrics,
+                    } = &event.event
+                    else {
+                        panic!("{event:?}")
+                    };
+                    assert_eq!(trial_id, &reports[i].0);
+                    assert_eq!(metrics, &reports[i].2);
+                    assert_eq!(*epochs_planned, 40);
+                    assert_eq!(event.sweep_id, "sw-batch");
+                }
+            }
+        }
+        for lease in [a, b] {
+            let epochs = store.epochs(&lease.trial_id).await.unwrap();
+            assert_eq!(
+                epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+                (1..=30).collect::<Vec<_>>()
+            );
+            let trial = store.trial(&lease.trial_id).await.unwrap().unwrap();
+            assert_eq!(trial.epochs_done, 30);
+        }
+        // The repeat of epoch 3 was applied after the first: its values stand.
+        assert_eq!(store.epochs(&a.trial_id).await.unwrap()[2].val_accuracy, 0.9);
+        let events = store.events_after("sw-batch", 0).await.unwrap();
+        let epoch_events = events
+            .iter()
+            .filter(|e| matches!(e.event, Event::EpochFinished { .. }))
+            .count();
+        assert_eq!(epoch_events, 61);
+    }
+}
