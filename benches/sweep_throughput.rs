@@ -300,6 +300,7 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
         let s = client
             .get_sweep(GetSweepRequest {
                 sweep_id: resp.sweep_id.clone(),
+                all_params: false,
             })
             .await
             .map_err(|e| anyhow!("GetSweep: {}", e.message()))?

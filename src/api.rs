@@ -46,26 +46,29 @@ pub struct Api {
 /// generation is unchanged, i.e. while nothing was written since. Building one for a
 /// 1,000-trial sweep (every trial's params as a `Struct`) costs far more than a clone.
 #[derive(Default)]
-pub struct SweepReplyCache(std::sync::Mutex<HashMap<String, (u64, Arc<proto::Sweep>)>>);
+pub struct SweepReplyCache(SweepReplies);
+
+/// (sweep id, all_params) -> (store generation, answer).
+type SweepReplies = std::sync::Mutex<HashMap<(String, bool), (u64, Arc<proto::Sweep>)>>;
 
 /// Sweeps whose answers [`SweepReplyCache`] keeps (the most polled ones are the open ones).
 const SWEEP_REPLIES_KEPT: usize = 16;
 
 impl SweepReplyCache {
-    fn get(&self, sweep_id: &str, generation: u64) -> Option<Arc<proto::Sweep>> {
+    fn get(&self, sweep_id: &str, all_params: bool, generation: u64) -> Option<Arc<proto::Sweep>> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(sweep_id)
+        map.get(&(sweep_id.to_string(), all_params))
             .filter(|(g, _)| *g == generation)
             .map(|(_, reply)| reply.clone())
     }
 
-    fn put(&self, sweep_id: &str, generation: u64, reply: Arc<proto::Sweep>) {
+    fn put(&self, sweep_id: &str, all_params: bool, generation: u64, reply: Arc<proto::Sweep>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, (g, _)| *g == generation);
         if map.len() >= SWEEP_REPLIES_KEPT {
             map.clear();
         }
-        map.insert(sweep_id.to_string(), (generation, reply));
+        map.insert((sweep_id.to_string(), all_params), (generation, reply));
     }
 }
 
@@ -299,12 +302,21 @@ fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {
     )))
 }
 
-fn trial_summary(t: &TrialRow) -> proto::TrialSummary {
+/// A trial as `GetSweep` lists it: with its `only` hyperparameters (the sweep's varied ones),
+/// or with all of them when `only` is None.
+fn trial_summary(t: &TrialRow, only: Option<&[String]>) -> proto::TrialSummary {
+    let params = match (only, serde_json::to_value(&t.params)) {
+        (Some(names), Ok(serde_json::Value::Object(mut all))) => {
+            all.retain(|name, _| names.contains(name));
+            struct_from_json(&all)
+        }
+        _ => json_object(&t.params),
+    };
     proto::TrialSummary {
         trial_id: t.id.clone(),
         index: t.index,
         status: t.status.clone(),
-        params: Some(json_object(&t.params)),
+        params: Some(params),
         epochs_done: t.epochs_done,
         epochs_planned: t.epochs_planned,
         val_accuracy: t
@@ -583,10 +595,14 @@ impl proto::orchestrator_server::Orchestrator for Api {
         &self,
         request: Request<proto::GetSweepRequest>,
     ) -> Result<Response<proto::Sweep>, Status> {
-        let id = request.into_inner().sweep_id;
+        let proto::GetSweepRequest {
+            sweep_id: id,
+            all_params,
+        } = request.into_inner();
         let store = &self.scheduler.store;
         let generation = store.generation();
-        if let Some(reply) = generation.and_then(|g| self.sweep_replies.get(&id, g)) {
+        let cached = generation.and_then(|g| self.sweep_replies.get(&id, all_params, g));
+        if let Some(reply) = cached {
             return Ok(Response::new(reply.as_ref().clone()));
         }
         let sweep = self.find_sweep(&id).await?;
@@ -594,6 +610,10 @@ impl proto::orchestrator_server::Orchestrator for Api {
         let best = best_trial(&trials)
             .map(|t| t.id.clone())
             .unwrap_or_default();
+        let summaries = trials
+            .iter()
+            .map(|t| trial_summary(t, (!all_params).then_some(&sweep.varied[..])))
+            .collect();
         let reply = Arc::new(proto::Sweep {
             status: sweep.visible_status(),
             sweep_id: sweep.id,
@@ -605,14 +625,14 @@ impl proto::orchestrator_server::Orchestrator for Api {
                 serde_json::Value::Object(m) => Some(struct_from_json(m)),
                 _ => None,
             },
-            trials: trials.iter().map(trial_summary).collect(),
+            trials: summaries,
             created_at: sweep.created_at,
             finished_at: sweep.finished_at.unwrap_or_default(),
             best_trial_id: best,
             skipped_files: trials.iter().map(|t| t.skipped_files).max().unwrap_or(0),
         });
         if let Some(g) = generation {
-            self.sweep_replies.put(&id, g, reply.clone());
+            self.sweep_replies.put(&id, all_params, g, reply.clone());
         }
         Ok(Response::new(Arc::unwrap_or_clone(reply)))
     }

@@ -139,6 +139,45 @@ fn a_small_sweep_trains_records_and_charts() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("4 of 4 configurations re-derived identically"));
 
+    // The costliest configurations started first: kernel 5 before kernel 3, and with equal
+    // kernels the dense head before GAP (grid order is t0 gap/3, t1 gap/5, t2 dense/3,
+    // t3 dense/5).
+    let started: Vec<String> = common::db_events(&d.db_path(), Some(&sweep_id))
+        .iter()
+        .filter(|e| e["kind"] == "trial_started")
+        .map(|e| e["trial_id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = [3, 1, 2, 0]
+        .iter()
+        .map(|i| format!("{sweep_id}-t{i}"))
+        .collect();
+    assert_eq!(started, expected);
+
+    // GetSweep lists each trial's varied hyperparameters; with allParams, every one (what
+    // cnnctl's JSON shows).
+    let slim = d.grpcurl_json(
+        "cnn.v1.Orchestrator/GetSweep",
+        &json!({"sweepId": sweep_id}).to_string(),
+    );
+    let full = d.grpcurl_json(
+        "cnn.v1.Orchestrator/GetSweep",
+        &json!({"sweepId": sweep_id, "allParams": true}).to_string(),
+    );
+    for ((s, f), t) in slim["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(full["trials"].as_array().unwrap())
+        .zip(trials)
+    {
+        let keys: Vec<&String> = s["params"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["head", "kernelSize"], "{s}");
+        assert_eq!(s["params"]["head"], f["params"]["head"]);
+        assert_eq!(f["params"]["epochs"], 1, "{f}");
+        assert_eq!(f["params"]["trainLimit"], 2000, "{f}");
+        assert_eq!(f["params"], t["params"]);
+    }
+
     // Every trial: one epoch with sane metrics, test metrics, weights on disk.
     let mut params_by_head = std::collections::HashMap::new();
     for t in trials {

@@ -784,6 +784,7 @@ fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
                         client
                             .get_sweep(GetSweepRequest {
                                 sweep_id: sweep.clone(),
+                                all_params: false,
                             })
                             .await
                             .map(|_| ()),

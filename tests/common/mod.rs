@@ -380,10 +380,13 @@ impl Daemon {
         let sweep_id = sweep_id.to_string();
         block_on(async move {
             let mut c = self.client().await;
-            c.get_sweep(cnnd::proto::GetSweepRequest { sweep_id })
-                .await
-                .expect("GetSweep")
-                .into_inner()
+            c.get_sweep(cnnd::proto::GetSweepRequest {
+                sweep_id,
+                all_params: false,
+            })
+            .await
+            .expect("GetSweep")
+            .into_inner()
         })
     }
 

@@ -255,6 +255,9 @@ pub async fn sweep(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         .client
         .get_sweep(pb::GetSweepRequest {
             sweep_id: id.to_string(),
+            // The JSON lists every trial's complete configuration; tables and CSV show the
+            // varied hyperparameters only.
+            all_params: output == Output::Json,
         })
         .await
         .map_err(|e| CliError::rpc(format!("get sweep {id}"), &addr, e))?

@@ -98,6 +98,7 @@ pub async fn watch(d: &mut Daemon, sweep_id: &str, json: bool) -> Result<(), Cli
             .client
             .get_sweep(pb::GetSweepRequest {
                 sweep_id: sweep_id.to_string(),
+                all_params: false,
             })
             .await
             .map_err(|e| CliError::rpc(format!("get sweep {sweep_id}"), &addr, e))?
