@@ -49,11 +49,6 @@ use cnnd::scheduler::{DeviceInfo, Scheduler, SchedulerConfig};
 use cnnd::store::{EpochRow, Store, TrialFacts};
 use cnnd::sweep::{SweepLimits, SweepRequest};
 
-const USAGE: &str = "usage: cargo bench --bench control_plane -- [--trials 10000] \
-[--epochs-per-trial 100] [--pollers 50] [--duration-secs 10] [--poll-intervals-ms 0,1000] \
-[--submits 5] [--ingest-epochs 20000] [--ingest-tasks 1,8,64] [--chart-rounds 3] \
-[--store-cache FILE] [--data-dir DIR] [--daemon PATH] [--keep-state]";
-
 /// Trials of the sweep `GetSweep` reads and of the one `SubmitSweep` sends.
 const BIG_SWEEP: u32 = 1000;
 /// Trials of the sweep whose charts are rendered.
@@ -67,99 +62,55 @@ const TARGET_GET_STATUS_P99_MS: f64 = 10.0;
 const TARGET_INGEST_ROWS_PER_S: f64 = 20_000.0;
 const TARGET_CHARTS_S: f64 = 2.0;
 
-#[derive(Debug, Clone)]
+/// `cargo bench --bench control_plane -- [options]`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "control_plane",
+    about = "The daemon's control plane with a big store: submit, poll, ingest, charts"
+)]
 struct Opts {
+    /// Trials in the filled store (at least a 1,000-trial and a 100-trial sweep).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(i64::from(BIG_SWEEP + CHART_SWEEP)..))]
     trials: u32,
+    /// Epoch rows per stored trial.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     epochs_per_trial: u32,
+    /// Clients polling GetSweep and GetStatus at once, each on its own connection.
+    #[arg(long, default_value_t = 50)]
     pollers: u32,
+    /// Seconds each polling phase lasts.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     duration_secs: u64,
+    /// Each poller's interval per phase (0: a tight loop).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000")]
     poll_intervals_ms: Vec<u64>,
+    /// SubmitSweep calls of the 1,000-trial grid (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     submits: u32,
+    /// Epoch reports per ingestion run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     ingest_epochs: u32,
+    /// Concurrent reporters per ingestion run (one per worker of a real daemon).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64", value_parser = clap::value_parser!(u32).range(1..))]
     ingest_tasks: Vec<u32>,
+    /// RenderCharts rounds per dashboard (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     chart_rounds: u32,
+    /// Keep the filled store in FILE and reuse it on later runs.
+    #[arg(long)]
     store_cache: Option<PathBuf>,
+    /// Folder holding mnist/ (default: $CNND_DATA_DIR, else ../shared/data).
+    #[arg(long, default_value_os_t = common::default_data_dir())]
     data_dir: PathBuf,
+    /// Keep the daemon's state directory.
+    #[arg(long)]
     keep_state: bool,
+    /// Another cnnd binary (for before/after runs).
+    #[arg(long)]
     daemon: Option<PathBuf>,
-}
-
-fn parse_opts() -> Result<Opts> {
-    let mut o = Opts {
-        trials: 10_000,
-        epochs_per_trial: 100,
-        pollers: 50,
-        duration_secs: 10,
-        poll_intervals_ms: vec![0, 1000],
-        submits: 5,
-        ingest_epochs: 20_000,
-        ingest_tasks: vec![1, 8, 64],
-        chart_rounds: 3,
-        store_cache: None,
-        data_dir: common::default_data_dir(),
-        keep_state: false,
-        daemon: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = || -> Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}")),
-            }
-        };
-        let num = |v: String, flag: &str| -> Result<u64> {
-            v.parse().map_err(|_| anyhow!("{flag}: not a number: {v}"))
-        };
-        let list = |v: String, flag: &str| -> Result<Vec<u64>> {
-            v.split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse()
-                        .map_err(|_| anyhow!("{flag}: not a number: {s}"))
-                })
-                .collect()
-        };
-        match flag.as_str() {
-            "--bench" => {}
-            "--trials" => o.trials = num(value()?, &flag)? as u32,
-            "--epochs-per-trial" => o.epochs_per_trial = (num(value()?, &flag)? as u32).max(1),
-            "--pollers" => o.pollers = num(value()?, &flag)? as u32,
-            "--duration-secs" => o.duration_secs = num(value()?, &flag)?.max(1),
-            "--poll-intervals-ms" => o.poll_intervals_ms = list(value()?, &flag)?,
-            "--submits" => o.submits = (num(value()?, &flag)? as u32).max(1),
-            "--ingest-epochs" => o.ingest_epochs = (num(value()?, &flag)? as u32).max(1),
-            "--ingest-tasks" => {
-                o.ingest_tasks = list(value()?, &flag)?
-                    .into_iter()
-                    .map(|n| n.max(1) as u32)
-                    .collect()
-            }
-            "--chart-rounds" => o.chart_rounds = (num(value()?, &flag)? as u32).max(1),
-            "--store-cache" => o.store_cache = Some(PathBuf::from(value()?)),
-            "--data-dir" => o.data_dir = PathBuf::from(value()?),
-            "--keep-state" => o.keep_state = true,
-            "--daemon" => o.daemon = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument '{other}'\n{USAGE}"),
-        }
-    }
-    if o.trials < BIG_SWEEP + CHART_SWEEP {
-        bail!(
-            "--trials must be at least {} (a {BIG_SWEEP}-trial and a {CHART_SWEEP}-trial sweep)",
-            BIG_SWEEP + CHART_SWEEP
-        );
-    }
-    Ok(o)
+    /// Passed by `cargo bench` to `harness = false` targets.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn fmt_load(l: [f64; 3]) -> String {
@@ -1212,7 +1163,7 @@ fn summary(daemon: &Value, store_reads: &Value, ingest: &[Value]) -> Vec<Line> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let o = parse_opts()?;
+    let o = <Opts as clap::Parser>::parse();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let data_dir = o
         .data_dir

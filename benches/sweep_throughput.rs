@@ -28,65 +28,37 @@ use cnnd::proto::{
     SubmitSweepRequest,
 };
 
-const USAGE: &str =
-    "usage: cargo bench --bench sweep_throughput -- [--train-limit N] [--data-dir DIR] \
-[--workers 2] [--threads-per-worker 1] [--pytorch-threads 2] [--skip-pytorch]";
-
 /// The ratio the daemon should reach: its wall time <= TARGET x sequential PyTorch.
 const TARGET: f64 = 0.62;
 
-#[derive(Debug, Clone)]
+/// `cargo bench --bench sweep_throughput -- [options]`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sweep_throughput",
+    about = "An 8-trial sweep through the daemon against the same trainings run one after another by PyTorch"
+)]
 struct Opts {
+    /// Training examples per trial (0: all 60,000 less the validation split).
+    #[arg(long, default_value_t = 0)]
     train_limit: u32,
+    /// Folder holding mnist/ (default: $CNND_DATA_DIR, else ../shared/data).
+    #[arg(long, default_value_os_t = common::default_data_dir())]
     data_dir: PathBuf,
+    /// The daemon's CPU workers.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
+    /// Threads of each worker.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads_per_worker: u32,
+    /// Threads of each PyTorch run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pytorch_threads: u32,
+    /// Measure the daemon only.
+    #[arg(long)]
     skip_pytorch: bool,
-}
-
-fn parse_opts() -> Result<Opts> {
-    let mut o = Opts {
-        train_limit: 0,
-        data_dir: common::default_data_dir(),
-        workers: 2,
-        threads_per_worker: 1,
-        pytorch_threads: 2,
-        skip_pytorch: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = || -> Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}")),
-            }
-        };
-        let num = |v: String, flag: &str| -> Result<u32> {
-            v.parse().map_err(|_| anyhow!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--bench" => {}
-            "--train-limit" => o.train_limit = num(value()?, &flag)?,
-            "--data-dir" => o.data_dir = PathBuf::from(value()?),
-            "--workers" => o.workers = num(value()?, &flag)?.max(1),
-            "--threads-per-worker" => o.threads_per_worker = num(value()?, &flag)?.max(1),
-            "--pytorch-threads" => o.pytorch_threads = num(value()?, &flag)?.max(1),
-            "--skip-pytorch" => o.skip_pytorch = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument '{other}'\n{USAGE}"),
-        }
-    }
-    Ok(o)
+    /// Passed by `cargo bench` to `harness = false` targets.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn torch_python() -> PathBuf {
@@ -579,7 +551,7 @@ fn write_report(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let o = parse_opts()?;
+    let o = <Opts as clap::Parser>::parse();
     let info = &cnnd::sweep::dataset_info("mnist").context("mnist")?;
     cnnd::data::find_file(info, &o.data_dir, "train-images-idx3-ubyte")?;
     let data_dir = o
