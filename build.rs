@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    // sqlx::migrate! embeds migrations/ at compile time; a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
 
     // libtorch: tch-sys links it; we add an rpath so no LD_LIBRARY_PATH is needed, and force
     // libtorch_cuda into the binary (the linker drops it otherwise: tch-rs issue 907).
