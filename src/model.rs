@@ -63,6 +63,11 @@ pub fn final_side(input_size: i64, blocks: u32) -> i64 {
     (0..blocks).fold(input_size, |side, _| side / 2)
 }
 
+/// Filters of block `i` (0-based): `baseFilters`, doubled with every block.
+fn block_filters(p: &TrialParams, i: u32) -> i64 {
+    (p.base_filters as i64) << i
+}
+
 /// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
 /// `classes` classes, with its variables under `vs`.
 pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
@@ -72,7 +77,7 @@ pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, cla
     let mut in_ch = channels;
     let mut out_ch = channels;
     for i in 0..p.blocks {
-        out_ch = (p.base_filters as i64) << i;
+        out_ch = block_filters(p, i);
         let path = vs / format!("block{i}");
         let fan_in = (in_ch * k * k) as f64;
         let bound = 1.0 / fan_in.sqrt();
@@ -259,7 +264,7 @@ pub fn model_size(p: &TrialParams, channels: i64, input_size: i64, classes: i64)
     let (mut macs, mut params) = (0i64, 0i64);
     let (mut side, mut in_ch, mut out_ch) = (input_size, channels, channels);
     for i in 0..p.blocks {
-        out_ch = (p.base_filters as i64) << i;
+        out_ch = block_filters(p, i);
         // Same padding: the output keeps the input's side.
         macs += side * side * k * k * in_ch * out_ch;
         // Kernel, plus the bias or batch norm's scale and shift.

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::sweep::{SweepSpec, TrialParams};
 
@@ -474,22 +474,49 @@ async fn append_event(
     sweep_id: &str,
     event: &Event,
 ) -> Result<StoredEvent> {
+    let mut stored = append_events(tx, vec![(sweep_id.to_string(), event.clone())]).await?;
+    stored.pop().context("an appended event without its id")
+}
+
+/// Appends events with one multi-row insert, answered in the order given.
+async fn append_events(
+    tx: &mut sqlx::SqliteConnection,
+    events: Vec<(String, Event)>,
+) -> Result<Vec<StoredEvent>> {
     let at = now();
-    let payload = serde_json::to_string(event)?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO events (sweep_id, at, payload) VALUES (?, ?, ?) RETURNING id",
-    )
-    .bind(sweep_id)
-    .bind(&at)
-    .bind(payload)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(StoredEvent {
-        id,
-        sweep_id: sweep_id.to_string(),
-        at,
-        event: event.clone(),
-    })
+    let payloads = events
+        .iter()
+        .map(|(_, event)| serde_json::to_string(event))
+        .collect::<serde_json::Result<Vec<_>>>()?;
+    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (sweep_id, at, payload) ");
+    insert.push_values(
+        events.iter().zip(&payloads),
+        |mut row, ((sweep_id, _), payload)| {
+            row.push_bind(sweep_id).push_bind(&at).push_bind(payload);
+        },
+    );
+    insert.push(" RETURNING id");
+    // SQLite promises no order for RETURNING rows; the single writer gives the rows of one
+    // statement ascending ids in VALUES order.
+    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+    ids.sort_unstable();
+    if ids.len() != events.len() {
+        return Err(anyhow!(
+            "{} events inserted, {} ids returned",
+            events.len(),
+            ids.len()
+        ));
+    }
+    Ok(events
+        .into_iter()
+        .zip(ids)
+        .map(|((sweep_id, event), id)| StoredEvent {
+            id,
+            sweep_id,
+            at: at.clone(),
+            event,
+        })
+        .collect())
 }
 
 impl Store {
@@ -959,6 +986,7 @@ impl Store {
         let Some(reports) = &self.epoch_reports else {
             anyhow::bail!("this store cannot record epochs (opened read-only)");
         };
+        let writer_stopped = || anyhow::anyhow!("the epoch writer has stopped");
         let (reply, answer) = tokio::sync::oneshot::channel();
         reports
             .send(ingest::EpochReport {
@@ -968,10 +996,8 @@ impl Store {
                 facts: facts.cloned(),
                 reply,
             })
-            .map_err(|_| anyhow::anyhow!("the epoch writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the epoch writer has stopped"))?
+            .map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     /// Ends a leased trial with its result, and the sweep when that was its last open trial.

@@ -15,8 +15,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    lease_verdict, now, store_facts, EpochRow, Event, LeaseRow, ReportError, Store, StoredEvent,
-    TrialFacts,
+    append_events, lease_verdict, now, store_facts, EpochRow, Event, LeaseRow, ReportError, Store,
+    StoredEvent, TrialFacts,
 };
 
 /// What a report is answered: the stored event, a refusal, or the store's error.
@@ -142,7 +142,7 @@ async fn store_epochs(
                 (sweep_id.clone(), event)
             })
             .collect();
-        stored = insert_events(&mut tx, events).await?.into_iter();
+        stored = append_events(&mut tx, events).await?.into_iter();
     }
     tx.commit().await?;
     Ok(verdicts
@@ -180,47 +180,6 @@ async fn insert_epochs(
     );
     insert.build().execute(&mut *tx).await?;
     Ok(())
-}
-
-/// One multi-row insert of events, answered in the order given.
-async fn insert_events(
-    tx: &mut sqlx::SqliteConnection,
-    events: Vec<(String, Event)>,
-) -> Result<Vec<StoredEvent>> {
-    let at = now();
-    let payloads = events
-        .iter()
-        .map(|(_, event)| serde_json::to_string(event))
-        .collect::<serde_json::Result<Vec<_>>>()?;
-    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (sweep_id, at, payload) ");
-    insert.push_values(
-        events.iter().zip(&payloads),
-        |mut row, ((sweep_id, _), payload)| {
-            row.push_bind(sweep_id).push_bind(&at).push_bind(payload);
-        },
-    );
-    insert.push(" RETURNING id");
-    // SQLite promises no order for RETURNING rows; the single writer gives the rows of one
-    // statement ascending ids in VALUES order.
-    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-    ids.sort_unstable();
-    if ids.len() != events.len() {
-        return Err(anyhow!(
-            "{} events inserted, {} ids returned",
-            events.len(),
-            ids.len()
-        ));
-    }
-    Ok(events
-        .into_iter()
-        .zip(ids)
-        .map(|((sweep_id, event), id)| StoredEvent {
-            id,
-            sweep_id,
-            at: at.clone(),
-            event,
-        })
-        .collect())
 }
 
 #[cfg(test)]
