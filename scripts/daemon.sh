@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts that drive a daemon of their own (demo.sh, asha-vs-grid.sh), after
 # env.sh: start_daemon STATE PORT DATA_DIR starts target/release/cnnd on a fresh STATE
 # directory (log in STATE/cnnd.log), points cnnctl at it (CNND_ADDR, CNND_TOKEN_FILE), stops it when the

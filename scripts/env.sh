@@ -1,12 +1,38 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # CNND_PY, CNND_MNIST_SHA256 ...: set here for the sourcing scripts
 # Sourced by the other scripts: where the cached toolchain pieces live, and how to find data.
 # CNND_CACHE (default ~/.cache/cnnd) holds the PyTorch virtual environment that provides
 # libtorch 2.11 and grpcurl, shared by every clone on the machine; .venv in the clone links to it.
+#
+# Everything here must work on a machine that has never seen the project (no cache yet):
+# the sourcing scripts run under `set -euo pipefail`, where any failing command or pipeline
+# ends them. scripts/check-fresh.sh (run by CI) sources this file with an empty cache.
+
+# A script that stops on an error says where and why (set -e alone exits without a word).
+set -E
+cnnd_on_error() {
+  local status="$1" file="$2" line="$3" command="$4"
+  echo "${file##*/}: line $line: '$command' failed (exit $status)" >&2
+}
+trap 'cnnd_on_error $? "${BASH_SOURCE[0]:-$0}" "$LINENO" "$BASH_COMMAND"' ERR
+
 CNND_CACHE="${CNND_CACHE:-$HOME/.cache/cnnd}"
 CNND_TORCH_VERSION="2.11.0"
 CNND_VENV="$CNND_CACHE/venv-torch-$CNND_TORCH_VERSION"
 CNND_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CNND_PY="$CNND_VENV/bin/python"
-LIBTORCH="$(ls -d "$CNND_VENV"/lib/python3*/site-packages/torch 2>/dev/null | head -n 1)"
+# The torch package folder (include/ and lib/) inside the cached environment; empty until
+# setup.sh has installed it. A glob, not `ls | head`: on a new machine the folder does not exist
+# yet and this file is sourced under `set -euo pipefail`, where a failing pipeline would end the
+# sourcing script without a word.
+cnnd_find_libtorch() {
+  local d
+  for d in "$CNND_VENV"/lib/python3*/site-packages/torch; do
+    if [ -d "$d/lib" ]; then printf '%s\n' "$d"; return 0; fi
+  done
+  return 0
+}
+LIBTORCH="$(cnnd_find_libtorch)"
 export LIBTORCH
 export LIBTORCH_BYPASS_VERSION_CHECK=1
 export PATH="$CNND_REPO/target/release:$CNND_VENV/bin:$PATH"

@@ -14,13 +14,18 @@
 #   binary), as scripts/gpu-pack.sh leaves them (default: target/release and the newest
 #   target/release/deps/trainer-*); results land in OUT (default: target/gpu-check).
 set -uo pipefail  # no -e: a failed part is reported and the next one still runs
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 TORCH_LIB="$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
 data="${CNND_DATA_DIR:?set CNND_DATA_DIR to a folder holding mnist/}"
 bin="${GPU_BIN:-target/release}"
 trainer="${GPU_BIN:+$GPU_BIN/trainer}"
-trainer="${trainer:-$(ls -t target/release/deps/trainer-* | grep -v '\.d$' | head -1)}"
+if [ -z "$trainer" ]; then  # the newest trainer bench binary
+  for f in target/release/deps/trainer-*; do
+    case "$f" in *.d) continue ;; esac
+    if [ -z "$trainer" ] || [ "$f" -nt "$trainer" ]; then trainer="$f"; fi
+  done
+fi
 out="${OUT:-target/gpu-check}"
 mkdir -p "$out"
 state="$(mktemp -d)"

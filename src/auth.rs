@@ -1,7 +1,7 @@
 //! Authentication: the daemon's bearer token and both ends of checking it.
 //!
 //! Owns: creating the token on first start (`STATE_DIR/token`, 32 random bytes as hex, mode
-//! 0600), reading it back, the server layer that refuses every call but health without
+//! 0600), reading it back, the server layer that refuses every call but health and reflection without
 //! `authorization: Bearer TOKEN` (UNAUTHENTICATED, compared in constant time, nothing else
 //! revealed), and the client interceptor cnnctl, the workers and the tests send it with.
 
@@ -21,8 +21,15 @@ use tonic::{Request, Status};
 /// The token file's name inside the state directory.
 pub const TOKEN_FILE: &str = "token";
 
-/// Paths served without a token: the gRPC health service (load balancers, systemd probes).
-const OPEN_PATHS: &[&str] = &["/grpc.health.v1.Health/"];
+/// Paths served without a token: the gRPC health service (load balancers, systemd probes,
+/// Kubernetes) and server reflection. Reflection answers the schema only (the same
+/// descriptors as `proto/` in the source), never data; operators probe with grpcurl, which
+/// needs reflection to find `grpc.health.v1.Health/Check` at all.
+const OPEN_PATHS: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 
 /// The token file of a state directory.
 pub fn token_path(state_dir: &Path) -> PathBuf {
@@ -243,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn only_health_is_open_and_the_token_must_match_exactly() {
+    fn only_health_and_reflection_are_open_and_the_token_must_match_exactly() {
         let auth = RequireBearer::new("abc");
         let svc = "/cnn.v1.Orchestrator/GetStatus";
         assert!(auth.refusal(svc, None).unwrap().contains("required"));
@@ -252,11 +259,15 @@ mod tests {
         assert!(auth.refusal(svc, Some(b"bearer abc")).is_some());
         assert!(auth.refusal(svc, Some(b"Bearer abc")).is_none());
         assert!(auth.refusal("/grpc.health.v1.Health/Check", None).is_none());
+        for reflection in [
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(auth.refusal(reflection, None).is_none(), "{reflection}");
+        }
+        // A look-alike path is not open.
         assert!(auth
-            .refusal(
-                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                None
-            )
+            .refusal("/grpc.health.v1.HealthX/Check", None)
             .is_some());
         assert!(RequireBearer::disabled().refusal(svc, None).is_none());
     }

@@ -39,7 +39,7 @@ fn methods_of(service: &str) -> Vec<String> {
     out
 }
 
-/// grpcurl with the proto files (reflection itself needs the token), `header` if given.
+/// grpcurl with the proto files (the worker listener serves no reflection), `header` if given.
 fn grpcurl_with_protos(addr: &str, header: Option<&str>, method: &str) -> Output {
     let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
     let mut cmd = Command::new(grpcurl_bin());
@@ -114,17 +114,46 @@ fn every_rpc_but_health_refuses_a_missing_wrong_or_foreign_token() {
     }
     assert!(calls >= 4 * 18, "only {calls} calls were checked");
 
-    // Reflection needs the token too; health does not.
+    // Health and reflection (the schema, no data) answer without a token, so the probe in
+    // docs/OPERATIONS.md works exactly as written there; every RPC of the API still needs it.
+    let out = Command::new(grpcurl_bin())
+        .args(["-plaintext", &d.addr, "grpc.health.v1.Health/Check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the documented health probe failed: {}",
+        stderr(&out)
+    );
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health["status"], "SERVING", "{health}");
+    let out = Command::new(grpcurl_bin())
+        .args(["-plaintext", "-d", r#"{"service":"cnn.v1.Orchestrator"}"#])
+        .args([&d.addr, "grpc.health.v1.Health/Check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
     let out = Command::new(grpcurl_bin())
         .args(["-plaintext", &d.addr, "list"])
         .output()
         .unwrap();
     assert!(
-        !out.status.success() && stderr(&out).contains("Unauthenticated"),
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("cnn.v1.Orchestrator"),
         "reflection without a token: {}",
         stderr(&out)
     );
-    // (grpcurl would need reflection to find the health service, so a plain gRPC client.)
+    let out = Command::new(grpcurl_bin())
+        .args(["-plaintext", &d.addr, "cnn.v1.Orchestrator/GetStatus"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && stderr(&out).contains("Unauthenticated"),
+        "GetStatus without a token, through reflection: {}",
+        stderr(&out)
+    );
+    // A plain gRPC client (what Kubernetes' grpc probe and grpc_health_probe are) too.
     let health = common::block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr))
             .unwrap()
@@ -416,6 +445,51 @@ fn oversized_requests_and_queues_are_refused_with_resource_exhausted() {
             .len(),
         0
     );
+}
+
+/// Sixteen clients submit 3-trial sweeps at once against `max_queued_trials = 10`, with no
+/// worker to drain the queue: at most three are taken (9 trials), every other one is refused
+/// with RESOURCE_EXHAUSTED, and the queue never holds more than the limit. (The limit used to
+/// be checked before the insert's transaction, so concurrent submissions all passed it.)
+#[test]
+fn concurrent_submissions_never_pass_the_queued_trial_limit() {
+    let d = Daemon::start(0, &["--max-queued-trials", "10"]);
+    let object = |v: serde_json::Value| cnnd::proto::struct_from_json(v.as_object().unwrap());
+    let request = cnnd::proto::SubmitSweepRequest {
+        dataset: "mnist".into(),
+        space: Some(object(json!({"kernelSize": [3, 5, 7]}))),
+        fixed: Some(object(json!({"epochs": 1, "trainLimit": 200}))),
+        ..Default::default()
+    };
+    let outcomes: Vec<Result<u32, tonic::Status>> = common::block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..16 {
+            clients.push(d.client().await);
+        }
+        let calls = clients.into_iter().map(|mut c| {
+            let request = request.clone();
+            async move {
+                c.submit_sweep(request)
+                    .await
+                    .map(|r| r.into_inner().trials_queued)
+            }
+        });
+        futures::future::join_all(calls).await
+    });
+    let taken: u32 = outcomes.iter().filter_map(|o| o.as_ref().ok()).sum();
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("max_queued_trials"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(taken, 9, "{outcomes:?}");
+    assert_eq!(d.get_status().queue_depth, 9);
 }
 
 /// A PNG of `side` x `side` noisy gray pixels (noise keeps it from compressing small).
