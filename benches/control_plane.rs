@@ -45,7 +45,7 @@ use cnnd::proto::{
     struct_from_json, GetStatusRequest, GetSweepRequest, PauseSweepRequest, RenderChartsRequest,
     SubmitSweepRequest,
 };
-use cnnd::scheduler::{DeviceInfo, Scheduler, SchedulerConfig};
+use cnnd::scheduler::{Scheduler, SchedulerConfig};
 use cnnd::store::{EpochRow, Store, TrialFacts};
 use cnnd::sweep::{SweepLimits, SweepRequest};
 
@@ -306,7 +306,7 @@ async fn populate(path: &Path, total: u32, epochs: u32) -> Result<(String, Strin
             .validate(limits, None)
             .map_err(|e| anyhow!("sweep {i}: {e}"))?;
         let id = format!("sw-bench{i:04}");
-        let trial_ids = store.insert_sweep(&id, &spec).await?;
+        let trial_ids = store.insert_sweep(&id, &spec, u32::MAX).await??;
         sweeps.push((id, trial_ids));
     }
     drop(store);
@@ -844,7 +844,7 @@ async fn measure_ingest(
         .validate(SweepLimits { max_trials: 10_000 }, None)
         .map_err(|e| anyhow!("ingest sweep: {e}"))?;
     let sweep_id = format!("sw-ingest-{tag}");
-    store.insert_sweep(&sweep_id, &spec).await?;
+    store.insert_sweep(&sweep_id, &spec, u32::MAX).await??;
     let mut leases = Vec::new();
     for i in 0..trials {
         let (lease, _) = store
@@ -946,22 +946,7 @@ async fn run_ingest_phase(o: &Opts, state: &Path, big_sweep: &str) -> Result<(Va
         SchedulerConfig {
             state_dir: state.to_path_buf(),
             db_path: db.clone(),
-            data_dir: None,
-            slots: Vec::new(),
-            devices: vec![DeviceInfo {
-                name: "cpu".into(),
-                kind: "cpu".into(),
-                cores: 2,
-                memory_bytes: 0,
-                description: "bench".into(),
-            }],
-            limits: SweepLimits::default(),
-            max_attempts: 3,
-            lease_poll: Duration::from_secs(5),
-            lease_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(30),
-            worker_command: Vec::new(),
-            worker_env: Vec::new(),
+            ..Default::default()
         },
     );
     let reads = measure_store_reads(&store, big_sweep).await?;

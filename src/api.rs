@@ -199,19 +199,6 @@ fn is_final(e: &StoredEvent) -> bool {
     matches!(e.event, Event::SweepFinished { .. })
 }
 
-/// The best succeeded trial by test accuracy (ties: lower index).
-fn best_trial(trials: &[TrialRow]) -> Option<&TrialRow> {
-    trials
-        .iter()
-        .filter(|t| t.test_accuracy.is_some())
-        .max_by(|a, b| {
-            a.test_accuracy
-                .partial_cmp(&b.test_accuracy)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(b.index.cmp(&a.index))
-        })
-}
-
 /// Renders a dashboard of a sweep from what the store holds; returns the PNG paths.
 pub async fn render_sweep_charts(
     scheduler: &Scheduler,
@@ -241,7 +228,8 @@ pub async fn render_sweep_charts(
     let board = load_dashboard(dashboards_dir, dashboard_name)?;
     let trials = store.trials_of(sweep_id).await.map_err(internal)?;
     let mut epochs = store.epochs_of_sweep(sweep_id).await.map_err(internal)?;
-    let best = best_trial(&trials).map(|t| t.id.clone());
+    let objective = crate::sweep::Objective::from_name(&sweep.objective);
+    let best = crate::store::best_trial(&trials, objective).map(|t| t.id.clone());
     let chart_sweep = charts::ChartSweep {
         sweep_id: sweep.id.clone(),
         name: sweep.name.clone(),
@@ -276,12 +264,7 @@ pub async fn render_sweep_charts(
             })
             .collect(),
     };
-    let out_dir = scheduler
-        .config
-        .state_dir
-        .join("charts")
-        .join(sweep_id)
-        .join(dashboard_name);
+    let out_dir = charts_dir(&scheduler.config.state_dir, sweep_id, dashboard_name);
     tokio::task::spawn_blocking(move || charts::render_dashboard(&chart_sweep, &board, &out_dir))
         .await
         .map_err(|e| Status::internal(format!("chart rendering panicked: {e}")))?
@@ -334,6 +317,8 @@ fn trial_summary(t: &TrialRow, only: Option<&[String]>) -> proto::TrialSummary {
         parameter_count: t.parameter_count.unwrap_or_default(),
         error: t.error.clone().unwrap_or_default(),
         worker: t.worker.clone().unwrap_or_default(),
+        best_val_accuracy: t.best_val_accuracy.unwrap_or_default(),
+        best_val_loss: t.best_val_loss.unwrap_or_default(),
     }
 }
 
@@ -476,25 +461,6 @@ impl Api {
     }
 
     /// The sweep `id`, which must exist.
-    /// RESOURCE_EXHAUSTED when queueing `spec` would pass `max_queued_trials`.
-    async fn check_queue_room(&self, spec: &SweepSpec) -> Result<(), Status> {
-        let queued = self
-            .scheduler
-            .store
-            .queue_counts()
-            .await
-            .map_err(internal)?
-            .queued as u64;
-        let adding = spec.trials.len() as u64;
-        let limit = self.max_queued_trials as u64;
-        if queued + adding > limit {
-            return Err(Status::resource_exhausted(format!(
-                "queue: {queued} trials are queued and this sweep adds {adding}; the daemon queues at most {limit} (max_queued_trials)"
-            )));
-        }
-        Ok(())
-    }
-
     async fn find_sweep(&self, id: &str) -> Result<crate::store::SweepRow, Status> {
         require_id("sweepId", id)?;
         self.scheduler
@@ -575,8 +541,12 @@ impl proto::orchestrator_server::Orchestrator for Api {
                 "device: 'cuda' was requested but this daemon sees no CUDA device; use auto or cpu",
             ));
         }
-        self.check_queue_room(&spec).await?;
-        let (sweep_id, trials) = self.scheduler.submit(&spec).await.map_err(internal)?;
+        let (sweep_id, trials) = self
+            .scheduler
+            .submit(&spec, self.max_queued_trials)
+            .await
+            .map_err(internal)?
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         tracing::info!(
             sweep_id,
             trials = trials.len(),
@@ -607,7 +577,8 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }
         let sweep = self.find_sweep(&id).await?;
         let trials = store.trials_of(&id).await.map_err(internal)?;
-        let best = best_trial(&trials)
+        let objective = crate::sweep::Objective::from_name(&sweep.objective);
+        let best = crate::store::best_trial(&trials, objective)
             .map(|t| t.id.clone())
             .unwrap_or_default();
         let summaries = trials
@@ -630,6 +601,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             finished_at: sweep.finished_at.unwrap_or_default(),
             best_trial_id: best,
             skipped_files: trials.iter().map(|t| t.skipped_files).max().unwrap_or(0),
+            objective: sweep.objective,
         });
         if let Some(g) = generation {
             self.sweep_replies.put(&id, all_params, g, reply.clone());
@@ -643,27 +615,29 @@ impl proto::orchestrator_server::Orchestrator for Api {
     ) -> Result<Response<proto::ListSweepsResponse>, Status> {
         let store = &self.scheduler.store;
         let sweeps = store.sweeps().await.map_err(internal)?;
-        let progress: std::collections::HashMap<_, _> = store
+        let mut progress: std::collections::HashMap<_, _> = store
             .sweep_progress()
             .await
             .map_err(internal)?
             .into_iter()
-            .map(|(id, total, done, best)| (id, (total, done, best)))
+            .map(|p| (p.sweep_id.clone(), p))
             .collect();
         Ok(Response::new(proto::ListSweepsResponse {
             sweeps: sweeps
                 .into_iter()
                 .map(|s| {
-                    let (total, done, best) = progress.get(&s.id).cloned().unwrap_or_default();
+                    let p = progress.remove(&s.id).unwrap_or_default();
                     proto::SweepSummary {
                         status: s.visible_status(),
                         sweep_id: s.id,
                         name: s.name,
                         dataset: s.dataset,
-                        trials_total: total,
-                        trials_done: done,
-                        best_test_accuracy: best.unwrap_or_default(),
+                        trials_total: p.total,
+                        trials_done: p.done,
+                        best_test_accuracy: p.best_test_accuracy.unwrap_or_default(),
                         created_at: s.created_at,
+                        best_trial_id: p.best_trial_id.unwrap_or_default(),
+                        objective: s.objective,
                     }
                 })
                 .collect(),
@@ -1279,26 +1253,113 @@ impl proto::worker_hub_server::WorkerHub for Hub {
     }
 }
 
-/// Renders the default dashboard of every sweep that finishes, in the background.
+/// Where a dashboard of a sweep is rendered: `STATE_DIR/charts/SWEEP/DASHBOARD/`.
+fn charts_dir(state_dir: &Path, sweep_id: &str, dashboard: &str) -> PathBuf {
+    state_dir.join("charts").join(sweep_id).join(dashboard)
+}
+
+/// True when the dashboard folder holds at least one PNG.
+fn has_charts(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "png"))
+    })
+}
+
+/// Renders the default dashboard of every sweep that finishes, in the background. The live
+/// feed may drop events for a subscriber that falls behind (a burst of thousands of events,
+/// e.g. a large sweep cancelled); after such a lag the renderer asks the store which sweeps
+/// ended since it started and renders those that have no charts yet, so no sweep is missed.
 pub fn render_charts_when_sweeps_finish(scheduler: Arc<Scheduler>, dashboards_dir: PathBuf) {
     let mut events = scheduler.subscribe();
+    let started = crate::store::now();
     tokio::spawn(async move {
+        let render = |sweep_id: String| {
+            let scheduler = scheduler.clone();
+            let dashboards_dir = dashboards_dir.clone();
+            async move {
+                match render_sweep_charts(&scheduler, &dashboards_dir, &sweep_id, "default").await {
+                    Ok(paths) => tracing::info!(sweep_id, charts = ?paths, "charts rendered"),
+                    Err(e) => tracing::warn!(sweep_id, "charts not rendered: {}", e.message()),
+                }
+            }
+        };
         loop {
             match events.recv().await {
                 Ok(StoredEvent {
                     sweep_id,
                     event: Event::SweepFinished { .. },
                     ..
-                }) => match render_sweep_charts(&scheduler, &dashboards_dir, &sweep_id, "default")
-                    .await
-                {
-                    Ok(paths) => tracing::info!(sweep_id, charts = ?paths, "charts rendered"),
-                    Err(e) => tracing::warn!(sweep_id, "charts not rendered: {}", e.message()),
-                },
+                }) => render(sweep_id).await,
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "chart renderer fell behind the event feed; checking the store for ended sweeps");
+                    let ended = match scheduler.store.sweeps_ended_since(&started).await {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            tracing::error!("charts: cannot list ended sweeps: {e:#}");
+                            continue;
+                        }
+                    };
+                    let state_dir = &scheduler.config.state_dir;
+                    for sweep_id in ended {
+                        if !has_charts(&charts_dir(state_dir, &sweep_id, "default")) {
+                            render(sweep_id).await;
+                        }
+                    }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::SchedulerConfig;
+    use crate::store::Store;
+    use crate::sweep::{SweepLimits, SweepRequest};
+
+    /// A sweep whose `SweepFinished` event the renderer never sees (it fell behind the feed
+    /// and the event was dropped) still gets its charts: the renderer re-reads the store.
+    #[tokio::test]
+    async fn a_sweep_that_ends_while_the_renderer_lags_still_gets_its_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+        let scheduler = Scheduler::new(
+            store.clone(),
+            SchedulerConfig {
+                state_dir: dir.path().to_path_buf(),
+                event_buffer: 8,
+                ..Default::default()
+            },
+        );
+        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+            "name": "lagged", "dataset": "mnist", "space": {"kernelSize": [3, 5]},
+            "fixed": {"epochs": 1}}))
+        .unwrap();
+        let spec = request.validate(SweepLimits::default(), None).unwrap();
+        let (sweep_id, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        render_charts_when_sweeps_finish(scheduler.clone(), dir.path().join("dashboards"));
+
+        // The sweep ends (cancelled); its events reach the feed followed, before the
+        // renderer runs again, by more events than the feed keeps: `SweepFinished` is lost.
+        let (_, _, ended) = store.cancel_sweep(&sweep_id).await.unwrap();
+        let noise = ended[0].clone();
+        scheduler.publish(ended);
+        scheduler.publish(std::iter::repeat_n(noise, 20));
+
+        let charts = charts_dir(dir.path(), &sweep_id, "default");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !has_charts(&charts) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no charts in {} after the lag",
+                charts.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -93,19 +93,26 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// SHA-256 (hex) of every example as decoded (pixels rounded to bytes, then labels; train,
-    /// validation, test): the same files decoded the same way give the same hash.
-    pub fn content_hash(&self) -> &str {
-        self.hash.get_or_init(|| self.compute_hash())
+    /// SHA-256 (hex) of the whole data set as decoded: every example of every split as
+    /// loaded (pixels rounded to bytes, then labels; train, validation, test), not the
+    /// subset a trial trains on (`trainLimit`, carved splits). The same files decoded the
+    /// same way give the same hash. Fails rather than hash a split it cannot read.
+    pub fn content_hash(&self) -> anyhow::Result<&str> {
+        if let Some(hash) = self.hash.get() {
+            return Ok(hash);
+        }
+        let hash = self.compute_hash()?;
+        Ok(self.hash.get_or_init(|| hash))
     }
 
-    fn compute_hash(&self) -> String {
+    fn compute_hash(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for split in [
-            Some(&self.train),
-            self.validation.as_ref(),
-            self.test.as_ref(),
+        for (name, split) in [
+            ("train", Some(&self.train)),
+            ("validation", self.validation.as_ref()),
+            ("test", self.test.as_ref()),
         ] {
             let Some(split) = split else {
                 h.update(b"-");
@@ -115,16 +122,19 @@ impl Dataset {
                 .round()
                 .clamp(0.0, 255.0)
                 .to_kind(Kind::Uint8);
-            h.update(Vec::<u8>::try_from(&pixels.flatten(0, -1)).unwrap_or_default());
+            let pixels = Vec::<u8>::try_from(&pixels.flatten(0, -1))
+                .with_context(|| format!("hashing the {name} images"))?;
+            h.update(pixels);
+            let labels = Vec::<i64>::try_from(&split.labels)
+                .with_context(|| format!("hashing the {name} labels"))?;
             h.update(
-                Vec::<i64>::try_from(&split.labels)
-                    .unwrap_or_default()
+                labels
                     .iter()
                     .flat_map(|l| l.to_le_bytes())
                     .collect::<Vec<u8>>(),
             );
         }
-        format!("{:x}", h.finalize())
+        Ok(format!("{:x}", h.finalize()))
     }
 }
 
@@ -649,6 +659,31 @@ mod tests {
 
     fn ids(s: &Split) -> Vec<i64> {
         Vec::<i64>::try_from(&s.labels).unwrap()
+    }
+
+    /// The hash covers what is loaded and fails when a split cannot be read: it used to
+    /// hash such a split as empty, so two different data sets could share a hash.
+    #[test]
+    fn the_data_hash_covers_every_split_and_fails_on_an_unreadable_one() {
+        let whole = synthetic(8);
+        let hash = whole.content_hash().unwrap().to_string();
+        assert_eq!(hash.len(), 64);
+        assert_eq!(synthetic(8).content_hash().unwrap(), hash, "deterministic");
+        let mut fewer_test = synthetic(8);
+        fewer_test.test = Some(Split {
+            images: whole.train.images.narrow(0, 0, 7),
+            labels: whole.train.labels.narrow(0, 0, 7),
+        });
+        assert_ne!(
+            fewer_test.content_hash().unwrap(),
+            hash,
+            "the test split counts"
+        );
+        // Labels that cannot be read (here an undefined tensor): an error, not an empty hash.
+        let mut unreadable = synthetic(8);
+        unreadable.train.labels = Tensor::new();
+        let e = unreadable.content_hash().unwrap_err().to_string();
+        assert!(e.contains("train labels"), "{e}");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::pruning::{self, EarlyStopping, OtherTrial, RungState, RungTrial};
 use crate::store::{
-    EpochRow, Lease, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts, TrialResult,
-    TrialRow,
+    EpochRow, Lease, QueueFull, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts,
+    TrialResult, TrialRow,
 };
 use crate::sweep::{Objective, SweepLimits, SweepSpec};
 
@@ -63,6 +63,37 @@ pub struct SchedulerConfig {
     pub worker_command: Vec<String>,
     /// Environment variables every worker process gets (the API token).
     pub worker_env: Vec<(String, String)>,
+    /// Live events kept for a subscriber that falls behind; one further behind gets
+    /// `RecvError::Lagged` and must re-read what it needs from the store.
+    pub event_buffer: usize,
+}
+
+impl Default for SchedulerConfig {
+    /// The daemon's defaults, no worker slots, no devices but the CPU: what tests and
+    /// benchmarks that drive the scheduler in-process start from.
+    fn default() -> Self {
+        SchedulerConfig {
+            state_dir: PathBuf::from("."),
+            db_path: PathBuf::from("cnnd.sqlite"),
+            data_dir: None,
+            slots: Vec::new(),
+            devices: vec![DeviceInfo {
+                name: "cpu".into(),
+                kind: "cpu".into(),
+                cores: 1,
+                memory_bytes: 0,
+                description: "cpu".into(),
+            }],
+            limits: SweepLimits::default(),
+            max_attempts: 3,
+            lease_poll: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            worker_command: Vec::new(),
+            worker_env: Vec::new(),
+            event_buffer: 4096,
+        }
+    }
 }
 
 /// What the daemon knows about one worker process right now.
@@ -117,6 +148,14 @@ pub struct Scheduler {
     parking: Mutex<std::collections::HashSet<String>>,
     /// Each sweep's early-stopping policy, read once ([`Self::stop_policy`]).
     stop_policies: Mutex<HashMap<String, Arc<StopPolicy>>>,
+    /// Each tpe sweep's data set, resolved once ([`Self::dataset_of`]).
+    datasets: Mutex<HashMap<String, Arc<crate::datasets::DatasetInfo>>>,
+    /// Per slot, the channel to its supervisor: a message asks it to kill the worker
+    /// process it runs now, through the process handle it holds (never by a stored pid,
+    /// which may belong to another process by then).
+    kill_requests: HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
+    /// The receiving ends, taken by each slot's supervisor when it starts.
+    kill_receivers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 /// What early stopping needs of a sweep; fixed when the sweep is submitted.
@@ -132,7 +171,7 @@ pub type Refusal = ReportError;
 
 impl Scheduler {
     pub fn new(store: Store, config: SchedulerConfig) -> Arc<Scheduler> {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(config.event_buffer.max(1));
         let workers = config
             .slots
             .iter()
@@ -149,7 +188,17 @@ impl Scheduler {
                 )
             })
             .collect();
+        let (kill_requests, kill_receivers) = config
+            .slots
+            .iter()
+            .map(|s| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                ((s.worker_id.clone(), tx), (s.worker_id.clone(), rx))
+            })
+            .unzip();
         Arc::new(Scheduler {
+            kill_requests,
+            kill_receivers: Mutex::new(kill_receivers),
             store,
             config,
             started: Instant::now(),
@@ -162,6 +211,7 @@ impl Scheduler {
             promoting: Default::default(),
             parking: Default::default(),
             stop_policies: Default::default(),
+            datasets: Default::default(),
         })
     }
 
@@ -170,7 +220,7 @@ impl Scheduler {
         self.events.subscribe()
     }
 
-    fn publish(&self, events: impl IntoIterator<Item = StoredEvent>) {
+    pub(crate) fn publish(&self, events: impl IntoIterator<Item = StoredEvent>) {
         for e in events {
             // No subscriber is fine: the store has the event.
             let _ = self.events.send(e);
@@ -210,12 +260,20 @@ impl Scheduler {
         Ok(orphans.len())
     }
 
-    /// Stores a validated sweep and wakes idle workers.
-    pub async fn submit(&self, spec: &SweepSpec) -> Result<(String, Vec<String>)> {
+    /// Stores a validated sweep and wakes idle workers; refused when the queue would hold
+    /// more than `max_queued` trials.
+    pub async fn submit(
+        &self,
+        spec: &SweepSpec,
+        max_queued: u32,
+    ) -> Result<std::result::Result<(String, Vec<String>), QueueFull>> {
         let id = format!("sw-{:08x}", rand::random::<u32>());
-        let trials = self.store.insert_sweep(&id, spec).await?;
+        let trials = match self.store.insert_sweep(&id, spec, max_queued).await? {
+            Ok(trials) => trials,
+            Err(full) => return Ok(Err(full)),
+        };
         self.queue_changed.notify_waiters();
-        Ok((id, trials))
+        Ok(Ok((id, trials)))
     }
 
     fn slot_devices(device: &str) -> (&'static [&'static str], &'static str) {
@@ -251,7 +309,13 @@ impl Scheduler {
             {
                 let _ = kind;
                 if lease.awaiting_suggestion {
-                    self.suggest(&mut lease).await?;
+                    if let Err(invalid) = self.suggest(&mut lease).await? {
+                        // Never handed to a worker: the trial fails here, and the next one
+                        // is looked for.
+                        self.publish([event]);
+                        self.fail_unsuggestable(&lease, &invalid).await?;
+                        continue;
+                    }
                 }
                 {
                     let mut workers = self.workers.lock().unwrap();
@@ -332,14 +396,17 @@ impl Scheduler {
     }
 
     /// Suggests the values of a leased tpe trial from its sweep's finished trials (and its
-    /// running ones as pending), stores them with their basis, and puts them in the lease.
-    async fn suggest(&self, lease: &mut Lease) -> Result<()> {
+    /// running ones as pending), checks them like any configuration (`TrialParams::
+    /// validate`), stores them with their basis, and puts them in the lease. Err: the
+    /// suggestion does not validate (nothing stored); submit-time checks of the search space
+    /// should make that impossible.
+    async fn suggest(&self, lease: &mut Lease) -> Result<std::result::Result<(), String>> {
         let _one_at_a_time = self.suggesting.lock().await;
         let Some(sweep) = self.store.sweep(&lease.sweep_id).await? else {
-            return Ok(());
+            return Ok(Ok(()));
         };
         let Some(search) = &sweep.tpe else {
-            return Ok(());
+            return Ok(Ok(()));
         };
         let trials = self.store.trials_of(&lease.sweep_id).await?;
         let histories = self.store.objective_histories(&lease.sweep_id).await?;
@@ -358,6 +425,11 @@ impl Scheduler {
                 .collect::<Vec<_>>(),
             &pending.iter().map(|t| t.params.clone()).collect::<Vec<_>>(),
         );
+        if let Some(dataset) = self.dataset_of(&sweep).await {
+            if let Err(e) = params.validate(&dataset) {
+                return Ok(Err(format!("tpe suggested an invalid configuration: {e}")));
+            }
+        }
         let basis = SuggestionBasis {
             observed: observed.iter().map(|(t, _)| t.id.clone()).collect(),
             pending: pending.iter().map(|t| t.id.clone()).collect(),
@@ -368,6 +440,59 @@ impl Scheduler {
             .await?;
         lease.params = params;
         lease.awaiting_suggestion = false;
+        Ok(Ok(()))
+    }
+
+    /// What the sweep's data set is (resolved once per sweep; an image folder is listed);
+    /// None when it cannot be resolved any more (the worker then fails the trial on it).
+    async fn dataset_of(
+        &self,
+        sweep: &crate::store::SweepRow,
+    ) -> Option<Arc<crate::datasets::DatasetInfo>> {
+        if let Some(info) = self.datasets.lock().unwrap().get(&sweep.id) {
+            return Some(info.clone());
+        }
+        let (name, data_dir) = (sweep.dataset.clone(), self.config.data_dir.clone());
+        let resolved = tokio::task::spawn_blocking(move || {
+            crate::datasets::resolve(&name, data_dir.as_deref())
+        })
+        .await;
+        match resolved {
+            Ok(Ok(info)) => {
+                let info = Arc::new(info);
+                self.datasets
+                    .lock()
+                    .unwrap()
+                    .insert(sweep.id.clone(), info.clone());
+                Some(info)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(sweep = sweep.id, "data set no longer resolves: {e:?}");
+                None
+            }
+            Err(e) => {
+                tracing::error!(sweep = sweep.id, "resolving the data set: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fails a leased tpe trial whose suggestion did not validate.
+    async fn fail_unsuggestable(&self, lease: &Lease, why: &str) -> Result<()> {
+        tracing::error!(trial = lease.trial_id, "{why}");
+        let result = TrialResult {
+            status: "failed".into(),
+            error: Some(why.to_string()),
+            ..Default::default()
+        };
+        if let Ok(events) = self
+            .store
+            .finish_trial(&lease.trial_id, lease.generation, &result)
+            .await?
+        {
+            self.publish(events);
+            self.after_trial_ended(&lease.sweep_id).await?;
+        }
         Ok(())
     }
 
@@ -417,7 +542,7 @@ impl Scheduler {
         let policy = Arc::new(StopPolicy {
             sweep_id: sweep.id.clone(),
             early_stopping: sweep.early_stopping,
-            objective: objective_of(&sweep),
+            objective: Objective::from_name(&sweep.objective),
         });
         let mut policies = self.stop_policies.lock().unwrap();
         if policies.len() >= 1024 {
@@ -581,7 +706,7 @@ impl Scheduler {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                let silent: Vec<(String, u32, String)> = {
+                let silent: Vec<(String, String)> = {
                     let workers = me.workers.lock().unwrap();
                     workers
                         .values()
@@ -590,16 +715,10 @@ impl Scheduler {
                             w.last_heartbeat
                                 .is_some_and(|t| t.elapsed() > me.config.lease_timeout)
                         })
-                        .map(|w| {
-                            (
-                                w.worker_id.clone(),
-                                w.pid,
-                                w.trial_id.clone().unwrap_or_default(),
-                            )
-                        })
+                        .map(|w| (w.worker_id.clone(), w.trial_id.clone().unwrap_or_default()))
                         .collect()
                 };
-                for (worker, pid, trial) in silent {
+                for (worker, trial) in silent {
                     tracing::warn!(
                         worker,
                         trial,
@@ -610,12 +729,7 @@ impl Scheduler {
                         // Only once: the supervisor sees the exit and releases the trial.
                         w.last_heartbeat = None;
                     }
-                    if pid > 0 {
-                        // SAFETY: kill(2) on a worker process we spawned.
-                        unsafe {
-                            libc::kill(pid as i32, libc::SIGKILL);
-                        }
-                    }
+                    me.kill_worker_process(&worker, "its lease expired");
                 }
             }
         });
@@ -668,7 +782,7 @@ impl Scheduler {
     pub async fn cancel_sweep(&self, sweep_id: &str) -> Result<u32> {
         let (running, n, events) = self.store.cancel_sweep(sweep_id).await?;
         self.publish(events);
-        let pids: Vec<u32> = {
+        let holders: Vec<String> = {
             let workers = self.workers.lock().unwrap();
             running
                 .iter()
@@ -676,20 +790,25 @@ impl Scheduler {
                     workers
                         .values()
                         .find(|w| w.trial_id.as_deref() == Some(trial.as_str()))
-                        .map(|w| w.pid)
+                        .map(|w| w.worker_id.clone())
                 })
                 .collect()
         };
-        for pid in pids {
-            if pid > 0 {
-                tracing::info!(pid, sweep_id, "stopping worker of a cancelled trial");
-                // SAFETY: kill(2) on a pid we spawned; the worst case is a stale pid.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
+        for worker in holders {
+            tracing::info!(worker, sweep_id, "stopping the worker of a cancelled trial");
+            self.kill_worker_process(&worker, "its trial was cancelled");
         }
         Ok(n)
+    }
+
+    /// Asks the supervisor of slot `worker_id` to kill the process it runs now (it holds the
+    /// process handle). A worker this daemon did not start has no supervisor: nothing is
+    /// signalled, and the protocol's answers stop it (its reports and heartbeats are refused).
+    fn kill_worker_process(&self, worker_id: &str, why: &str) {
+        if let Some(requests) = self.kill_requests.get(worker_id) {
+            // A supervisor that has stopped (daemon shutting down) has no process to kill.
+            let _ = requests.send(why.to_string());
+        }
     }
 
     /// Starts one supervisor task per slot: each keeps a worker process running, and when
@@ -703,8 +822,15 @@ impl Scheduler {
     }
 
     async fn supervise(self: Arc<Self>, slot: SlotConfig, url: String) {
+        let Some(mut kill_requests) = self.kill_receivers.lock().unwrap().remove(&slot.worker_id)
+        else {
+            tracing::error!(worker = slot.worker_id, "slot supervised twice");
+            return;
+        };
         let mut failures_in_a_row = 0u32;
         while !self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            // Requests meant for an earlier process of this slot are void.
+            while kill_requests.try_recv().is_ok() {}
             let mut cmd = tokio::process::Command::new(&self.config.worker_command[0]);
             cmd.args(&self.config.worker_command[1..])
                 .args(["--daemon", &url, "--worker-id", &slot.worker_id])
@@ -739,10 +865,17 @@ impl Scheduler {
                             w.state = "starting".into();
                         }
                     }
-                    child
-                        .wait()
-                        .await
-                        .map(|s| s.to_string())
+                    let exit = tokio::select! {
+                        exit = child.wait() => exit,
+                        Some(why) = kill_requests.recv() => {
+                            tracing::info!(worker = slot.worker_id, "killing the worker process: {why}");
+                            // Through the handle: the process is ours and not yet reaped,
+                            // so its pid cannot have been reused.
+                            let _ = child.start_kill();
+                            child.wait().await
+                        }
+                    };
+                    exit.map(|s| s.to_string())
                         .unwrap_or_else(|e| e.to_string())
                 }
                 Err(e) => format!("could not start: {e}"),
@@ -832,13 +965,6 @@ fn is_promoting(policy: &EarlyStopping) -> bool {
     matches!(policy, EarlyStopping::Asha { promote: true, .. })
 }
 
-fn objective_of(sweep: &crate::store::SweepRow) -> Objective {
-    match sweep.objective.as_str() {
-        "val_loss" => Objective::ValLoss,
-        _ => Objective::ValAccuracy,
-    }
-}
-
 /// The inputs of a tpe suggestion for trial `for_trial`: the finished trials (succeeded or
 /// pruned, with at least one epoch) with their best objective as a score (higher better),
 /// oldest finish first, and the running trials whose values are already suggested.
@@ -870,4 +996,116 @@ pub fn suggestion_inputs<'a>(
         .filter(|t| t.id != for_trial && t.status == "running" && t.suggestion.is_some())
         .collect();
     (observed, pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::SweepRequest;
+
+    /// A worker's registered pid is never signalled: cancelling its trial and expiring its
+    /// lease go through the supervisor's process handle. Here the "worker" registered with
+    /// the pid of an unrelated process (what a reused pid looks like) and has no supervisor:
+    /// that process must survive both.
+    #[tokio::test]
+    async fn cancel_and_lease_expiry_never_signal_a_registered_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+        let scheduler = Scheduler::new(
+            store,
+            SchedulerConfig {
+                state_dir: dir.path().to_path_buf(),
+                slots: vec![SlotConfig {
+                    worker_id: "cpu-0".into(),
+                    device: "cpu".into(),
+                    threads: 1,
+                }],
+                lease_timeout: Duration::from_millis(100),
+                lease_poll: Duration::from_millis(100),
+                ..Default::default()
+            },
+        );
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        scheduler.register("cpu-0", bystander.id(), "test").unwrap();
+        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
+        .unwrap();
+        let spec = request
+            .validate(crate::sweep::SweepLimits::default(), None)
+            .unwrap();
+
+        // Lease expiry: the worker holds a trial and goes silent.
+        let (first, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        assert!(scheduler.lease("cpu-0").await.unwrap().is_some());
+        scheduler.start_lease_reaper();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "lease expiry signalled the registered pid"
+        );
+
+        // Cancel: the sweep's running trial is the worker's.
+        scheduler.cancel_sweep(&first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "cancel signalled the registered pid"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+
+    /// A tpe suggestion is checked like any configuration before it is stored or leased: one
+    /// that does not validate fails its trial with the reason, and no worker ever gets it.
+    /// (The search space here was widened after validation, as a space stored before the
+    /// submit-time check of tpe ranges could be: 9 pooling blocks on 28x28 MNIST.)
+    #[tokio::test]
+    async fn an_invalid_tpe_suggestion_fails_its_trial_and_is_never_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+        let scheduler = Scheduler::new(
+            store.clone(),
+            SchedulerConfig {
+                state_dir: dir.path().to_path_buf(),
+                slots: vec![SlotConfig {
+                    worker_id: "cpu-0".into(),
+                    device: "cpu".into(),
+                    threads: 1,
+                }],
+                lease_poll: Duration::from_millis(200),
+                ..Default::default()
+            },
+        );
+        scheduler.register("cpu-0", 0, "test").unwrap();
+        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+            "dataset": "mnist", "strategy": "tpe", "numTrials": 2,
+            "space": {"blocks": {"min": 1, "max": 2}}, "fixed": {"epochs": 1}}))
+        .unwrap();
+        let mut spec = request
+            .validate(crate::sweep::SweepLimits::default(), None)
+            .unwrap();
+        spec.tpe.as_mut().unwrap().space[0].domain =
+            crate::tpe::Domain::Categorical(vec![serde_json::json!(9)]);
+        let (sweep, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        assert!(scheduler.lease("cpu-0").await.unwrap().is_none());
+        let trials = store.trials_of(&sweep).await.unwrap();
+        for t in trials.iter() {
+            assert_eq!(t.status, "failed", "{t:?}");
+            let error = t.error.as_deref().unwrap_or_default();
+            assert!(
+                error.starts_with(
+                    "tpe suggested an invalid configuration: blocks: 9 pooling blocks"
+                ),
+                "{error}"
+            );
+            assert!(t.suggestion.is_none(), "an invalid suggestion was stored");
+        }
+        assert_eq!(
+            store.sweep(&sweep).await.unwrap().unwrap().status,
+            "finished"
+        );
+    }
 }

@@ -147,6 +147,9 @@ pub struct TrialRow {
     /// Latest recorded epoch, when any.
     pub last_epoch: Option<EpochRow>,
     pub epochs_done: u32,
+    /// Highest validation accuracy and lowest validation loss over the recorded epochs.
+    pub best_val_accuracy: Option<f64>,
+    pub best_val_loss: Option<f64>,
     /// The worker's notes, frozen and re-initialised variables (see [`TrialFacts`]).
     pub notes: Vec<String>,
     pub frozen: Vec<String>,
@@ -231,6 +234,47 @@ pub enum ReportError {
     },
 }
 
+/// A sweep refused because the queue is full (`max_queued_trials`).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("queue: {queued} trials are queued and this sweep adds {adding}; the daemon queues at most {limit} (max_queued_trials)")]
+pub struct QueueFull {
+    pub queued: u64,
+    pub adding: u64,
+    pub limit: u32,
+}
+
+/// A sweep's progress as ListSweeps shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepProgress {
+    pub sweep_id: String,
+    pub total: u32,
+    /// Trials that ended (neither queued, running nor parked).
+    pub done: u32,
+    /// The best trial by the sweep's objective on validation data, and its test accuracy.
+    pub best_trial_id: Option<String>,
+    pub best_test_accuracy: Option<f64>,
+}
+
+impl TrialRow {
+    /// What choosing the sweep's best trial needs of this trial.
+    pub fn contender(&self) -> crate::sweep::Contender<'_> {
+        crate::sweep::Contender {
+            id: &self.id,
+            index: self.index,
+            succeeded: self.status == "succeeded",
+            best_val_accuracy: self.best_val_accuracy,
+            best_val_loss: self.best_val_loss,
+            parameter_count: self.parameter_count,
+        }
+    }
+}
+
+/// The sweep's best trial among `trials` (see [`crate::sweep::best_contender`]).
+pub fn best_trial(trials: &[TrialRow], objective: crate::sweep::Objective) -> Option<&TrialRow> {
+    let id = crate::sweep::best_contender(objective, trials.iter().map(TrialRow::contender))?;
+    trials.iter().find(|t| t.id == id)
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueCounts {
     pub queued: u32,
@@ -283,25 +327,33 @@ impl Drop for InvalidateOnDrop<'_> {
     }
 }
 
-fn options(path: &Path) -> Result<SqliteConnectOptions> {
-    Ok(
-        SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            // REPLACE's implicit deletes fire delete triggers, which keep trials.epoch_count
-            // exact (migrations/0008).
-            .pragma("recursive_triggers", "ON")
-            .busy_timeout(Duration::from_secs(10)),
-    )
+/// Connection options for the database at `path`: a file path, taken literally (`?`, `#` and
+/// `%` are file name characters there), or a `sqlite:` URL, parsed with its options.
+fn options(path: &Path, busy_timeout: Duration) -> Result<SqliteConnectOptions> {
+    let base = match path.to_str() {
+        Some(url) if url.starts_with("sqlite:") => SqliteConnectOptions::from_str(url)?,
+        _ => SqliteConnectOptions::new().filename(path),
+    };
+    Ok(base
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        // REPLACE's implicit deletes fire delete triggers, which keep trials.epoch_count
+        // exact (migrations/0008).
+        .pragma("recursive_triggers", "ON")
+        .busy_timeout(busy_timeout))
 }
+
+/// How long a statement waits for a lock another connection (a backup, an operator's
+/// `sqlite3` shell) holds before failing with SQLITE_BUSY.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.device, t.epochs_planned, t.worker,
     t.generation, t.attempts, t.error, t.parameter_count, t.train_examples, t.val_examples, t.test_examples,
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
     t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance, t.suggestion_basis,
-    t.epoch_count AS epochs_done,
+    t.epoch_count AS epochs_done, t.best_val_accuracy, t.best_val_loss,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
 
@@ -346,6 +398,8 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
         finished_at: r.get("finished_at"),
         last_epoch,
         epochs_done: r.get::<i64, _>("epochs_done") as u32,
+        best_val_accuracy: r.get("best_val_accuracy"),
+        best_val_loss: r.get("best_val_loss"),
         notes: string_list(r, "notes")?,
         frozen: string_list(r, "frozen")?,
         reinitialised: string_list(r, "reinitialised")?,
@@ -522,10 +576,17 @@ async fn append_events(
 impl Store {
     /// Opens (creating when missing) the database and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path.parent() {
+        Self::open_with(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`Store::open`] with another lock wait than [`BUSY_TIMEOUT`].
+    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        let url = path.to_str().is_some_and(|p| p.starts_with("sqlite:"));
+        if let Some(dir) = path.parent().filter(|_| !url) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let opts = options(path).with_context(|| format!("database path {}", path.display()))?;
+        let opts = options(path, busy_timeout)
+            .with_context(|| format!("database path {}", path.display()))?;
         let writer_suspect = Arc::new(AtomicBool::new(false));
         let suspect = writer_suspect.clone();
         let writer = SqlitePoolOptions::new()
@@ -562,7 +623,9 @@ impl Store {
 
     /// Opens an existing database for reading only (tests, diagnostics): never writes.
     pub async fn open_read_only(path: &Path) -> Result<Store> {
-        let opts = options(path)?.create_if_missing(false).read_only(true);
+        let opts = options(path, BUSY_TIMEOUT)?
+            .create_if_missing(false)
+            .read_only(true);
         let reader = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(opts)
@@ -590,10 +653,28 @@ impl Store {
         outcome
     }
 
-    /// Stores a validated sweep and queues its trials, in one transaction.
-    pub async fn insert_sweep(&self, id: &str, spec: &SweepSpec) -> Result<Vec<String>> {
+    /// Stores a validated sweep and queues its trials, in one transaction, unless that would
+    /// put more than `max_queued` trials in the queue (counted inside the same transaction:
+    /// writes are serialised, so concurrent submissions cannot both pass the limit).
+    pub async fn insert_sweep(
+        &self,
+        id: &str,
+        spec: &SweepSpec,
+        max_queued: u32,
+    ) -> Result<std::result::Result<Vec<String>, QueueFull>> {
         self.write(async {
         let mut tx = self.writer.begin().await?;
+        let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE status = 'queued'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let adding = spec.trials.len() as u64;
+        if queued as u64 + adding > max_queued as u64 {
+            return Ok(Err(QueueFull {
+                queued: queued as u64,
+                adding,
+                limit: max_queued,
+            }));
+        }
         let created = now();
         let device = serde_json::to_value(spec.device)?
             .as_str()
@@ -646,7 +727,7 @@ impl Store {
             ids.push(trial_id);
         }
         tx.commit().await?;
-        Ok(ids)
+        Ok(Ok(ids))
         }).await
     }
 
@@ -665,26 +746,50 @@ impl Store {
         rows.iter().map(sweep_from_row).collect()
     }
 
-    /// Per sweep: (total trials, ended trials, best test accuracy).
-    pub async fn sweep_progress(&self) -> Result<Vec<(String, u32, u32, Option<f64>)>> {
+    /// Per sweep: its trial counts and its best trial (chosen by the sweep's objective on
+    /// validation data, [`crate::sweep::best_contender`]) with that trial's test accuracy.
+    pub async fn sweep_progress(&self) -> Result<Vec<SweepProgress>> {
         let rows = sqlx::query(
-            "SELECT sweep_id, COUNT(*) AS total,
-                    SUM(status NOT IN ('queued', 'running', 'parked')) AS done, MAX(test_accuracy) AS best
-             FROM trials GROUP BY sweep_id",
+            "SELECT t.sweep_id, s.objective, t.id, t.idx, t.status, t.best_val_accuracy,
+                    t.best_val_loss, t.parameter_count, t.test_accuracy
+             FROM trials t JOIN sweeps s ON s.id = t.sweep_id ORDER BY t.sweep_id, t.idx",
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get("sweep_id"),
-                    r.get::<i64, _>("total") as u32,
-                    r.get::<i64, _>("done") as u32,
-                    r.get("best"),
-                )
-            })
-            .collect())
+        let mut out: Vec<SweepProgress> = Vec::new();
+        for group in
+            rows.chunk_by(|a, b| a.get::<&str, _>("sweep_id") == b.get::<&str, _>("sweep_id"))
+        {
+            let objective = crate::sweep::Objective::from_name(group[0].get("objective"));
+            let contenders = group.iter().map(|r| crate::sweep::Contender {
+                id: r.get("id"),
+                index: r.get::<i64, _>("idx") as u32,
+                succeeded: r.get::<&str, _>("status") == "succeeded",
+                best_val_accuracy: r.get("best_val_accuracy"),
+                best_val_loss: r.get("best_val_loss"),
+                parameter_count: r.get::<Option<i64>, _>("parameter_count").map(|v| v as u64),
+            });
+            let best = crate::sweep::best_contender(objective, contenders).map(str::to_string);
+            let best_test_accuracy = best.as_ref().and_then(|id| {
+                group
+                    .iter()
+                    .find(|r| r.get::<&str, _>("id") == id)
+                    .and_then(|r| r.get::<Option<f64>, _>("test_accuracy"))
+            });
+            out.push(SweepProgress {
+                sweep_id: group[0].get("sweep_id"),
+                total: group.len() as u32,
+                done: group
+                    .iter()
+                    .filter(|r| {
+                        !matches!(r.get::<&str, _>("status"), "queued" | "running" | "parked")
+                    })
+                    .count() as u32,
+                best_trial_id: best,
+                best_test_accuracy,
+            });
+        }
+        Ok(out)
     }
 
     /// Every trial of a sweep with its status and its (val_accuracy, val_loss) by epoch,
@@ -811,6 +916,17 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Sweeps that ended (finished or cancelled) at or after `at` (RFC 3339, as [`now`]
+    /// writes it), oldest first.
+    pub async fn sweeps_ended_since(&self, at: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sweeps WHERE finished_at >= ? ORDER BY finished_at, id",
+        )
+        .bind(at)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     pub async fn queue_counts(&self) -> Result<QueueCounts> {
@@ -1329,20 +1445,28 @@ impl Store {
             .bind(sweep_id)
             .execute(&mut *tx)
             .await?;
-        let best: Option<(String, f64)> = sqlx::query_as(
-            "SELECT id, test_accuracy FROM trials WHERE sweep_id = ? AND test_accuracy IS NOT NULL
-             ORDER BY test_accuracy DESC, idx LIMIT 1",
-        )
+        let objective: String = sqlx::query_scalar("SELECT objective FROM sweeps WHERE id = ?")
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx"
+        ))
         .bind(sweep_id)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let trials = rows
+            .iter()
+            .map(trial_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let best = best_trial(&trials, crate::sweep::Objective::from_name(&objective));
         let event = append_event(
             tx,
             sweep_id,
             &Event::SweepFinished {
                 status: "finished".into(),
-                best_trial_id: best.as_ref().map(|b| b.0.clone()),
-                best_test_accuracy: best.map(|b| b.1),
+                best_trial_id: best.map(|b| b.id.clone()),
+                best_test_accuracy: best.and_then(|b| b.test_accuracy),
             },
         )
         .await?;
@@ -1367,5 +1491,172 @@ impl Store {
         .fetch_one(&self.reader)
         .await?;
         Ok((r.get("s"), r.get("t"), r.get("e"), r.get("v")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A file name with URL syntax in it (`?mode=ro`) is a file name, not options: the
+    /// store is created there, written and read back; a `sqlite:` URL keeps its options.
+    #[tokio::test]
+    async fn a_database_path_is_taken_literally_and_a_sqlite_url_as_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a?mode=ro.sqlite");
+        let store = Store::open(&odd)
+            .await
+            .expect("opening a path with '?' in it");
+        store
+            .set_paused("no-such-sweep", true)
+            .await
+            .expect("a write on the odd path");
+        assert_eq!(store.table_counts().await.unwrap(), (0, 0, 0, 0));
+        drop(store);
+        assert!(odd.exists(), "the database is not at {}", odd.display());
+
+        let plain = dir.path().join("b.sqlite");
+        let url = PathBuf::from(format!("sqlite://{}?mode=rwc", plain.display()));
+        let store = Store::open(&url).await.expect("opening a sqlite: URL");
+        assert_eq!(store.table_counts().await.unwrap(), (0, 0, 0, 0));
+        drop(store);
+        assert!(plain.exists());
+        assert!(
+            !Path::new("sqlite:").exists(),
+            "a folder named after the URL"
+        );
+    }
+
+    fn epoch(n: u32, val_accuracy: f64, val_loss: f64) -> EpochRow {
+        EpochRow {
+            epoch: n,
+            train_loss: 0.5,
+            train_accuracy: 0.5,
+            val_loss,
+            val_accuracy,
+            seconds: 1.0,
+            images_per_second: 100.0,
+        }
+    }
+
+    /// A trial to run in [`finished_sweep`]: its epochs' (validation accuracy, loss), its
+    /// test accuracy and its parameter count.
+    type TrialPlan<'a> = (&'a [(f64, f64)], f64, u64);
+
+    /// Runs a sweep of three trials to its end through the store: each trial's epochs
+    /// (validation accuracy, loss), test accuracy and size as given. Returns the store, the
+    /// sweep id and its `SweepFinished` event.
+    async fn finished_sweep(
+        objective: &str,
+        trials: &[TrialPlan<'_>],
+    ) -> (tempfile::TempDir, Store, String, Event) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
+        let request: crate::sweep::SweepRequest = serde_json::from_value(serde_json::json!({
+            "dataset": "mnist", "space": {"seed": (0..trials.len()).collect::<Vec<_>>()},
+            "fixed": {"epochs": 3}, "objective": objective}))
+        .unwrap();
+        let spec = request
+            .validate(crate::sweep::SweepLimits::default(), None)
+            .unwrap();
+        store
+            .insert_sweep("sw", &spec, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut last = Vec::new();
+        for _ in trials {
+            let (lease, _) = store
+                .lease_next("w", &["auto", "cpu"], "cpu")
+                .await
+                .unwrap()
+                .unwrap();
+            let i = lease.params.seed as usize;
+            let (epochs, test_accuracy, size) = trials[i];
+            for (n, (acc, loss)) in epochs.iter().enumerate() {
+                store
+                    .record_epoch(
+                        &lease.trial_id,
+                        lease.generation,
+                        &epoch(n as u32 + 1, *acc, *loss),
+                        None,
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            let result = TrialResult {
+                status: "succeeded".into(),
+                test_accuracy: Some(test_accuracy),
+                test_loss: Some(0.1),
+                parameter_count: Some(size),
+                ..Default::default()
+            };
+            last = store
+                .finish_trial(&lease.trial_id, lease.generation, &result)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let finished = last.pop().unwrap().event;
+        (dir, store, "sw".into(), finished)
+    }
+
+    fn best_of(event: &Event) -> (Option<String>, Option<f64>) {
+        match event {
+            Event::SweepFinished {
+                best_trial_id,
+                best_test_accuracy,
+                ..
+            } => (best_trial_id.clone(), *best_test_accuracy),
+            other => panic!("not the end of the sweep: {other:?}"),
+        }
+    }
+
+    /// The sweep's best trial is chosen by its objective on validation data, never by test
+    /// accuracy: here t0 has the best validation accuracy (its best epoch, not its last)
+    /// but the worst test accuracy, and it is the best everywhere the best is shown; its own
+    /// test accuracy is what is reported.
+    #[tokio::test]
+    async fn the_best_trial_is_chosen_on_validation_data_by_the_objective() {
+        let trials: [TrialPlan; 3] = [
+            (&[(0.90, 0.40), (0.97, 0.20), (0.95, 0.25)], 0.91, 500),
+            (&[(0.93, 0.30), (0.96, 0.10), (0.96, 0.12)], 0.99, 500),
+            (&[(0.80, 0.60), (0.85, 0.50), (0.86, 0.45)], 0.98, 500),
+        ];
+        let (_dir, store, sweep, finished) = finished_sweep("val_accuracy", &trials).await;
+        assert_eq!(best_of(&finished), (Some("sw-t0".into()), Some(0.91)));
+        let rows = store.trials_of(&sweep).await.unwrap();
+        assert_eq!(rows[0].best_val_accuracy, Some(0.97));
+        assert_eq!(rows[1].best_val_loss, Some(0.10));
+        let objective = crate::sweep::Objective::ValAccuracy;
+        assert_eq!(best_trial(&rows, objective).unwrap().id, "sw-t0");
+        let progress = store.sweep_progress().await.unwrap();
+        assert_eq!(progress[0].best_trial_id.as_deref(), Some("sw-t0"));
+        assert_eq!(progress[0].best_test_accuracy, Some(0.91));
+
+        // By validation loss (lower is better) the same history picks t1.
+        let (_dir, store, sweep, finished) = finished_sweep("val_loss", &trials).await;
+        assert_eq!(best_of(&finished), (Some("sw-t1".into()), Some(0.99)));
+        let rows = store.trials_of(&sweep).await.unwrap();
+        assert_eq!(
+            best_trial(&rows, crate::sweep::Objective::ValLoss)
+                .unwrap()
+                .id,
+            "sw-t1"
+        );
+    }
+
+    /// Equal validation values: the smaller model wins, then the lower index.
+    #[tokio::test]
+    async fn ties_on_the_objective_go_to_the_smaller_model() {
+        let trials: [TrialPlan; 3] = [
+            (&[(0.95, 0.2)], 0.90, 900),
+            (&[(0.95, 0.2)], 0.91, 300),
+            (&[(0.95, 0.2)], 0.92, 300),
+        ];
+        let (_dir, _store, _sweep, finished) = finished_sweep("val_accuracy", &trials).await;
+        assert_eq!(best_of(&finished), (Some("sw-t1".into()), Some(0.91)));
     }
 }

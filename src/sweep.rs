@@ -502,6 +502,71 @@ impl Objective {
             Objective::ValLoss => val_loss,
         }
     }
+
+    /// The stored name ("val_accuracy", "val_loss"); unknown names read as val_accuracy.
+    pub fn from_name(name: &str) -> Objective {
+        match name {
+            "val_loss" => Objective::ValLoss,
+            _ => Objective::ValAccuracy,
+        }
+    }
+
+    /// How the objective reads in sentences: "validation accuracy", "validation loss".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Objective::ValAccuracy => "validation accuracy",
+            Objective::ValLoss => "validation loss",
+        }
+    }
+}
+
+/// What choosing a sweep's best trial needs to know of one trial.
+#[derive(Debug, Clone, Copy)]
+pub struct Contender<'a> {
+    pub id: &'a str,
+    pub index: u32,
+    /// Only succeeded trials contend (pruned, failed and cancelled ones never ran to the end).
+    pub succeeded: bool,
+    /// Best validation accuracy and loss over its epochs.
+    pub best_val_accuracy: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub parameter_count: Option<u64>,
+}
+
+/// The sweep's best trial: among succeeded trials, the best value of the sweep's objective
+/// on validation data (never test data, which would leak the test set into the choice);
+/// ties go to the smaller model, then the lower index. The chosen trial's test accuracy is
+/// what is reported for it.
+pub fn best_contender<'a>(
+    objective: Objective,
+    trials: impl IntoIterator<Item = Contender<'a>>,
+) -> Option<&'a str> {
+    let score = |c: &Contender| -> Option<f64> {
+        let v = match objective {
+            Objective::ValAccuracy => c.best_val_accuracy?,
+            Objective::ValLoss => c.best_val_loss?,
+        };
+        v.is_finite().then_some(v)
+    };
+    let mut best: Option<(Contender, f64)> = None;
+    for c in trials {
+        let Some(value) = score(&c).filter(|_| c.succeeded) else {
+            continue;
+        };
+        let wins = match &best {
+            None => true,
+            Some((b, bv)) => {
+                objective.better(value, *bv)
+                    || (value == *bv
+                        && (c.parameter_count.unwrap_or(u64::MAX), c.index)
+                            < (b.parameter_count.unwrap_or(u64::MAX), b.index))
+            }
+        };
+        if wins {
+            best = Some((c, value));
+        }
+    }
+    best.map(|(c, _)| c.id)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -898,6 +963,10 @@ impl SweepRequest {
             }
         };
 
+        if strategy == Strategy::Tpe {
+            check_tpe_space(&domains, &self.fixed, dataset)?;
+        }
+
         let mut trials = Vec::with_capacity(total as usize);
         for (n, choice) in choices.iter().enumerate() {
             let mut obj = self.fixed.clone();
@@ -990,6 +1059,102 @@ impl SweepRequest {
     }
 }
 
+/// Most configurations [`check_tpe_space`] builds from a search space's candidate values
+/// before it checks the dimensions one at a time (about a tenth of a second of validation).
+const TPE_CHECK_MAX_CONFIGURATIONS: usize = 100_000;
+
+/// Values that stand for a dimension when checking what tpe can suggest: every choice of a
+/// list; both ends of a real range (each check on a real hyperparameter is an interval);
+/// every point of an integer range of at most 64 points, else its two lowest and two highest
+/// points (parity and the extremes are what the checks on integers look at).
+fn tpe_candidates(domain: &crate::tpe::Domain) -> Vec<Value> {
+    use crate::tpe::Domain;
+    match domain {
+        Domain::Categorical(choices) => choices.clone(),
+        Domain::Float { min, max, .. } if min == max => vec![Value::from(*min)],
+        Domain::Float { min, max, .. } => vec![Value::from(*min), Value::from(*max)],
+        Domain::Int { min, max, step, .. } => {
+            let points = (max - min) / step + 1;
+            let last = min + (points - 1) * step;
+            if points <= 64 {
+                (0..points).map(|i| Value::from(min + i * step)).collect()
+            } else {
+                vec![
+                    Value::from(*min),
+                    Value::from(min + step),
+                    Value::from(last - step),
+                    Value::from(last),
+                ]
+            }
+        }
+    }
+}
+
+/// Refuses a tpe search space that can suggest a configuration `TrialParams::validate`
+/// refuses (an even kernel from an integer range, more pooling blocks than the input
+/// allows, ...): every combination of the dimensions' candidate values, with the fixed
+/// values, must validate. A space too large to combine whole is checked one dimension at a
+/// time with the others at their first candidate.
+fn check_tpe_space(
+    space: &[crate::tpe::Dimension],
+    fixed: &Map<String, Value>,
+    dataset: &DatasetInfo,
+) -> Result<(), SpecError> {
+    let candidates: Vec<Vec<Value>> = space.iter().map(|d| tpe_candidates(&d.domain)).collect();
+    let check = |choice: &[usize]| -> Result<(), SpecError> {
+        let mut obj = fixed.clone();
+        let mut chosen = Map::new();
+        for ((d, values), &i) in space.iter().zip(&candidates).zip(choice) {
+            obj.insert(d.name.clone(), values[i].clone());
+            chosen.insert(d.name.clone(), values[i].clone());
+        }
+        let params: TrialParams = serde_json::from_value(Value::Object(obj))
+            .map_err(|e| err("space", format!("{e} (with {})", describe(&chosen))))?;
+        params.validate(dataset).map_err(|e| {
+            let field = if space.iter().any(|d| d.name == e.field) {
+                format!("space.{}", e.field)
+            } else {
+                "space".to_string()
+            };
+            err(
+                field,
+                format!(
+                    "{}: {} (tpe can suggest {}; narrow the range, or list the values allowed)",
+                    e.field,
+                    e.reason,
+                    describe(&chosen)
+                ),
+            )
+        })
+    };
+    let combinations = candidates
+        .iter()
+        .try_fold(1usize, |n, c| n.checked_mul(c.len()))
+        .filter(|&n| n <= TPE_CHECK_MAX_CONFIGURATIONS);
+    let mut choice = vec![0usize; space.len()];
+    match combinations {
+        Some(n) => {
+            for mut k in 0..n {
+                for (slot, c) in choice.iter_mut().zip(&candidates).rev() {
+                    *slot = k % c.len();
+                    k /= c.len();
+                }
+                check(&choice)?;
+            }
+        }
+        None => {
+            for (d, c) in candidates.iter().enumerate() {
+                for i in 0..c.len() {
+                    choice.iter_mut().for_each(|x| *x = 0);
+                    choice[d] = i;
+                    check(&choice)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A numeric range of `space` for tpe: `{"min", "max"}` with optional `"log": true` and,
 /// for integer hyperparameters, `"step"` (default 1).
 fn parse_range(k: &str, range: &Map<String, Value>) -> Result<crate::tpe::Domain, SpecError> {
@@ -1080,6 +1245,47 @@ mod tests {
             "space": {"kernelSize": [3, 5], "dropout": [0, 0.25, 0.5], "head": ["gap", "dense"]},
             "fixed": {"epochs": 3, "batchSize": 64, "learningRate": 0.001},
             "strategy": "grid", "maxParallel": 2, "seed": 7}))
+    }
+
+    /// A tpe search space that can suggest a configuration the model family refuses is
+    /// refused at submit, naming the range and a configuration it can suggest.
+    #[test]
+    fn tpe_ranges_that_can_suggest_invalid_models_are_refused_at_submit() {
+        let tpe = |space: Value| {
+            request(
+                json!({"dataset": "mnist", "strategy": "tpe", "numTrials": 4,
+                "space": space, "fixed": {"epochs": 1}}),
+            )
+            .validate(SweepLimits::default(), None)
+        };
+        let e = tpe(json!({"blocks": {"min": 1, "max": 10}})).unwrap_err();
+        assert_eq!(e.field, "space.blocks", "{e}");
+        assert!(
+            e.reason.contains("pooling blocks") && e.reason.contains("tpe can suggest blocks="),
+            "{e}"
+        );
+        let e = tpe(json!({"kernelSize": {"min": 3, "max": 7}})).unwrap_err();
+        assert_eq!(e.field, "space.kernelSize", "{e}");
+        assert!(e.reason.contains("kernelSize=4"), "{e}");
+        // Odd kernels only: allowed.
+        assert!(tpe(json!({"kernelSize": {"min": 3, "max": 7, "step": 2}})).is_ok());
+        // Each range alone is fine, together they are not: 4 blocks leave a 3x3 map at
+        // the last block, too small for a 5x5 kernel.
+        assert!(tpe(json!({"blocks": {"min": 1, "max": 4}})).is_ok());
+        let e = tpe(json!({"blocks": {"min": 1, "max": 4}, "kernelSize": [3, 5]})).unwrap_err();
+        assert_eq!(e.field, "space.kernelSize", "{e}");
+        assert!(
+            e.reason.contains("blocks=4") && e.reason.contains("kernelSize=5"),
+            "{e}"
+        );
+        // Real ranges are checked at both ends.
+        let e = tpe(json!({"dropout": {"min": 0.1, "max": 1.0}})).unwrap_err();
+        assert_eq!(e.field, "space.dropout", "{e}");
+        assert!(tpe(json!({"dropout": {"min": 0.0, "max": 0.9}, "learningRate": {"min": 1e-4, "max": 1e-2, "log": true}})).is_ok());
+        // A wide integer range is checked at its ends and their neighbours.
+        let e = tpe(json!({"baseFilters": {"min": 1, "max": 2000}})).unwrap_err();
+        assert_eq!(e.field, "space.baseFilters", "{e}");
+        assert!(tpe(json!({"units": {"min": 1, "max": 4096}})).is_ok());
     }
 
     #[test]

@@ -233,6 +233,10 @@ enum LeaseEnd {
 }
 
 const DAEMON_LOST: &str = "daemon lost";
+
+/// What the `data` provenance hash covers, recorded beside it.
+const DATA_HASH_COVERS: &str =
+    "every example of every split as decoded, before trainLimit, testLimit and carved splits";
 const TIMED_OUT: &str = "timed_out";
 
 fn failed(error: String) -> FinishTrialRequest {
@@ -293,16 +297,19 @@ fn run_lease(
             return LeaseEnd::Finish(failed(format!("cannot create {}: {e}", dir.display())));
         }
     }
-    // Where the numbers come from; the data hash once per worker and data set.
+    // Where the numbers come from; the data hash once per worker and data set (the whole
+    // data set as decoded, see `Dataset::content_hash`).
+    let data_hash = match dataset.content_hash() {
+        Ok(hash) => hash,
+        Err(e) => return LeaseEnd::Finish(failed(format!("data: {e:#}"))),
+    };
     let provenance: std::collections::HashMap<String, String> = [
         ("cnnd", env!("CARGO_PKG_VERSION").to_string()),
         ("libtorch", crate::config::LIBTORCH_VERSION.to_string()),
         ("device", format!("{device:?}").to_lowercase()),
         ("seed", params.seed.to_string()),
-        (
-            "data",
-            format!("{} sha256:{}", info.name, dataset.content_hash()),
-        ),
+        ("data", format!("{} sha256:{data_hash}", info.name)),
+        ("data_hash_covers", DATA_HASH_COVERS.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -552,3 +552,94 @@ fn the_generated_requests_reach_acceptance_and_refusal() {
         "random {random}, with repeats {repeated}"
     );
 }
+
+/// Hyperparameters a tpe range can search in these tests.
+const TPE_AXES: &[&str] = &[
+    "kernelSize",
+    "blocks",
+    "baseFilters",
+    "units",
+    "inputSize",
+    "batchSize",
+    "dropout",
+    "learningRate",
+];
+
+/// A tpe axis for `name`: usually a range (integer ranges sometimes with a step), sometimes a
+/// list; bounds now and then beyond what the model family allows, so that both refusals
+/// and acceptances happen.
+fn tpe_axis(name: &'static str) -> BoxedStrategy<(String, Value)> {
+    let int = |lo: std::ops::Range<i64>, span: std::ops::Range<i64>| {
+        (lo, span, prop::option::of(1i64..3))
+            .prop_map(|(lo, span, step)| {
+                let mut range = json!({"min": lo, "max": lo + span});
+                if let Some(step) = step {
+                    range["step"] = json!(step);
+                }
+                range
+            })
+            .boxed()
+    };
+    let range = match name {
+        "kernelSize" => int(1..8, 0..6),
+        "blocks" => int(1..4, 0..8),
+        "baseFilters" => int(1..32, 0..48),
+        "units" => int(1..64, 0..128),
+        "inputSize" => int(2..40, 0..40),
+        "batchSize" => int(1..64, 0..128),
+        "dropout" => (0.0f64..0.9, 0.0f64..0.3)
+            .prop_map(|(lo, span)| json!({"min": lo, "max": lo + span}))
+            .boxed(),
+        _ => (1e-5f64..1e-2, 1.0f64..1000.0, any::<bool>())
+            .prop_map(|(lo, factor, log)| json!({"min": lo, "max": lo * factor, "log": log}))
+            .boxed(),
+    };
+    let axis = prop_oneof![4 => range, 1 => prop::collection::vec(plausible(name), 1..=3).prop_map(Value::Array)];
+    (Just(name.to_string()), axis).boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// tpe: a space is accepted only when everything it can suggest is a valid model. Each
+    /// trial of an accepted sweep is suggested in turn (random start-up, then TPE from the
+    /// earlier trials' scores, as the scheduler does) and every suggestion passes
+    /// `TrialParams::validate`; a refusal names `space.NAME` (or `space`) and a reason.
+    #[test]
+    fn every_suggestion_of_an_accepted_tpe_space_is_a_valid_configuration(
+        axes in prop::collection::btree_set(prop::sample::select(TPE_AXES.to_vec()), 1..=3)
+            .prop_flat_map(|names| names.into_iter().map(tpe_axis).collect::<Vec<_>>()),
+        seed in any::<u64>(),
+        scores in prop::collection::vec(0.0f64..1.0, 8),
+    ) {
+        let request = SweepRequest {
+            dataset: "mnist".into(),
+            strategy: "tpe".into(),
+            num_trials: 8,
+            startup_trials: 3,
+            space: axes.into_iter().collect(),
+            fixed: [("epochs".to_string(), json!(1))].into_iter().collect(),
+            seed,
+            ..Default::default()
+        };
+        match request.validate(SweepLimits::default(), None) {
+            Err(e) => {
+                check_refusal(&e);
+                prop_assert!(e.field.starts_with("space") || e.field.starts_with("fixed"), "{e}");
+            }
+            Ok(spec) => {
+                let search = spec.tpe.as_ref().expect("a tpe sweep keeps its search");
+                let info = dataset_info("mnist").unwrap();
+                let mut observed: Vec<(TrialParams, f64)> = Vec::new();
+                for (i, base) in spec.trials.iter().enumerate() {
+                    let (params, _) = search.suggest(i as u32, base, &observed, &[]);
+                    if let Err(e) = params.validate(&info) {
+                        prop_assert!(false, "suggestion {i} of an accepted space is invalid: {e} ({})",
+                            serde_json::to_string(&request.space).unwrap());
+                    }
+                    observed.push((params, scores[i]));
+                }
+            }
+        }
+    }
+}

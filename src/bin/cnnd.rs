@@ -290,7 +290,9 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         }
     }
     if slots.is_empty() {
-        anyhow::bail!("no worker slots: give --cpu-workers N (N > 0) or a CUDA device");
+        tracing::warn!(
+            "no local worker slots (--cpu-workers 0 and no CUDA device): trials stay queued until workers connect"
+        );
     }
 
     let db_path = config.db_path();
@@ -316,6 +318,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             worker_command: vec![exe, "worker".into()],
             worker_env,
+            event_buffer: 4096,
         },
     );
     let requeued = scheduler.recover().await?;

@@ -45,24 +45,76 @@ pub(super) fn spawn(store: Store) -> mpsc::UnboundedSender<EpochReport> {
         while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
             linger(&mut receiver, &mut batch).await;
             let reports = std::mem::take(&mut batch);
-            let outcome = store.write(store_epochs(&store, &reports)).await;
-            match outcome {
-                Ok(outcomes) => {
-                    for (report, outcome) in reports.into_iter().zip(outcomes) {
-                        // A reporter that gave up (its request was cancelled) is not an error.
-                        let _ = report.reply.send(Ok(outcome));
+            let outcomes = match write_with_retries(&store, &reports).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                // One bad report must not fail the others: each alone, so only it fails.
+                Err(_) if reports.len() > 1 => {
+                    let mut outcomes = Vec::with_capacity(reports.len());
+                    for report in reports.chunks(1) {
+                        outcomes.push(match write_with_retries(&store, report).await {
+                            Ok(mut one) => Ok(one.pop().expect("one answer per report")),
+                            Err(e) => Err(e),
+                        });
                     }
+                    outcomes
                 }
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    for report in reports {
-                        let _ = report.reply.send(Err(anyhow!("{message}")));
-                    }
-                }
+                Err(e) => vec![Err(e)],
+            };
+            for (report, outcome) in reports.into_iter().zip(outcomes) {
+                // A reporter that gave up (its request was cancelled) is not an error.
+                let _ = report.reply.send(outcome);
             }
         }
     });
     sender
+}
+
+/// Times a batch is tried when its transaction fails for a reason that may pass (the
+/// database busy or locked past the busy timeout, an I/O error), with pauses of 20 ms,
+/// 80 ms, 320 ms and 1.3 s between tries.
+const WRITE_TRIES: u32 = 5;
+
+/// Writes a batch in one transaction, trying again after errors that may pass. Every try
+/// is a whole transaction: a failed one rolled back completely.
+async fn write_with_retries(
+    store: &Store,
+    reports: &[EpochReport],
+) -> Result<Vec<std::result::Result<StoredEvent, ReportError>>> {
+    let mut pause = std::time::Duration::from_millis(20);
+    let mut tries = 1;
+    loop {
+        match store.write(store_epochs(store, reports)).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) if tries < WRITE_TRIES && may_pass(&e) => {
+                tracing::warn!(
+                    tries,
+                    reports = reports.len(),
+                    "epoch batch not written, trying again: {e:#}"
+                );
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+                tries += 1;
+            }
+            Err(e) => return Err(anyhow!("{e:#}")),
+        }
+    }
+}
+
+/// True for store errors that another try may not meet: SQLite busy or locked (any
+/// extended code of SQLITE_BUSY = 5 or SQLITE_LOCKED = 6), I/O errors, pool time-outs.
+/// Constraint violations and bad values fail the same way every time.
+fn may_pass(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10)),
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed) => {
+                true
+            }
+            _ => false,
+        })
 }
 
 /// Most times the batching task yields to let reporters add to a batch before writing it.
@@ -186,6 +238,7 @@ async fn insert_epochs(
 mod tests {
     use super::*;
     use crate::sweep::{SweepLimits, SweepRequest};
+    use sqlx::Connection;
 
     fn epoch(n: u32, val_accuracy: f64) -> EpochRow {
         EpochRow {
@@ -202,14 +255,23 @@ mod tests {
     /// A fresh store with one sweep of three 40-epoch trials, two of them leased.
     async fn store_with_leases() -> (tempfile::TempDir, Store, Vec<crate::store::Lease>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
+        let (store, leases) = store_with_leases_at(&dir.path().join("s.sqlite")).await;
+        (dir, store, leases)
+    }
+
+    async fn store_with_leases_at(path: &std::path::Path) -> (Store, Vec<crate::store::Lease>) {
+        let store = Store::open(path).await.unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "space": {"dropout": [0.0, 0.1, 0.2]}, "fixed": {"epochs": 40},
             "maxParallel": 3
         }))
         .unwrap();
         let spec = request.validate(SweepLimits::default(), None).unwrap();
-        store.insert_sweep("sw-batch", &spec).await.unwrap();
+        store
+            .insert_sweep("sw-batch", &spec, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         let mut leases = Vec::new();
         for _ in 0..2 {
             let (lease, _) = store
@@ -219,7 +281,7 @@ mod tests {
                 .unwrap();
             leases.push(lease);
         }
-        (dir, store, leases)
+        (store, leases)
     }
 
     /// Reports sent together land in one batch: each is answered for itself (stale and
@@ -299,6 +361,97 @@ mod tests {
             .filter(|e| matches!(e.event, Event::EpochFinished { .. }))
             .count();
         assert_eq!(epoch_events, 61);
+    }
+
+    /// A report the database refuses (a NaN metric breaks `val_loss REAL NOT NULL`) fails
+    /// alone: the other reports of its batch are stored and answered as usual, not failed
+    /// with it (their workers would take that as a lost lease and stop training).
+    #[tokio::test]
+    async fn one_bad_report_fails_alone_and_the_rest_of_its_batch_is_stored() {
+        let (_dir, store, leases) = store_with_leases().await;
+        let (a, b) = (&leases[0], &leases[1]);
+        let mut bad = epoch(2, 0.5);
+        bad.val_loss = f64::NAN;
+        let reports = [
+            (a, epoch(1, 0.5)),
+            (b, epoch(1, 0.6)),
+            (a, bad),
+            (b, epoch(2, 0.7)),
+        ];
+        let answers = futures::future::join_all(
+            reports
+                .iter()
+                .map(|(lease, e)| store.record_epoch(&lease.trial_id, lease.generation, e, None)),
+        )
+        .await;
+        assert!(
+            answers[2].is_err(),
+            "the NaN report was stored: {:?}",
+            answers[2]
+        );
+        for i in [0, 1, 3] {
+            assert!(
+                matches!(&answers[i], Ok(Ok(_))),
+                "report {i} failed with the bad one: {:?}",
+                answers[i]
+            );
+        }
+        let epochs = |id: String| {
+            let store = store.clone();
+            async move {
+                let rows = store.epochs(&id).await.unwrap();
+                rows.iter().map(|e| e.epoch).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(epochs(a.trial_id.clone()).await, vec![1]);
+        assert_eq!(epochs(b.trial_id.clone()).await, vec![1, 2]);
+        // The store goes on taking reports afterwards.
+        store
+            .record_epoch(&a.trial_id, a.generation, &epoch(2, 0.5), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(epochs(a.trial_id.clone()).await, vec![1, 2]);
+    }
+
+    /// A batch that meets a lock held elsewhere past the busy timeout (SQLITE_BUSY) is tried
+    /// again, and lands once the lock is gone: nobody's report fails for it.
+    #[tokio::test]
+    async fn a_batch_refused_by_a_passing_lock_is_tried_again_and_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        drop(store_with_leases_at(&path).await);
+        let store = Store::open_with(&path, std::time::Duration::from_millis(100))
+            .await
+            .unwrap();
+        let lease = store.trials_of("sw-batch").await.unwrap();
+        let running: Vec<_> = lease.iter().filter(|t| t.status == "running").collect();
+        // Another connection takes the write lock for 600 ms (six busy timeouts).
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let holder = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        });
+        let first = epoch(1, 0.5);
+        let answers = futures::future::join_all(
+            running
+                .iter()
+                .map(|t| store.record_epoch(&t.id, t.generation, &first, None)),
+        )
+        .await;
+        holder.await.unwrap();
+        for answer in &answers {
+            assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
+        }
+        for t in running {
+            assert_eq!(store.epochs(&t.id).await.unwrap().len(), 1);
+        }
     }
 
     /// trials.epoch_count and last_epoch (kept by triggers, migrations 0007 and 0008) equal

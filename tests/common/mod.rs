@@ -61,6 +61,20 @@ impl Daemon {
         Self::launch(tempfile::tempdir().unwrap(), data, false, workers, extra)
     }
 
+    /// Like [`Daemon::start`], with the daemon and its workers (which inherit the limit)
+    /// held to `bytes` of address space (RLIMIT_AS): an allocation beyond it fails at once
+    /// on any host, however much memory it has or however it overcommits.
+    pub fn start_with_address_space_limit(workers: u32, extra: &[&str], bytes: u64) -> Daemon {
+        Self::launch_with(
+            tempfile::tempdir().unwrap(),
+            &data_dir(),
+            false,
+            workers,
+            extra,
+            Some(bytes),
+        )
+    }
+
     /// Starts cnnd on `state`; `append_log` keeps what an earlier daemon wrote to cnnd.log.
     fn launch(
         state: tempfile::TempDir,
@@ -68,6 +82,17 @@ impl Daemon {
         append_log: bool,
         workers: u32,
         extra: &[&str],
+    ) -> Daemon {
+        Self::launch_with(state, data, append_log, workers, extra, None)
+    }
+
+    fn launch_with(
+        state: tempfile::TempDir,
+        data: &Path,
+        append_log: bool,
+        workers: u32,
+        extra: &[&str],
+        address_space: Option<u64>,
     ) -> Daemon {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -77,7 +102,24 @@ impl Daemon {
             .truncate(!append_log)
             .open(state.path().join("cnnd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cnnd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cnnd"));
+        if let Some(bytes) = address_space {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and affects only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .env_remove("CNND_CONFIG")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")

@@ -180,10 +180,11 @@ pub async fn sweeps(d: &mut Daemon, output: Output) -> Result<(), CliError> {
 /// Builds the trials table of `cnnctl sweep`: best trial marked, one column per varied
 /// hyperparameter.
 fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
+    let ranking = Ranking::of(s);
     let mut header: Vec<String> = vec!["".into(), "trial".into(), "status".into()];
     header.extend(s.varied.iter().cloned());
     header.extend(
-        ["epochs", "val acc", "test acc", "params"]
+        ["epochs", ranking.heading(), "test acc", "params"]
             .iter()
             .map(|h| h.to_string()),
     );
@@ -203,7 +204,7 @@ fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
         );
         row.push(format!("{}/{}", tr.epochs_done, tr.epochs_planned));
         row.push(if tr.epochs_done > 0 {
-            pct(tr.val_accuracy)
+            ranking.show(ranking.value(tr))
         } else {
             "-".into()
         });
@@ -224,7 +225,7 @@ fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
     t
 }
 
-/// "best: t-3 test accuracy 98.91% (kernelSize=3 dropout=0.5 head=dense)".
+/// "best by validation accuracy: t-3 (98.95%), test accuracy 98.91% (kernelSize=3 dropout=0.5 head=dense)".
 fn best_line(s: &pb::Sweep) -> String {
     let Some(best) = s
         .trials
@@ -238,9 +239,12 @@ fn best_line(s: &pb::Sweep) -> String {
         };
     };
     let label = label(&params_map(&best.params), &s.varied);
+    let ranking = Ranking::of(s);
     let mut line = format!(
-        "best: {} test accuracy {}",
+        "best by {}: {} ({}), test accuracy {}",
+        ranking.name(),
         best.trial_id,
+        ranking.show(ranking.value(best)),
         pct(best.test_accuracy)
     );
     if !label.is_empty() {
@@ -300,8 +304,16 @@ pub async fn sweep(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
     let groups = repeat_groups(&s);
     if !groups.is_empty() {
         out("");
-        let mut g = table(["configuration", "runs", "mean test acc", "std"]);
-        for (key, mean, std, n) in &groups {
+        let ranking = Ranking::of(&s);
+        let mean_heading = format!("mean {}", ranking.heading());
+        let mut g = table([
+            "configuration",
+            "runs",
+            &mean_heading,
+            "std",
+            "mean test acc",
+        ]);
+        for (key, mean, std, test, n) in &groups {
             g.add_row(vec![
                 if key.is_empty() {
                     "-".to_string()
@@ -309,16 +321,21 @@ pub async fn sweep(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
                     key.clone()
                 },
                 n.to_string(),
-                pct(*mean),
-                format!("{:.2} pts", std * 100.0),
+                ranking.show(*mean),
+                ranking.show_spread(*std, 0.0),
+                pct(*test),
             ]);
         }
-        align_right(&mut g, &[1, 2, 3]);
+        align_right(&mut g, &[1, 2, 3, 4]);
         out(render(&g));
     }
     out("");
     out(best_line(&s));
-    for e in param_effects(&s) {
+    let effects = param_effects(&s);
+    if !effects.is_empty() {
+        out(format!("  {}", effects_heading(&s)));
+    }
+    for e in effects {
         out(format!("  {}", effect_line(&e)));
     }
     Ok(())
@@ -681,7 +698,8 @@ mod tests {
             epochs_done: 3,
             epochs_planned: 3,
             val_accuracy: acc,
-            test_accuracy: acc,
+            best_val_accuracy: acc,
+            test_accuracy: acc - 0.001,
             parameter_count: 225_034,
             ..Default::default()
         };
@@ -702,7 +720,7 @@ mod tests {
         let s = sweep_fixture();
         assert_eq!(
             best_line(&s),
-            "best: t2 test accuracy 98.91% (kernelSize=3 dropout=0.5 head=dense)"
+            "best by validation accuracy: t2 (98.91%), test accuracy 98.81% (kernelSize=3 dropout=0.5 head=dense)"
         );
         let none = pb::Sweep::default();
         assert_eq!(best_line(&none), "best: none yet (no trial has succeeded)");
@@ -713,25 +731,21 @@ mod tests {
         let mut s = sweep_fixture();
         let mut extra = s.trials[0].clone();
         extra.trial_id = "t3".into();
-        extra.test_accuracy = 0.9512; // gap again, kernel 5: gap averages 96.12%
+        extra.best_val_accuracy = 0.9512; // gap again, kernel 5: gap averages 96.12%
+        extra.test_accuracy = 0.9990; // test accuracy plays no part in the ranking
         s.trials.push(extra);
         let mut failed = s.trials[1].clone();
         failed.status = "failed".into(); // not counted
-        failed.test_accuracy = 0.0;
+        failed.best_val_accuracy = 0.0;
         s.trials.push(failed);
         let effects = param_effects(&s);
         // kernelSize and head split the trials the same way: 98.91% vs 96.12%.
         let head = effects.iter().find(|e| e.name == "head").unwrap();
         assert_eq!(head.values[0].0, "dense");
-        assert_eq!(
-            head.values[1],
-            ("gap".to_string(), (0.9712 + 0.9512) / 2.0, 2)
-        );
-        assert!(
-            (head.spread_points - 2.792).abs() < 1e-9,
-            "{}",
-            head.spread_points
-        );
+        assert_eq!(head.values[1].0, "gap");
+        assert!((head.values[1].1 - (0.9712 + 0.9512) / 2.0).abs() < 1e-12);
+        assert_eq!(head.values[1].3, 2);
+        assert_eq!(head.spread(), "2.79 points");
         assert_eq!(
             effect_line(head),
             "head: best dense (98.91% over 1); gap 96.12% (2); mattered 2.79 points"
@@ -743,6 +757,18 @@ mod tests {
         );
         let json = sweep_json(&s);
         assert_eq!(json["summary"]["bestTrialId"], "t2");
+        // By validation loss (lower is better), the ranking turns around.
+        let mut by_loss = s.clone();
+        by_loss.objective = "val_loss".into();
+        for t in &mut by_loss.trials {
+            t.best_val_loss = 1.0 - t.best_val_accuracy;
+        }
+        let head = param_effects(&by_loss)
+            .into_iter()
+            .find(|e| e.name == "head")
+            .unwrap();
+        assert_eq!(head.values[0].0, "dense");
+        assert!(effect_line(&head).starts_with("head: best dense (0.0109 over 1); gap 0.0388 (2)"));
         assert!(json["summary"]["parameters"].as_array().unwrap().len() == 3);
     }
 
@@ -752,11 +778,11 @@ mod tests {
         assert!(repeat_groups(&s).is_empty(), "no configuration ran twice");
         let mut again = s.trials[1].clone();
         again.trial_id = "t2b".into();
-        again.test_accuracy = 0.97912;
+        again.best_val_accuracy = 0.97912;
         s.trials.push(again);
         let groups = repeat_groups(&s);
         assert_eq!(groups[1].0, "kernelSize=5 dropout=0.5 head=gap");
-        let (key, mean, std, n) = &groups[0];
+        let (key, mean, std, _test, n) = &groups[0];
         assert_eq!(key, "kernelSize=3 dropout=0.5 head=dense");
         assert_eq!(*n, 2);
         assert!((mean - 0.98412).abs() < 1e-12);
@@ -769,11 +795,11 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "trial_id,index,status,kernelSize,dropout,head,epochs_done,epochs_planned,val_accuracy,val_loss,test_accuracy,test_loss,parameter_count,error"
+            "trial_id,index,status,kernelSize,dropout,head,epochs_done,epochs_planned,val_accuracy,val_loss,best_val_accuracy,best_val_loss,test_accuracy,test_loss,parameter_count,error"
         );
         assert_eq!(
             lines.next().unwrap(),
-            "t1,0,succeeded,5,0.5,gap,3,3,0.9712,0,0.9712,0,225034,"
+            "t1,0,succeeded,5,0.5,gap,3,3,0.9712,0,0.9712,0,0.9702,0,225034,"
         );
         assert_eq!(csv.lines().count(), 3);
     }
@@ -784,9 +810,11 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].contains("kernelSize"), "{out}");
         assert!(lines[0].contains("test acc"), "{out}");
+        assert!(lines[0].contains("best val acc"), "{out}");
         let best = lines.iter().find(|l| l.contains("t2")).unwrap();
         assert!(best.trim_start().starts_with('*'), "{out}");
-        assert!(best.contains("98.91%") && best.contains("225,034"), "{out}");
+        assert!(best.contains("98.91%") && best.contains("98.81%"), "{out}");
+        assert!(best.contains("225,034"), "{out}");
         let other = lines.iter().find(|l| l.contains("t1")).unwrap();
         assert!(!other.contains('*'), "{out}");
         assert!(other.contains("gap"), "{out}");

@@ -205,23 +205,104 @@ pub fn sweeps_json(r: &pb::ListSweepsResponse) -> Value {
     json!({"sweeps": r.sweeps.iter().map(|s| json!({
         "sweepId": s.sweep_id, "name": s.name, "dataset": s.dataset, "status": s.status,
         "trialsTotal": s.trials_total, "trialsDone": s.trials_done,
-        "bestTestAccuracy": s.best_test_accuracy, "createdAt": s.created_at,
+        "bestTestAccuracy": s.best_test_accuracy, "bestTrialId": s.best_trial_id,
+        "objective": s.objective, "createdAt": s.created_at,
     })).collect::<Vec<_>>()})
 }
 
-/// How one varied parameter did: mean test accuracy of the succeeded trials per value.
+/// What ranks a sweep's trials: its objective on validation data (never test accuracy,
+/// which would leak the test set into the choice). Mirrors `cnnd::sweep::Objective`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ranking {
+    ValAccuracy,
+    ValLoss,
+}
+
+impl Ranking {
+    pub fn of(s: &pb::Sweep) -> Ranking {
+        if s.objective == "val_loss" {
+            Ranking::ValLoss
+        } else {
+            Ranking::ValAccuracy
+        }
+    }
+
+    /// A trial's value: its best validation accuracy, or its lowest validation loss.
+    pub fn value(self, t: &pb::TrialSummary) -> f64 {
+        match self {
+            Ranking::ValAccuracy => t.best_val_accuracy,
+            Ranking::ValLoss => t.best_val_loss,
+        }
+    }
+
+    /// An ordering that sorts better values first.
+    pub fn best_first(self, a: f64, b: f64) -> std::cmp::Ordering {
+        match self {
+            Ranking::ValAccuracy => b.total_cmp(&a),
+            Ranking::ValLoss => a.total_cmp(&b),
+        }
+    }
+
+    /// "validation accuracy" or "validation loss".
+    pub fn name(self) -> &'static str {
+        match self {
+            Ranking::ValAccuracy => "validation accuracy",
+            Ranking::ValLoss => "validation loss",
+        }
+    }
+
+    /// The short column heading: "best val acc", "best val loss".
+    pub fn heading(self) -> &'static str {
+        match self {
+            Ranking::ValAccuracy => "best val acc",
+            Ranking::ValLoss => "best val loss",
+        }
+    }
+
+    /// A value as shown: "98.91%" or "0.0312".
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Ranking::ValAccuracy => pct(v),
+            Ranking::ValLoss => loss(v),
+        }
+    }
+
+    /// How far apart two values are, as shown: "2.79 points" or "0.0312".
+    pub fn show_spread(self, best: f64, worst: f64) -> String {
+        match self {
+            Ranking::ValAccuracy => format!("{:.2} points", (best - worst).abs() * 100.0),
+            Ranking::ValLoss => format!("{:.4}", (best - worst).abs()),
+        }
+    }
+}
+
+/// How one varied parameter did: the mean objective value (best validation accuracy or
+/// loss) of the succeeded trials per value of the parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamEffect {
     pub name: String,
-    /// (value as shown, mean test accuracy, trials), best first.
-    pub values: Vec<(String, f64, usize)>,
-    /// Best mean minus worst mean, in accuracy points (0..100).
-    pub spread_points: f64,
+    pub ranking: Ranking,
+    /// (value as shown, mean objective, mean test accuracy, trials), best first.
+    pub values: Vec<(String, f64, f64, usize)>,
 }
 
-/// For each varied parameter, the mean test accuracy per value over the succeeded trials
-/// (so repeats and the other parameters average out), best value first.
+impl ParamEffect {
+    /// How much the parameter mattered: best mean minus worst mean, as shown.
+    pub fn spread(&self) -> String {
+        let (best, worst) = (self.values[0].1, self.values[self.values.len() - 1].1);
+        self.ranking.show_spread(best, worst)
+    }
+
+    fn spread_value(&self) -> f64 {
+        (self.values[0].1 - self.values[self.values.len() - 1].1).abs()
+    }
+}
+
+/// For each varied parameter, the mean objective per value over the succeeded trials
+/// (so repeats and the other parameters average out), best value first; the parameter
+/// that mattered most first.
 pub fn param_effects(s: &pb::Sweep) -> Vec<ParamEffect> {
+    let ranking = Ranking::of(s);
     let done: Vec<&pb::TrialSummary> = s
         .trials
         .iter()
@@ -229,55 +310,69 @@ pub fn param_effects(s: &pb::Sweep) -> Vec<ParamEffect> {
         .collect();
     let mut out = Vec::new();
     for name in &s.varied {
-        let mut groups: Vec<(String, f64, usize)> = Vec::new();
+        let mut groups: Vec<(String, f64, f64, usize)> = Vec::new();
         for t in &done {
             let Some(v) = params_map(&t.params).get(name).map(param_value) else {
                 continue;
             };
+            let value = ranking.value(t);
             match groups.iter_mut().find(|g| g.0 == v) {
                 Some(g) => {
-                    g.1 += t.test_accuracy;
-                    g.2 += 1;
+                    g.1 += value;
+                    g.2 += t.test_accuracy;
+                    g.3 += 1;
                 }
-                None => groups.push((v, t.test_accuracy, 1)),
+                None => groups.push((v, value, t.test_accuracy, 1)),
             }
         }
         if groups.is_empty() {
             continue;
         }
         for g in &mut groups {
-            g.1 /= g.2 as f64;
+            g.1 /= g.3 as f64;
+            g.2 /= g.3 as f64;
         }
-        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let spread_points = (groups[0].1 - groups[groups.len() - 1].1) * 100.0;
+        groups.sort_by(|a, b| ranking.best_first(a.1, b.1));
         out.push(ParamEffect {
             name: name.clone(),
+            ranking,
             values: groups,
-            spread_points,
         });
     }
-    out.sort_by(|a, b| b.spread_points.total_cmp(&a.spread_points));
+    out.sort_by(|a, b| b.spread_value().total_cmp(&a.spread_value()));
     out
 }
 
+/// The line above the per-parameter summary: what it ranks by.
+pub fn effects_heading(s: &pb::Sweep) -> String {
+    format!(
+        "by {} (the sweep's objective; test accuracy is reported for the chosen trial, never used to choose):",
+        Ranking::of(s).name()
+    )
+}
+
 /// Configurations run with several seeds (`repeats`): (label of the varied values, mean
-/// test accuracy, sample standard deviation, succeeded runs), best mean first. Empty when
-/// no configuration has two succeeded runs.
-pub fn repeat_groups(s: &pb::Sweep) -> Vec<(String, f64, f64, usize)> {
-    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+/// objective, its sample standard deviation, mean test accuracy, succeeded runs), best mean
+/// first. Empty when no configuration has two succeeded runs.
+pub fn repeat_groups(s: &pb::Sweep) -> Vec<(String, f64, f64, f64, usize)> {
+    let ranking = Ranking::of(s);
+    let mut groups: Vec<(String, Vec<f64>, f64)> = Vec::new();
     for t in s.trials.iter().filter(|t| t.status == "succeeded") {
         let key = label(&params_map(&t.params), &s.varied);
         match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.1.push(t.test_accuracy),
-            None => groups.push((key, vec![t.test_accuracy])),
+            Some(g) => {
+                g.1.push(ranking.value(t));
+                g.2 += t.test_accuracy;
+            }
+            None => groups.push((key, vec![ranking.value(t)], t.test_accuracy)),
         }
     }
     if groups.iter().all(|g| g.1.len() < 2) {
         return Vec::new();
     }
-    let mut out: Vec<(String, f64, f64, usize)> = groups
+    let mut out: Vec<(String, f64, f64, f64, usize)> = groups
         .into_iter()
-        .map(|(key, v)| {
+        .map(|(key, v, test_sum)| {
             let n = v.len();
             let mean = v.iter().sum::<f64>() / n as f64;
             let var = if n > 1 {
@@ -285,29 +380,33 @@ pub fn repeat_groups(s: &pb::Sweep) -> Vec<(String, f64, f64, usize)> {
             } else {
                 0.0
             };
-            (key, mean, var.sqrt(), n)
+            (key, mean, var.sqrt(), test_sum / n as f64, n)
         })
         .collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out.sort_by(|a, b| ranking.best_first(a.1, b.1));
     out
 }
 
-/// One line per parameter: "kernelSize: best 5 (98.91%, 4 trials); 3 97.80%: mattered 1.11 points".
+/// One line per parameter: "kernelSize: best 5 (98.91% over 4); 3 97.80% (2); mattered 1.11 points".
 pub fn effect_line(e: &ParamEffect) -> String {
-    let (best, mean, n) = &e.values[0];
+    let (best, value, _, n) = &e.values[0];
     let others: Vec<String> = e.values[1..]
         .iter()
-        .map(|(v, m, n)| format!("{v} {} ({n})", pct(*m)))
+        .map(|(v, m, _, n)| format!("{v} {} ({n})", e.ranking.show(*m)))
         .collect();
     if others.is_empty() {
-        return format!("{}: only {best} finished ({} over {n})", e.name, pct(*mean));
+        return format!(
+            "{}: only {best} finished ({} over {n})",
+            e.name,
+            e.ranking.show(*value)
+        );
     }
     format!(
-        "{}: best {best} ({} over {n}); {}; mattered {:.2} points",
+        "{}: best {best} ({} over {n}); {}; mattered {}",
         e.name,
-        pct(*mean),
+        e.ranking.show(*value),
         others.join(", "),
-        e.spread_points
+        e.spread()
     )
 }
 
@@ -317,9 +416,9 @@ fn effects_json(s: &pb::Sweep) -> Value {
         .map(|e| json!({
             "name": e.name,
             "bestValue": e.values[0].0,
-            "spreadPoints": e.spread_points,
-            "values": e.values.iter().map(|(v, m, n)| json!({
-                "value": v, "meanTestAccuracy": m, "trials": n,
+            "spread": e.spread_value(),
+            "values": e.values.iter().map(|(v, m, test, n)| json!({
+                "value": v, "meanObjective": m, "meanTestAccuracy": test, "trials": n,
             })).collect::<Vec<_>>(),
         }))
         .collect::<Vec<_>>())
@@ -339,6 +438,8 @@ pub fn sweep_csv(s: &pb::Sweep) -> Result<String, String> {
             "epochs_planned",
             "val_accuracy",
             "val_loss",
+            "best_val_accuracy",
+            "best_val_loss",
             "test_accuracy",
             "test_loss",
             "parameter_count",
@@ -361,6 +462,8 @@ pub fn sweep_csv(s: &pb::Sweep) -> Result<String, String> {
             t.epochs_planned.to_string(),
             t.val_accuracy.to_string(),
             t.val_loss.to_string(),
+            t.best_val_accuracy.to_string(),
+            t.best_val_loss.to_string(),
             t.test_accuracy.to_string(),
             t.test_loss.to_string(),
             t.parameter_count.to_string(),
@@ -374,15 +477,18 @@ pub fn sweep_csv(s: &pb::Sweep) -> Result<String, String> {
 
 pub fn sweep_json(s: &pb::Sweep) -> Value {
     json!({
-        "summary": {"bestTrialId": s.best_trial_id, "parameters": effects_json(s)},
+        "summary": {"bestTrialId": s.best_trial_id, "objective": s.objective,
+                    "parameters": effects_json(s)},
         "sweepId": s.sweep_id, "name": s.name, "dataset": s.dataset, "status": s.status,
         "strategy": s.strategy, "varied": s.varied, "spec": struct_json(&s.spec),
         "createdAt": s.created_at, "finishedAt": s.finished_at, "bestTrialId": s.best_trial_id,
+        "objective": s.objective,
         "trials": s.trials.iter().map(|t| json!({
             "trialId": t.trial_id, "index": t.index, "status": t.status,
             "params": struct_json(&t.params), "epochsDone": t.epochs_done,
             "epochsPlanned": t.epochs_planned, "valAccuracy": t.val_accuracy,
             "valLoss": t.val_loss, "testAccuracy": t.test_accuracy, "testLoss": t.test_loss,
+            "bestValAccuracy": t.best_val_accuracy, "bestValLoss": t.best_val_loss,
             "parameterCount": t.parameter_count, "error": t.error, "worker": t.worker,
         })).collect::<Vec<_>>(),
     })
