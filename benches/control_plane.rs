@@ -30,9 +30,9 @@
 
 mod common;
 
-use common::{cpu_model, daemon_binary, free_port, loadavg, manifest_dir};
+use common::{cpu_model, daemon_binary, free_port, loadavg, manifest_dir, Daemon};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,13 +41,15 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 use sqlx::Connection;
 
-use cnnd::proto::{
+use cnnd::scheduler::{Scheduler, SchedulerConfig};
+use cnnd::store::{Store, TrialFacts};
+use cnnd_core::datasets::resolve_builtin;
+use cnnd_core::epoch::EpochRecord;
+use cnnd_core::sweep::{SweepLimits, SweepRequest};
+use cnnd_proto::{
     struct_from_json, GetStatusRequest, GetSweepRequest, PauseSweepRequest, RenderChartsRequest,
     SubmitSweepRequest,
 };
-use cnnd::scheduler::{Scheduler, SchedulerConfig};
-use cnnd::store::{EpochRow, Store, TrialFacts};
-use cnnd::sweep::{SweepLimits, SweepRequest};
 
 /// Trials of the sweep `GetSweep` reads and of the one `SubmitSweep` sends.
 const BIG_SWEEP: u32 = 1000;
@@ -149,12 +151,12 @@ fn median(v: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------
 // Clients
 
-type Client = cnnd::client::Client;
+type Client = cnnd_client::Client;
 
 /// One client on its own connection, with the daemon's token (`STATE_DIR/token`).
 async fn connect(url: &str, state_dir: &Path) -> Result<Client> {
-    let token_file = cnnd::auth::token_path(state_dir);
-    let client = cnnd::client::connect(&cnnd::client::ClientOptions {
+    let token_file = cnnd_client::auth::token_path(state_dir);
+    let client = cnnd_client::connect(&cnnd_client::ClientOptions {
         addr: url.to_string(),
         token_file: token_file.exists().then_some(token_file),
         connect_timeout: Some(Duration::from_secs(5)),
@@ -166,45 +168,6 @@ async fn connect(url: &str, state_dir: &Path) -> Result<Client> {
 
 // ---------------------------------------------------------------------------------------
 // The daemon
-
-/// The daemon process; stopped (SIGTERM, then SIGKILL) when dropped. Its worker dies with it
-/// (PR_SET_PDEATHSIG).
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            bail!("the daemon exited ({st}):\n{}", self.log_tail());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until no trial is running and the worker is idle (at most `limit`).
 async fn wait_worker_idle(client: &mut Client, daemon: &mut Daemon, limit: Duration) -> Result<()> {
@@ -303,7 +266,7 @@ async fn populate(path: &Path, total: u32, epochs: u32) -> Result<(String, Strin
     let mut sweeps = Vec::new();
     for (i, n) in sizes.iter().enumerate() {
         let spec = sweep_request(&format!("stored-{i}-{n}"), *n, epochs, json!({}))
-            .validate(limits, None)
+            .validate(limits, resolve_builtin)
             .map_err(|e| anyhow!("sweep {i}: {e}"))?;
         let id = format!("sw-bench{i:04}");
         let trial_ids = store.insert_sweep(&id, &spec, u32::MAX).await??;
@@ -352,7 +315,7 @@ async fn populate(path: &Path, total: u32, epochs: u32) -> Result<(String, Strin
                 clock += Duration::from_secs_f64(secs);
                 let x = 1.0 - (-(e as f64) / speed).exp();
                 let val_acc = (ceiling * x + rng.gen_range(-0.004..0.004)).clamp(0.0, 1.0);
-                let row = EpochRow {
+                let row = EpochRecord {
                     epoch: e,
                     train_loss: 2.3 * (1.0 - x) + 0.02 + rng.gen_range(0.0..0.01),
                     train_accuracy: (ceiling * x + 0.005).min(1.0),
@@ -567,7 +530,7 @@ async fn measure_single(client: &mut Client, sweep_id: &str, n: u32) -> Result<V
         let buf = prost::Message::encode_to_vec(&s);
         encode_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        let back: cnnd::proto::Sweep = prost::Message::decode(buf.as_slice())?;
+        let back: cnnd_proto::Sweep = prost::Message::decode(buf.as_slice())?;
         decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
         drop(back);
         let t = Instant::now();
@@ -734,7 +697,11 @@ async fn run_daemon_phase(
         .stderr(logf)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
-    let mut daemon = Daemon { child, log };
+    let mut daemon = Daemon {
+        child,
+        log,
+        stop_grace: Duration::from_secs(40),
+    };
     let url = format!("http://{listen}");
     let mut client = loop {
         daemon.check_alive()?;
@@ -841,7 +808,7 @@ async fn measure_ingest(
     let trials = rows.div_ceil(per_trial).max(tasks);
     let spec = sweep_request(&format!("bench-ingest-{tag}"), trials, per_trial, json!({}));
     let spec = spec
-        .validate(SweepLimits { max_trials: 10_000 }, None)
+        .validate(SweepLimits { max_trials: 10_000 }, resolve_builtin)
         .map_err(|e| anyhow!("ingest sweep: {e}"))?;
     let sweep_id = format!("sw-ingest-{tag}");
     store.insert_sweep(&sweep_id, &spec, u32::MAX).await??;
@@ -871,7 +838,7 @@ async fn measure_ingest(
             let mut n = 0u32;
             for (trial_id, generation) in mine {
                 for e in 1..=per_trial {
-                    let row = EpochRow {
+                    let row = EpochRecord {
                         epoch: e,
                         train_loss: 0.1,
                         train_accuracy: 0.97,

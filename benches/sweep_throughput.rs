@@ -14,16 +14,18 @@
 
 mod common;
 
-use common::{children_cpu_seconds, cpu_model, daemon_binary, free_port, load1, manifest_dir};
+use common::{
+    children_cpu_seconds, cpu_model, daemon_binary, free_port, load1, manifest_dir, Daemon,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use cnnd::proto::{
+use cnnd_proto::{
     struct_from_json, struct_to_json, GetStatusRequest, GetSweepRequest, GetTrialRequest,
     SubmitSweepRequest,
 };
@@ -76,38 +78,6 @@ fn torch_python() -> PathBuf {
             .join(".cache/cnnd"),
     };
     cache.join("venv-torch-2.11.0/bin/python")
-}
-
-/// The daemon process; stopped (SIGTERM, then SIGKILL) when dropped. Its workers die with it
-/// (PR_SET_PDEATHSIG).
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {
@@ -192,7 +162,11 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
         .stderr(logf)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
-    let mut daemon = Daemon { child, log };
+    let mut daemon = Daemon {
+        child,
+        log,
+        stop_grace: Duration::from_secs(10),
+    };
     eprintln!(
         "daemon {} on {listen}, state {}",
         exe.display(),
@@ -200,9 +174,9 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
     );
 
     // Wait until every worker has registered and is idle.
-    let options = cnnd::client::ClientOptions {
+    let options = cnnd_client::ClientOptions {
         addr: listen.clone(),
-        token_file: Some(cnnd::auth::token_path(state.path())),
+        token_file: Some(cnnd_client::auth::token_path(state.path())),
         ..Default::default()
     };
     let mut client = loop {
@@ -212,11 +186,11 @@ async fn run_daemon(o: &Opts, data_dir: &Path) -> Result<Value> {
         if spawned.elapsed() > Duration::from_secs(120) {
             bail!("the daemon did not answer in 120 s:\n{}", daemon.log_tail());
         }
-        if !cnnd::auth::token_path(state.path()).exists() {
+        if !cnnd_client::auth::token_path(state.path()).exists() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        match cnnd::client::connect(&options).await {
+        match cnnd_client::connect(&options).await {
             Ok(c) => break c,
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -552,8 +526,14 @@ fn write_report(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let o = <Opts as clap::Parser>::parse();
-    let info = &cnnd::sweep::dataset_info("mnist").context("mnist")?;
-    cnnd::data::find_file(info, &o.data_dir, "train-images-idx3-ubyte")?;
+    let mnist = o.data_dir.join("mnist");
+    anyhow::ensure!(
+        ["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"]
+            .iter()
+            .any(|f| mnist.join(f).is_file()),
+        "MNIST not found in {} (give --data-dir, or set CNND_DATA_DIR)",
+        mnist.display()
+    );
     let data_dir = o
         .data_dir
         .canonicalize()

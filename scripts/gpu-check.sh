@@ -2,7 +2,7 @@
 # GPU check, for a machine with an NVIDIA GPU and PyTorch 2.11 (python3) but no Rust: runs
 # binaries built elsewhere against torch 2.11 with LD_LIBRARY_PATH pointing at that machine's
 # torch/lib. Shows:
-#   1. `cnnd probe` / `cnnctl status` listing the GPU(s) libtorch sees;
+#   1. `cnnd-worker probe` / `cnnctl status` listing the GPU(s) libtorch sees;
 #   2. a `device: cuda` sweep training on it, two CUDA workers sharing one device
 #      (--gpu-workers-per-device 2), with nvidia-smi showing both processes;
 #   3. the trainer bench on the GPU: full-MNIST epochs of the seed model (dense and GAP heads)
@@ -10,7 +10,7 @@
 #      the second epoch of each run is compared (the first warms up cuDNN).
 #
 # Usage: CNND_DATA_DIR=DIR [GPU_BIN=DIR] [OUT=DIR] scripts/gpu-check.sh
-#   DIR/mnist holds the IDX files; GPU_BIN holds cnnd, cnnctl and trainer (the trainer bench
+#   DIR/mnist holds the IDX files; GPU_BIN holds cnnd, cnnd-worker, cnnctl and trainer (the trainer bench
 #   binary), as scripts/gpu-pack.sh leaves them (default: target/release and the newest
 #   target/release/deps/trainer-*); results land in OUT (default: target/gpu-check).
 set -uo pipefail  # no -e: a failed part is reported and the next one still runs
@@ -34,7 +34,8 @@ export CNND_ADDR="http://127.0.0.1:$port" CNND_TOKEN_FILE="$state/token"
 echo "== python: $(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$bin/cnnd" --version
-"$bin/cnnd" probe
+"$bin/cnnd-worker" --version
+"$bin/cnnd-worker" probe
 
 echo "== 1. daemon with two CUDA workers on cuda:0"
 "$bin/cnnd" --listen 127.0.0.1:$port --state-dir "$state" --data-dir "$data" \

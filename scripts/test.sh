@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: sets up (scripts/setup.sh: libtorch, grpcurl, MNIST, build),
-# then `cargo test --release` with CNND_DATA_DIR pointing at MNIST and grpcurl on PATH.
+# Runs the whole test suite: sets up (scripts/setup.sh: libtorch, grpcurl, MNIST, the build of
+# all three binaries), then `cargo test --release --workspace` with CNND_DATA_DIR pointing at
+# MNIST and grpcurl on PATH: the daemon's end-to-end tests (tests/), the trainer's
+# (crates/cnnd-worker), core's property tests and every crate's unit tests.
 # The tests that mount file systems (tests/faults.rs, mount_*) need root: they are ignored
 # by a plain `cargo test`, and run here in a second step when this runs as root (as CI
 # does); otherwise the script says they were skipped.
-# Extra arguments go to cargo test (e.g. scripts/test.sh --test e2e) and skip that step.
+# Extra arguments go to cargo test instead of --workspace (e.g. scripts/test.sh --test e2e,
+# or -p cnnd-core) and skip that step.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$CNND_REPO"
 CNND_DATA_DIR="$(scripts/setup.sh)"
 export CNND_DATA_DIR
-cargo test --release --locked "$@"
-if [ $# -eq 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    cargo test --release --locked --test faults -- --ignored mount_
-  else
-    echo "test.sh: SKIPPED the mount_ tests of tests/faults.rs (they mount file systems and need root)" >&2
-  fi
+if [ $# -gt 0 ]; then
+  cargo test --release --locked "$@"
+  exit 0
+fi
+cargo test --release --locked --workspace
+if [ "$(id -u)" = 0 ]; then
+  cargo test --release --locked --test faults -- --ignored mount_
+else
+  echo "test.sh: SKIPPED the mount_ tests of tests/faults.rs (they mount file systems and need root)" >&2
 fi

@@ -1,25 +1,21 @@
-//! Authentication: the daemon's bearer token and both ends of checking it.
+//! Authentication, the daemon's side: its bearer token and the layer that checks it.
 //!
 //! Owns: creating the token on first start (`STATE_DIR/token`, 32 random bytes as hex, mode
-//! 0600), reading it back, the server layer that refuses every call but health and reflection without
+//! 0600), and the server layer that refuses every call but health and reflection without
 //! `authorization: Bearer TOKEN` (UNAUTHENTICATED, compared in constant time, nothing else
-//! revealed), and the client interceptor cnnctl, the workers and the tests send it with.
+//! revealed). Reading a token file and sending the token are `cnnd_client::auth`'s.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
+use cnnd_client::auth::{read_token_file, token_path};
 use futures::future::{ready, Either, Ready};
 use subtle::ConstantTimeEq;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
-
-/// The token file's name inside the state directory.
-pub const TOKEN_FILE: &str = "token";
+use tonic::Status;
 
 /// Paths served without a token: the gRPC health service (load balancers, systemd probes,
 /// Kubernetes) and server reflection. Reflection answers the schema only (the same
@@ -30,11 +26,6 @@ const OPEN_PATHS: &[&str] = &[
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
-
-/// The token file of a state directory.
-pub fn token_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(TOKEN_FILE)
-}
 
 /// Reads the daemon's token from `state_dir`, creating it (owner read/write only) when it
 /// does not exist yet. Refuses a token file others can read.
@@ -65,20 +56,6 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
-}
-
-/// Reads a token file (whitespace around the token is ignored).
-pub fn read_token_file(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!(
-            "{}: not a token (expected one line of text)",
-            path.display()
-        );
-    }
-    Ok(token)
 }
 
 fn check_private(path: &Path) -> Result<()> {
@@ -181,40 +158,6 @@ where
             }
             None => Either::Right(self.inner.call(request)),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Client side.
-
-/// Adds `authorization: Bearer TOKEN` to every call (nothing when there is no token).
-#[derive(Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl BearerToken {
-    pub fn new(token: Option<&str>) -> Result<Self> {
-        match token {
-            None => Ok(BearerToken(None)),
-            Some(t) => {
-                Ok(BearerToken(Some(format!("Bearer {t}").parse().context(
-                    "the token has characters a header cannot carry",
-                )?)))
-            }
-        }
-    }
-
-    /// The token of the daemon whose state directory is `state_dir`.
-    pub fn from_state_dir(state_dir: &Path) -> Result<Self> {
-        Self::new(Some(&read_token_file(&token_path(state_dir))?))
-    }
-}
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
     }
 }
 

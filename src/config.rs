@@ -6,18 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// The CUDA version libtorch was built with (from torch/version.py at build time).
-pub const TORCH_CUDA_VERSION: &str = match option_env!("CNND_TORCH_CUDA_VERSION") {
-    Some(v) => v,
-    None => "none",
-};
-
-/// The libtorch version this binary was built against (read from the torch package).
-pub const LIBTORCH_VERSION: &str = match option_env!("CNND_LIBTORCH_VERSION") {
-    Some(v) => v,
-    None => "unknown",
-};
-
 /// How the daemon writes its log (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +112,13 @@ pub struct DaemonConfig {
     /// Seconds a unary call may take, receiving its request included.
     #[arg(long, env = "CNND_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
     pub request_timeout_secs: u64,
+    /// Seconds Predict waits for a worker to answer (Predict runs on the workers).
+    #[arg(long, env = "CNND_PREDICT_TIMEOUT_SECS", default_value_t = 60)]
+    pub predict_timeout_secs: u64,
+    /// The trainer binary the daemon starts its workers with [default: cnnd-worker beside the cnnd binary].
+    #[arg(long, env = "CNND_WORKER_BIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_bin: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -178,17 +173,7 @@ impl DaemonConfig {
 /// The config file's name in the state directory.
 pub const CONFIG_FILE: &str = "cnnd.toml";
 
-/// $XDG_STATE_HOME/cnnd, else ~/.local/state/cnnd (the daemon's and cnnctl's default).
-pub fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CNND_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("cnnd")
-}
+use cnnd_client::auth::default_state_dir;
 
 /// Arguments that apply a config file: `--name=value` for each of its settings that
 /// neither a flag nor the environment already gave (`matches` is the parse without the

@@ -1,162 +1,41 @@
-//! The catalogue of data sets: what the control plane and the workers agree a data set name
-//! means. Built-in names (`mnist`, `fashion_mnist`, `cifar10`) and image folders named
-//! `folder:PATH` (PATH relative to the data directory, laid out
-//! `PATH/{train,validation,test}/CLASS/*`).
+//! Data sets on the daemon's disk: resolving a name to what it means (the catalogue is
+//! `cnnd_core::datasets`), confinement of `folder:PATH` to the data directory (`..`,
+//! absolute paths and escaping symlinks refused), and listing an image folder's classes and
+//! files (directory listings only, no decoding: the workers decode).
 //!
-//! Owns: resolving a name to a [`DatasetInfo`], confinement of folder paths to the data
-//! directory, and scanning a folder's layout (directory listings only, no decoding).
-//! Must not touch: libtorch, decoding pixels (that is `data` and `imaging`), the store.
+//! Owns: every look at the data directory the daemon takes.
+//! Must not touch: pixels, libtorch, the store.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context};
+use cnnd_core::datasets::{
+    builtin, unknown, DatasetError, DatasetInfo, FolderLayout, Source, FOLDER_DEFAULT_SIDE,
+    FOLDER_PREFIX, IMAGE_EXTENSIONS, TEST, TRAIN, VALIDATION,
+};
 
-/// Where a data set's files come from.
+/// A data set name resolved on this daemon: what it is, and for an image folder, its files.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// MNIST-layout IDX files (`train-images-idx3-ubyte[.gz]`, ...) in `DATA/folder/`.
-    Idx { folder: &'static str },
-    /// CIFAR-10's binary batches in `DATA/folder/`.
-    Cifar10 { folder: &'static str },
-    /// An image folder; `root` is absolute (resolved inside the data directory).
-    Folder {
-        root: PathBuf,
-        has_validation: bool,
-        has_test: bool,
-    },
+pub struct Resolved {
+    pub info: DatasetInfo,
+    pub layout: Option<FolderLayout>,
 }
 
-/// What the control plane needs to know about a data set without reading its pixels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetInfo {
-    /// The name sweeps use (`mnist`, `folder:faces`).
-    pub name: String,
-    pub source: Source,
-    /// Side of the model input when a trial does not set `inputSize`.
-    pub input_size: u32,
-    /// Channels of the model input when a trial does not set `channels`.
-    pub channels: u32,
-    pub classes: u32,
-    pub class_names: Vec<String>,
-    pub train_examples: u32,
-    /// Examples of the published test split; 0 when it is carved from train.
-    pub test_examples: u32,
-}
-
-impl DatasetInfo {
-    /// True for data sets of 28x28 gray digits, which `Predict` preprocesses MNIST-style.
-    pub fn is_digits(&self) -> bool {
-        self.name == "mnist"
-    }
-}
-
-/// Built-in data sets: (name, source, side, channels, class names, train, test).
-fn builtin(name: &str) -> Option<DatasetInfo> {
-    let digits = || (0..10).map(|d| d.to_string()).collect::<Vec<_>>();
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let (source, side, channels, class_names, train, test) = match name {
-        "mnist" => (
-            Source::Idx { folder: "mnist" },
-            28,
-            1,
-            digits(),
-            60_000,
-            10_000,
-        ),
-        "fashion_mnist" => (
-            Source::Idx {
-                folder: "fashion-mnist",
-            },
-            28,
-            1,
-            names(&[
-                "T-shirt/top",
-                "Trouser",
-                "Pullover",
-                "Dress",
-                "Coat",
-                "Sandal",
-                "Shirt",
-                "Sneaker",
-                "Bag",
-                "Ankle boot",
-            ]),
-            60_000,
-            10_000,
-        ),
-        "cifar10" => (
-            Source::Cifar10 {
-                folder: "cifar-10-batches-bin",
-            },
-            32,
-            3,
-            names(&CIFAR10_CLASSES),
-            50_000,
-            10_000,
-        ),
-        _ => return None,
-    };
-    Some(DatasetInfo {
-        name: name.to_string(),
-        source,
-        input_size: side,
-        channels,
-        classes: class_names.len() as u32,
-        class_names,
-        train_examples: train,
-        test_examples: test,
-    })
-}
-
-/// CIFAR-10's class names, in label order.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
-/// A built-in data set by name (no disk access); None for other names.
-pub fn dataset_info(name: &str) -> Option<DatasetInfo> {
-    builtin(name)
-}
-
-/// The built-in names, for messages.
-pub const BUILTIN_NAMES: &[&str] = &["mnist", "fashion_mnist", "cifar10"];
-
-/// Input side of image-folder data sets when a trial does not set `inputSize`.
-pub const FOLDER_DEFAULT_SIDE: u32 = 64;
-
-/// Why a name does not resolve.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DatasetError {
-    /// Not a known name, or a folder that is not a usable data set.
-    #[error("{0}")]
-    Invalid(String),
-    /// A folder path that leaves the data directory.
-    #[error("{0}")]
-    Denied(String),
+/// Resolves a data set name ([`resolve_with_layout`] without the file list).
+pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<DatasetInfo, DatasetError> {
+    resolve_with_layout(name, data_dir).map(|r| r.info)
 }
 
 /// Resolves a data set name. Built-in names resolve without touching the disk; `folder:PATH`
-/// needs the data directory (`None`: the daemon was started without one).
-pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<DatasetInfo, DatasetError> {
+/// needs the data directory (`None`: the daemon was started without one) and is listed.
+pub fn resolve_with_layout(name: &str, data_dir: Option<&Path>) -> Result<Resolved, DatasetError> {
     if let Some(info) = builtin(name) {
-        return Ok(info);
+        return Ok(Resolved { info, layout: None });
     }
-    let Some(relative) = name.strip_prefix("folder:") else {
-        return Err(DatasetError::Invalid(format!(
-            "unknown data set '{name}'; known: {}, or folder:PATH for an image folder under the data directory",
-            BUILTIN_NAMES.join(", ")
-        )));
+    let Some(relative) = name.strip_prefix(FOLDER_PREFIX) else {
+        return Err(unknown(name));
     };
     let Some(data_dir) = data_dir else {
         return Err(DatasetError::Invalid(
@@ -166,11 +45,11 @@ pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<DatasetInfo, Datas
     };
     let root = confine(relative, data_dir)?;
     let layout = scan_folder(&root).map_err(|e| DatasetError::Invalid(format!("{e:#}")))?;
-    let examples = |v: &Option<Vec<(PathBuf, i64)>>| v.as_ref().map_or(0, |v| v.len() as u32);
-    Ok(DatasetInfo {
+    let examples = |v: &Option<Vec<(String, i64)>>| v.as_ref().map_or(0, |v| v.len() as u32);
+    let info = DatasetInfo {
         name: name.to_string(),
         source: Source::Folder {
-            root,
+            folder: relative.trim_end_matches('/').to_string(),
             has_validation: layout.validation.is_some(),
             has_test: layout.test.is_some(),
         },
@@ -179,7 +58,11 @@ pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<DatasetInfo, Datas
         classes: layout.classes.len() as u32,
         train_examples: layout.train.len() as u32,
         test_examples: examples(&layout.test),
-        class_names: layout.classes,
+        class_names: layout.classes.clone(),
+    };
+    Ok(Resolved {
+        info,
+        layout: Some(layout),
     })
 }
 
@@ -220,25 +103,6 @@ pub fn confine(relative: &str, data_dir: &Path) -> Result<PathBuf, DatasetError>
     Ok(real)
 }
 
-/// The files of an image folder, with their class index; every list sorted by path.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FolderLayout {
-    pub root: PathBuf,
-    /// Sub-folder names of `train/`, sorted; a file's label is its class's index here.
-    pub classes: Vec<String>,
-    pub train: Vec<(PathBuf, i64)>,
-    pub validation: Option<Vec<(PathBuf, i64)>>,
-    pub test: Option<Vec<(PathBuf, i64)>>,
-}
-
-/// Extensions (compared case-insensitively) of the files that are read as images.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp"];
-
-/// The splits' sub-folders under the root.
-pub const TRAIN: &str = "train";
-pub const VALIDATION: &str = "validation";
-pub const TEST: &str = "test";
-
 /// Finds the classes and the image files of the folder at `root`.
 ///
 /// Files whose extension is one of [`IMAGE_EXTENSIONS`] are images; other files, hidden files
@@ -278,7 +142,7 @@ pub fn scan_folder(root: &Path) -> anyhow::Result<FolderLayout> {
         );
     }
     let train = split_files(&train_dir, &classes)?;
-    let optional = |name: &str| -> anyhow::Result<Option<Vec<(PathBuf, i64)>>> {
+    let optional = |name: &str| -> anyhow::Result<Option<Vec<(String, i64)>>> {
         let dir = root.join(name);
         if !dir.is_dir() {
             return Ok(None);
@@ -295,7 +159,6 @@ pub fn scan_folder(root: &Path) -> anyhow::Result<FolderLayout> {
     let validation = optional(VALIDATION)?;
     let test = optional(TEST)?;
     Ok(FolderLayout {
-        root: root.to_path_buf(),
         classes,
         train,
         validation,
@@ -353,8 +216,9 @@ fn is_image_file(path: &Path) -> bool {
     by_extension && !is_hidden(path) && path.is_file()
 }
 
-/// The image files of the class folders of one split's folder `dir`, labelled by `classes`.
-fn split_files(dir: &Path, classes: &[String]) -> anyhow::Result<Vec<(PathBuf, i64)>> {
+/// The image files of the class folders of one split's folder `dir`, labelled by `classes`,
+/// as paths relative to the folder root (`SPLIT/CLASS/FILE`).
+fn split_files(dir: &Path, classes: &[String]) -> anyhow::Result<Vec<(String, i64)>> {
     let mut out = Vec::new();
     for name in sub_folders(dir)? {
         let Some(label) = classes.iter().position(|class| *class == name) else {
@@ -366,9 +230,18 @@ fn split_files(dir: &Path, classes: &[String]) -> anyhow::Result<Vec<(PathBuf, i
         };
         let class_dir = dir.join(&name);
         let before = out.len();
+        let split = dir.file_name().unwrap_or_default().to_string_lossy();
         for path in entries(&class_dir)? {
             if is_image_file(&path) {
-                out.push((path, label as i64));
+                let file = path.file_name().unwrap_or_default().to_os_string();
+                let Ok(file) = file.into_string() else {
+                    bail!(
+                        "image file name {:?} in {} is not valid UTF-8",
+                        path,
+                        class_dir.display()
+                    );
+                };
+                out.push((format!("{split}/{name}/{file}"), label as i64));
             }
         }
         if out.len() == before {
@@ -424,8 +297,9 @@ mod tests {
             }
         ));
         let layout = scan_folder(&root).unwrap();
-        assert_eq!(layout.train[0].1, 0);
-        assert_eq!(layout.train[2].1, 1);
+        assert_eq!(layout.train[0], ("train/happy/b.JPG".to_string(), 0));
+        assert_eq!(layout.train[2], ("train/unhappy/a.png".to_string(), 1));
+        assert_eq!(layout.test, Some(vec![("test/happy/d.bmp".to_string(), 0)]));
     }
 
     #[test]

@@ -1,43 +1,30 @@
-//! cnnd: a daemon that runs hyperparameter sweeps of convolutional networks.
+//! cnnd: the daemon. It accepts sweeps over gRPC, schedules their trials on worker processes
+//! (`cnnd-worker`, which it starts and supervises, or which connect to it), records every
+//! epoch in its store and renders comparison charts. It never trains and never links
+//! libtorch: the trainer is another crate and another process.
 //!
 //! Layering (imports point down only; see docs/ARCHITECTURE.md):
 //!
 //! ```text
-//! bin (cnnd, cnnctl)
-//! api  metrics   worker  predict
-//! scheduler  charts        train  transfer
-//! store                    model
-//! sweep  datasets  pruning  tpe   data  imaging
-//! proto  config  auth  limits  client
+//! bin/cnnd.rs
+//! api (Orchestrator, WorkerHub)    metrics
+//! scheduler   predict_jobs   charts
+//! store   datasets (the data directory)
+//! config  auth  limits  files
 //! ```
 //!
-//! The control plane (api, scheduler, store, charts) never imports the training side
-//! (worker, predict, train, transfer, model, data, imaging) and the other way round; they
-//! meet in `sweep`, `datasets` and `proto`. `Predict` runs in the daemon process through the
-//! [`api::Predictor`] trait, which the `cnnd` binary fills with [`predict::LocalPredictor`].
+//! Below them, from other crates: `cnnd_core` (sweeps, pruning, tpe, typed states),
+//! `cnnd_proto` (the wire), `cnnd_client` (token files).
 
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod datasets;
+pub mod files;
 pub mod limits;
-pub mod proto;
-pub mod sweep;
 
-// Control plane.
 pub mod api;
 pub mod charts;
 pub mod metrics;
-pub mod pruning;
+pub mod predict_jobs;
 pub mod scheduler;
 pub mod store;
-pub mod tpe;
-
-// Training side.
-pub mod data;
-pub mod imaging;
-pub mod model;
-pub mod predict;
-pub mod train;
-pub mod transfer;
-pub mod worker;

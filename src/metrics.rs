@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::limits::StreamQuota;
 use crate::scheduler::Scheduler;
-use crate::store::TRIAL_STATUSES;
+use cnnd_core::status::{TrialStatus, WorkerState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
@@ -130,8 +130,12 @@ impl Metrics {
     pub async fn render(&self, scheduler: &Scheduler, streams: &StreamQuota) -> String {
         let workers = scheduler.workers();
         self.workers.set(workers.len() as i64);
-        self.workers_busy
-            .set(workers.iter().filter(|w| w.state == "busy").count() as i64);
+        self.workers_busy.set(
+            workers
+                .iter()
+                .filter(|w| w.state == WorkerState::Busy)
+                .count() as i64,
+        );
         // One query gives both the queue depth and the trials by state (every state is
         // reported, zero included, so graphs start at zero).
         if let Ok(counts) = scheduler.store.trial_counts_by_status().await {
@@ -141,8 +145,8 @@ impl Metrics {
                     .find(|(s, _)| s == state)
                     .map_or(0, |(_, n)| *n)
             };
-            self.queue_depth.set(count("queued"));
-            for state in TRIAL_STATUSES {
+            self.queue_depth.set(count(TrialStatus::Queued.as_str()));
+            for state in TrialStatus::ALL.iter().map(|s| s.as_str()) {
                 self.trials
                     .get_or_create(&StateLabel {
                         state: state.to_string(),

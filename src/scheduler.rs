@@ -15,23 +15,17 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
-use crate::pruning::{self, EarlyStopping, OtherTrial, RungState, RungTrial};
+use crate::datasets::Resolved;
+use crate::predict_jobs::PredictJobs;
 use crate::store::{
-    EpochRow, Lease, QueueFull, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts,
-    TrialResult, TrialRow,
+    Lease, QueueFull, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts, TrialResult,
+    TrialRow,
 };
-use crate::sweep::{Objective, SweepLimits, SweepSpec};
-
-/// A compute device the workers can use, as probed at start-up.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DeviceInfo {
-    /// "cpu" or "cuda:N".
-    pub name: String,
-    pub kind: String,
-    pub cores: u32,
-    pub memory_bytes: u64,
-    pub description: String,
-}
+use cnnd_core::devices::Device;
+use cnnd_core::epoch::EpochRecord;
+use cnnd_core::pruning::{self, EarlyStopping, OtherTrial, RungState, RungTrial};
+use cnnd_core::status::{StopReason, TrialStatus, WorkerState};
+use cnnd_core::sweep::{Objective, SweepLimits, SweepSpec};
 
 /// One worker slot: a process the daemon keeps running.
 #[derive(Debug, Clone)]
@@ -48,7 +42,9 @@ pub struct SchedulerConfig {
     pub db_path: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub slots: Vec<SlotConfig>,
-    pub devices: Vec<DeviceInfo>,
+    /// The devices of this machine, as `cnnd-worker probe` saw them at start-up (what the
+    /// local slots were planned from); registered workers add theirs.
+    pub devices: Vec<Device>,
     pub limits: SweepLimits,
     /// How many times a trial whose worker died is re-queued before it fails.
     pub max_attempts: u32,
@@ -58,8 +54,8 @@ pub struct SchedulerConfig {
     pub lease_timeout: Duration,
     /// On shutdown, how long running trials get to reach an epoch boundary.
     pub shutdown_grace: Duration,
-    /// The program and leading arguments that start a worker process; the scheduler adds
-    /// `--daemon URL --worker-id ID --threads N --device D`.
+    /// The program and leading arguments that start a worker process (`cnnd-worker`); the
+    /// scheduler adds `--daemon URL --worker-id ID --threads N --device D`.
     pub worker_command: Vec<String>,
     /// Environment variables every worker process gets (the API token).
     pub worker_env: Vec<(String, String)>,
@@ -77,7 +73,7 @@ impl Default for SchedulerConfig {
             db_path: PathBuf::from("cnnd.sqlite"),
             data_dir: None,
             slots: Vec::new(),
-            devices: vec![DeviceInfo {
+            devices: vec![Device {
                 name: "cpu".into(),
                 kind: "cpu".into(),
                 cores: 1,
@@ -103,8 +99,7 @@ pub struct WorkerView {
     pub pid: u32,
     pub device: String,
     pub threads: u32,
-    /// starting, idle or busy.
-    pub state: String,
+    pub state: WorkerState,
     pub trial_id: Option<String>,
     pub sweep_id: Option<String>,
     pub generation: u64,
@@ -113,21 +108,16 @@ pub struct WorkerView {
     pub val_accuracy: f64,
     pub trials_done: u32,
     pub libtorch_version: String,
+    /// The devices the worker's libtorch sees (from its registration).
+    pub devices: Vec<Device>,
     pub batch: u32,
     pub batches: u32,
     /// Last sign of life while busy (lease, report or heartbeat).
     pub last_heartbeat: Option<Instant>,
 }
 
-/// What a worker should do with the trial it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Proceed,
-    /// Stop; the trial is over (cancelled) or the lease is gone.
-    Stop(String),
-    /// The daemon is shutting down: give the trial back (ReleaseTrial).
-    GiveBack,
-}
+/// What a worker should do with the trial it runs: go on (None), or stop for a reason.
+pub type Verdict = Option<StopReason>;
 
 pub struct Scheduler {
     pub store: Store,
@@ -148,14 +138,25 @@ pub struct Scheduler {
     parking: Mutex<std::collections::HashSet<String>>,
     /// Each sweep's early-stopping policy, read once ([`Self::stop_policy`]).
     stop_policies: Mutex<HashMap<String, Arc<StopPolicy>>>,
-    /// Each tpe sweep's data set, resolved once ([`Self::dataset_of`]).
-    datasets: Mutex<HashMap<String, Arc<crate::datasets::DatasetInfo>>>,
+    /// Each sweep's data set as this daemon resolved it (an image folder with its files),
+    /// once per sweep ([`Self::dataset_of`]): what leases carry and tpe suggestions check.
+    datasets: Mutex<HashMap<String, Arc<LeasedDataset>>>,
+    /// Predict calls waiting for a worker.
+    pub predict_jobs: PredictJobs,
     /// Per slot, the channel to its supervisor: a message asks it to kill the worker
     /// process it runs now, through the process handle it holds (never by a stored pid,
     /// which may belong to another process by then).
     kill_requests: HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
     /// The receiving ends, taken by each slot's supervisor when it starts.
     kill_receivers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedReceiver<String>>>,
+}
+
+/// A sweep's data set as leases carry it: what it is, and an image folder's files, as JSON.
+#[derive(Debug)]
+pub struct LeasedDataset {
+    pub resolved: Resolved,
+    pub info_json: String,
+    pub layout_json: String,
 }
 
 /// What early stopping needs of a sweep; fixed when the sweep is submitted.
@@ -182,7 +183,7 @@ impl Scheduler {
                         worker_id: s.worker_id.clone(),
                         device: s.device.clone(),
                         threads: s.threads,
-                        state: "starting".into(),
+                        state: WorkerState::Starting,
                         ..Default::default()
                     },
                 )
@@ -212,6 +213,7 @@ impl Scheduler {
             parking: Default::default(),
             stop_policies: Default::default(),
             datasets: Default::default(),
+            predict_jobs: Default::default(),
         })
     }
 
@@ -233,8 +235,32 @@ impl Scheduler {
         v
     }
 
+    /// Every device this daemon can train on: its own machine's (probed at start-up) and
+    /// those of the registered workers, each name once.
+    pub fn devices(&self) -> Vec<Device> {
+        let mut out = self.config.devices.clone();
+        for w in self.workers.lock().unwrap().values() {
+            for d in &w.devices {
+                if !out.iter().any(|o| o.name == d.name) {
+                    out.push(d.clone());
+                }
+            }
+        }
+        out
+    }
+
     pub fn has_cuda(&self) -> bool {
-        self.config.devices.iter().any(|d| d.kind == "cuda")
+        self.devices().iter().any(Device::is_cuda)
+    }
+
+    /// Workers registered and not gone: they serve leases and Predict jobs.
+    pub fn connected_workers(&self) -> usize {
+        self.workers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|w| w.state != WorkerState::Starting)
+            .count()
     }
 
     /// Re-queues trials that a previous daemon process left running: their workers died
@@ -320,7 +346,7 @@ impl Scheduler {
                 {
                     let mut workers = self.workers.lock().unwrap();
                     if let Some(w) = workers.get_mut(worker_id) {
-                        w.state = "busy".into();
+                        w.state = WorkerState::Busy;
                         w.trial_id = Some(lease.trial_id.clone());
                         w.sweep_id = Some(lease.sweep_id.clone());
                         w.generation = lease.generation;
@@ -341,14 +367,21 @@ impl Scheduler {
         }
     }
 
-    pub fn register(&self, worker_id: &str, pid: u32, libtorch_version: &str) -> Result<()> {
+    pub fn register(
+        &self,
+        worker_id: &str,
+        pid: u32,
+        libtorch_version: &str,
+        devices: Vec<Device>,
+    ) -> Result<()> {
         let mut workers = self.workers.lock().unwrap();
         let w = workers
             .get_mut(worker_id)
             .ok_or_else(|| anyhow::anyhow!("unknown worker '{worker_id}'"))?;
         w.pid = pid;
-        w.state = "idle".into();
+        w.state = WorkerState::Idle;
         w.libtorch_version = libtorch_version.to_string();
+        w.devices = devices;
         Ok(())
     }
 
@@ -357,7 +390,7 @@ impl Scheduler {
         &self,
         trial_id: &str,
         generation: u64,
-        epoch: &EpochRow,
+        epoch: &EpochRecord,
         facts: Option<&TrialFacts>,
     ) -> Result<Result<Verdict, Refusal>> {
         match self
@@ -380,17 +413,18 @@ impl Scheduler {
                 let sweep_id = event.sweep_id.clone();
                 self.publish([event]);
                 if self.is_shutting_down() {
-                    return Ok(Ok(Verdict::GiveBack));
+                    return Ok(Ok(Some(StopReason::GiveBack)));
                 }
                 if let Some(reason) = self.early_stop(&sweep_id, trial_id).await? {
                     tracing::info!(trial = trial_id, "{reason}");
-                    return Ok(Ok(Verdict::Stop(reason)));
+                    return Ok(Ok(Some(reason)));
                 }
-                Ok(Ok(Verdict::Proceed))
+                Ok(Ok(None))
             }
-            Err(ReportError::StaleLease { status, .. }) if status == "cancelled" => {
-                Ok(Ok(Verdict::Stop("cancelled".into())))
-            }
+            Err(ReportError::StaleLease {
+                status: TrialStatus::Cancelled,
+                ..
+            }) => Ok(Ok(Some(StopReason::Cancelled))),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -425,8 +459,8 @@ impl Scheduler {
                 .collect::<Vec<_>>(),
             &pending.iter().map(|t| t.params.clone()).collect::<Vec<_>>(),
         );
-        if let Some(dataset) = self.dataset_of(&sweep).await {
-            if let Err(e) = params.validate(&dataset) {
+        if let Some(dataset) = self.dataset_of(&sweep.id, &sweep.dataset).await {
+            if let Err(e) = params.validate(&dataset.resolved.info) {
                 return Ok(Err(format!("tpe suggested an invalid configuration: {e}")));
             }
         }
@@ -443,47 +477,55 @@ impl Scheduler {
         Ok(Ok(()))
     }
 
-    /// What the sweep's data set is (resolved once per sweep; an image folder is listed);
-    /// None when it cannot be resolved any more (the worker then fails the trial on it).
-    async fn dataset_of(
-        &self,
-        sweep: &crate::store::SweepRow,
-    ) -> Option<Arc<crate::datasets::DatasetInfo>> {
-        if let Some(info) = self.datasets.lock().unwrap().get(&sweep.id) {
-            return Some(info.clone());
+    /// The data set of sweep `sweep_id` named `dataset` as this daemon resolves it (an
+    /// image folder is listed; once per sweep and daemon). None when it no longer resolves
+    /// (a folder removed since the submit): the caller says so.
+    pub async fn dataset_of(&self, sweep_id: &str, dataset: &str) -> Option<Arc<LeasedDataset>> {
+        if let Some(d) = self.datasets.lock().unwrap().get(sweep_id) {
+            return Some(d.clone());
         }
-        let (name, data_dir) = (sweep.dataset.clone(), self.config.data_dir.clone());
+        let (name, data_dir) = (dataset.to_string(), self.config.data_dir.clone());
         let resolved = tokio::task::spawn_blocking(move || {
-            crate::datasets::resolve(&name, data_dir.as_deref())
+            crate::datasets::resolve_with_layout(&name, data_dir.as_deref())
         })
         .await;
-        match resolved {
-            Ok(Ok(info)) => {
-                let info = Arc::new(info);
-                self.datasets
-                    .lock()
-                    .unwrap()
-                    .insert(sweep.id.clone(), info.clone());
-                Some(info)
-            }
+        let resolved = match resolved {
+            Ok(Ok(resolved)) => resolved,
             Ok(Err(e)) => {
-                tracing::warn!(sweep = sweep.id, "data set no longer resolves: {e:?}");
-                None
+                tracing::warn!(
+                    sweep = sweep_id,
+                    "data set {dataset} no longer resolves: {e}"
+                );
+                return None;
             }
             Err(e) => {
-                tracing::error!(sweep = sweep.id, "resolving the data set: {e}");
-                None
+                tracing::error!(sweep = sweep_id, "resolving the data set: {e}");
+                return None;
             }
+        };
+        let leased = Arc::new(LeasedDataset {
+            info_json: serde_json::to_string(&resolved.info).unwrap_or_default(),
+            layout_json: resolved
+                .layout
+                .as_ref()
+                .map(|l| serde_json::to_string(l).unwrap_or_default())
+                .unwrap_or_default(),
+            resolved,
+        });
+        let mut cache = self.datasets.lock().unwrap();
+        if cache.len() >= 64 {
+            cache.clear();
         }
+        cache.insert(sweep_id.to_string(), leased.clone());
+        Some(leased)
     }
 
     /// Fails a leased tpe trial whose suggestion did not validate.
     async fn fail_unsuggestable(&self, lease: &Lease, why: &str) -> Result<()> {
         tracing::error!(trial = lease.trial_id, "{why}");
         let result = TrialResult {
-            status: "failed".into(),
             error: Some(why.to_string()),
-            ..Default::default()
+            ..TrialResult::of(TrialStatus::Failed)
         };
         if let Ok(events) = self
             .store
@@ -497,8 +539,8 @@ impl Scheduler {
     }
 
     /// The sweep's early-stopping decision for `trial_id`, which just recorded an epoch:
-    /// the reason to stop it ("pruned: ..."), or None.
-    async fn early_stop(&self, sweep_id: &str, trial_id: &str) -> Result<Option<String>> {
+    /// the reason to stop it (pruned, or parked at an ASHA rung), or None.
+    async fn early_stop(&self, sweep_id: &str, trial_id: &str) -> Result<Option<StopReason>> {
         let Some(sweep) = self.stop_policy(sweep_id).await? else {
             return Ok(None);
         };
@@ -518,7 +560,7 @@ impl Scheduler {
                 trial = values;
             } else {
                 others.push(OtherTrial {
-                    completed: status == "succeeded",
+                    completed: status == TrialStatus::Succeeded,
                     values,
                 });
             }
@@ -570,10 +612,10 @@ impl Scheduler {
             histories
                 .into_iter()
                 .map(|(id, status, history)| RungTrial {
-                    state: match status.as_str() {
-                        "queued" | "running" if parking.contains(&id) => RungState::Parking,
-                        "queued" | "running" => RungState::Active,
-                        "parked" => RungState::Parked,
+                    state: match status {
+                        s if s.is_active() && parking.contains(&id) => RungState::Parking,
+                        s if s.is_active() => RungState::Active,
+                        TrialStatus::Parked => RungState::Parked,
                         _ => RungState::Closed,
                     },
                     values: history.iter().map(|e| objective.of_epoch(*e)).collect(),
@@ -639,18 +681,22 @@ impl Scheduler {
     ) -> Verdict {
         let mut workers = self.workers.lock().unwrap();
         let Some(w) = workers.get_mut(worker_id) else {
-            return Verdict::Stop(format!("unknown worker '{worker_id}'"));
+            return Some(StopReason::LeaseLost(format!(
+                "unknown worker '{worker_id}'"
+            )));
         };
         if w.trial_id.as_deref() != Some(trial_id) || w.generation != generation {
-            return Verdict::Stop("lease lost".into());
+            return Some(StopReason::LeaseLost(format!(
+                "worker {worker_id} does not hold trial {trial_id} at generation {generation}"
+            )));
         }
         w.last_heartbeat = Some(Instant::now());
         w.batch = batch;
         w.batches = batches;
         if self.hard_stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Verdict::GiveBack;
+            return Some(StopReason::GiveBack);
         }
-        Verdict::Proceed
+        None
     }
 
     /// A worker gives its trial back unfinished (daemon shutdown): queued again, attempt
@@ -710,7 +756,7 @@ impl Scheduler {
                     let workers = me.workers.lock().unwrap();
                     workers
                         .values()
-                        .filter(|w| w.state == "busy")
+                        .filter(|w| w.state == WorkerState::Busy)
                         .filter(|w| {
                             w.last_heartbeat
                                 .is_some_and(|t| t.elapsed() > me.config.lease_timeout)
@@ -767,7 +813,7 @@ impl Scheduler {
         let mut workers = self.workers.lock().unwrap();
         if let Some(w) = workers.get_mut(worker_id) {
             if w.trial_id.as_deref() == Some(trial_id) {
-                w.state = "idle".into();
+                w.state = WorkerState::Idle;
                 w.trial_id = None;
                 w.sweep_id = None;
                 if done {
@@ -862,7 +908,7 @@ impl Scheduler {
                     if let Some(pid) = child.id() {
                         if let Some(w) = self.workers.lock().unwrap().get_mut(&slot.worker_id) {
                             w.pid = pid;
-                            w.state = "starting".into();
+                            w.state = WorkerState::Starting;
                         }
                     }
                     let exit = tokio::select! {
@@ -880,10 +926,12 @@ impl Scheduler {
                 }
                 Err(e) => format!("could not start: {e}"),
             };
+            // Its Predict jobs fail now, not at their time-out.
+            self.predict_jobs.worker_gone(&slot.worker_id);
             let held = {
                 let mut workers = self.workers.lock().unwrap();
                 workers.get_mut(&slot.worker_id).and_then(|w| {
-                    w.state = "starting".into();
+                    w.state = WorkerState::Starting;
                     w.pid = 0;
                     let held = w.trial_id.take().map(|t| (t, w.generation));
                     w.sweep_id = None;
@@ -942,7 +990,7 @@ impl Scheduler {
                 .lock()
                 .unwrap()
                 .values()
-                .filter(|w| w.state == "busy")
+                .filter(|w| w.state == WorkerState::Busy)
                 .count()
         };
         let deadline = Instant::now() + self.config.shutdown_grace;
@@ -984,7 +1032,11 @@ pub fn suggestion_inputs<'a>(
     let mut observed: Vec<(&TrialRow, f64)> = trials
         .iter()
         .filter(|t| {
-            t.id != for_trial && matches!(t.status.as_str(), "succeeded" | "pruned" | "parked")
+            t.id != for_trial
+                && matches!(
+                    t.status,
+                    TrialStatus::Succeeded | TrialStatus::Pruned | TrialStatus::Parked
+                )
         })
         .filter_map(|t| score(&t.id).map(|s| (t, s)))
         .collect();
@@ -993,7 +1045,7 @@ pub fn suggestion_inputs<'a>(
     });
     let pending = trials
         .iter()
-        .filter(|t| t.id != for_trial && t.status == "running" && t.suggestion.is_some())
+        .filter(|t| t.id != for_trial && t.status == TrialStatus::Running && t.suggestion.is_some())
         .collect();
     (observed, pending)
 }
@@ -1001,7 +1053,7 @@ pub fn suggestion_inputs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::SweepRequest;
+    use cnnd_core::sweep::SweepRequest;
 
     /// A worker's registered pid is never signalled: cancelling its trial and expiring its
     /// lease go through the supervisor's process handle. Here the "worker" registered with
@@ -1029,12 +1081,17 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        scheduler.register("cpu-0", bystander.id(), "test").unwrap();
+        scheduler
+            .register("cpu-0", bystander.id(), "test", Vec::new())
+            .unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
         .unwrap();
         let spec = request
-            .validate(crate::sweep::SweepLimits::default(), None)
+            .validate(
+                cnnd_core::sweep::SweepLimits::default(),
+                cnnd_core::datasets::resolve_builtin,
+            )
             .unwrap();
 
         // Lease expiry: the worker holds a trial and goes silent.
@@ -1079,21 +1136,24 @@ mod tests {
                 ..Default::default()
             },
         );
-        scheduler.register("cpu-0", 0, "test").unwrap();
+        scheduler.register("cpu-0", 0, "test", Vec::new()).unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "strategy": "tpe", "numTrials": 2,
             "space": {"blocks": {"min": 1, "max": 2}}, "fixed": {"epochs": 1}}))
         .unwrap();
         let mut spec = request
-            .validate(crate::sweep::SweepLimits::default(), None)
+            .validate(
+                cnnd_core::sweep::SweepLimits::default(),
+                cnnd_core::datasets::resolve_builtin,
+            )
             .unwrap();
         spec.tpe.as_mut().unwrap().space[0].domain =
-            crate::tpe::Domain::Categorical(vec![serde_json::json!(9)]);
+            cnnd_core::tpe::Domain::Categorical(vec![serde_json::json!(9)]);
         let (sweep, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
         assert!(scheduler.lease("cpu-0").await.unwrap().is_none());
         let trials = store.trials_of(&sweep).await.unwrap();
         for t in trials.iter() {
-            assert_eq!(t.status, "failed", "{t:?}");
+            assert_eq!(t.status, TrialStatus::Failed, "{t:?}");
             let error = t.error.as_deref().unwrap_or_default();
             assert!(
                 error.starts_with(
@@ -1105,7 +1165,7 @@ mod tests {
         }
         assert_eq!(
             store.sweep(&sweep).await.unwrap().unwrap().status,
-            "finished"
+            cnnd_core::status::SweepStatus::Finished
         );
     }
 }

@@ -20,19 +20,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use crate::sweep::{SweepSpec, TrialParams};
+use cnnd_core::epoch::EpochRecord;
+use cnnd_core::status::{SweepStatus, TrialStatus};
+use cnnd_core::sweep::{SweepSpec, TrialParams};
 
 mod ingest;
-
-pub const TRIAL_STATUSES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "pruned",
-    "parked",
-];
 
 /// Trial statuses that keep a sweep open: waiting, training, or parked at an ASHA rung
 /// (resumable; see [`crate::pruning`]).
@@ -55,17 +47,17 @@ pub enum Event {
     EpochFinished {
         trial_id: String,
         epochs_planned: u32,
-        metrics: EpochRow,
+        metrics: EpochRecord,
     },
     TrialFinished {
         trial_id: String,
-        status: String,
+        status: TrialStatus,
         test_accuracy: Option<f64>,
         test_loss: Option<f64>,
         error: Option<String>,
     },
     SweepFinished {
-        status: String,
+        status: SweepStatus,
         best_trial_id: Option<String>,
         best_test_accuracy: Option<f64>,
     },
@@ -79,17 +71,6 @@ pub struct StoredEvent {
     pub event: Event,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRow {
-    pub epoch: u32,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub seconds: f64,
-    pub images_per_second: f64,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepRow {
     pub id: String,
@@ -101,22 +82,18 @@ pub struct SweepRow {
     pub objective: String,
     pub priority: i32,
     pub max_parallel: u32,
-    pub status: String,
+    pub status: SweepStatus,
     pub paused: bool,
     pub created_at: String,
     pub finished_at: Option<String>,
-    pub early_stopping: crate::pruning::EarlyStopping,
-    pub tpe: Option<crate::sweep::TpeSearch>,
+    pub early_stopping: cnnd_core::pruning::EarlyStopping,
+    pub tpe: Option<cnnd_core::sweep::TpeSearch>,
 }
 
 impl SweepRow {
     /// The status clients see: `paused` while paused and not ended.
     pub fn visible_status(&self) -> String {
-        if self.paused && (self.status == "queued" || self.status == "running") {
-            "paused".into()
-        } else {
-            self.status.clone()
-        }
+        self.status.visible(self.paused).to_string()
     }
 }
 
@@ -126,7 +103,7 @@ pub struct TrialRow {
     pub sweep_id: String,
     pub index: u32,
     pub params: TrialParams,
-    pub status: String,
+    pub status: TrialStatus,
     pub device: String,
     pub epochs_planned: u32,
     pub worker: Option<String>,
@@ -145,7 +122,7 @@ pub struct TrialRow {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     /// Latest recorded epoch, when any.
-    pub last_epoch: Option<EpochRow>,
+    pub last_epoch: Option<EpochRecord>,
     pub epochs_done: u32,
     /// Highest validation accuracy and lowest validation loss over the recorded epochs.
     pub best_val_accuracy: Option<f64>,
@@ -177,7 +154,7 @@ pub struct Lease {
 }
 
 /// A trial's id, status, and (val_accuracy, val_loss) by epoch, epoch 1 first.
-pub type ObjectiveHistory = (String, String, Vec<(f64, f64)>);
+pub type ObjectiveHistory = (String, TrialStatus, Vec<(f64, f64)>);
 
 /// What one tpe suggestion was made from: the finished trials (oldest first) observed and
 /// the running ones taken as pending, by id.
@@ -208,16 +185,31 @@ pub struct TrialFacts {
     pub provenance: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrialResult {
-    /// succeeded, failed or pruned.
-    pub status: String,
+    /// succeeded, failed, pruned or parked.
+    pub status: TrialStatus,
     pub error: Option<String>,
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub best_epoch: Option<u32>,
     pub weights_path: Option<String>,
     pub parameter_count: Option<u64>,
+}
+
+impl TrialResult {
+    /// A result with this status and nothing else known.
+    pub fn of(status: TrialStatus) -> TrialResult {
+        TrialResult {
+            status,
+            error: None,
+            test_loss: None,
+            test_accuracy: None,
+            best_epoch: None,
+            weights_path: None,
+            parameter_count: None,
+        }
+    }
 }
 
 /// Why a worker's report was not taken.
@@ -230,7 +222,7 @@ pub enum ReportError {
         trial: String,
         current: u64,
         given: u64,
-        status: String,
+        status: TrialStatus,
     },
 }
 
@@ -257,11 +249,11 @@ pub struct SweepProgress {
 
 impl TrialRow {
     /// What choosing the sweep's best trial needs of this trial.
-    pub fn contender(&self) -> crate::sweep::Contender<'_> {
-        crate::sweep::Contender {
+    pub fn contender(&self) -> cnnd_core::sweep::Contender<'_> {
+        cnnd_core::sweep::Contender {
             id: &self.id,
             index: self.index,
-            succeeded: self.status == "succeeded",
+            succeeded: self.status == TrialStatus::Succeeded,
             best_val_accuracy: self.best_val_accuracy,
             best_val_loss: self.best_val_loss,
             parameter_count: self.parameter_count,
@@ -269,9 +261,12 @@ impl TrialRow {
     }
 }
 
-/// The sweep's best trial among `trials` (see [`crate::sweep::best_contender`]).
-pub fn best_trial(trials: &[TrialRow], objective: crate::sweep::Objective) -> Option<&TrialRow> {
-    let id = crate::sweep::best_contender(objective, trials.iter().map(TrialRow::contender))?;
+/// The sweep's best trial among `trials` (see [`cnnd_core::sweep::best_contender`]).
+pub fn best_trial(
+    trials: &[TrialRow],
+    objective: cnnd_core::sweep::Objective,
+) -> Option<&TrialRow> {
+    let id = cnnd_core::sweep::best_contender(objective, trials.iter().map(TrialRow::contender))?;
     trials.iter().find(|t| t.id == id)
 }
 
@@ -364,7 +359,7 @@ const TRIAL_FROM: &str = "FROM trials t LEFT JOIN epochs e ON e.trial_id = t.id
 
 fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
     let params: String = r.get("params");
-    let last_epoch = r.get::<Option<i64>, _>("l_epoch").map(|epoch| EpochRow {
+    let last_epoch = r.get::<Option<i64>, _>("l_epoch").map(|epoch| EpochRecord {
         epoch: epoch as u32,
         train_loss: r.get("l_train_loss"),
         train_accuracy: r.get("l_train_accuracy"),
@@ -378,7 +373,7 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
         sweep_id: r.get("sweep_id"),
         index: r.get::<i64, _>("idx") as u32,
         params: serde_json::from_str(&params).context("trial params in the store")?,
-        status: r.get("status"),
+        status: state_column(r, "status")?,
         device: r.get("device"),
         epochs_planned: r.get::<i64, _>("epochs_planned") as u32,
         worker: r.get("worker"),
@@ -419,8 +414,18 @@ fn string_list(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Vec<String>>
     serde_json::from_str(&text).with_context(|| format!("trials.{column} in the store"))
 }
 
-fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRow {
-    EpochRow {
+/// A state column (`trials.status`, `sweeps.status`) read back as its type.
+fn state_column<T>(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T>
+where
+    T: FromStr<Err = cnnd_core::status::UnknownState>,
+{
+    let text: &str = r.get(column);
+    text.parse()
+        .with_context(|| format!("the store's {column} column"))
+}
+
+fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRecord {
+    EpochRecord {
         epoch: r.get::<i64, _>("epoch") as u32,
         train_loss: r.get("train_loss"),
         train_accuracy: r.get("train_accuracy"),
@@ -444,7 +449,7 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
         objective: r.get("objective"),
         priority: r.get::<i64, _>("priority") as i32,
         max_parallel: r.get::<i64, _>("max_parallel") as u32,
-        status: r.get("status"),
+        status: state_column(r, "status")?,
         paused: r.get::<i64, _>("paused") != 0,
         created_at: r.get("created_at"),
         finished_at: r.get("finished_at"),
@@ -461,19 +466,19 @@ fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
 /// The columns of a trial that decide whether a report's lease is current.
 struct LeaseRow {
     sweep_id: String,
-    status: String,
+    status: TrialStatus,
     generation: u64,
     epochs_planned: u32,
 }
 
 impl LeaseRow {
-    fn from_row(row: &sqlx::sqlite::SqliteRow) -> LeaseRow {
-        LeaseRow {
+    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LeaseRow> {
+        Ok(LeaseRow {
             sweep_id: row.get("sweep_id"),
-            status: row.get("status"),
+            status: state_column(row, "status")?,
             generation: row.get::<i64, _>("generation") as u64,
             epochs_planned: row.get::<i64, _>("epochs_planned") as u32,
-        }
+        })
     }
 }
 
@@ -487,12 +492,12 @@ fn lease_verdict(
     let Some(lease) = lease else {
         return Err(ReportError::UnknownTrial(trial_id.to_string()));
     };
-    if lease.generation != generation || lease.status != "running" {
+    if lease.generation != generation || lease.status != TrialStatus::Running {
         return Err(ReportError::StaleLease {
             trial: trial_id.to_string(),
             current: lease.generation,
             given: generation,
-            status: lease.status.clone(),
+            status: lease.status,
         });
     }
     Ok((lease.sweep_id.clone(), lease.epochs_planned))
@@ -747,7 +752,7 @@ impl Store {
     }
 
     /// Per sweep: its trial counts and its best trial (chosen by the sweep's objective on
-    /// validation data, [`crate::sweep::best_contender`]) with that trial's test accuracy.
+    /// validation data, [`cnnd_core::sweep::best_contender`]) with that trial's test accuracy.
     pub async fn sweep_progress(&self) -> Result<Vec<SweepProgress>> {
         let rows = sqlx::query(
             "SELECT t.sweep_id, s.objective, t.id, t.idx, t.status, t.best_val_accuracy,
@@ -760,16 +765,16 @@ impl Store {
         for group in
             rows.chunk_by(|a, b| a.get::<&str, _>("sweep_id") == b.get::<&str, _>("sweep_id"))
         {
-            let objective = crate::sweep::Objective::from_name(group[0].get("objective"));
-            let contenders = group.iter().map(|r| crate::sweep::Contender {
+            let objective = cnnd_core::sweep::Objective::from_name(group[0].get("objective"));
+            let contenders = group.iter().map(|r| cnnd_core::sweep::Contender {
                 id: r.get("id"),
                 index: r.get::<i64, _>("idx") as u32,
-                succeeded: r.get::<&str, _>("status") == "succeeded",
+                succeeded: r.get::<&str, _>("status") == TrialStatus::Succeeded.as_str(),
                 best_val_accuracy: r.get("best_val_accuracy"),
                 best_val_loss: r.get("best_val_loss"),
                 parameter_count: r.get::<Option<i64>, _>("parameter_count").map(|v| v as u64),
             });
-            let best = crate::sweep::best_contender(objective, contenders).map(str::to_string);
+            let best = cnnd_core::sweep::best_contender(objective, contenders).map(str::to_string);
             let best_test_accuracy = best.as_ref().and_then(|id| {
                 group
                     .iter()
@@ -782,7 +787,9 @@ impl Store {
                 done: group
                     .iter()
                     .filter(|r| {
-                        !matches!(r.get::<&str, _>("status"), "queued" | "running" | "parked")
+                        r.get::<&str, _>("status")
+                            .parse::<TrialStatus>()
+                            .is_ok_and(|s| !s.is_open())
                     })
                     .count() as u32,
                 best_trial_id: best,
@@ -806,7 +813,7 @@ impl Store {
         for r in &rows {
             let id: String = r.get("id");
             if out.last().is_none_or(|(last, _, _)| *last != id) {
-                out.push((id, r.get("status"), Vec::new()));
+                out.push((id, state_column(r, "status")?, Vec::new()));
             }
             if let (Some(acc), Some(loss)) = (
                 r.get::<Option<f64>, _>("val_accuracy"),
@@ -871,7 +878,7 @@ impl Store {
         row.as_ref().map(trial_from_row).transpose()
     }
 
-    pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRow>> {
+    pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRecord>> {
         let rows = sqlx::query("SELECT * FROM epochs WHERE trial_id = ? ORDER BY epoch")
             .bind(trial_id)
             .fetch_all(&self.reader)
@@ -883,14 +890,14 @@ impl Store {
     pub async fn epochs_of_sweep(
         &self,
         sweep_id: &str,
-    ) -> Result<std::collections::HashMap<String, Vec<EpochRow>>> {
+    ) -> Result<std::collections::HashMap<String, Vec<EpochRecord>>> {
         let rows = sqlx::query(
             "SELECT e.* FROM epochs e JOIN trials t ON t.id = e.trial_id WHERE t.sweep_id = ? ORDER BY e.trial_id, e.epoch",
         )
         .bind(sweep_id)
         .fetch_all(&self.reader)
         .await?;
-        let mut out: std::collections::HashMap<String, Vec<EpochRow>> = Default::default();
+        let mut out: std::collections::HashMap<String, Vec<EpochRecord>> = Default::default();
         for r in &rows {
             out.entry(r.get("trial_id"))
                 .or_default()
@@ -1082,7 +1089,7 @@ impl Store {
         .bind(trial_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let lease = row.as_ref().map(LeaseRow::from_row);
+        let lease = row.as_ref().map(LeaseRow::from_row).transpose()?;
         Ok(lease_verdict(trial_id, generation, lease.as_ref()))
     }
 
@@ -1096,7 +1103,7 @@ impl Store {
         &self,
         trial_id: &str,
         generation: u64,
-        epoch: &EpochRow,
+        epoch: &EpochRecord,
         facts: Option<&TrialFacts>,
     ) -> Result<Result<StoredEvent, ReportError>> {
         let Some(reports) = &self.epoch_reports else {
@@ -1133,7 +1140,7 @@ impl Store {
             "UPDATE trials SET status = ?, error = ?, test_loss = ?, test_accuracy = ?, best_epoch = ?, weights_path = ?,
                     parameter_count = COALESCE(?, parameter_count), finished_at = ? WHERE id = ?",
         )
-        .bind(&result.status)
+        .bind(result.status.as_str())
         .bind(&result.error)
         .bind(result.test_loss)
         .bind(result.test_accuracy)
@@ -1150,7 +1157,7 @@ impl Store {
                 &sweep_id,
                 &Event::TrialFinished {
                     trial_id: trial_id.to_string(),
-                    status: result.status.clone(),
+                    status: result.status,
                     test_accuracy: result.test_accuracy,
                     test_loss: result.test_loss,
                     error: result.error.clone(),
@@ -1212,11 +1219,11 @@ impl Store {
             .await?;
             let mut events = Vec::new();
             for (id, error, test_accuracy, test_loss) in parked {
-                let error = format!(
-                    "{}asha: never promoted ({})",
-                    crate::pruning::PRUNED,
+                let error = cnnd_core::status::StopReason::Pruned(format!(
+                    "asha: never promoted ({})",
                     error.unwrap_or_default()
-                );
+                ))
+                .to_string();
                 sqlx::query("UPDATE trials SET status = 'pruned', error = ? WHERE id = ?")
                     .bind(&error)
                     .bind(&id)
@@ -1228,7 +1235,7 @@ impl Store {
                         sweep_id,
                         &Event::TrialFinished {
                             trial_id: id,
-                            status: "pruned".into(),
+                            status: TrialStatus::Pruned,
                             test_accuracy,
                             test_loss,
                             error: Some(error),
@@ -1319,7 +1326,7 @@ impl Store {
                     &sweep_id,
                     &Event::TrialFinished {
                         trial_id: trial_id.to_string(),
-                        status: "failed".into(),
+                        status: TrialStatus::Failed,
                         test_accuracy: None,
                         test_loss: None,
                         error: Some(error),
@@ -1366,7 +1373,7 @@ impl Store {
         for (trial_id,) in open {
             let event = Event::TrialFinished {
                 trial_id,
-                status: "cancelled".into(),
+                status: TrialStatus::Cancelled,
                 test_accuracy: None,
                 test_loss: None,
                 error: Some("cancelled by request".into()),
@@ -1384,7 +1391,7 @@ impl Store {
                     &mut tx,
                     sweep_id,
                     &Event::SweepFinished {
-                        status: "cancelled".into(),
+                        status: SweepStatus::Cancelled,
                         best_trial_id: None,
                         best_test_accuracy: None,
                     },
@@ -1437,7 +1444,7 @@ impl Store {
             .bind(sweep_id)
             .fetch_one(&mut *tx)
             .await?;
-        if status == "finished" || status == "cancelled" {
+        if status.parse::<SweepStatus>()?.has_ended() {
             return Ok(Vec::new());
         }
         sqlx::query("UPDATE sweeps SET status = 'finished', finished_at = ? WHERE id = ?")
@@ -1459,12 +1466,12 @@ impl Store {
             .iter()
             .map(trial_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let best = best_trial(&trials, crate::sweep::Objective::from_name(&objective));
+        let best = best_trial(&trials, cnnd_core::sweep::Objective::from_name(&objective));
         let event = append_event(
             tx,
             sweep_id,
             &Event::SweepFinished {
-                status: "finished".into(),
+                status: SweepStatus::Finished,
                 best_trial_id: best.map(|b| b.id.clone()),
                 best_test_accuracy: best.and_then(|b| b.test_accuracy),
             },
@@ -1528,8 +1535,8 @@ mod tests {
         );
     }
 
-    fn epoch(n: u32, val_accuracy: f64, val_loss: f64) -> EpochRow {
-        EpochRow {
+    fn epoch(n: u32, val_accuracy: f64, val_loss: f64) -> EpochRecord {
+        EpochRecord {
             epoch: n,
             train_loss: 0.5,
             train_accuracy: 0.5,
@@ -1553,12 +1560,15 @@ mod tests {
     ) -> (tempfile::TempDir, Store, String, Event) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
-        let request: crate::sweep::SweepRequest = serde_json::from_value(serde_json::json!({
+        let request: cnnd_core::sweep::SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "space": {"seed": (0..trials.len()).collect::<Vec<_>>()},
             "fixed": {"epochs": 3}, "objective": objective}))
         .unwrap();
         let spec = request
-            .validate(crate::sweep::SweepLimits::default(), None)
+            .validate(
+                cnnd_core::sweep::SweepLimits::default(),
+                cnnd_core::datasets::resolve_builtin,
+            )
             .unwrap();
         store
             .insert_sweep("sw", &spec, u32::MAX)
@@ -1587,11 +1597,10 @@ mod tests {
                     .unwrap();
             }
             let result = TrialResult {
-                status: "succeeded".into(),
                 test_accuracy: Some(test_accuracy),
                 test_loss: Some(0.1),
                 parameter_count: Some(size),
-                ..Default::default()
+                ..TrialResult::of(TrialStatus::Succeeded)
             };
             last = store
                 .finish_trial(&lease.trial_id, lease.generation, &result)
@@ -1630,7 +1639,7 @@ mod tests {
         let rows = store.trials_of(&sweep).await.unwrap();
         assert_eq!(rows[0].best_val_accuracy, Some(0.97));
         assert_eq!(rows[1].best_val_loss, Some(0.10));
-        let objective = crate::sweep::Objective::ValAccuracy;
+        let objective = cnnd_core::sweep::Objective::ValAccuracy;
         assert_eq!(best_trial(&rows, objective).unwrap().id, "sw-t0");
         let progress = store.sweep_progress().await.unwrap();
         assert_eq!(progress[0].best_trial_id.as_deref(), Some("sw-t0"));
@@ -1641,7 +1650,7 @@ mod tests {
         assert_eq!(best_of(&finished), (Some("sw-t1".into()), Some(0.99)));
         let rows = store.trials_of(&sweep).await.unwrap();
         assert_eq!(
-            best_trial(&rows, crate::sweep::Objective::ValLoss)
+            best_trial(&rows, cnnd_core::sweep::Objective::ValLoss)
                 .unwrap()
                 .id,
             "sw-t1"

@@ -365,7 +365,7 @@ fn invalid_sweeps_are_refused_and_nothing_is_stored() {
 #[test]
 fn cnnctl_reports_an_unreachable_daemon_in_one_line() {
     let port = common::free_port();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+    let out = std::process::Command::new(common::cnnctl_bin())
         .arg("status")
         .env("CNND_ADDR", format!("http://127.0.0.1:{port}"))
         .output()
@@ -429,4 +429,69 @@ fn cancel_stops_running_and_queued_trials() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// A 28x28 gray PNG of a bright square on black, as a Predict image (base64 for grpcurl).
+fn digit_png_base64() -> String {
+    use base64::Engine;
+    let img = image::GrayImage::from_fn(28, 28, |x, y| {
+        image::Luma([if (8..20).contains(&x) && (6..22).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// Predict runs on the workers (the daemon has no libtorch), beside training: with the only
+/// worker busy on a long trial, a prediction from an earlier trial is answered while that
+/// trial still runs. With no worker connected, Predict is UNAVAILABLE, saying why.
+#[test]
+fn predict_runs_on_the_workers_beside_training_and_is_unavailable_without_one() {
+    let _one_at_a_time = serial();
+    let d = Daemon::start(1, &[]);
+    let tiny = d.submit(&json!({"name": "tiny", "dataset": "mnist",
+        "fixed": {"epochs": 1, "trainLimit": 300, "testLimit": 100, "baseFilters": 4, "units": 8}}));
+    let s = d.wait_sweep_ended(&tiny, Duration::from_secs(120));
+    let trial = s["trials"][0]["trialId"].as_str().unwrap().to_string();
+    let long = d.submit(&json!({"name": "long", "dataset": "mnist",
+        "fixed": {"epochs": 40, "trainLimit": 3000, "testLimit": 100}}));
+    common::wait_for(
+        Duration::from_secs(60),
+        "the long trial to train",
+        || d.log(),
+        || (d.get_sweep(&long).trials[0].epochs_done >= 1).then_some(()),
+    );
+    let request =
+        json!({"trialId": trial, "images": [{"name": "square.png", "data": digit_png_base64()}]});
+    let answer = d.grpcurl_json("cnn.v1.Orchestrator/Predict", &request.to_string());
+    assert_eq!(
+        answer["predictions"].as_array().unwrap().len(),
+        1,
+        "{answer}"
+    );
+    assert_eq!(answer["classNames"].as_array().unwrap().len(), 10);
+    let running = d.get_sweep(&long);
+    assert_eq!(
+        running.trials[0].status, "running",
+        "Predict waited for the long trial to end"
+    );
+    assert!(running.trials[0].epochs_done < 40);
+    let out = d.cnnctl(&["cancel", &long]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The same state without workers: the trial's weights are there, no one can run them.
+    let d = d.restart(0, &[]);
+    let out = d.grpcurl("cnn.v1.Orchestrator/Predict", &request.to_string());
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("Unavailable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("none is connected"),
+        "{}",
+        stderr(&out)
+    );
 }

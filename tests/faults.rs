@@ -268,9 +268,10 @@ fn worker_killed_mid_epoch_is_requeued_and_resumes_from_its_checkpoint() {
     assert_eq!(db_sweep_status(&d.db_path(), &sweep), "finished");
 
     // Fencing: a report carrying the first lease's generation is refused and stores nothing.
-    let stale = json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "epoch": 42,
-                       "trainLoss": 1.0, "trainAccuracy": 0.5, "valLoss": 1.0, "valAccuracy": 0.5,
-                       "seconds": 1.0, "imagesPerSecond": 1.0});
+    let stale = json!({"workerId": "cpu-0", "trialId": trial, "generation": 1,
+                       "metrics": {"epoch": 42, "trainLoss": 1.0, "trainAccuracy": 0.5,
+                                   "valLoss": 1.0, "valAccuracy": 0.5, "seconds": 1.0,
+                                   "imagesPerSecond": 1.0}});
     let out = d.grpcurl_worker_hub("cnn.v1.WorkerHub/ReportEpoch", &stale.to_string());
     assert!(
         !out.status.success() && stderr(&out).contains("FailedPrecondition"),
@@ -428,12 +429,7 @@ fn daemon_killed_between_an_epoch_report_and_its_checkpoint_keeps_one_row_per_ep
     // Mid-epoch 2, the checkpoint holds epoch 1 (renamed into place, never half-written).
     let kept = tempfile::NamedTempFile::new().unwrap();
     std::fs::copy(&checkpoint, kept.path()).unwrap();
-    assert_eq!(
-        cnnd::train::read_checkpoint_meta(kept.path())
-            .unwrap()
-            .epoch,
-        1
-    );
+    assert_eq!(common::checkpoint_epoch(kept.path()), 1);
 
     let db = d.db_path();
     wait_for(
@@ -542,7 +538,7 @@ fn nan_loss_fails_the_trial_as_diverged_naming_epoch_and_batch() {
     );
     // Divergence is a result, not a crash: both workers are the same processes, idle.
     let after = d.wait_workers_idle(Duration::from_secs(30));
-    let pids = |st: &cnnd::proto::Status| st.workers.iter().map(|w| w.pid).collect::<Vec<_>>();
+    let pids = |st: &cnnd_proto::Status| st.workers.iter().map(|w| w.pid).collect::<Vec<_>>();
     assert_eq!(pids(&after), pids(&workers), "a worker was replaced");
 }
 
@@ -747,7 +743,7 @@ fn sigterm_gives_the_running_trial_back_at_the_epoch_boundary_and_restart_resume
 
 #[test]
 fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
-    use cnnd::proto::{GetStatusRequest, GetSweepRequest, GetTrialRequest, ListSweepsRequest};
+    use cnnd_proto::{GetStatusRequest, GetSweepRequest, GetTrialRequest, ListSweepsRequest};
 
     let _one_at_a_time = serial();
     let d = Daemon::start(2, &[]);
@@ -756,7 +752,7 @@ fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
         small_with(2, json!({"batchSize": 32})),
         json!({"kernelSize": [3, 5], "head": ["gap", "dense"]}),
     ));
-    let options = cnnd::client::ClientOptions {
+    let options = cnnd_client::ClientOptions {
         addr: d.addr.clone(),
         token_file: Some(d.token_file()),
         ..Default::default()
@@ -775,7 +771,7 @@ fn fifty_concurrent_clients_see_no_errors_while_a_sweep_trains() {
             tasks.push(tokio::spawn(async move {
                 let mut ok = 0u32;
                 let mut errors: Vec<String> = Vec::new();
-                let mut client = match cnnd::client::connect(&options).await {
+                let mut client = match cnnd_client::connect(&options).await {
                     Ok(c) => c,
                     Err(e) => return (0, vec![format!("client {i}: connect: {e}")]),
                 };
@@ -1223,9 +1219,9 @@ fn mount_restart_on_a_read_only_store_serves_reads_or_refuses_to_start_and_never
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let token_file = cnnd::auth::token_path(state.path());
+    let token_file = cnnd_client::auth::token_path(state.path());
     let cnnctl = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+        std::process::Command::new(common::cnnctl_bin())
             .args(args)
             .env("CNND_ADDR", format!("http://127.0.0.1:{port}"))
             .env("CNND_TOKEN_FILE", &token_file)
@@ -1247,7 +1243,7 @@ fn mount_restart_on_a_read_only_store_serves_reads_or_refuses_to_start_and_never
         eprintln!("read-only store with its WAL files ({wal_left}): the daemon serves reads");
         let header = format!(
             "authorization: Bearer {}",
-            cnnd::auth::read_token_file(&token_file).unwrap()
+            cnnd_client::auth::read_token_file(&token_file).unwrap()
         );
         let out = std::process::Command::new(common::grpcurl_bin())
             .args([

@@ -26,7 +26,7 @@ fn stdout(o: &Output) -> String {
 /// without editing this test).
 fn methods_of(service: &str) -> Vec<String> {
     use prost::Message;
-    let set = prost_types::FileDescriptorSet::decode(cnnd::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let set = prost_types::FileDescriptorSet::decode(cnnd_proto::FILE_DESCRIPTOR_SET).unwrap();
     let mut out = Vec::new();
     for file in &set.file {
         for s in &file.service {
@@ -181,7 +181,7 @@ fn every_rpc_but_health_refuses_a_missing_wrong_or_foreign_token() {
         ("CNND_TOKEN", "not-the-token".to_string()),
         ("CNND_TOKEN_FILE", other.token_file().display().to_string()),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+        let out = Command::new(common::cnnctl_bin())
             .arg("status")
             .env("CNND_ADDR", &d.addr)
             .env_remove("CNND_TOKEN")
@@ -336,9 +336,9 @@ fn tls_round_trip_with_a_generated_certificate_and_plaintext_refused() {
         }
     }
     let _guard = {
-        let token_file = cnnd::auth::token_path(state.path());
+        let token_file = cnnd_client::auth::token_path(state.path());
         let cnnctl = |addr: &str, ca_file: &Path| {
-            Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+            Command::new(common::cnnctl_bin())
                 .args(["status", "--addr", addr])
                 .arg("--ca-file")
                 .arg(ca_file)
@@ -361,7 +361,7 @@ fn tls_round_trip_with_a_generated_certificate_and_plaintext_refused() {
         assert!(stdout(&out).contains("cnnd"), "{}", stdout(&out));
         let header = format!(
             "authorization: Bearer {}",
-            cnnd::auth::read_token_file(&token_file).unwrap()
+            cnnd_client::auth::read_token_file(&token_file).unwrap()
         );
         let out = Command::new(grpcurl_bin())
             .arg("-cacert")
@@ -375,13 +375,13 @@ fn tls_round_trip_with_a_generated_certificate_and_plaintext_refused() {
             .output()
             .unwrap();
         assert!(out.status.success(), "grpcurl over TLS: {}", stderr(&out));
-        assert!(stdout(&out).contains("libtorchVersion"), "{}", stdout(&out));
+        assert!(stdout(&out).contains("uptimeSeconds"), "{}", stdout(&out));
         // A CA the server's certificate does not chain to: refused, one line, exit 2.
         let out = cnnctl(&https, &certs.path().join("other-ca.pem"));
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
         // Plaintext against the TLS port: refused by cnnctl and by grpcurl.
-        let out = Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+        let out = Command::new(common::cnnctl_bin())
             .args(["status", "--addr", &format!("http://127.0.0.1:{port}")])
             .env("CNND_TOKEN_FILE", &token_file)
             .output()
@@ -454,8 +454,8 @@ fn oversized_requests_and_queues_are_refused_with_resource_exhausted() {
 #[test]
 fn concurrent_submissions_never_pass_the_queued_trial_limit() {
     let d = Daemon::start(0, &["--max-queued-trials", "10"]);
-    let object = |v: serde_json::Value| cnnd::proto::struct_from_json(v.as_object().unwrap());
-    let request = cnnd::proto::SubmitSweepRequest {
+    let object = |v: serde_json::Value| cnnd_proto::struct_from_json(v.as_object().unwrap());
+    let request = cnnd_proto::SubmitSweepRequest {
         dataset: "mnist".into(),
         space: Some(object(json!({"kernelSize": [3, 5, 7]}))),
         fixed: Some(object(json!({"epochs": 1, "trainLimit": 200}))),
@@ -553,13 +553,13 @@ fn base64_of(bytes: &[u8]) -> String {
 
 #[test]
 fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
-    use cnnd::proto::{GetStatusRequest, WatchSweepRequest};
+    use cnnd_proto::{GetStatusRequest, WatchSweepRequest};
     let _one_at_a_time = serial();
     let d = Daemon::start(1, &["--max-streams-per-client", "4"]);
     let sweep = d.submit(&json!({"name": "watched", "dataset": "mnist",
         "fixed": {"epochs": 1, "trainLimit": 300, "testLimit": 100, "baseFilters": 4, "units": 8}}));
     let client_from = |ip: &str| {
-        cnnd::client::ClientOptions {
+        cnnd_client::ClientOptions {
             addr: d.addr.clone(),
             token_file: Some(d.token_file()),
             ..Default::default()
@@ -570,7 +570,7 @@ fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
     let polite = client_from("127.0.0.2");
     common::block_on(async {
         let mut held = Vec::new();
-        let mut client = cnnd::client::connect(&greedy).await.unwrap();
+        let mut client = cnnd_client::connect(&greedy).await.unwrap();
         for _ in 0..4 {
             // Opened, never read.
             held.push(
@@ -597,7 +597,7 @@ fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
         assert!(refused.message().contains("max_streams_per_client"));
 
         // The daemon still answers everyone, and another client may watch.
-        let mut other = cnnd::client::connect(&polite).await.unwrap();
+        let mut other = cnnd_client::connect(&polite).await.unwrap();
         let started = Instant::now();
         other.get_status(GetStatusRequest {}).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -637,7 +637,7 @@ fn a_client_that_opens_streams_and_never_reads_cannot_hold_the_daemon() {
 /// `stream_send_timeout_secs`, closes the stream and gives its place back.
 #[test]
 fn a_stream_whose_client_stops_reading_is_closed_after_the_send_timeout() {
-    use cnnd::proto::WatchSweepRequest;
+    use cnnd_proto::WatchSweepRequest;
     let d = Daemon::start(
         1,
         &[
@@ -798,7 +798,13 @@ fn config_file_environment_and_flags_layer_and_cnnd_config_shows_the_sources() {
         .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {first}"));
     assert!(parsed["level"].is_string(), "{parsed}");
 
+    // The daemon has no libtorch; its trainer names the one it was built against.
     let out = Command::new(env!("CARGO_BIN_EXE_cnnd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("no libtorch"), "{}", stdout(&out));
+    let out = Command::new(common::sibling_bin("cnnd-worker"))
         .arg("--version")
         .output()
         .unwrap();

@@ -1,20 +1,22 @@
 //! Helpers every benchmark shares (`mod common;` in each): where the repository is, the
-//! machine's CPU model and load, CPU seconds used, a free port and the daemon binary.
+//! machine's CPU model and load, CPU seconds used, a free port, the daemon binary and the
+//! daemon process a benchmark runs.
 #![allow(dead_code)] // each benchmark uses its own subset
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-/// The repository: where it was built, else (a bench binary copied to another machine, as
-/// `scripts/gpu-check.sh` does) the current directory.
+/// The repository (the workspace root, which holds Cargo.lock, whichever crate's bench this
+/// is), else (a bench binary copied to another machine, as `scripts/gpu-check.sh` does) the
+/// current directory.
 pub fn manifest_dir() -> PathBuf {
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("Cargo.toml").exists() {
-        built
-    } else {
-        std::env::current_dir().unwrap_or(built)
+    match built.ancestors().find(|d| d.join("Cargo.lock").exists()) {
+        Some(root) => root.to_path_buf(),
+        None => std::env::current_dir().unwrap_or(built),
     }
 }
 
@@ -73,7 +75,8 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// The daemon binary: the one cargo built for this bench (same profile), else
-/// target/release/cnnd, built with `cargo build --release --bins` when missing.
+/// target/release/cnnd, built with `cargo build --release --bins` (all three binaries: the
+/// daemon starts the cnnd-worker beside it) when missing.
 pub fn daemon_binary() -> Result<PathBuf> {
     if let Some(p) = option_env!("CARGO_BIN_EXE_cnnd")
         .map(PathBuf::from)
@@ -94,4 +97,49 @@ pub fn daemon_binary() -> Result<PathBuf> {
         }
     }
     Ok(p)
+}
+
+/// A daemon a benchmark started; stopped when dropped (SIGTERM, then SIGKILL after
+/// `stop_grace`). Its workers die with it (PR_SET_PDEATHSIG).
+pub struct Daemon {
+    pub child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    /// How long a SIGTERM gets before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Daemon {
+    /// The last 40 lines of its log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// An error with the log's tail when the daemon has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            bail!("the daemon exited ({st}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child this benchmark spawned and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + self.stop_grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

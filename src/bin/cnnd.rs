@@ -1,29 +1,30 @@
 //! `cnnd`: the daemon. Serves the gRPC API (with reflection and health) behind the token,
 //! size and timing layers, serves the worker protocol on a separate loopback listener,
-//! keeps the worker processes running, and owns the SQLite store. `cnnd worker` is the
-//! worker process the daemon starts for each slot; `cnnd probe` prints the devices libtorch
-//! sees; `cnnd config` prints the effective configuration.
+//! keeps its worker processes (`cnnd-worker`, the trainer, beside this binary) running, and
+//! owns the SQLite store. It never links libtorch: the device probe runs in a
+//! `cnnd-worker probe` child. `cnnd config` prints the effective configuration.
 
 use std::time::Duration;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use cnnd::api::{Api, Hub};
+use cnnd::api::hub::Hub;
+use cnnd::api::Api;
 use cnnd::auth::RequireBearer;
-use cnnd::config::{cpu_cores, DaemonConfig, LogFormat};
+use cnnd::config::{DaemonConfig, LogFormat};
 use cnnd::limits::{RequestSizeLimit, StreamQuota};
 use cnnd::metrics::{Metrics, RpcTiming};
-use cnnd::proto::orchestrator_server::OrchestratorServer;
-use cnnd::proto::worker_hub_server::WorkerHubServer;
-use cnnd::scheduler::{DeviceInfo, Scheduler, SchedulerConfig, SlotConfig};
+use cnnd::scheduler::{Scheduler, SchedulerConfig, SlotConfig};
 use cnnd::store::Store;
-use cnnd::sweep::SweepLimits;
-use cnnd::worker;
+use cnnd_core::devices::{Device, Probe};
+use cnnd_core::sweep::SweepLimits;
+use cnnd_proto::orchestrator_server::OrchestratorServer;
+use cnnd_proto::worker_hub_server::WorkerHubServer;
 
 #[derive(Parser)]
 #[command(name = "cnnd", version = long_version(), about = "Runs CNN hyperparameter sweeps: gRPC API, libtorch worker processes, SQLite history, PNG charts")]
@@ -37,11 +38,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A worker process (started by the daemon, one per slot).
-    #[command(hide = true)]
-    Worker(worker::WorkerArgs),
-    /// Prints the devices libtorch sees, as JSON.
-    Probe,
     /// Prints the effective configuration as TOML (flags > environment > config file >
     /// defaults), each value with where it came from.
     Config(Box<DaemonConfig>),
@@ -50,10 +46,8 @@ enum Command {
 fn long_version() -> &'static str {
     Box::leak(
         format!(
-            "{} (libtorch {}, CUDA {})",
-            env!("CARGO_PKG_VERSION"),
-            cnnd::config::LIBTORCH_VERSION,
-            cnnd::config::TORCH_CUDA_VERSION
+            "{} (no libtorch: workers run cnnd-worker)",
+            env!("CARGO_PKG_VERSION")
         )
         .into_boxed_str(),
     )
@@ -89,7 +83,6 @@ fn parse_invocation() -> Result<Invocation, String> {
     let (config, sub) = match &cli.command {
         None => (&cli.config, None),
         Some(Command::Config(c)) => (c.as_ref(), Some("config")),
-        Some(_) => return Ok(Invocation::without_file(cli, matches)), // worker, probe
     };
     let Some(file) = config.config_file() else {
         return Ok(Invocation::without_file(cli, matches));
@@ -143,18 +136,10 @@ fn main() {
     };
     init_logging(format);
     let result = match invocation.cli.command {
-        Some(Command::Probe) => {
-            println!(
-                "{}",
-                serde_json::to_string(&worker::probe()).unwrap_or_default()
-            );
-            Ok(())
-        }
         Some(Command::Config(ref config)) => {
             print_config(config, &invocation);
             Ok(())
         }
-        Some(Command::Worker(args)) => runtime(1).and_then(|rt| rt.block_on(worker::run(args))),
         None => runtime(2).and_then(|rt| rt.block_on(serve(invocation.cli.config))),
     };
     if let Err(e) = result {
@@ -192,6 +177,10 @@ fn print_config(config: &DaemonConfig, invocation: &Invocation) {
     print!("{}", cnnd::config::effective_toml(config, &source));
 }
 
+/// The environment variable the daemon hands its token to its workers in (read by
+/// `cnnd-worker`).
+const WORKER_TOKEN_ENV: &str = "CNND_WORKER_TOKEN";
+
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -199,34 +188,35 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs `cnnd probe` in a child process, so the daemon itself never initialises CUDA.
-fn probe_devices() -> Result<Vec<DeviceInfo>> {
-    let exe = std::env::current_exe()?;
-    let out = std::process::Command::new(exe)
+/// The trainer binary: `--worker-bin`, else `cnnd-worker` beside this binary.
+fn worker_binary(config: &DaemonConfig) -> Result<PathBuf> {
+    if let Some(bin) = &config.worker_bin {
+        return Ok(bin.clone());
+    }
+    let exe = std::env::current_exe().context("locating the cnnd binary")?;
+    Ok(exe.with_file_name("cnnd-worker"))
+}
+
+/// Runs `cnnd-worker probe` in a child process: the devices of this machine as libtorch
+/// sees them (the daemon itself never loads libtorch or initialises CUDA).
+fn probe_devices(worker_bin: &Path) -> Result<Vec<Device>> {
+    let out = std::process::Command::new(worker_bin)
         .arg("probe")
         .output()
-        .context("running `cnnd probe`")?;
-    let probe: worker::Probe = serde_json::from_slice(&out.stdout).with_context(|| {
+        .with_context(|| {
+            format!(
+                "running `{} probe` (the trainer: build it with `cargo build --release`, or give --worker-bin)",
+                worker_bin.display()
+            )
+        })?;
+    let probe: Probe = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "`cnnd probe` printed no device list: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "`{} probe` printed no device list: {}",
+            worker_bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
         )
     })?;
-    let mut devices = vec![DeviceInfo {
-        name: "cpu".into(),
-        kind: "cpu".into(),
-        cores: cpu_cores(),
-        memory_bytes: 0,
-        description: format!("{} cores", cpu_cores()),
-    }];
-    devices.extend(probe.cuda_devices.iter().map(|g| DeviceInfo {
-        name: format!("cuda:{}", g.index),
-        kind: "cuda".into(),
-        cores: 0,
-        memory_bytes: g.memory_bytes,
-        description: g.name.clone(),
-    }));
-    Ok(devices)
+    Ok(probe.devices)
 }
 
 async fn serve(config: DaemonConfig) -> Result<()> {
@@ -265,14 +255,16 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         let token = cnnd::auth::load_or_create_token(&state_dir)?;
         (
             RequireBearer::new(&token),
-            vec![(worker::TOKEN_ENV.to_string(), token)],
+            vec![(WORKER_TOKEN_ENV.to_string(), token)],
         )
     };
-    let devices = probe_devices()?;
-    let gpus: Vec<&DeviceInfo> = devices.iter().filter(|d| d.kind == "cuda").collect();
+    let worker_bin = worker_binary(&config)?;
+    let devices = probe_devices(&worker_bin)?;
+    let gpus: Vec<&Device> = devices.iter().filter(|d| d.is_cuda()).collect();
+    let cpu_cores = devices.first().map_or(1, |cpu| cpu.cores.max(1));
     let cpu_workers = config
         .cpu_workers
-        .unwrap_or(if gpus.is_empty() { cpu_cores() } else { 0 });
+        .unwrap_or(if gpus.is_empty() { cpu_cores } else { 0 });
     let mut slots: Vec<SlotConfig> = (0..cpu_workers)
         .map(|i| SlotConfig {
             worker_id: format!("cpu-{i}"),
@@ -297,7 +289,6 @@ async fn serve(config: DaemonConfig) -> Result<()> {
 
     let db_path = config.db_path();
     let store = Store::open(&db_path).await?;
-    let exe = std::env::current_exe()?.display().to_string();
     let scheduler = Scheduler::new(
         store,
         SchedulerConfig {
@@ -316,7 +307,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             lease_poll: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(config.lease_timeout_secs.max(1)),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-            worker_command: vec![exe, "worker".into()],
+            worker_command: vec![worker_bin.display().to_string()],
             worker_env,
             event_buffer: 4096,
         },
@@ -340,15 +331,18 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let hub_addr = hub_listener.local_addr()?;
     let worker_url = format!("http://{hub_addr}");
     // Where the worker protocol listens, for operators and tests (it changes every start).
-    write_state_file(&state_dir.join("worker-hub.addr"), &format!("{hub_addr}\n"))?;
+    cnnd::files::write_whole(
+        &state_dir.join("worker-hub.addr"),
+        format!("{hub_addr}\n").as_bytes(),
+    )?;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(cnnd::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(cnnd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(cnnd::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(cnnd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
@@ -362,12 +356,9 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         sweep_replies: Default::default(),
         scheduler: scheduler.clone(),
         dashboards_dir: dashboards_dir.clone(),
-        predictor: Some(Arc::new(cnnd::predict::LocalPredictor {
-            limits: cnnd::imaging::DecodeLimits {
-                max_bytes: config.max_image_bytes,
-                max_pixels: config.max_image_pixels,
-            },
-        })),
+        predict_timeout: Duration::from_secs(config.predict_timeout_secs.max(1)),
+        max_image_bytes: config.max_image_bytes,
+        max_image_pixels: config.max_image_pixels,
         streams: streams.clone(),
         stream_send_timeout: Duration::from_secs(config.stream_send_timeout_secs.max(1)),
         max_queued_trials: config.max_queued_trials,
@@ -386,7 +377,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .await?;
         tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
     }
-    cnnd::api::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
+    cnnd::api::charts::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
     scheduler.start_workers(worker_url);
     scheduler.start_lease_reaper();
     tracing::info!(
@@ -460,12 +451,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-}
-
-/// Writes a small state file whole: to a temporary name beside it, then renamed.
-fn write_state_file(path: &std::path::Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

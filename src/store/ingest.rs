@@ -14,8 +14,10 @@ use anyhow::{anyhow, Result};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
+use cnnd_core::epoch::EpochRecord;
+
 use super::{
-    append_events, lease_verdict, now, store_facts, EpochRow, Event, LeaseRow, ReportError, Store,
+    append_events, lease_verdict, now, store_facts, Event, LeaseRow, ReportError, Store,
     StoredEvent, TrialFacts,
 };
 
@@ -26,7 +28,7 @@ pub(super) type Outcome = Result<Result<StoredEvent, ReportError>>;
 pub(super) struct EpochReport {
     pub trial_id: String,
     pub generation: u64,
-    pub epoch: EpochRow,
+    pub epoch: EpochRecord,
     pub facts: Option<TrialFacts>,
     pub reply: oneshot::Sender<Outcome>,
 }
@@ -163,7 +165,7 @@ async fn store_epochs(
     .fetch_all(&mut *tx)
     .await?;
     for row in rows {
-        leases.insert(row.get("id"), LeaseRow::from_row(&row));
+        leases.insert(row.get("id"), LeaseRow::from_row(&row)?);
     }
     let verdicts: Vec<_> = reports
         .iter()
@@ -237,11 +239,11 @@ async fn insert_epochs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::{SweepLimits, SweepRequest};
+    use cnnd_core::sweep::{SweepLimits, SweepRequest};
     use sqlx::Connection;
 
-    fn epoch(n: u32, val_accuracy: f64) -> EpochRow {
-        EpochRow {
+    fn epoch(n: u32, val_accuracy: f64) -> EpochRecord {
+        EpochRecord {
             epoch: n,
             train_loss: 1.0 / n as f64,
             train_accuracy: 0.5,
@@ -266,7 +268,9 @@ mod tests {
             "maxParallel": 3
         }))
         .unwrap();
-        let spec = request.validate(SweepLimits::default(), None).unwrap();
+        let spec = request
+            .validate(SweepLimits::default(), cnnd_core::datasets::resolve_builtin)
+            .unwrap();
         store
             .insert_sweep("sw-batch", &spec, u32::MAX)
             .await
@@ -425,7 +429,10 @@ mod tests {
             .await
             .unwrap();
         let lease = store.trials_of("sw-batch").await.unwrap();
-        let running: Vec<_> = lease.iter().filter(|t| t.status == "running").collect();
+        let running: Vec<_> = lease
+            .iter()
+            .filter(|t| t.status == cnnd_core::status::TrialStatus::Running)
+            .collect();
         // Another connection takes the write lock for 600 ms (six busy timeouts).
         let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
             .await

@@ -5,8 +5,9 @@
 //! deterministic for a seed, so the crate's readers are tested against bytes they will meet.
 //!
 //! Owns: the writers and generators below. Must not touch: the daemon harness (`common/mod.rs`)
-//! or any reader (they live in the crate, `cnnd::data`); nothing here reads back what it wrote
-//! except `photo_like_digits`, which reads MNIST through the crate's own IDX reader.
+//! or any reader (they live in the trainer, `cnnd_worker::data`, whose tests use these files
+//! too); nothing here reads back what it wrote except `photo_like_digits`, which reads MNIST
+//! through the IDX format of `cnnd_core::idx`. No libtorch here: the daemon's tests use it.
 #![allow(dead_code)]
 
 use std::fs;
@@ -116,7 +117,7 @@ pub fn write_cifar_dir(dir: &Path, per_batch: usize, seed: u64) -> (Vec<u8>, Vec
     }
     let (images, labels) = batch(&mut rng);
     write_cifar_batch(&dir.join("test_batch.bin"), &images, &labels);
-    let names = cnnd::datasets::CIFAR10_CLASSES;
+    let names = cnnd_core::datasets::CIFAR10_CLASSES;
     // The published file ends with blank lines too.
     fs::write(
         dir.join("batches.meta.txt"),
@@ -718,8 +719,8 @@ fn read_mnist_test(mnist_dir: &Path) -> (Vec<u8>, Vec<u8>) {
     };
     let read = |name: &str, ndims: usize| -> Vec<u8> {
         let path = find(name);
-        let buf = cnnd::data::read_maybe_gz(&path).unwrap();
-        let idx = cnnd::data::parse_idx(&buf, ndims, &path.display().to_string()).unwrap();
+        let buf = read_maybe_gz(&path);
+        let idx = cnnd_core::idx::parse_idx(&buf, ndims, &path.display().to_string()).unwrap();
         assert!(ndims == 1 || idx.dims[1..] == [28, 28], "{idx:?}");
         buf[idx.offset..].to_vec()
     };
@@ -727,6 +728,21 @@ fn read_mnist_test(mnist_dir: &Path) -> (Vec<u8>, Vec<u8>) {
         read("t10k-images-idx3-ubyte", 3),
         read("t10k-labels-idx1-ubyte", 1),
     )
+}
+
+/// A whole file, gunzipped when it starts with gzip's magic bytes.
+fn read_maybe_gz(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let raw = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .unwrap_or_else(|e| panic!("gunzipping {}: {e}", path.display()));
+        out
+    } else {
+        raw
+    }
 }
 
 /// Light paper tints (RGB).
@@ -743,7 +759,7 @@ const PAPER: [[f32; 3]; 5] = [
 ///
 /// Reads the MNIST test set from `mnist_dir` (`t10k-images-idx3-ubyte[.gz]`,
 /// `t10k-labels-idx1-ubyte[.gz]`, in `mnist_dir/mnist/` or `mnist_dir/`) with
-/// `cnnd::data::read_maybe_gz` and `cnnd::data::parse_idx`, takes the first `n` digits and for
+/// `cnnd_core::idx::parse_idx`, takes the first `n` digits and for
 /// each: scales it up 6-10x (bilinear), inverts it to dark ink on light paper, and pastes it off
 /// centre (towards a random corner, at least 10 px from the edges) on a 320..=400 x 240..=300
 /// canvas of a light paper tint with a slight brightness gradient and mild noise. Saves

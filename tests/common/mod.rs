@@ -1,5 +1,7 @@
 //! Test harness: starts the real `cnnd` binary on a free TCP port with a temporary state
-//! directory, and runs the real clients (`cnnctl`, `grpcurl`) against it. Nothing is mocked.
+//! directory (it starts its real `cnnd-worker` processes), and runs the real clients
+//! (`cnnctl`, `grpcurl`) against it. Nothing is mocked. No libtorch here: these tests
+//! build without it, and find the other packages' binaries beside `cnnd` ([`sibling_bin`]).
 #![allow(dead_code)]
 
 pub mod datagen;
@@ -172,18 +174,18 @@ impl Daemon {
 
     /// The daemon's API token file (created by the daemon at its first start).
     pub fn token_file(&self) -> PathBuf {
-        cnnd::auth::token_path(self.state.path())
+        cnnd_client::auth::token_path(self.state.path())
     }
 
     /// The daemon's API token.
     pub fn token(&self) -> String {
-        cnnd::auth::read_token_file(&self.token_file()).expect("reading the daemon's token")
+        cnnd_client::auth::read_token_file(&self.token_file()).expect("reading the daemon's token")
     }
 
     /// cnnctl pointed at this daemon; it finds the token in the daemon's state directory
     /// as it would the default daemon's.
     pub fn cnnctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cnnctl"))
+        Command::new(cnnctl_bin())
             .args(args)
             .env("CNND_ADDR", format!("http://{}", self.addr))
             .env("CNND_STATE_DIR", self.state.path())
@@ -194,8 +196,8 @@ impl Daemon {
     }
 
     /// An in-process client of the public API with the token attached.
-    pub async fn client(&self) -> cnnd::client::Client {
-        cnnd::client::connect(&cnnd::client::ClientOptions {
+    pub async fn client(&self) -> cnnd_client::Client {
+        cnnd_client::connect(&cnnd_client::ClientOptions {
             addr: self.addr.clone(),
             token_file: Some(self.token_file()),
             ..Default::default()
@@ -305,6 +307,26 @@ impl Drop for Daemon {
     }
 }
 
+/// A binary of another package of the workspace, built beside the daemon
+/// (`target/<profile>/NAME`): cargo gives a test only its own package's binaries, so this
+/// finds `cnnctl` (and the daemon finds `cnnd-worker`) next to `cnnd`. scripts/test.sh builds
+/// them all first (`cargo build --workspace`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_cnnd"));
+    let path = daemon.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// The cnnctl binary.
+pub fn cnnctl_bin() -> PathBuf {
+    sibling_bin("cnnctl")
+}
+
 pub fn grpcurl_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("GRPCURL") {
         return PathBuf::from(p);
@@ -407,10 +429,10 @@ impl Daemon {
 
     /// GetStatus through an in-process gRPC client: for polling (cnnctl takes ~0.7 s to
     /// start, as it loads libtorch).
-    pub fn get_status(&self) -> cnnd::proto::Status {
+    pub fn get_status(&self) -> cnnd_proto::Status {
         block_on(async move {
             let mut c = self.client().await;
-            c.get_status(cnnd::proto::GetStatusRequest {})
+            c.get_status(cnnd_proto::GetStatusRequest {})
                 .await
                 .expect("GetStatus")
                 .into_inner()
@@ -418,11 +440,11 @@ impl Daemon {
     }
 
     /// GetSweep through an in-process gRPC client.
-    pub fn get_sweep(&self, sweep_id: &str) -> cnnd::proto::Sweep {
+    pub fn get_sweep(&self, sweep_id: &str) -> cnnd_proto::Sweep {
         let sweep_id = sweep_id.to_string();
         block_on(async move {
             let mut c = self.client().await;
-            c.get_sweep(cnnd::proto::GetSweepRequest {
+            c.get_sweep(cnnd_proto::GetSweepRequest {
                 sweep_id,
                 all_params: false,
             })
@@ -433,11 +455,11 @@ impl Daemon {
     }
 
     /// GetTrial through an in-process gRPC client.
-    pub fn get_trial(&self, trial_id: &str) -> cnnd::proto::Trial {
+    pub fn get_trial(&self, trial_id: &str) -> cnnd_proto::Trial {
         let trial_id = trial_id.to_string();
         block_on(async move {
             let mut c = self.client().await;
-            c.get_trial(cnnd::proto::GetTrialRequest { trial_id })
+            c.get_trial(cnnd_proto::GetTrialRequest { trial_id })
                 .await
                 .expect("GetTrial")
                 .into_inner()
@@ -469,7 +491,7 @@ impl Daemon {
     }
 
     /// Waits until every worker is registered and idle; returns the status.
-    pub fn wait_workers_idle(&self, limit: Duration) -> cnnd::proto::Status {
+    pub fn wait_workers_idle(&self, limit: Duration) -> cnnd_proto::Status {
         let deadline = Instant::now() + limit;
         loop {
             let st = self.get_status();
@@ -739,4 +761,17 @@ impl Drop for Mount {
         let _ = run_quiet("umount", &["-l", self.dir.to_str().unwrap()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The epoch a trial's checkpoint holds (`meta.epoch`, an i64 scalar in the safetensors file
+/// the trainer writes), read without libtorch.
+pub fn checkpoint_epoch(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: not a safetensors file: {e}", path.display()));
+    let meta = tensors
+        .tensor("meta.epoch")
+        .unwrap_or_else(|e| panic!("{}: no meta.epoch: {e}", path.display()));
+    let raw: [u8; 8] = meta.data().try_into().expect("meta.epoch is one i64");
+    i64::from_le_bytes(raw) as u32
 }

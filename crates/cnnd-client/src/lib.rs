@@ -1,0 +1,132 @@
+//! cnnd-client: how a client reaches the daemon's public API: the address (`host:port` or a
+//! URL; `https://` for TLS, checked against a CA file or the system roots), the token (the
+//! `CNND_TOKEN` value, a token file, or the default daemon's `STATE_DIR/token`, see
+//! [`auth`]), and the connect timeout. cnnctl, the benchmarks and the tests connect
+//! through here; no libtorch, no daemon code.
+
+pub mod auth;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::auth::BearerToken;
+use cnnd_proto::orchestrator_client::OrchestratorClient;
+
+/// The Orchestrator client with the token attached to every call.
+pub type Client = OrchestratorClient<InterceptedService<Channel, BearerToken>>;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// `host:port`, `http://host:port` or `https://host:port`.
+    pub addr: String,
+    /// The token itself (from `CNND_TOKEN`); wins over `token_file`.
+    pub token: Option<String>,
+    /// A token file; default: the default state directory's `token`, when it exists.
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) a `https://` daemon's certificate must chain to; default: the
+    /// system roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+    /// The local address to connect from (default: chosen by the system).
+    pub local_address: Option<std::net::IpAddr>,
+}
+
+impl ClientOptions {
+    /// These options, connecting from `ip`.
+    pub fn with_local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_address = Some(ip);
+        self
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Bad options: an unreadable token or CA file, a malformed address.
+    #[error("{0}")]
+    Setup(String),
+    /// Nothing answered at the address (the address, and the transport's reason).
+    #[error("cannot reach cnnd at {0}{1}")]
+    Unreachable(String, String),
+}
+
+/// `127.0.0.1:50051` -> `http://127.0.0.1:50051`; an address with a scheme is kept.
+pub fn normalize_addr(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// The token to send: `token`, else the given token file, else the default daemon's token
+/// file when it exists, else none (the daemon will answer UNAUTHENTICATED).
+pub fn resolve_token(
+    token: Option<&str>,
+    token_file: Option<&Path>,
+) -> Result<Option<String>, ConnectError> {
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(Some(t.to_string()));
+    }
+    let setup = |e: anyhow::Error| ConnectError::Setup(format!("{e:#}"));
+    if let Some(file) = token_file {
+        return auth::read_token_file(file).map(Some).map_err(setup);
+    }
+    let default = auth::token_path(&auth::default_state_dir());
+    if default.exists() {
+        return auth::read_token_file(&default).map(Some).map_err(setup);
+    }
+    Ok(None)
+}
+
+/// Connects to the daemon (TLS for `https://`) and attaches the token.
+pub async fn connect(options: &ClientOptions) -> Result<Client, ConnectError> {
+    let addr = normalize_addr(&options.addr);
+    let timeout = options.connect_timeout.unwrap_or(Duration::from_secs(3));
+    let mut endpoint = Endpoint::from_shared(addr.clone())
+        .map_err(|e| ConnectError::Setup(format!("invalid address '{}': {e}", options.addr)))?
+        .connect_timeout(timeout)
+        .local_address(options.local_address);
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &options.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    ConnectError::Setup(format!("cannot read the CA file {}: {e}", ca.display()))
+                })?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ConnectError::Setup(format!("TLS setup for {addr}: {e}")))?;
+    } else if options.ca_file.is_some() {
+        return Err(ConnectError::Setup(format!(
+            "a CA file was given but {addr} is not https://"
+        )));
+    }
+    let token = resolve_token(options.token.as_deref(), options.token_file.as_deref())?;
+    let token =
+        BearerToken::new(token.as_deref()).map_err(|e| ConnectError::Setup(e.to_string()))?;
+    match tokio::time::timeout(timeout + Duration::from_secs(1), endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(OrchestratorClient::with_interceptor(channel, token)),
+        Ok(Err(e)) => Err(ConnectError::Unreachable(addr, reason(&e))),
+        Err(_) => Err(ConnectError::Unreachable(addr, " (timed out)".into())),
+    }
+}
+
+/// The innermost cause of a transport error, e.g. " (connection refused)" or a TLS
+/// certificate problem.
+fn reason(e: &tonic::transport::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    format!(" ({cause})")
+}

@@ -1,0 +1,23 @@
+//! cnnd-core: what every part of cnnd agrees on, with no libtorch and no I/O. The daemon,
+//! the trainer (`cnnd-worker`) and the client all depend on it; it depends on none of them.
+//!
+//! - [`sweep`]: the sweep request, its validation and expansion into trials
+//!   ([`sweep::TrialParams`]), the objective and how the best trial is chosen;
+//! - [`datasets`]: the data-set catalogue (built-in names, image-folder layout types);
+//! - [`pruning`]: early stopping (median, ASHA) decisions;
+//! - [`tpe`]: the Tree-structured Parzen Estimator sampler;
+//! - [`model_size`]: the model family's arithmetic (sizes, filters per block);
+//! - [`status`]: typed states of trials, sweeps and workers, and stop reasons;
+//! - [`devices`]: compute devices as workers see them;
+//! - [`epoch`]: the epoch record;
+//! - [`idx`]: the IDX file format (MNIST) as bytes.
+
+pub mod datasets;
+pub mod devices;
+pub mod epoch;
+pub mod idx;
+pub mod model_size;
+pub mod pruning;
+pub mod status;
+pub mod sweep;
+pub mod tpe;

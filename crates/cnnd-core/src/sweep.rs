@@ -1,0 +1,1554 @@
+//! The validated sweep: one request type converted from JSON once, checked, and expanded into
+//! the concrete hyperparameters of every trial. This is where the control plane (api,
+//! scheduler, store) and the training side (worker, train, model) meet: both speak
+//! [`TrialParams`]. Pure logic: no I/O, no libtorch, no database (the caller resolves the
+//! data set name, see [`SweepRequest::validate`]).
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A refused request: which field, and why. The api turns it into `INVALID_ARGUMENT`, or
+/// `PERMISSION_DENIED` when `denied` (a path outside the data directory).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+    pub denied: bool,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        reason: reason.into(),
+        denied: false,
+    }
+}
+
+use crate::datasets::{DatasetError, DatasetInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// flatten -> linear(units) -> activation -> dropout -> linear(classes)
+    Dense,
+    /// global average pooling -> dropout -> linear(classes)
+    Gap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    LeakyRelu,
+    Elu,
+    Gelu,
+    Tanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    Adam,
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// One logit per class, cross-entropy.
+    Softmax,
+    /// Two classes only: one logit, binary cross-entropy, threshold 0.5.
+    Sigmoid,
+}
+
+/// Scaling of input pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Pixels scaled to 0..1.
+    Unit,
+    /// 0..1, then per channel minus the mean and divided by the standard deviation of the
+    /// training split.
+    Standardize,
+}
+
+/// Interpolation when an image is enlarged to the model input (shrinking always averages
+/// areas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    #[default]
+    Bilinear,
+    Bicubic,
+}
+
+/// What a trial started from other weights keeps fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freeze {
+    /// Every layer trains.
+    None,
+    /// The convolution blocks (convolutions and their batch norms) keep the loaded weights;
+    /// only the head trains.
+    Conv,
+}
+
+/// Every hyperparameter of one trial. Names in JSON are the public names of `space` and
+/// `fixed` (DESIGN.md section 4). Defaults are the seed notebook's model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TrialParams {
+    pub kernel_size: u32,
+    pub base_filters: u32,
+    pub blocks: u32,
+    pub head: Head,
+    pub units: u32,
+    pub dropout: f64,
+    pub batch_norm: bool,
+    pub activation: Activation,
+    pub optimizer: Optimizer,
+    pub learning_rate: f64,
+    /// SGD momentum (ignored by Adam).
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub batch_size: u32,
+    pub epochs: u32,
+    /// Side of the square model input; 0 means the data set's own size.
+    pub input_size: u32,
+    pub output: Output,
+    /// Augmentation (Keras ImageDataGenerator semantics), applied to training batches only.
+    pub rotation_range: f64,
+    pub width_shift: f64,
+    pub height_shift: f64,
+    pub zoom: f64,
+    pub horizontal_flip: bool,
+    /// Brightness jitter: each training image is multiplied by a factor uniform in
+    /// 1 +- `brightness`.
+    pub brightness: f64,
+    /// Channels of the model input (1 or 3); 0 means the data set's own.
+    pub channels: u32,
+    pub normalize: Normalize,
+    pub resample: Resample,
+    /// Start from other weights: "" (fresh), "trial:ID" (that trial's best weights) or
+    /// "file:PATH" (a safetensors file under the data directory).
+    pub init_from: String,
+    pub freeze: Freeze,
+    pub seed: u64,
+    /// Seed of the test split carved from train when a data set has no test split (image
+    /// folders without test/); defaults to the sweep seed, so every trial of a sweep (repeats
+    /// included) is tested on the same examples.
+    pub split_seed: u64,
+    /// Cap on training examples (0: all); validation is carved from these.
+    pub train_limit: u32,
+    /// Cap on test examples (0: all).
+    pub test_limit: u32,
+    /// Share of the training examples held out for validation, drawn with the seed (unused
+    /// when the data set has its own validation split).
+    pub val_fraction: f64,
+    /// Share of the training examples held out for testing when the data set has no test
+    /// split, drawn with `splitSeed`.
+    pub test_fraction: f64,
+    /// Wall-clock limit of one attempt in seconds (0: none); past it the trial fails as
+    /// `timed_out`.
+    pub time_limit: f64,
+}
+
+impl Default for TrialParams {
+    fn default() -> Self {
+        TrialParams {
+            kernel_size: 3,
+            base_filters: 32,
+            blocks: 2,
+            head: Head::Dense,
+            units: 128,
+            dropout: 0.5,
+            batch_norm: true,
+            activation: Activation::Relu,
+            optimizer: Optimizer::Adam,
+            learning_rate: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            batch_size: 64,
+            epochs: 3,
+            input_size: 0,
+            output: Output::Softmax,
+            rotation_range: 0.0,
+            width_shift: 0.0,
+            height_shift: 0.0,
+            zoom: 0.0,
+            horizontal_flip: false,
+            brightness: 0.0,
+            channels: 0,
+            normalize: Normalize::Unit,
+            resample: Resample::Bilinear,
+            init_from: String::new(),
+            freeze: Freeze::None,
+            seed: 0,
+            split_seed: 0,
+            train_limit: 0,
+            test_limit: 0,
+            val_fraction: 0.1,
+            test_fraction: 0.2,
+            time_limit: 0.0,
+        }
+    }
+}
+
+/// The public hyperparameter names, in the order tables show them.
+pub fn hyperparameter_names() -> Vec<String> {
+    match serde_json::to_value(TrialParams::default()) {
+        Ok(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl TrialParams {
+    /// The input side the model sees for a data set.
+    pub fn effective_input_size(&self, dataset: &DatasetInfo) -> u32 {
+        if self.input_size == 0 {
+            dataset.input_size
+        } else {
+            self.input_size
+        }
+    }
+
+    /// The channels the model sees for a data set.
+    pub fn effective_channels(&self, dataset: &DatasetInfo) -> u32 {
+        if self.channels == 0 {
+            dataset.channels
+        } else {
+            self.channels
+        }
+    }
+
+    /// Checks one complete configuration: ranges, and that the model can be built on the
+    /// data set (every block has a feature map at least as large as the kernel and at least
+    /// 2x2 to pool). Errors name the hyperparameter.
+    pub fn validate(&self, dataset: &DatasetInfo) -> Result<(), SpecError> {
+        let p = self;
+        if p.kernel_size == 0 || p.kernel_size.is_multiple_of(2) {
+            return Err(err(
+                "kernelSize",
+                format!(
+                    "{} is not a positive odd number (same padding needs an odd kernel)",
+                    p.kernel_size
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&p.base_filters) {
+            return Err(err(
+                "baseFilters",
+                format!("{} is outside 1..=1024", p.base_filters),
+            ));
+        }
+        if !(1..=10).contains(&p.blocks) {
+            return Err(err("blocks", format!("{} is outside 1..=10", p.blocks)));
+        }
+        if !(1..=65_536).contains(&p.units) {
+            return Err(err("units", format!("{} is outside 1..=65536", p.units)));
+        }
+        if !(p.dropout >= 0.0 && p.dropout < 1.0) {
+            return Err(err("dropout", format!("{} is outside [0, 1)", p.dropout)));
+        }
+        if !(p.learning_rate.is_finite() && p.learning_rate > 0.0) {
+            return Err(err(
+                "learningRate",
+                format!("{} is not a positive number", p.learning_rate),
+            ));
+        }
+        if p.learning_rate > 100.0 {
+            return Err(err(
+                "learningRate",
+                format!("{} is absurdly large (max 100)", p.learning_rate),
+            ));
+        }
+        if !(p.momentum >= 0.0 && p.momentum < 1.0) {
+            return Err(err("momentum", format!("{} is outside [0, 1)", p.momentum)));
+        }
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            return Err(err(
+                "weightDecay",
+                format!("{} is negative or not a number", p.weight_decay),
+            ));
+        }
+        if p.batch_size == 0 || p.batch_size > 65_536 {
+            return Err(err(
+                "batchSize",
+                format!("{} is outside 1..=65536", p.batch_size),
+            ));
+        }
+        if p.epochs == 0 || p.epochs > 1000 {
+            return Err(err("epochs", format!("{} is outside 1..=1000", p.epochs)));
+        }
+        if p.input_size != 0 && !(4..=1024).contains(&p.input_size) {
+            return Err(err(
+                "inputSize",
+                format!(
+                    "{} is outside 4..=1024 (0 keeps the data set's size)",
+                    p.input_size
+                ),
+            ));
+        }
+        if !(p.val_fraction > 0.0 && p.val_fraction <= 0.5) {
+            return Err(err(
+                "valFraction",
+                format!("{} is outside (0, 0.5]", p.val_fraction),
+            ));
+        }
+        if !(p.time_limit.is_finite() && p.time_limit >= 0.0) {
+            return Err(err(
+                "timeLimit",
+                format!("{} is not a number of seconds >= 0", p.time_limit),
+            ));
+        }
+        if !(0.0..=180.0).contains(&p.rotation_range) {
+            return Err(err(
+                "rotationRange",
+                format!("{} degrees is outside 0..=180", p.rotation_range),
+            ));
+        }
+        for (name, v) in [
+            ("widthShift", p.width_shift),
+            ("heightShift", p.height_shift),
+            ("zoom", p.zoom),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(err(name, format!("{v} is outside [0, 1)")));
+            }
+        }
+        if !(0.0..1.0).contains(&p.brightness) {
+            return Err(err(
+                "brightness",
+                format!("{} is outside [0, 1)", p.brightness),
+            ));
+        }
+        if !matches!(p.channels, 0 | 1 | 3) {
+            return Err(err(
+                "channels",
+                format!(
+                    "{} is not 1 or 3 (0 keeps the data set's {})",
+                    p.channels, dataset.channels
+                ),
+            ));
+        }
+        if !(p.test_fraction > 0.0 && p.test_fraction <= 0.5) {
+            return Err(err(
+                "testFraction",
+                format!("{} is outside (0, 0.5]", p.test_fraction),
+            ));
+        }
+        let init_from_known = p.init_from.is_empty()
+            || p.init_from.starts_with("trial:")
+            || p.init_from.starts_with("file:");
+        if !init_from_known {
+            return Err(err(
+                "initFrom",
+                format!(
+                    "'{}' is neither trial:ID nor file:PATH (a safetensors file under the data directory)",
+                    p.init_from
+                ),
+            ));
+        }
+        if p.freeze == Freeze::Conv && p.init_from.is_empty() {
+            return Err(err(
+                "freeze",
+                "conv needs initFrom (frozen random convolutions learn nothing)",
+            ));
+        }
+        if p.output == Output::Sigmoid && dataset.classes != 2 {
+            return Err(err(
+                "output",
+                format!(
+                    "sigmoid needs a two-class data set; {} has {} classes",
+                    dataset.name, dataset.classes
+                ),
+            ));
+        }
+        if p.train_limit != 0 {
+            let val = (p.train_limit as f64 * p.val_fraction).floor() as u32;
+            if val == 0 || p.train_limit - val == 0 {
+                return Err(err(
+                    "trainLimit",
+                    format!(
+                        "{} leaves no validation or no training example with valFraction {}",
+                        p.train_limit, p.val_fraction
+                    ),
+                ));
+            }
+        }
+        let input = self.effective_input_size(dataset);
+        let mut side = input;
+        for block in 1..=p.blocks {
+            if side < 2 {
+                return Err(err(
+                    "blocks",
+                    format!(
+                        "{} pooling blocks need an input of at least {}x{1}; the input is {input}x{input}",
+                        p.blocks,
+                        1u64 << p.blocks
+                    ),
+                ));
+            }
+            if p.kernel_size > side {
+                return Err(err(
+                    "kernelSize",
+                    format!("{} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})", p.kernel_size),
+                ));
+            }
+            side /= 2;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Grid,
+    Random,
+    /// Tree-structured Parzen Estimator: configurations suggested one at a time when a
+    /// trial is leased, from the results of the finished trials (see `tpe`).
+    Tpe,
+}
+
+/// The search space of a `tpe` sweep, kept with the sweep: what the scheduler suggests
+/// from when it leases one of its trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpeSearch {
+    pub space: Vec<crate::tpe::Dimension>,
+    pub startup_trials: usize,
+    pub seed: u64,
+}
+
+impl TpeSearch {
+    pub fn config(&self) -> crate::tpe::TpeConfig {
+        crate::tpe::TpeConfig {
+            startup_trials: self.startup_trials,
+            ..Default::default()
+        }
+    }
+
+    /// The values of the searched hyperparameters in `p`, in `space` order.
+    pub fn values_of(&self, p: &TrialParams) -> Vec<Value> {
+        let all = serde_json::to_value(p).unwrap_or_default();
+        self.space
+            .iter()
+            .map(|d| all.get(&d.name).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The parameters of trial `index`: `base` (its fixed values) with the searched ones
+    /// suggested from `observed` (finished trials' parameters and scores, higher better,
+    /// oldest first) and `pending` (running trials' parameters). Deterministic in its
+    /// inputs (the generator is the sweep seed's stream `index`), so a replay with the
+    /// recorded basis gives the same values. Returns whether TPE (not the random start-up)
+    /// made them.
+    pub fn suggest(
+        &self,
+        index: u32,
+        base: &TrialParams,
+        observed: &[(TrialParams, f64)],
+        pending: &[TrialParams],
+    ) -> (TrialParams, bool) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(u64::from(index));
+        let observations: Vec<crate::tpe::Observation> = observed
+            .iter()
+            .map(|(p, score)| crate::tpe::Observation {
+                values: self.values_of(p),
+                score: *score,
+            })
+            .collect();
+        let pending: Vec<Vec<Value>> = pending.iter().map(|p| self.values_of(p)).collect();
+        let config = self.config();
+        let values = crate::tpe::suggest(&self.space, &observations, &pending, &config, &mut rng);
+        let mut all = serde_json::to_value(base).unwrap_or_default();
+        for (d, v) in self.space.iter().zip(values) {
+            all[&d.name] = v;
+        }
+        let params = serde_json::from_value(all).unwrap_or_else(|_| base.clone());
+        (params, observed.len() >= config.startup_trials)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    ValAccuracy,
+    ValLoss,
+}
+
+impl Objective {
+    /// True when `a` is a better objective value than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Objective::ValAccuracy => a > b,
+            Objective::ValLoss => a < b,
+        }
+    }
+
+    /// This objective's value of an epoch that recorded (validation accuracy, loss).
+    pub fn of_epoch(self, (val_accuracy, val_loss): (f64, f64)) -> f64 {
+        match self {
+            Objective::ValAccuracy => val_accuracy,
+            Objective::ValLoss => val_loss,
+        }
+    }
+
+    /// The stored name ("val_accuracy", "val_loss"); unknown names read as val_accuracy.
+    pub fn from_name(name: &str) -> Objective {
+        match name {
+            "val_loss" => Objective::ValLoss,
+            _ => Objective::ValAccuracy,
+        }
+    }
+
+    /// How the objective reads in sentences: "validation accuracy", "validation loss".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Objective::ValAccuracy => "validation accuracy",
+            Objective::ValLoss => "validation loss",
+        }
+    }
+}
+
+/// What choosing a sweep's best trial needs to know of one trial.
+#[derive(Debug, Clone, Copy)]
+pub struct Contender<'a> {
+    pub id: &'a str,
+    pub index: u32,
+    /// Only succeeded trials contend (pruned, failed and cancelled ones never ran to the end).
+    pub succeeded: bool,
+    /// Best validation accuracy and loss over its epochs.
+    pub best_val_accuracy: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub parameter_count: Option<u64>,
+}
+
+/// The sweep's best trial: among succeeded trials, the best value of the sweep's objective
+/// on validation data (never test data, which would leak the test set into the choice);
+/// ties go to the smaller model, then the lower index. The chosen trial's test accuracy is
+/// what is reported for it.
+pub fn best_contender<'a>(
+    objective: Objective,
+    trials: impl IntoIterator<Item = Contender<'a>>,
+) -> Option<&'a str> {
+    let score = |c: &Contender| -> Option<f64> {
+        let v = match objective {
+            Objective::ValAccuracy => c.best_val_accuracy?,
+            Objective::ValLoss => c.best_val_loss?,
+        };
+        v.is_finite().then_some(v)
+    };
+    let mut best: Option<(Contender, f64)> = None;
+    for c in trials {
+        let Some(value) = score(&c).filter(|_| c.succeeded) else {
+            continue;
+        };
+        let wins = match &best {
+            None => true,
+            Some((b, bv)) => {
+                objective.better(value, *bv)
+                    || (value == *bv
+                        && (c.parameter_count.unwrap_or(u64::MAX), c.index)
+                            < (b.parameter_count.unwrap_or(u64::MAX), b.index))
+            }
+        };
+        if wins {
+            best = Some((c, value));
+        }
+    }
+    best.map(|(c, _)| c.id)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// A sweep request as it arrives, before validation: top-level fields typed, `space` and
+/// `fixed` as JSON objects (hyperparameter name -> list of values / value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SweepRequest {
+    pub name: String,
+    pub dataset: String,
+    pub space: Map<String, Value>,
+    pub fixed: Map<String, Value>,
+    pub strategy: String,
+    pub num_trials: u32,
+    pub max_parallel: u32,
+    pub seed: u64,
+    pub priority: i32,
+    pub early_stopping: String,
+    pub objective: String,
+    pub repeats: u32,
+    pub device: String,
+    /// Early stopping options (0: the default). `median`: epochs never stopped, and
+    /// completed trials needed first. `asha`: first rung, and the keep-1-in-N factor.
+    pub warmup_epochs: u32,
+    pub min_trials: u32,
+    pub grace_period: u32,
+    pub reduction_factor: u32,
+    /// tpe: random suggestions before the estimator takes over (0: 10).
+    pub startup_trials: u32,
+    /// asha: "promote" (default) or "stop" (see [`crate::pruning`]).
+    pub asha_mode: String,
+}
+
+/// A validated sweep, ready to be stored: every trial's full hyperparameters, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepSpec {
+    pub name: String,
+    pub dataset: String,
+    /// What `dataset` resolved to when the request was validated (image folders: listed
+    /// once, here).
+    #[serde(skip)]
+    pub dataset_info: DatasetInfo,
+    pub strategy: Strategy,
+    /// Names of the varied hyperparameters (the keys of `space`, sorted).
+    pub varied: Vec<String>,
+    pub trials: Vec<TrialParams>,
+    pub max_parallel: u32,
+    pub seed: u64,
+    pub priority: i32,
+    pub objective: Objective,
+    pub early_stopping: crate::pruning::EarlyStopping,
+    /// The search of a `tpe` sweep (None for grid and random).
+    pub tpe: Option<TpeSearch>,
+    pub repeats: u32,
+    pub device: DeviceRequest,
+    /// The request, normalised, as stored for the record.
+    pub request: SweepRequest,
+}
+
+impl SweepSpec {
+    /// The order the trials are queued in, as indices into `trials`.
+    ///
+    /// Trials whose results do not depend on each other (grid and random sweeps without
+    /// early stopping) start costliest first: longest-processing-time-first keeps every
+    /// worker busy to the end of the sweep instead of leaving the slowest configuration to
+    /// run alone at the end while the other slots idle. The cost is the estimated training
+    /// work ([`crate::model_size::model_size`] x training examples x epochs); equal costs keep
+    /// index order. Sweeps with early stopping or tpe keep index order: there, which trials
+    /// report first changes the decisions.
+    pub fn start_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.trials.len()).collect();
+        let independent =
+            self.tpe.is_none() && self.early_stopping == crate::pruning::EarlyStopping::None;
+        if independent {
+            let costs: Vec<f64> = self.trials.iter().map(|p| self.estimated_cost(p)).collect();
+            // Stable: ties keep index order.
+            order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]));
+        }
+        order
+    }
+
+    /// Estimated multiply-accumulates of training `p` on this sweep's data set.
+    fn estimated_cost(&self, p: &TrialParams) -> f64 {
+        let info = &self.dataset_info;
+        let size = crate::model_size::model_size(
+            p,
+            p.effective_channels(info) as i64,
+            p.effective_input_size(info) as i64,
+            info.classes as i64,
+        );
+        let examples = match p.train_limit {
+            0 => info.train_examples,
+            limit => limit.min(info.train_examples),
+        };
+        size.training_macs_per_image(p.batch_size) * examples as f64 * p.epochs as f64
+    }
+}
+
+/// Limits the daemon applies to every sweep.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepLimits {
+    pub max_trials: u32,
+}
+
+impl Default for SweepLimits {
+    fn default() -> Self {
+        SweepLimits { max_trials: 10_000 }
+    }
+}
+
+fn parse_choice<T: for<'de> Deserialize<'de>>(
+    field: &str,
+    value: &str,
+    default: &str,
+    allowed: &str,
+) -> Result<T, SpecError> {
+    let v = if value.is_empty() { default } else { value };
+    serde_json::from_value(Value::String(v.to_string()))
+        .map_err(|_| err(field, format!("'{v}' is not one of {allowed}")))
+}
+
+/// Checks one hyperparameter value on its own (type and enum spelling) by decoding it into
+/// an otherwise default [`TrialParams`]. `field` is the path used in the error.
+fn check_value(name: &str, value: &Value, field: &str) -> Result<(), SpecError> {
+    let mut obj = Map::new();
+    obj.insert(name.to_string(), value.clone());
+    serde_json::from_value::<TrialParams>(Value::Object(obj))
+        .map(|_| ())
+        .map_err(|e| {
+            let msg = e.to_string();
+            // serde appends " at line 1 column N"; it means nothing to a caller.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            err(field, msg)
+        })
+}
+
+fn describe(params: &Map<String, Value>) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SweepRequest {
+    /// Validates the request and expands it into trials. `resolve` says what the data set
+    /// name stands for (`crate::datasets::resolve_builtin` without a data directory; the
+    /// daemon lists image folders). Nothing here touches storage, so a refused request
+    /// leaves no trace.
+    pub fn validate(
+        &self,
+        limits: SweepLimits,
+        resolve: impl FnOnce(&str) -> Result<DatasetInfo, DatasetError>,
+    ) -> Result<SweepSpec, SpecError> {
+        let name = self.name.trim();
+        if name.chars().count() > 200 {
+            return Err(err("name", "longer than 200 characters"));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(err("name", "contains control characters"));
+        }
+        if self.dataset.is_empty() {
+            return Err(err(
+                "dataset",
+                format!(
+                    "missing; one of {}, or folder:PATH",
+                    crate::datasets::BUILTIN_NAMES.join(", ")
+                ),
+            ));
+        }
+        let dataset = &resolve(&self.dataset).map_err(|e| match e {
+            DatasetError::Invalid(reason) => err("dataset", reason),
+            DatasetError::Denied(reason) => SpecError {
+                field: "dataset".into(),
+                reason,
+                denied: true,
+            },
+        })?;
+        let strategy: Strategy =
+            parse_choice("strategy", &self.strategy, "grid", "grid, random, tpe")?;
+        if strategy == Strategy::Tpe && self.repeats > 1 {
+            return Err(err(
+                "repeats",
+                "tpe suggests one configuration per trial; use grid or random for repeats",
+            ));
+        }
+        let objective: Objective = parse_choice(
+            "objective",
+            &self.objective,
+            "val_accuracy",
+            "val_accuracy, val_loss",
+        )?;
+        let device: DeviceRequest =
+            parse_choice("device", &self.device, "auto", "auto, cpu, cuda")?;
+        if !matches!(
+            self.early_stopping.as_str(),
+            "" | "none" | "median" | "asha"
+        ) {
+            return Err(err(
+                "earlyStopping",
+                format!("'{}' is not one of none, median, asha", self.early_stopping),
+            ));
+        }
+        let asha_promote = match self.asha_mode.as_str() {
+            "" | "promote" => true,
+            "stop" => false,
+            other => {
+                return Err(err(
+                    "ashaMode",
+                    format!("'{other}' is not one of promote, stop"),
+                ))
+            }
+        };
+        if self.reduction_factor == 1 || self.reduction_factor > 100 {
+            return Err(err(
+                "reductionFactor",
+                format!("{} is outside 2..=100 (0: 3)", self.reduction_factor),
+            ));
+        }
+        let repeats = if self.repeats == 0 { 1 } else { self.repeats };
+        if repeats > 100 {
+            return Err(err("repeats", format!("{repeats} is more than 100")));
+        }
+
+        let known = hyperparameter_names();
+        let unknown = |section: &str, k: &str| {
+            err(
+                format!("{section}.{k}"),
+                format!("unknown hyperparameter; known: {}", known.join(", ")),
+            )
+        };
+        for (k, v) in &self.fixed {
+            if !known.contains(k) {
+                return Err(unknown("fixed", k));
+            }
+            if self.space.contains_key(k) {
+                return Err(err(
+                    format!("fixed.{k}"),
+                    "also varied in space; give it in one place only",
+                ));
+            }
+            check_value(k, v, &format!("fixed.{k}"))?;
+        }
+        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut domains: Vec<crate::tpe::Dimension> = Vec::new();
+        let mut grid_size: u64 = 1;
+        for (k, v) in &self.space {
+            if !known.contains(k) {
+                return Err(unknown("space", k));
+            }
+            let values = match v {
+                Value::Array(values) => values.clone(),
+                Value::Object(range) => {
+                    if strategy != Strategy::Tpe {
+                        return Err(err(
+                            format!("space.{k}"),
+                            "a range ({min, max, ...}) needs strategy tpe; give a list of values for grid and random",
+                        ));
+                    }
+                    let domain = parse_range(k, range)?;
+                    let placeholder = match &domain {
+                        crate::tpe::Domain::Int { min, .. } => Value::from(*min),
+                        crate::tpe::Domain::Float { min, .. } => Value::from(*min),
+                        crate::tpe::Domain::Categorical(c) => c[0].clone(),
+                    };
+                    domains.push(crate::tpe::Dimension {
+                        name: k.clone(),
+                        domain,
+                    });
+                    axes.push((k.clone(), vec![placeholder]));
+                    continue;
+                }
+                _ => {
+                    return Err(err(
+                        format!("space.{k}"),
+                        "must be a list of values, e.g. [3, 5] (or, with strategy tpe, a range {\"min\": 1e-4, \"max\": 1e-2, \"log\": true})",
+                    ))
+                }
+            };
+            if values.is_empty() {
+                return Err(err(
+                    format!("space.{k}"),
+                    "empty list; give at least one value",
+                ));
+            }
+            for (i, value) in values.iter().enumerate() {
+                check_value(k, value, &format!("space.{k}[{i}]"))?;
+            }
+            grid_size = grid_size.saturating_mul(values.len() as u64);
+            if strategy == Strategy::Tpe {
+                domains.push(crate::tpe::Dimension {
+                    name: k.clone(),
+                    domain: crate::tpe::Domain::Categorical(values.clone()),
+                });
+                // One placeholder: the trials' values are suggested when leased.
+                axes.push((k.clone(), vec![values[0].clone()]));
+                continue;
+            }
+            axes.push((k.clone(), values));
+        }
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        // Axes in alphabetical order whatever order the request had (protobuf Structs are
+        // sorted anyway), so the same sweep always expands the same way.
+        axes.sort_by(|a, b| a.0.cmp(&b.0));
+        let varied: Vec<String> = axes.iter().map(|(k, _)| k.clone()).collect();
+
+        let configs_wanted: u64 = match strategy {
+            Strategy::Grid => {
+                if self.num_trials != 0 {
+                    return Err(err(
+                        "numTrials",
+                        "only used by the random strategy; grid runs every combination",
+                    ));
+                }
+                grid_size
+            }
+            Strategy::Random => {
+                if self.num_trials == 0 {
+                    return Err(err(
+                        "numTrials",
+                        "required by the random strategy (how many configurations to draw)",
+                    ));
+                }
+                if self.num_trials as u64 > grid_size {
+                    return Err(err(
+                        "numTrials",
+                        format!("{} is more than the {grid_size} distinct configurations of space; use repeats to run one more than once", self.num_trials),
+                    ));
+                }
+                self.num_trials as u64
+            }
+            Strategy::Tpe => {
+                if self.num_trials == 0 {
+                    return Err(err(
+                        "numTrials",
+                        "required by the tpe strategy (how many trials to suggest)",
+                    ));
+                }
+                if domains.is_empty() {
+                    return Err(err("space", "tpe needs at least one axis to search"));
+                }
+                self.num_trials as u64
+            }
+        };
+        let total = configs_wanted.saturating_mul(repeats as u64);
+        if total > limits.max_trials as u64 {
+            return Err(err(
+                "space",
+                format!("{total} trials ({configs_wanted} configurations x {repeats} repeats) exceed this daemon's limit of {}", limits.max_trials),
+            ));
+        }
+
+        // Grid order: the first axis (alphabetical) varies slowest. Configuration k of the
+        // grid is k written in the mixed radix of the axis lengths.
+        let radix: Vec<usize> = axes.iter().map(|(_, v)| v.len()).collect();
+        let decode = |mut k: u64| -> Vec<usize> {
+            let mut idx = vec![0usize; radix.len()];
+            for a in (0..radix.len()).rev() {
+                idx[a] = (k % radix[a] as u64) as usize;
+                k /= radix[a] as u64;
+            }
+            idx
+        };
+        let choices: Vec<Vec<usize>> = match strategy {
+            // `total` was checked against the limit, so the grid is small.
+            Strategy::Grid => (0..grid_size).map(decode).collect(),
+            // Every trial starts from the placeholders; its values come when it is leased.
+            Strategy::Tpe => vec![vec![0; axes.len()]; configs_wanted as usize],
+            Strategy::Random if grid_size <= 1 << 20 => {
+                let mut all: Vec<u64> = (0..grid_size).collect();
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                all.shuffle(&mut rng);
+                all.truncate(configs_wanted as usize);
+                all.into_iter().map(decode).collect()
+            }
+            Strategy::Random => {
+                // A huge space: draw distinct configurations without listing the grid.
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::with_capacity(configs_wanted as usize);
+                while out.len() < configs_wanted as usize {
+                    let pick: Vec<usize> = radix.iter().map(|&n| rng.gen_range(0..n)).collect();
+                    if seen.insert(pick.clone()) {
+                        out.push(pick);
+                    }
+                }
+                out
+            }
+        };
+
+        if strategy == Strategy::Tpe {
+            check_tpe_space(&domains, &self.fixed, dataset)?;
+        }
+
+        let mut trials = Vec::with_capacity(total as usize);
+        for (n, choice) in choices.iter().enumerate() {
+            let mut obj = self.fixed.clone();
+            for (a, &i) in choice.iter().enumerate() {
+                obj.insert(axes[a].0.clone(), axes[a].1[i].clone());
+            }
+            let seed_given = obj.contains_key("seed");
+            let obj_has_split_seed = obj.contains_key("splitSeed");
+            let chosen: Map<String, Value> = axes
+                .iter()
+                .zip(choice)
+                .map(|((k, vals), &i)| (k.clone(), vals[i].clone()))
+                .collect();
+            let mut params: TrialParams = serde_json::from_value(Value::Object(obj))
+                .map_err(|e| err("space", format!("configuration #{n}: {e}")))?;
+            if !seed_given {
+                params.seed = self.seed;
+            }
+            if !obj_has_split_seed {
+                params.split_seed = params.seed;
+            }
+            params.validate(dataset).map_err(|e| {
+                if varied.is_empty() {
+                    err(format!("fixed.{}", e.field), e.reason)
+                } else {
+                    err(
+                        e.field.clone(),
+                        format!("{} (configuration {})", e.reason, describe(&chosen)),
+                    )
+                }
+            })?;
+            for r in 0..repeats {
+                let mut p = params.clone();
+                p.seed = params.seed.wrapping_add(r as u64);
+                trials.push(p);
+            }
+        }
+
+        let mut request = self.clone();
+        request.name = if name.is_empty() {
+            format!("{}-{}", dataset.name, strategy_name(strategy))
+        } else {
+            name.to_string()
+        };
+        request.strategy = strategy_name(strategy).to_string();
+        request.repeats = repeats;
+        let max_epochs = trials.iter().map(|t| t.epochs).max().unwrap_or(1);
+        let early_stopping = match self.early_stopping.as_str() {
+            "median" => crate::pruning::EarlyStopping::Median {
+                warmup_epochs: self.warmup_epochs,
+                min_trials: self.min_trials.max(1),
+            },
+            "asha" => crate::pruning::EarlyStopping::Asha {
+                grace_period: self.grace_period.max(1),
+                reduction_factor: if self.reduction_factor == 0 {
+                    3
+                } else {
+                    self.reduction_factor
+                },
+                max_epochs,
+                promote: asha_promote,
+            },
+            _ => crate::pruning::EarlyStopping::None,
+        };
+        Ok(SweepSpec {
+            name: request.name.clone(),
+            dataset: dataset.name.to_string(),
+            dataset_info: dataset.clone(),
+            strategy,
+            varied,
+            trials,
+            max_parallel: self.max_parallel,
+            seed: self.seed,
+            priority: self.priority,
+            objective,
+            early_stopping,
+            tpe: (strategy == Strategy::Tpe).then(|| TpeSearch {
+                space: domains,
+                startup_trials: if self.startup_trials == 0 {
+                    10
+                } else {
+                    self.startup_trials as usize
+                },
+                seed: self.seed,
+            }),
+            repeats,
+            device,
+            request,
+        })
+    }
+}
+
+/// Most configurations [`check_tpe_space`] builds from a search space's candidate values
+/// before it checks the dimensions one at a time (about a tenth of a second of validation).
+const TPE_CHECK_MAX_CONFIGURATIONS: usize = 100_000;
+
+/// Values that stand for a dimension when checking what tpe can suggest: every choice of a
+/// list; both ends of a real range (each check on a real hyperparameter is an interval);
+/// every point of an integer range of at most 64 points, else its two lowest and two highest
+/// points (parity and the extremes are what the checks on integers look at).
+fn tpe_candidates(domain: &crate::tpe::Domain) -> Vec<Value> {
+    use crate::tpe::Domain;
+    match domain {
+        Domain::Categorical(choices) => choices.clone(),
+        Domain::Float { min, max, .. } if min == max => vec![Value::from(*min)],
+        Domain::Float { min, max, .. } => vec![Value::from(*min), Value::from(*max)],
+        Domain::Int { min, max, step, .. } => {
+            let points = (max - min) / step + 1;
+            let last = min + (points - 1) * step;
+            if points <= 64 {
+                (0..points).map(|i| Value::from(min + i * step)).collect()
+            } else {
+                vec![
+                    Value::from(*min),
+                    Value::from(min + step),
+                    Value::from(last - step),
+                    Value::from(last),
+                ]
+            }
+        }
+    }
+}
+
+/// Refuses a tpe search space that can suggest a configuration `TrialParams::validate`
+/// refuses (an even kernel from an integer range, more pooling blocks than the input
+/// allows, ...): every combination of the dimensions' candidate values, with the fixed
+/// values, must validate. A space too large to combine whole is checked one dimension at a
+/// time with the others at their first candidate.
+fn check_tpe_space(
+    space: &[crate::tpe::Dimension],
+    fixed: &Map<String, Value>,
+    dataset: &DatasetInfo,
+) -> Result<(), SpecError> {
+    let candidates: Vec<Vec<Value>> = space.iter().map(|d| tpe_candidates(&d.domain)).collect();
+    let check = |choice: &[usize]| -> Result<(), SpecError> {
+        let mut obj = fixed.clone();
+        let mut chosen = Map::new();
+        for ((d, values), &i) in space.iter().zip(&candidates).zip(choice) {
+            obj.insert(d.name.clone(), values[i].clone());
+            chosen.insert(d.name.clone(), values[i].clone());
+        }
+        let params: TrialParams = serde_json::from_value(Value::Object(obj))
+            .map_err(|e| err("space", format!("{e} (with {})", describe(&chosen))))?;
+        params.validate(dataset).map_err(|e| {
+            let field = if space.iter().any(|d| d.name == e.field) {
+                format!("space.{}", e.field)
+            } else {
+                "space".to_string()
+            };
+            err(
+                field,
+                format!(
+                    "{}: {} (tpe can suggest {}; narrow the range, or list the values allowed)",
+                    e.field,
+                    e.reason,
+                    describe(&chosen)
+                ),
+            )
+        })
+    };
+    let combinations = candidates
+        .iter()
+        .try_fold(1usize, |n, c| n.checked_mul(c.len()))
+        .filter(|&n| n <= TPE_CHECK_MAX_CONFIGURATIONS);
+    let mut choice = vec![0usize; space.len()];
+    match combinations {
+        Some(n) => {
+            for mut k in 0..n {
+                for (slot, c) in choice.iter_mut().zip(&candidates).rev() {
+                    *slot = k % c.len();
+                    k /= c.len();
+                }
+                check(&choice)?;
+            }
+        }
+        None => {
+            for (d, c) in candidates.iter().enumerate() {
+                for i in 0..c.len() {
+                    choice.iter_mut().for_each(|x| *x = 0);
+                    choice[d] = i;
+                    check(&choice)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A numeric range of `space` for tpe: `{"min", "max"}` with optional `"log": true` and,
+/// for integer hyperparameters, `"step"` (default 1).
+fn parse_range(k: &str, range: &Map<String, Value>) -> Result<crate::tpe::Domain, SpecError> {
+    let field = format!("space.{k}");
+    for key in range.keys() {
+        if !["min", "max", "log", "step"].contains(&key.as_str()) {
+            return Err(err(
+                &field,
+                format!("unknown range key '{key}'; a range has min, max, log, step"),
+            ));
+        }
+    }
+    let number = |key: &str| -> Result<f64, SpecError> {
+        range
+            .get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| err(&field, format!("a range needs a number '{key}'")))
+    };
+    let (min, max) = (number("min")?, number("max")?);
+    let log = match range.get("log") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(err(&field, "'log' must be true or false")),
+    };
+    if min > max {
+        return Err(err(&field, format!("min {min} is above max {max}")));
+    }
+    if log && min <= 0.0 {
+        return Err(err(&field, "a log range needs min > 0"));
+    }
+    // Both ends must be values the hyperparameter takes (type and range).
+    check_value(k, &range["min"], &format!("{field}.min"))?;
+    check_value(k, &range["max"], &format!("{field}.max"))?;
+    let integer = check_value(k, &Value::from(0.5), &field).is_err();
+    let domain = if integer {
+        if min.fract() != 0.0 || max.fract() != 0.0 {
+            return Err(err(
+                &field,
+                format!("{k} is an integer: min and max must be whole"),
+            ));
+        }
+        let step = match range.get("step") {
+            None => 1,
+            Some(v) => v
+                .as_i64()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| err(&field, "'step' must be a positive integer"))?,
+        };
+        crate::tpe::Domain::Int {
+            min: min as i64,
+            max: max as i64,
+            step,
+            log,
+        }
+    } else {
+        if range.contains_key("step") {
+            return Err(err(&field, format!("{k} is not an integer: no step")));
+        }
+        crate::tpe::Domain::Float { min, max, log }
+    };
+    domain.check().map_err(|e| err(&field, e))?;
+    Ok(domain)
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Grid => "grid",
+        Strategy::Random => "random",
+        Strategy::Tpe => "tpe",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::resolve_builtin;
+    use serde_json::json;
+
+    fn mnist() -> DatasetInfo {
+        crate::datasets::resolve_builtin("mnist").unwrap()
+    }
+
+    fn request(v: Value) -> SweepRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn design_example() -> SweepRequest {
+        request(json!({"name": "mnist-heads", "dataset": "mnist",
+            "space": {"kernelSize": [3, 5], "dropout": [0, 0.25, 0.5], "head": ["gap", "dense"]},
+            "fixed": {"epochs": 3, "batchSize": 64, "learningRate": 0.001},
+            "strategy": "grid", "maxParallel": 2, "seed": 7}))
+    }
+
+    /// A tpe search space that can suggest a configuration the model family refuses is
+    /// refused at submit, naming the range and a configuration it can suggest.
+    #[test]
+    fn tpe_ranges_that_can_suggest_invalid_models_are_refused_at_submit() {
+        let tpe = |space: Value| {
+            request(
+                json!({"dataset": "mnist", "strategy": "tpe", "numTrials": 4,
+                "space": space, "fixed": {"epochs": 1}}),
+            )
+            .validate(SweepLimits::default(), resolve_builtin)
+        };
+        let e = tpe(json!({"blocks": {"min": 1, "max": 10}})).unwrap_err();
+        assert_eq!(e.field, "space.blocks", "{e}");
+        assert!(
+            e.reason.contains("pooling blocks") && e.reason.contains("tpe can suggest blocks="),
+            "{e}"
+        );
+        let e = tpe(json!({"kernelSize": {"min": 3, "max": 7}})).unwrap_err();
+        assert_eq!(e.field, "space.kernelSize", "{e}");
+        assert!(e.reason.contains("kernelSize=4"), "{e}");
+        // Odd kernels only: allowed.
+        assert!(tpe(json!({"kernelSize": {"min": 3, "max": 7, "step": 2}})).is_ok());
+        // Each range alone is fine, together they are not: 4 blocks leave a 3x3 map at
+        // the last block, too small for a 5x5 kernel.
+        assert!(tpe(json!({"blocks": {"min": 1, "max": 4}})).is_ok());
+        let e = tpe(json!({"blocks": {"min": 1, "max": 4}, "kernelSize": [3, 5]})).unwrap_err();
+        assert_eq!(e.field, "space.kernelSize", "{e}");
+        assert!(
+            e.reason.contains("blocks=4") && e.reason.contains("kernelSize=5"),
+            "{e}"
+        );
+        // Real ranges are checked at both ends.
+        let e = tpe(json!({"dropout": {"min": 0.1, "max": 1.0}})).unwrap_err();
+        assert_eq!(e.field, "space.dropout", "{e}");
+        assert!(tpe(json!({"dropout": {"min": 0.0, "max": 0.9}, "learningRate": {"min": 1e-4, "max": 1e-2, "log": true}})).is_ok());
+        // A wide integer range is checked at its ends and their neighbours.
+        let e = tpe(json!({"baseFilters": {"min": 1, "max": 2000}})).unwrap_err();
+        assert_eq!(e.field, "space.baseFilters", "{e}");
+        assert!(tpe(json!({"units": {"min": 1, "max": 4096}})).is_ok());
+    }
+
+    #[test]
+    fn grid_expands_the_cartesian_product_in_a_stable_order() {
+        let spec = design_example()
+            .validate(SweepLimits::default(), resolve_builtin)
+            .unwrap();
+        assert_eq!(spec.trials.len(), 12);
+        assert_eq!(spec.varied, vec!["dropout", "head", "kernelSize"]);
+        // The last axis varies fastest.
+        assert_eq!(spec.trials[0].dropout, 0.0);
+        assert_eq!(spec.trials[0].head, Head::Gap);
+        assert_eq!(spec.trials[0].kernel_size, 3);
+        assert_eq!(spec.trials[1].kernel_size, 5);
+        assert_eq!(spec.trials[2].head, Head::Dense);
+        assert_eq!(spec.trials[11].dropout, 0.5);
+        // Fixed values and the sweep seed reach every trial.
+        assert!(spec
+            .trials
+            .iter()
+            .all(|t| t.epochs == 3 && t.batch_size == 64 && t.seed == 7));
+        let mut seen = std::collections::HashSet::new();
+        for t in &spec.trials {
+            assert!(
+                seen.insert(serde_json::to_string(t).unwrap()),
+                "duplicate configuration"
+            );
+        }
+    }
+
+    #[test]
+    fn independent_trials_start_costliest_first_and_the_rest_in_index_order() {
+        let spec = design_example()
+            .validate(SweepLimits::default(), resolve_builtin)
+            .unwrap();
+        let order = spec.start_order();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..12).collect::<Vec<_>>(), "a permutation");
+        let first: Vec<(u32, Head)> = order[..6]
+            .iter()
+            .map(|&i| (spec.trials[i].kernel_size, spec.trials[i].head))
+            .collect();
+        // Kernel 5 before kernel 3; within kernel 5 the dense head before GAP; trials that
+        // differ only in dropout (equal cost) keep index order.
+        assert_eq!(first[..3], [(5, Head::Dense); 3]);
+        assert_eq!(first[3..], [(5, Head::Gap); 3]);
+        assert!(order[..3].windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(spec.trials[order[11]].kernel_size, 3);
+        assert_eq!(spec.trials[order[11]].head, Head::Gap);
+
+        // A larger training set outweighs a smaller model.
+        let mut limits = design_example();
+        limits.space = serde_json::from_value(json!({"trainLimit": [1000, 0]})).unwrap();
+        let spec = limits
+            .validate(SweepLimits::default(), resolve_builtin)
+            .unwrap();
+        assert_eq!(spec.start_order(), [1, 0]);
+
+        // With early stopping or tpe, arrival order matters: index order.
+        for (key, value) in [("earlyStopping", "asha"), ("earlyStopping", "median")] {
+            let mut v = serde_json::to_value(design_example()).unwrap();
+            v[key] = json!(value);
+            let spec = request(v)
+                .validate(SweepLimits::default(), resolve_builtin)
+                .unwrap();
+            assert_eq!(spec.start_order(), (0..12).collect::<Vec<_>>(), "{value}");
+        }
+    }
+
+    #[test]
+    fn random_draws_distinct_configurations_reproducibly() {
+        let mut r = design_example();
+        r.strategy = "random".into();
+        r.num_trials = 5;
+        let a = r.validate(SweepLimits::default(), resolve_builtin).unwrap();
+        let b = r.validate(SweepLimits::default(), resolve_builtin).unwrap();
+        assert_eq!(a.trials, b.trials);
+        assert_eq!(a.trials.len(), 5);
+        r.seed = 8;
+        let c = r.validate(SweepLimits::default(), resolve_builtin).unwrap();
+        let kinds = |s: &SweepSpec| {
+            s.trials
+                .iter()
+                .map(|t| (t.kernel_size, t.head, (t.dropout * 100.0) as i32))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(kinds(&a), kinds(&c), "another seed draws another sequence");
+    }
+
+    #[test]
+    fn repeats_give_each_configuration_consecutive_seeds() {
+        let mut r = design_example();
+        r.space = json!({"head": ["gap", "dense"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        r.repeats = 3;
+        let s = r.validate(SweepLimits::default(), resolve_builtin).unwrap();
+        let seeds: Vec<_> = s.trials.iter().map(|t| t.seed).collect();
+        assert_eq!(seeds, vec![7, 8, 9, 7, 8, 9]);
+    }
+
+    fn refused(v: Value) -> SpecError {
+        request(v)
+            .validate(SweepLimits { max_trials: 50 }, resolve_builtin)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn invalid_requests_name_the_field() {
+        let cases = [
+            (json!({"dataset": "imagenet"}), "dataset"),
+            (json!({}), "dataset"),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSiz": [3]}}),
+                "space.kernelSiz",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"colour": 1}}),
+                "fixed.colour",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": []}}),
+                "space.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": 3}}),
+                "space.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"dropout": [0.1, 1.0]}}),
+                "dropout",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"dropout": -0.1}}),
+                "fixed.dropout",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"kernelSize": [3, 4]}}),
+                "kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"kernelSize": 29}}),
+                "fixed.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 5}}),
+                "fixed.blocks",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 4, "kernelSize": 5}}),
+                "fixed.kernelSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"blocks": 6, "kernelSize": 1}}),
+                "fixed.blocks",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"batchSize": 0}}),
+                "fixed.batchSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"batchSize": -4}}),
+                "fixed.batchSize",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"learningRate": 0}}),
+                "fixed.learningRate",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"learningRate": -0.1}}),
+                "fixed.learningRate",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"head": "conv"}}),
+                "fixed.head",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"head": ["gap", 3]}}),
+                "space.head[1]",
+            ),
+            (
+                json!({"dataset": "mnist", "fixed": {"output": "sigmoid"}}),
+                "fixed.output",
+            ),
+            (json!({"dataset": "mnist", "strategy": "bayes"}), "strategy"),
+            (
+                json!({"dataset": "mnist", "strategy": "random"}),
+                "numTrials",
+            ),
+            (json!({"dataset": "mnist", "objective": "f1"}), "objective"),
+            (json!({"dataset": "mnist", "device": "tpu"}), "device"),
+            (
+                json!({"dataset": "mnist", "space": {"epochs": [1]}, "fixed": {"epochs": 2}}),
+                "fixed.epochs",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"units": [1,2,3,4,5,6,7,8], "baseFilters": [1,2,3,4,5,6,7,8]}}),
+                "space",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = refused(body.clone());
+            assert_eq!(e.field, field, "{body} gave {e}");
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn feature_map_limits_follow_the_input_size() {
+        let p = TrialParams {
+            blocks: 4,
+            ..TrialParams::default()
+        };
+        // 28 -> 14 -> 7 -> 3 -> 1: four pools fit, the kernel 3 still fits the 3x3 map.
+        assert!(p.validate(&mnist()).is_ok());
+        let p = TrialParams { blocks: 5, ..p };
+        assert_eq!(
+            p.validate(&mnist()).unwrap_err().field,
+            "blocks",
+            "block 5 would see a 1x1 map"
+        );
+        let p = TrialParams {
+            blocks: 6,
+            kernel_size: 1,
+            ..TrialParams::default()
+        };
+        assert_eq!(p.validate(&mnist()).unwrap_err().field, "blocks");
+        let p = TrialParams {
+            blocks: 6,
+            kernel_size: 1,
+            input_size: 64,
+            ..TrialParams::default()
+        };
+        assert!(p.validate(&mnist()).is_ok());
+    }
+
+    #[test]
+    fn every_public_name_round_trips() {
+        let names = hyperparameter_names();
+        for n in [
+            "kernelSize",
+            "baseFilters",
+            "blocks",
+            "head",
+            "units",
+            "dropout",
+            "batchNorm",
+            "activation",
+            "optimizer",
+            "learningRate",
+            "batchSize",
+            "epochs",
+            "trainLimit",
+            "testLimit",
+            "seed",
+            "inputSize",
+            "rotationRange",
+        ] {
+            assert!(names.contains(&n.to_string()), "{n} missing");
+        }
+    }
+}

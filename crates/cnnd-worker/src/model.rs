@@ -1,0 +1,351 @@
+//! The CNN family of DESIGN.md section 2, built with `tch::nn` from a trial's hyperparameters:
+//! `blocks` x [conv(k x k, same padding) -> batch norm -> activation -> max-pool 2x2], then a
+//! `dense` or `gap` head.
+//!
+//! Owns: layer construction, initialisation, the forward pass, parameter counting and the
+//! memory format of the weights ([`use_channels_last`]). The family's arithmetic (filters
+//! per block, sizes) is `cnnd_core::model_size`'s; the tests check it against the built
+//! models.
+//! Must not touch: data loading, the training loop, and anything of the control plane (store,
+//! scheduler, api, charts); it only consumes [`TrialParams`] from `sweep`.
+//!
+//! Initialisation follows PyTorch's defaults (so that `bench/torch_reference.py` builds the
+//! same model): conv and linear weights Kaiming-uniform with a = sqrt(5), i.e. uniform in
+//! +-1/sqrt(fan_in), biases uniform in +-1/sqrt(fan_in), batch-norm scale 1 and shift 0.
+
+use tch::nn::{self, ModuleT};
+use tch::{TchError, Tensor};
+
+use cnnd_core::model_size::{block_filters, final_side, output_units};
+use cnnd_core::sweep::{Activation, Head, TrialParams};
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// PyTorch's default weight initialisation: Kaiming uniform with a = sqrt(5).
+const TORCH_DEFAULT_INIT: nn::Init = nn::Init::Kaiming {
+    dist: nn::init::NormalOrUniform::Uniform,
+    fan: nn::init::FanInOut::FanIn,
+    non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8), // sqrt(1/3)
+};
+
+#[derive(Debug)]
+struct Block {
+    conv: nn::Conv2D,
+    bn: Option<nn::BatchNorm>,
+    padding: i64,
+}
+
+#[derive(Debug)]
+enum HeadLayers {
+    Dense { hidden: nn::Linear, out: nn::Linear },
+    Gap { out: nn::Linear },
+}
+
+/// One member of the model family. Implements [`nn::ModuleT`]; [`Net::f_forward_t`] is the
+/// fallible forward pass the training loop uses.
+#[derive(Debug)]
+pub struct Net {
+    blocks: Vec<Block>,
+    head: HeadLayers,
+    activation: Activation,
+    dropout: f64,
+}
+
+/// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
+/// `classes` classes, with its variables under `vs`.
+pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
+    let k = p.kernel_size as i64;
+    let padding = k / 2;
+    let mut blocks = Vec::with_capacity(p.blocks as usize);
+    let mut in_ch = channels;
+    let mut out_ch = channels;
+    for i in 0..p.blocks {
+        out_ch = block_filters(p, i);
+        let path = vs / format!("block{i}");
+        let fan_in = (in_ch * k * k) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let cfg = nn::ConvConfig {
+            padding,
+            bias: !p.batch_norm,
+            ws_init: TORCH_DEFAULT_INIT,
+            bs_init: nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            ..Default::default()
+        };
+        let conv = nn::conv2d(&path / "conv", in_ch, out_ch, k, cfg);
+        let bn = p.batch_norm.then(|| {
+            let cfg = nn::BatchNormConfig {
+                eps: BN_EPS,
+                momentum: BN_MOMENTUM,
+                ws_init: nn::Init::Const(1.0),
+                bs_init: nn::Init::Const(0.0),
+                ..Default::default()
+            };
+            nn::batch_norm2d(&path / "bn", out_ch, cfg)
+        });
+        blocks.push(Block { conv, bn, padding });
+        in_ch = out_ch;
+    }
+    let linear_cfg = nn::LinearConfig {
+        ws_init: TORCH_DEFAULT_INIT,
+        ..Default::default()
+    };
+    let outputs = output_units(p, classes);
+    let head = match p.head {
+        Head::Dense => {
+            let side = final_side(input_size, p.blocks);
+            let flat = out_ch * side * side;
+            let units = p.units as i64;
+            HeadLayers::Dense {
+                hidden: nn::linear(vs / "hidden", flat, units, linear_cfg),
+                out: nn::linear(vs / "out", units, outputs, linear_cfg),
+            }
+        }
+        Head::Gap => HeadLayers::Gap {
+            out: nn::linear(vs / "out", out_ch, outputs, linear_cfg),
+        },
+    };
+    Net {
+        blocks,
+        head,
+        activation: p.activation,
+        dropout: p.dropout,
+    }
+}
+
+fn activate(xs: &Tensor, a: Activation) -> Result<Tensor, TchError> {
+    match a {
+        Activation::Relu => xs.f_relu(),
+        Activation::LeakyRelu => xs.f_leaky_relu(), // slope 0.01, as torch.nn.LeakyReLU
+        Activation::Elu => xs.f_elu(),
+        Activation::Gelu => xs.f_gelu("none"),
+        Activation::Tanh => xs.f_tanh(),
+    }
+}
+
+impl Net {
+    /// The forward pass, returning libtorch errors instead of panicking. `[N, C, H, W]` in,
+    /// `[N, outputs]` logits out.
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let mut x = xs.shallow_clone();
+        for b in &self.blocks {
+            x = x.f_conv2d(
+                &b.conv.ws,
+                b.conv.bs.as_ref(),
+                [1, 1],
+                [b.padding, b.padding],
+                [1, 1],
+                1,
+            )?;
+            if let Some(bn) = &b.bn {
+                x = x.f_batch_norm(
+                    bn.ws.as_ref(),
+                    bn.bs.as_ref(),
+                    Some(&bn.running_mean),
+                    Some(&bn.running_var),
+                    train,
+                    BN_MOMENTUM,
+                    BN_EPS,
+                    true,
+                )?;
+            }
+            x = activate(&x, self.activation)?;
+            x = x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+        }
+        let dropout = |x: Tensor| -> Result<Tensor, TchError> {
+            if self.dropout > 0.0 && train {
+                x.f_dropout(self.dropout, train)
+            } else {
+                Ok(x)
+            }
+        };
+        match &self.head {
+            HeadLayers::Dense { hidden, out } => {
+                let x = x
+                    .f_flatten(1, -1)?
+                    .f_linear(&hidden.ws, hidden.bs.as_ref())?;
+                let x = dropout(activate(&x, self.activation)?)?;
+                x.f_linear(&out.ws, out.bs.as_ref())
+            }
+            HeadLayers::Gap { out } => {
+                let x = dropout(x.f_mean_dim([2i64, 3].as_slice(), false, None)?)?;
+                x.f_linear(&out.ws, out.bs.as_ref())
+            }
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self.f_forward_t(xs, train) {
+            Ok(t) => t,
+            Err(e) => panic!("forward pass failed: {e}"),
+        }
+    }
+}
+
+/// Gives every 4-D variable (the convolution kernels) channels-last strides, in place: same
+/// shape and values, `[N, C, H, W]` stored as `N, H, W, C`. libtorch then runs every
+/// convolution of the model in channels-last (oneDNN without reordering to and from its
+/// blocked layout on every call), and gradients and optimiser state (`zeros_like`) follow
+/// the parameters' layout. On this project's CPUs this trains 1.4x faster at one thread
+/// (docs/BENCHMARKS.md section 1); call it before the optimiser is built.
+pub fn use_channels_last(vs: &nn::VarStore) -> Result<(), TchError> {
+    let _no_grad = tch::no_grad_guard();
+    for (_, mut var) in vs.variables() {
+        if let [n, c, h, w] = var.size()[..] {
+            // Strides set explicitly, also for size-1 dimensions (a 1-channel first layer),
+            // where permute + contiguous would leave them ambiguous and libtorch would pick
+            // the default layout for that convolution.
+            let nhwc = var.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_as_strided(
+                [n, c, h, w],
+                [h * w * c, 1, w * c, c],
+                0,
+            )?;
+            var.f_set_data(&nhwc)?;
+        }
+    }
+    Ok(())
+}
+
+/// Number of trainable parameters (weights and biases; batch-norm running statistics are not
+/// parameters), as PyTorch's `sum(p.numel() for p in model.parameters())`.
+pub fn parameter_count(vs: &nn::VarStore) -> u64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnd_core::model_size::model_size;
+    use cnnd_core::sweep::Output;
+    use tch::{Device, Kind};
+
+    fn net(p: &TrialParams, classes: i64) -> (nn::VarStore, Net) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), p, 1, 28, classes);
+        (vs, net)
+    }
+
+    #[test]
+    fn channels_last_keeps_shapes_and_outputs() {
+        let (vs, net) = net(&TrialParams::default(), 10);
+        let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let before = net.forward_t(&x, false);
+        use_channels_last(&vs).unwrap();
+        let conv = &vs.variables()["block0.conv.weight"];
+        assert_eq!(conv.size(), [32, 1, 3, 3]);
+        // [N, C, H, W] stored as N, H, W, C: the channel stride is 1.
+        assert_eq!(conv.stride(), [9, 1, 3, 1]);
+        let conv2 = &vs.variables()["block1.conv.weight"];
+        assert_eq!(conv2.stride(), [288, 1, 96, 32]);
+        let after = net.forward_t(&x, false);
+        assert!(before.allclose(&after, 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn seed_model_parameter_counts() {
+        // conv1 1*32*9 (no bias with BN) + bn1 2*32 + conv2 32*64*9 + bn2 2*64
+        let convs = 288 + 64 + 18_432 + 128;
+        // dense: 64*7*7 -> 128 -> 10
+        let (vs, _) = net(&TrialParams::default(), 10);
+        assert_eq!(
+            parameter_count(&vs),
+            convs + (3136 * 128 + 128) + (128 * 10 + 10)
+        );
+        assert_eq!(parameter_count(&vs), 421_738);
+        // gap: 64 -> 10
+        let gap = TrialParams {
+            head: Head::Gap,
+            ..TrialParams::default()
+        };
+        let (vs, _) = net(&gap, 10);
+        assert_eq!(parameter_count(&vs), convs + 64 * 10 + 10);
+        assert_eq!(parameter_count(&vs), 19_562);
+        // Without batch norm the convolutions get biases and lose the BN scale/shift.
+        let plain = TrialParams {
+            head: Head::Gap,
+            batch_norm: false,
+            ..TrialParams::default()
+        };
+        let (vs, _) = net(&plain, 10);
+        assert_eq!(parameter_count(&vs), (288 + 32) + (18_432 + 64) + 650);
+    }
+
+    #[test]
+    fn model_size_matches_the_built_model_and_hand_counts() {
+        // Parameters: the estimate agrees with libtorch's count on the built model.
+        for head in [Head::Dense, Head::Gap] {
+            for (k, blocks, batch_norm) in [(3, 2, true), (5, 2, false), (1, 3, true), (7, 1, true)]
+            {
+                let p = TrialParams {
+                    head,
+                    kernel_size: k,
+                    blocks,
+                    batch_norm,
+                    base_filters: 8,
+                    units: 24,
+                    ..TrialParams::default()
+                };
+                let (vs, _) = net(&p, 10);
+                assert_eq!(
+                    model_size(&p, 1, 28, 10).parameters,
+                    parameter_count(&vs),
+                    "{head:?} k={k} blocks={blocks} bn={batch_norm}"
+                );
+            }
+        }
+        // Forward MACs of the seed model: conv1 28*28*9*1*32, conv2 14*14*9*32*64,
+        // dense 3136*128 + 128*10.
+        let seed = model_size(&TrialParams::default(), 1, 28, 10);
+        assert_eq!(seed.forward_macs, 225_792 + 3_612_672 + 401_408 + 1_280);
+        // Kernel 5 costs more than kernel 3; the dense head more than GAP.
+        let k5 = TrialParams {
+            kernel_size: 5,
+            ..TrialParams::default()
+        };
+        let gap = TrialParams {
+            head: Head::Gap,
+            ..TrialParams::default()
+        };
+        let cost = |p: &TrialParams| model_size(p, 1, 28, 10).training_macs_per_image(64);
+        assert!(cost(&k5) > cost(&TrialParams::default()));
+        assert!(cost(&TrialParams::default()) > cost(&gap));
+    }
+
+    #[test]
+    fn output_shapes_for_both_heads_and_many_shapes() {
+        tch::set_num_threads(1);
+        tch::manual_seed(0);
+        let xs = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        for head in [Head::Dense, Head::Gap] {
+            for (k, blocks) in [(1, 1), (3, 2), (5, 2), (7, 1), (3, 3), (3, 4), (1, 4)] {
+                let p = TrialParams {
+                    head,
+                    kernel_size: k,
+                    blocks,
+                    base_filters: 4,
+                    units: 16,
+                    ..TrialParams::default()
+                };
+                let (_vs, n) = net(&p, 10);
+                for train in [true, false] {
+                    let y = n.forward_t(&xs, train);
+                    assert_eq!(y.size(), [3, 10], "{head:?} k={k} blocks={blocks}");
+                }
+            }
+        }
+        let p = TrialParams {
+            output: Output::Sigmoid,
+            ..TrialParams::default()
+        };
+        let (_vs, n) = net(&p, 2);
+        assert_eq!(n.forward_t(&xs, false).size(), [3, 1]);
+    }
+}

@@ -1,0 +1,519 @@
+//! The store's state machine, tested directly on a real SQLite file (a temporary one): no
+//! daemon, no worker, no libtorch, a few seconds in all. Every transition a trial goes
+//! through (lease, report, finish, release, cancel, pause, promote, settle) and the races
+//! between them: two workers asking for the same trial, a report from a stale generation,
+//! a cancel while a finish lands, a promotion while the sweep is cancelled.
+//!
+//! The tests take their store from [`stores`], so a second backend only has to be added
+//! there to run them all against it too.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cnnd::store::{Event, ReportError, Store, TrialFacts, TrialResult};
+use cnnd_core::datasets::resolve_builtin;
+use cnnd_core::epoch::EpochRecord;
+use cnnd_core::status::{SweepStatus, TrialStatus};
+use cnnd_core::sweep::{SweepLimits, SweepRequest, SweepSpec};
+use serde_json::json;
+
+/// A store under test, with what keeps it alive.
+struct Backend {
+    name: &'static str,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+/// Every backend the tests run against: SQLite in a temporary folder.
+async fn stores() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+    vec![Backend {
+        name: "sqlite",
+        store,
+        _dir: dir,
+    }]
+}
+
+/// A validated sweep of `trials` configurations (dropout values) of `epochs` epochs.
+fn spec(trials: usize, epochs: u32, extra: serde_json::Value) -> SweepSpec {
+    let dropouts: Vec<f64> = (0..trials).map(|i| i as f64 * 0.01).collect();
+    let mut request = json!({"dataset": "mnist", "space": {"dropout": dropouts},
+                             "fixed": {"epochs": epochs}});
+    if let (Some(r), Some(e)) = (request.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    let request: SweepRequest = serde_json::from_value(request).unwrap();
+    request
+        .validate(SweepLimits::default(), resolve_builtin)
+        .unwrap()
+}
+
+fn epoch(n: u32) -> EpochRecord {
+    EpochRecord {
+        epoch: n,
+        train_loss: 1.0 / n as f64,
+        train_accuracy: 0.5,
+        val_loss: 0.5,
+        val_accuracy: 0.5 + n as f64 * 0.01,
+        seconds: 1.0,
+        images_per_second: 100.0,
+    }
+}
+
+fn succeeded() -> TrialResult {
+    TrialResult {
+        test_accuracy: Some(0.9),
+        test_loss: Some(0.3),
+        best_epoch: Some(1),
+        ..TrialResult::of(TrialStatus::Succeeded)
+    }
+}
+
+async fn statuses(store: &Store, sweep: &str) -> BTreeMap<String, TrialStatus> {
+    store
+        .trials_of(sweep)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.status))
+        .collect()
+}
+
+async fn sweep_status(store: &Store, sweep: &str) -> SweepStatus {
+    store.sweep(sweep).await.unwrap().unwrap().status
+}
+
+const CPU: &[&str] = &["auto", "cpu"];
+
+#[tokio::test]
+async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(1, 2, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            sweep_status(s, "sw").await,
+            SweepStatus::Queued,
+            "{}",
+            b.name
+        );
+        let (lease, started) = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!((lease.generation, lease.attempt), (1, 1));
+        assert!(matches!(started.event, Event::TrialStarted { ref worker, .. } if worker == "w1"));
+        assert_eq!(sweep_status(s, "sw").await, SweepStatus::Running);
+        assert!(s.lease_next("w2", CPU, "cpu").await.unwrap().is_none());
+
+        let facts = TrialFacts {
+            parameter_count: 1234,
+            ..Default::default()
+        };
+        for n in 1..=2 {
+            s.record_epoch(&lease.trial_id, 1, &epoch(n), (n == 1).then_some(&facts))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let events = s
+            .finish_trial(&lease.trial_id, 1, &succeeded())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(events.last().unwrap().event,
+            Event::SweepFinished { status: SweepStatus::Finished, ref best_trial_id, .. }
+            if best_trial_id.as_deref() == Some(lease.trial_id.as_str())));
+        let t = s.trial(&lease.trial_id).await.unwrap().unwrap();
+        assert_eq!(t.status, TrialStatus::Succeeded);
+        assert_eq!((t.epochs_done, t.parameter_count), (2, Some(1234)));
+        assert_eq!(sweep_status(s, "sw").await, SweepStatus::Finished);
+        // A finished trial takes no more reports or finishes.
+        assert!(matches!(
+            s.record_epoch(&lease.trial_id, 1, &epoch(3), None)
+                .await
+                .unwrap(),
+            Err(ReportError::StaleLease {
+                status: TrialStatus::Succeeded,
+                ..
+            })
+        ));
+        assert!(s
+            .finish_trial(&lease.trial_id, 1, &succeeded())
+            .await
+            .unwrap()
+            .is_err());
+    }
+}
+
+/// Eight workers ask for leases at once on a sweep of five trials: every trial goes to
+/// exactly one worker, at generation 1, and three workers get nothing.
+#[tokio::test]
+async fn concurrent_leases_never_hand_one_trial_to_two_workers() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(5, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let workers: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+        let leases =
+            futures::future::join_all(workers.iter().map(|w| s.lease_next(w, CPU, "cpu"))).await;
+        let got: Vec<_> = leases
+            .into_iter()
+            .filter_map(|l| l.unwrap())
+            .map(|(lease, _)| lease)
+            .collect();
+        assert_eq!(got.len(), 5, "{}", b.name);
+        let ids: HashSet<_> = got.iter().map(|l| l.trial_id.clone()).collect();
+        assert_eq!(ids.len(), 5, "a trial was leased twice: {got:?}");
+        assert!(got.iter().all(|l| l.generation == 1));
+        let running = statuses(s, "sw").await;
+        assert!(running.values().all(|st| *st == TrialStatus::Running));
+    }
+}
+
+/// After a release the trial is leased again at the next generation: reports and finishes
+/// carrying the old generation are refused and change nothing.
+#[tokio::test]
+async fn reports_from_a_stale_generation_are_refused_and_change_nothing() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(1, 3, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let (old, _) = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap();
+        s.record_epoch(&old.trial_id, 1, &epoch(1), None)
+            .await
+            .unwrap()
+            .unwrap();
+        s.release_trial(&old.trial_id, 1, "worker died", 3, true)
+            .await
+            .unwrap();
+        let (new, _) = s.lease_next("w2", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!(
+            (new.generation, new.attempt, new.epochs_recorded),
+            (2, 2, 1)
+        );
+        let refused = s
+            .record_epoch(&old.trial_id, 1, &epoch(2), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                refused,
+                Err(ReportError::StaleLease {
+                    current: 2,
+                    given: 1,
+                    ..
+                })
+            ),
+            "{}: {refused:?}",
+            b.name
+        );
+        assert!(s
+            .finish_trial(&old.trial_id, 1, &succeeded())
+            .await
+            .unwrap()
+            .is_err());
+        // A stale release changes nothing either.
+        assert!(s
+            .release_trial(&old.trial_id, 1, "late", 3, true)
+            .await
+            .unwrap()
+            .is_empty());
+        let t = s.trial(&new.trial_id).await.unwrap().unwrap();
+        assert_eq!(
+            (t.status, t.generation, t.epochs_done),
+            (TrialStatus::Running, 2, 1)
+        );
+        // The live lease goes on.
+        s.record_epoch(&new.trial_id, 2, &epoch(2), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.epochs(&new.trial_id).await.unwrap().len(), 2);
+    }
+}
+
+/// A release that counts as an attempt re-queues until `max_attempts`, then fails the
+/// trial; a graceful release (shutdown) gives the attempt back.
+#[tokio::test]
+async fn releases_requeue_until_the_attempts_run_out() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(1, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        s.release_trial(&l.trial_id, l.generation, "shutdown", 2, false)
+            .await
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!(
+            l.attempt, 1,
+            "{}: a graceful release took an attempt",
+            b.name
+        );
+        s.release_trial(&l.trial_id, l.generation, "crashed", 2, true)
+            .await
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!(l.attempt, 2);
+        let events = s
+            .release_trial(&l.trial_id, l.generation, "crashed again", 2, true)
+            .await
+            .unwrap();
+        let t = s.trial(&l.trial_id).await.unwrap().unwrap();
+        assert_eq!(t.status, TrialStatus::Failed);
+        assert!(t.error.unwrap().contains("crashed again (attempt 2 of 2)"));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e.event, Event::SweepFinished { .. })));
+        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+    }
+}
+
+/// Cancel and finish of the running trial land together, in either order: the trial ends
+/// once, with one `trial_finished` event, and the sweep ends once.
+#[tokio::test]
+async fn cancel_during_finish_ends_the_trial_once() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(2, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let result = succeeded();
+        let (finished, cancelled) = tokio::join!(
+            s.finish_trial(&l.trial_id, l.generation, &result),
+            s.cancel_sweep("sw"),
+        );
+        let finished = finished.unwrap();
+        let (_, n, _) = cancelled.unwrap();
+        let status = s.trial(&l.trial_id).await.unwrap().unwrap().status;
+        match finished {
+            // The finish came first: the cancel found one open trial (the queued one).
+            Ok(_) => assert_eq!((status, n), (TrialStatus::Succeeded, 1), "{}", b.name),
+            // The cancel came first: the finish was refused as stale.
+            Err(ReportError::StaleLease { .. }) => {
+                assert_eq!((status, n), (TrialStatus::Cancelled, 2), "{}", b.name)
+            }
+            Err(e) => panic!("{e}"),
+        }
+        let events = s.events_after("sw", 0).await.unwrap();
+        let ended = |id: &str| {
+            events
+                .iter()
+                .filter(
+                    |e| matches!(&e.event, Event::TrialFinished { trial_id, .. } if trial_id == id),
+                )
+                .count()
+        };
+        assert_eq!(ended(&l.trial_id), 1, "{events:#?}");
+        let sweep_ends = events
+            .iter()
+            .filter(|e| matches!(e.event, Event::SweepFinished { .. }))
+            .count();
+        assert_eq!(sweep_ends, 1);
+        assert_eq!(sweep_status(s, "sw").await, SweepStatus::Cancelled);
+        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+    }
+}
+
+/// Paused sweeps lend nothing; resumed, they do. `maxParallel` caps running trials.
+#[tokio::test]
+async fn pause_holds_the_queue_and_max_parallel_caps_running_trials() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(3, 1, json!({"maxParallel": 2})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.set_paused("sw", true).await.unwrap(), 3);
+        assert!(
+            s.lease_next("w", CPU, "cpu").await.unwrap().is_none(),
+            "{}",
+            b.name
+        );
+        assert_eq!(s.set_paused("sw", false).await.unwrap(), 3);
+        let a = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap().0;
+        s.lease_next("w2", CPU, "cpu").await.unwrap().unwrap();
+        assert!(
+            s.lease_next("w3", CPU, "cpu").await.unwrap().is_none(),
+            "maxParallel 2"
+        );
+        s.finish_trial(&a.trial_id, a.generation, &succeeded())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.lease_next("w3", CPU, "cpu").await.unwrap().is_some());
+        // A CUDA-only worker gets nothing from a sweep that asked for the CPU.
+        s.insert_sweep("sc", &spec(1, 1, json!({"device": "cpu"})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .lease_next("g", &["cuda"], "cuda:0")
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
+
+/// A higher priority is leased first; within a priority, submission order.
+#[tokio::test]
+async fn priority_then_submission_order() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("low", &spec(1, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        s.insert_sweep("high", &spec(1, 1, json!({"priority": 5})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        s.insert_sweep("low2", &spec(1, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut order = Vec::new();
+        while let Some((l, _)) = s.lease_next("w", CPU, "cpu").await.unwrap() {
+            order.push(l.sweep_id);
+        }
+        assert_eq!(order, ["high", "low", "low2"], "{}", b.name);
+    }
+}
+
+/// A parked trial promoted goes back to the queue ahead of fresh trials and resumes at the
+/// next generation; the parked trials never promoted end `pruned` when nothing else is left.
+#[tokio::test]
+async fn parked_trials_are_promoted_or_settled() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(3, 3, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut parked = Vec::new();
+        for _ in 0..2 {
+            let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+            s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+                .await
+                .unwrap()
+                .unwrap();
+            let park = TrialResult {
+                error: Some("parked: asha: rung 1".into()),
+                test_accuracy: Some(0.8),
+                ..TrialResult::of(TrialStatus::Parked)
+            };
+            s.finish_trial(&l.trial_id, l.generation, &park)
+                .await
+                .unwrap()
+                .unwrap();
+            parked.push(l);
+        }
+        assert_eq!(
+            sweep_status(s, "sw").await,
+            SweepStatus::Running,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.promote_parked(&[parked[1].trial_id.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        // Promoted ahead of the third, fresh trial; its attempt is given back.
+        let (again, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!(again.trial_id, parked[1].trial_id);
+        assert_eq!(
+            (again.generation, again.attempt, again.epochs_recorded),
+            (2, 1, 1)
+        );
+        s.finish_trial(&again.trial_id, again.generation, &succeeded())
+            .await
+            .unwrap()
+            .unwrap();
+        // While the third trial runs, nothing settles.
+        let (third, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        assert!(s.settle_parked("sw").await.unwrap().is_empty());
+        s.finish_trial(&third.trial_id, third.generation, &succeeded())
+            .await
+            .unwrap()
+            .unwrap();
+        let events = s.settle_parked("sw").await.unwrap();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e.event, Event::SweepFinished { .. })));
+        let t = s.trial(&parked[0].trial_id).await.unwrap().unwrap();
+        assert_eq!(t.status, TrialStatus::Pruned);
+        assert!(t.error.unwrap().starts_with("pruned: asha: never promoted"));
+        assert_eq!(sweep_status(s, "sw").await, SweepStatus::Finished);
+    }
+}
+
+/// A promotion and a cancel land together: whatever the order, the sweep ends cancelled
+/// and no trial is left queued or running (a promoted trial is cancelled with the rest).
+#[tokio::test]
+async fn promote_during_cancel_leaves_nothing_open() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(2, 3, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let park = TrialResult {
+            error: Some("parked: asha: rung 1".into()),
+            ..TrialResult::of(TrialStatus::Parked)
+        };
+        s.finish_trial(&l.trial_id, l.generation, &park)
+            .await
+            .unwrap()
+            .unwrap();
+        let ids = [l.trial_id.clone()];
+        let (promoted, cancelled) = tokio::join!(s.promote_parked(&ids), s.cancel_sweep("sw"));
+        promoted.unwrap();
+        cancelled.unwrap();
+        let all = statuses(s, "sw").await;
+        assert!(
+            all.values().all(|st| *st == TrialStatus::Cancelled),
+            "{}: {all:?}",
+            b.name
+        );
+        assert_eq!(sweep_status(s, "sw").await, SweepStatus::Cancelled);
+        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+    }
+}
+
+/// Trials left running by a dead daemon are listed for recovery, with their generations.
+#[tokio::test]
+async fn running_trials_are_listed_as_orphans_for_recovery() {
+    for b in stores().await {
+        let s = &b.store;
+        s.insert_sweep("sw", &spec(2, 1, json!({})), u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        assert_eq!(
+            s.orphaned_leases().await.unwrap(),
+            vec![(l.trial_id.clone(), 1)],
+            "{}",
+            b.name
+        );
+    }
+}
