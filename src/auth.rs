@@ -1,9 +1,13 @@
-//! Authentication, the daemon's side: its bearer token and the layer that checks it.
+//! Authentication, the daemon's side: its two bearer tokens and the layer that checks them.
+//! The API token (`STATE_DIR/token`) opens `cnn.v1.Orchestrator`; the worker token
+//! (`STATE_DIR/worker-token`) opens the worker protocol, and neither opens the other's
+//! service. Both are created on first start (32 random bytes as hex, mode 0600); the
+//! worker token can be rotated while the daemon runs (`cnnd rotate-worker-token`).
 //!
-//! Owns: creating the token on first start (`STATE_DIR/token`, 32 random bytes as hex, mode
-//! 0600), and the server layer that refuses every call but health and reflection without
-//! `authorization: Bearer TOKEN` (UNAUTHENTICATED, compared in constant time, nothing else
-//! revealed). Reading a token file and sending the token are `cnnd_client::auth`'s.
+//! Owns: creating and rotating tokens, and the server layer that refuses every call but
+//! health and reflection without `authorization: Bearer TOKEN` (UNAUTHENTICATED, compared in
+//! constant time, nothing else revealed). Reading a token file and sending the token are
+//! `cnnd_client::auth`'s.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,10 +31,47 @@ const OPEN_PATHS: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
-/// Reads the daemon's token from `state_dir`, creating it (owner read/write only) when it
-/// does not exist yet. Refuses a token file others can read.
+/// The worker token's file name inside the state directory.
+pub const WORKER_TOKEN_FILE: &str = "worker-token";
+
+/// The worker token file of a state directory.
+pub fn worker_token_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join(WORKER_TOKEN_FILE)
+}
+
+/// Reads the daemon's API token from `state_dir`, creating it (owner read/write only) when
+/// it does not exist yet. Refuses a token file others can read.
 pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
-    let path = token_path(state_dir);
+    load_or_create(&token_path(state_dir), "the API token")
+}
+
+/// Reads the worker token from `state_dir`, creating it when it does not exist yet.
+pub fn load_or_create_worker_token(state_dir: &Path) -> Result<String> {
+    load_or_create(&worker_token_path(state_dir), "the worker token")
+}
+
+/// Replaces the worker token with a new one (written whole, mode 0600); a running daemon
+/// takes it at the next call (see [`RequireBearer::from_file`]): workers with the old token
+/// are refused from then on. Returns the new token.
+pub fn rotate_worker_token(state_dir: &Path) -> Result<String> {
+    let path = worker_token_path(state_dir);
+    let tmp = path.with_extension(format!("new-{}", std::process::id()));
+    let token = new_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(token.as_bytes())
+        .and_then(|_| file.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+fn load_or_create(path: &Path, what: &str) -> Result<String> {
+    let path = path.to_path_buf();
     if path.exists() {
         // Read first: a read-only state directory still serves with its existing token.
         check_private(&path)?;
@@ -47,7 +88,7 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
             file.write_all(token.as_bytes())
                 .and_then(|_| file.sync_all())
                 .with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!(path = %path.display(), "created the API token (mode 0600)");
+            tracing::info!(path = %path.display(), "created {what} (mode 0600)");
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -85,18 +126,65 @@ fn new_token() -> String {
 // ---------------------------------------------------------------------------------------
 // Server side.
 
-/// Tower layer refusing calls without the daemon's token. `RequireBearer::disabled()` lets
+/// Tower layer refusing calls without the right token. `RequireBearer::disabled()` lets
 /// everything through (`--insecure-no-auth`).
 #[derive(Clone)]
 pub struct RequireBearer {
-    expected: Option<Arc<[u8]>>,
+    expected: Option<Arc<TokenSource>>,
+}
+
+/// Where the expected token comes from: fixed, or a token file read again when it changes.
+enum TokenSource {
+    Fixed(Vec<u8>),
+    File {
+        path: std::path::PathBuf,
+        /// (modification time, size) of the file when read, and `Bearer TOKEN` of it.
+        cache: std::sync::Mutex<(Option<(std::time::SystemTime, u64)>, Vec<u8>)>,
+    },
+}
+
+impl TokenSource {
+    /// `Bearer TOKEN` as it stands now.
+    fn current(&self) -> Vec<u8> {
+        match self {
+            TokenSource::Fixed(expected) => expected.clone(),
+            TokenSource::File { path, cache } => {
+                let stamp = std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if stamp.is_some() && cache.0 != stamp {
+                    match read_token_file(path) {
+                        Ok(token) => *cache = (stamp, format!("Bearer {token}").into_bytes()),
+                        Err(e) => tracing::warn!("keeping the previous worker token: {e:#}"),
+                    }
+                }
+                cache.1.clone()
+            }
+        }
+    }
 }
 
 impl RequireBearer {
     pub fn new(token: &str) -> Self {
         RequireBearer {
-            expected: Some(format!("Bearer {token}").into_bytes().into()),
+            expected: Some(Arc::new(TokenSource::Fixed(
+                format!("Bearer {token}").into_bytes(),
+            ))),
         }
+    }
+
+    /// The token of the file at `path`, read again whenever the file changes (rotation).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let token = read_token_file(path)?;
+        let meta = std::fs::metadata(path)?;
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        Ok(RequireBearer {
+            expected: Some(Arc::new(TokenSource::File {
+                path: path.to_path_buf(),
+                cache: std::sync::Mutex::new((Some(stamp), format!("Bearer {token}").into_bytes())),
+            })),
+        })
     }
 
     pub fn disabled() -> Self {
@@ -111,7 +199,7 @@ impl RequireBearer {
         }
         match header {
             None => Some("authentication required: send metadata 'authorization: Bearer TOKEN'"),
-            Some(given) if bool::from(given.ct_eq(expected)) => None,
+            Some(given) if bool::from(given.ct_eq(expected.current().as_slice())) => None,
             Some(_) => Some("the bearer token is not valid for this daemon"),
         }
     }

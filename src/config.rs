@@ -112,6 +112,13 @@ pub struct DaemonConfig {
     /// Seconds a unary call may take, receiving its request included.
     #[arg(long, env = "CNND_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
     pub request_timeout_secs: u64,
+    /// Address of the worker protocol's listener (workers on other machines connect here). Anything but loopback needs --tls-cert/--tls-key (or --allow-plaintext-remote).
+    #[arg(long, env = "CNND_WORKER_LISTEN", default_value = "127.0.0.1:0")]
+    pub worker_listen: SocketAddr,
+    /// CA certificate(s) (PEM) workers' TLS client certificates must chain to: mutual TLS on the worker protocol [default: no client certificates].
+    #[arg(long, env = "CNND_WORKER_CLIENT_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_client_ca: Option<PathBuf>,
     /// Seconds Predict waits for a worker to answer (Predict runs on the workers).
     #[arg(long, env = "CNND_PREDICT_TIMEOUT_SECS", default_value_t = 60)]
     pub predict_timeout_secs: u64,
@@ -153,6 +160,22 @@ impl DaemonConfig {
                  or --allow-plaintext-remote to serve plaintext on purpose",
                 self.listen
             ));
+        }
+        if !self.worker_listen.ip().is_loopback()
+            && self.tls_cert.is_none()
+            && !self.allow_plaintext_remote
+        {
+            return Err(format!(
+                "--worker-listen {} is not a loopback address: give --tls-cert and --tls-key to serve the worker protocol over TLS, \
+                 or --allow-plaintext-remote to serve plaintext on purpose",
+                self.worker_listen
+            ));
+        }
+        if self.worker_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(
+                "--worker-client-ca asks workers for TLS client certificates: give --tls-cert and --tls-key too"
+                    .into(),
+            );
         }
         Ok(())
     }

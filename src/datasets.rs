@@ -1,7 +1,8 @@
 //! Data sets on the daemon's disk: resolving a name to what it means (the catalogue is
 //! `cnnd_core::datasets`), confinement of `folder:PATH` to the data directory (`..`,
-//! absolute paths and escaping symlinks refused), and listing an image folder's classes and
-//! files (directory listings only, no decoding: the workers decode).
+//! absolute paths and escaping symlinks refused), listing an image folder's classes and
+//! files (directory listings only, no decoding: the workers decode), and the manifest of a
+//! data set: every file it needs, by name and digest, which workers fetch what they lack of.
 //!
 //! Owns: every look at the data directory the daemon takes.
 //! Must not touch: pixels, libtorch, the store.
@@ -11,16 +12,115 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context};
+use cnnd_core::content::{FileRef, Manifest};
 use cnnd_core::datasets::{
-    builtin, unknown, DatasetError, DatasetInfo, FolderLayout, Source, FOLDER_DEFAULT_SIDE,
-    FOLDER_PREFIX, IMAGE_EXTENSIONS, TEST, TRAIN, VALIDATION,
+    builtin, builtin_files, unknown, DatasetError, DatasetInfo, FolderLayout, Source,
+    FOLDER_DEFAULT_SIDE, FOLDER_PREFIX, IMAGE_EXTENSIONS, TEST, TRAIN, VALIDATION,
 };
+
+use crate::blobs::Blobs;
 
 /// A data set name resolved on this daemon: what it is, and for an image folder, its files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub info: DatasetInfo,
     pub layout: Option<FolderLayout>,
+}
+
+/// Every file of a resolved data set under `data_dir`: (name relative to `data_dir`, path).
+/// A built-in data set's files are looked up as `FOLDER/NAME[.gz]`, then `NAME[.gz]`; a
+/// required one missing is an error naming every path tried.
+pub fn files_of(
+    resolved: &Resolved,
+    data_dir: &Path,
+) -> Result<Vec<(String, PathBuf)>, DatasetError> {
+    let info = &resolved.info;
+    let relative = |path: &Path| {
+        path.strip_prefix(data_dir)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    if let Some((required, optional)) = builtin_files(&info.source) {
+        let folder = match &info.source {
+            Source::Idx { folder } | Source::Cifar10 { folder } => folder.as_str(),
+            Source::Folder { .. } => "",
+        };
+        let mut out = Vec::new();
+        for (name, needed) in required
+            .iter()
+            .map(|n| (n, true))
+            .chain(optional.iter().map(|n| (n, false)))
+        {
+            let tried: Vec<PathBuf> = [data_dir.join(folder), data_dir.to_path_buf()]
+                .iter()
+                .flat_map(|dir| [dir.join(format!("{name}.gz")), dir.join(name)])
+                .collect();
+            match tried.iter().find(|p| p.is_file()) {
+                Some(path) => out.push((relative(path), path.clone())),
+                None if needed => {
+                    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+                    return Err(DatasetError::Invalid(format!(
+                        "{}: file {name} not found; tried {}. Start cnnd with --data-dir (or CNND_DATA_DIR) pointing at the folder that holds the data sets, or download them with scripts/fetch-data.sh {}",
+                        info.name,
+                        list.join(", "),
+                        info.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        return Ok(out);
+    }
+    let (Source::Folder { folder, .. }, Some(layout)) = (&info.source, &resolved.layout) else {
+        return Err(DatasetError::Invalid(format!(
+            "{}: an image folder without its file list",
+            info.name
+        )));
+    };
+    let files = layout
+        .train
+        .iter()
+        .chain(layout.validation.iter().flatten())
+        .chain(layout.test.iter().flatten());
+    Ok(files
+        .map(|(rel, _)| {
+            let name = format!("{folder}/{rel}");
+            let path = data_dir.join(&name);
+            (name, path)
+        })
+        .collect())
+}
+
+/// The manifest of a resolved data set: every file it needs by name, digest and size (each
+/// hashed once and then served to workers by digest), and an image folder's layout. It is
+/// kept in the blob store; the returned reference names it.
+pub fn manifest(resolved: &Resolved, data_dir: &Path, blobs: &Blobs) -> anyhow::Result<FileRef> {
+    let mut files = Vec::new();
+    for (name, path) in files_of(resolved, data_dir)? {
+        files.push(blobs.serve_file(&path, &name)?);
+    }
+    let manifest = Manifest {
+        files,
+        layout: resolved.layout.clone(),
+    };
+    blobs.put_bytes(
+        "manifest.json",
+        serde_json::to_string(&manifest)?.as_bytes(),
+    )
+}
+
+/// Serves the data files a stored manifest names again (a restarted daemon, for the sweeps
+/// still open): each found under `data_dir` with the recorded digest.
+pub fn serve_manifest(manifest: &FileRef, data_dir: &Path, blobs: &Blobs) -> anyhow::Result<()> {
+    let path = blobs.path(&manifest.parsed_digest()?);
+    let bytes = fs::read(&path)
+        .with_context(|| format!("the manifest {} is not in the blob store", manifest.digest))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)?;
+    for file in manifest.files {
+        blobs.serve(&file, &data_dir.join(&file.name))?;
+    }
+    Ok(())
 }
 
 /// Resolves a data set name ([`resolve_with_layout`] without the file list).

@@ -9,7 +9,7 @@
 //! bin/cnnd.rs
 //! api (Orchestrator, WorkerHub)    metrics
 //! scheduler   predict_jobs   charts
-//! store   datasets (the data directory)
+//! store   datasets (the data directory)   blobs (files by digest)
 //! config  auth  limits  files
 //! ```
 //!
@@ -17,6 +17,7 @@
 //! `cnnd_proto` (the wire), `cnnd_client` (token files).
 
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod datasets;
 pub mod files;

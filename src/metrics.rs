@@ -28,6 +28,15 @@ struct MethodLabel {
     method: String,
 }
 
+/// One worker: its id, the name it registered with, its machine and device.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+    name: String,
+    host: String,
+    device: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
@@ -43,6 +52,9 @@ pub struct Metrics {
     workers: Gauge,
     trials: Family<StateLabel, Gauge>,
     open_streams: Gauge,
+    worker_busy: Family<WorkerLabel, Gauge>,
+    worker_seconds_since_seen: Family<WorkerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    worker_trials_done: Family<WorkerLabel, Gauge>,
     /// (when, epochs_recorded) at the previous scrape, for epochs_per_second.
     last_scrape: Mutex<Option<(Instant, u64)>>,
 }
@@ -98,8 +110,30 @@ impl Metrics {
             "WatchSweep streams open now",
             open_streams.clone(),
         );
+        let worker_busy = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_busy",
+            "1 while this worker runs a trial, 0 while idle (one series per registered worker)",
+            worker_busy.clone(),
+        );
+        let worker_seconds_since_seen =
+            Family::<WorkerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "worker_seconds_since_seen",
+            "Seconds since this worker last called the daemon (alert when it nears the lease timeout)",
+            worker_seconds_since_seen.clone(),
+        );
+        let worker_trials_done = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_trials_done",
+            "Trials this worker finished since it registered",
+            worker_trials_done.clone(),
+        );
         Metrics {
             registry,
+            worker_busy,
+            worker_seconds_since_seen,
+            worker_trials_done,
             rpc_seconds,
             epochs_recorded,
             epochs_per_second,
@@ -136,6 +170,29 @@ impl Metrics {
                 .filter(|w| w.state == WorkerState::Busy)
                 .count() as i64,
         );
+        // Per-worker series: rebuilt from scratch each scrape so departed workers vanish.
+        self.worker_busy.clear();
+        self.worker_seconds_since_seen.clear();
+        self.worker_trials_done.clear();
+        for w in &workers {
+            let label = WorkerLabel {
+                worker: w.worker_id.clone(),
+                name: w.name.clone(),
+                host: w.host.clone(),
+                device: w.device.clone(),
+            };
+            self.worker_busy
+                .get_or_create(&label)
+                .set(i64::from(w.state == WorkerState::Busy));
+            if let Some(seen) = w.last_seen {
+                self.worker_seconds_since_seen
+                    .get_or_create(&label)
+                    .set(seen.elapsed().as_secs_f64());
+            }
+            self.worker_trials_done
+                .get_or_create(&label)
+                .set(i64::from(w.trials_done));
+        }
         // One query gives both the queue depth and the trials by state (every state is
         // reported, zero included, so graphs start at zero).
         if let Ok(counts) = scheduler.store.trial_counts_by_status().await {

@@ -1,6 +1,8 @@
-//! The scheduler: turns queued trials into leases held by worker processes, and worker
-//! reports into store transactions. It owns the worker pool (spawning, supervising and
-//! signalling the worker processes), the in-memory view of what each worker is doing, and
+//! The scheduler: turns queued trials into leases held by workers, and worker reports into
+//! store transactions. It owns the registry of workers (the ones it starts, one per local
+//! slot, and any that connect from other machines), the local worker pool (spawning and
+//! supervising `cnnd-worker` processes, killing them only through their process handles),
+//! lease expiry (a silent worker's trial is re-queued; leases outlive a daemon restart), and
 //! the live event feed that watchers subscribe to.
 //!
 //! Must not touch: libtorch or the training code (workers are separate processes that speak
@@ -15,12 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, Notify};
 
+use crate::blobs::Blobs;
 use crate::datasets::Resolved;
 use crate::predict_jobs::PredictJobs;
 use crate::store::{
     Lease, QueueFull, ReportError, Store, StoredEvent, SuggestionBasis, TrialFacts, TrialResult,
     TrialRow,
 };
+use cnnd_core::content::{FileRef, CHECKPOINT_FORMAT, PROTOCOL_VERSION, UNKNOWN_WORKER_HINT};
 use cnnd_core::devices::Device;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::pruning::{self, EarlyStopping, OtherTrial, RungState, RungTrial};
@@ -55,10 +59,12 @@ pub struct SchedulerConfig {
     /// On shutdown, how long running trials get to reach an epoch boundary.
     pub shutdown_grace: Duration,
     /// The program and leading arguments that start a worker process (`cnnd-worker`); the
-    /// scheduler adds `--daemon URL --worker-id ID --threads N --device D`.
+    /// scheduler adds `--connect URL --name ID --slot ID --threads N --device D
+    /// --cache-dir STATE_DIR/worker-cache`.
     pub worker_command: Vec<String>,
-    /// Environment variables every worker process gets (the API token).
-    pub worker_env: Vec<(String, String)>,
+    /// The worker token file (read again at every start of a worker process, so a rotation
+    /// reaches them); None with `--insecure-no-auth`.
+    pub worker_token_file: Option<PathBuf>,
     /// Live events kept for a subscriber that falls behind; one further behind gets
     /// `RecvError::Lagged` and must re-read what it needs from the store.
     pub event_buffer: usize,
@@ -86,16 +92,27 @@ impl Default for SchedulerConfig {
             lease_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             worker_command: Vec::new(),
-            worker_env: Vec::new(),
+            worker_token_file: None,
             event_buffer: 4096,
         }
     }
 }
 
-/// What the daemon knows about one worker process right now.
+/// What the daemon knows about one worker right now.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerView {
     pub worker_id: String,
+    /// The name it registered with, and its machine.
+    pub name: String,
+    pub host: String,
+    /// A worker this daemon started: its slot. None for a worker that connected itself.
+    pub slot: Option<String>,
+    pub cnnd_version: String,
+    pub checkpoint_format: u32,
+    /// The cluster job that runs it (Slurm job id, Kubernetes pod), when any.
+    pub launcher_job: String,
+    /// When it last called the daemon (lease poll, report, heartbeat, Predict poll).
+    pub last_seen: Option<Instant>,
     pub pid: u32,
     pub device: String,
     pub threads: u32,
@@ -143,6 +160,15 @@ pub struct Scheduler {
     datasets: Mutex<HashMap<String, Arc<LeasedDataset>>>,
     /// Predict calls waiting for a worker.
     pub predict_jobs: PredictJobs,
+    /// The daemon's files by content: data served to workers, results they upload.
+    pub blobs: Blobs,
+    /// Trials a previous daemon process left running under leases that had not run out
+    /// (remote workers keep training through a restart): trial -> (generation, deadline).
+    /// A worker that reconnects holding one keeps it; at the deadline it is re-queued.
+    unclaimed: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Each running trial's latest checkpoint in the blob store (the one before it is
+    /// deleted when a newer one is recorded).
+    checkpoints: Mutex<HashMap<String, FileRef>>,
     /// Per slot, the channel to its supervisor: a message asks it to kill the worker
     /// process it runs now, through the process handle it holds (never by a stored pid,
     /// which may belong to another process by then).
@@ -170,8 +196,80 @@ struct StopPolicy {
 /// A report refused because the worker's lease is gone.
 pub type Refusal = ReportError;
 
+/// Why a worker's registration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// It speaks another major version of the worker protocol: what to upgrade.
+    #[error("{0}")]
+    Incompatible(String),
+    /// It claims a slot this daemon does not have.
+    #[error("{0}")]
+    UnknownSlot(String),
+}
+
+/// What a worker says of itself when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    pub device: String,
+    pub threads: u32,
+    pub cnnd_version: String,
+    pub libtorch_version: String,
+    /// "major.minor".
+    pub protocol: String,
+    pub checkpoint_format: u32,
+    pub slot: Option<String>,
+    /// Leases it still trains after a reconnect: (trial, generation).
+    pub held: Vec<(String, u64)>,
+    pub devices: Vec<Device>,
+    pub launcher_job: String,
+}
+
+impl Registration {
+    /// The registration of a worker this daemon started for `slot`, speaking this build's
+    /// protocol (what in-process tests register as).
+    pub fn local(slot: &str, pid: u32) -> Registration {
+        Registration {
+            name: slot.to_string(),
+            host: "localhost".into(),
+            pid,
+            device: "cpu".into(),
+            threads: 1,
+            cnnd_version: env!("CARGO_PKG_VERSION").into(),
+            libtorch_version: "test".into(),
+            protocol: format!("{}.{}", PROTOCOL_VERSION.0, PROTOCOL_VERSION.1),
+            checkpoint_format: CHECKPOINT_FORMAT,
+            slot: Some(slot.to_string()),
+            held: Vec::new(),
+            devices: Vec::new(),
+            launcher_job: String::new(),
+        }
+    }
+}
+
+/// The answer to a registration: the id the worker uses, and which of its held leases it
+/// keeps.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub worker_id: String,
+    pub kept: Vec<(String, u64)>,
+}
+
+/// The environment variable a worker this daemon starts finds the worker token in
+/// (`cnnd-worker` reads it as `CNND_WORKER_TOKEN`).
+pub const WORKER_TOKEN_ENV: &str = "CNND_WORKER_TOKEN";
+
+/// Milliseconds since the Unix epoch (lease deadlines in the store).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Scheduler {
-    pub fn new(store: Store, config: SchedulerConfig) -> Arc<Scheduler> {
+    pub fn new(store: Store, config: SchedulerConfig) -> Result<Arc<Scheduler>> {
         let (events, _) = broadcast::channel(config.event_buffer.max(1));
         let workers = config
             .slots
@@ -181,9 +279,12 @@ impl Scheduler {
                     s.worker_id.clone(),
                     WorkerView {
                         worker_id: s.worker_id.clone(),
+                        name: s.worker_id.clone(),
+                        slot: Some(s.worker_id.clone()),
                         device: s.device.clone(),
                         threads: s.threads,
                         state: WorkerState::Starting,
+                        checkpoint_format: CHECKPOINT_FORMAT,
                         ..Default::default()
                     },
                 )
@@ -197,7 +298,11 @@ impl Scheduler {
                 ((s.worker_id.clone(), tx), (s.worker_id.clone(), rx))
             })
             .unzip();
-        Arc::new(Scheduler {
+        let blobs = Blobs::open(&config.state_dir)?;
+        Ok(Arc::new(Scheduler {
+            blobs,
+            unclaimed: Default::default(),
+            checkpoints: Default::default(),
             kill_requests,
             kill_receivers: Mutex::new(kill_receivers),
             store,
@@ -214,7 +319,7 @@ impl Scheduler {
             stop_policies: Default::default(),
             datasets: Default::default(),
             predict_jobs: Default::default(),
-        })
+        }))
     }
 
     /// Live events, for watchers. Subscribe before reading history so nothing falls between.
@@ -263,27 +368,49 @@ impl Scheduler {
             .count()
     }
 
-    /// Re-queues trials that a previous daemon process left running: their workers died
-    /// with it.
+    /// After a restart: re-queues the trials a previous daemon process left running whose
+    /// leases ran out (its own workers died with it: their leases are not persisted), keeps
+    /// the others for their workers to claim when they reconnect ([`Self::register`]), and
+    /// serves the data of the sweeps still open again. Returns how many were re-queued.
     pub async fn recover(&self) -> Result<usize> {
-        let orphans = self.store.orphaned_leases().await?;
-        for (trial, generation) in &orphans {
-            let events = self
-                .store
-                .release_trial(
-                    trial,
-                    *generation,
-                    "the daemon restarted while it ran",
-                    self.config.max_attempts,
-                    false,
-                )
-                .await?;
-            self.publish(events);
+        let now = now_ms();
+        let mut requeued = 0;
+        for (trial, generation, expires) in self.store.running_leases().await? {
+            match expires.filter(|e| *e > now) {
+                Some(e) => {
+                    let deadline = Instant::now() + Duration::from_millis((e - now) as u64);
+                    self.unclaimed
+                        .lock()
+                        .unwrap()
+                        .insert(trial, (generation, deadline));
+                }
+                None => {
+                    let events = self
+                        .store
+                        .release_trial(
+                            &trial,
+                            generation,
+                            "the daemon restarted while it ran",
+                            self.config.max_attempts,
+                            false,
+                        )
+                        .await?;
+                    self.publish(events);
+                    requeued += 1;
+                }
+            }
         }
         for sweep_id in self.store.sweeps_with_parked_trials().await? {
             self.after_trial_ended(&sweep_id).await?;
         }
-        Ok(orphans.len())
+        if let Some(data_dir) = &self.config.data_dir {
+            for manifest in self.store.open_manifests().await? {
+                if let Err(e) = crate::datasets::serve_manifest(&manifest, data_dir, &self.blobs) {
+                    tracing::warn!("data of an open sweep not served again: {e:#}");
+                }
+            }
+        }
+        Ok(requeued)
     }
 
     /// Stores a validated sweep and wakes idle workers; refused when the queue would hold
@@ -291,10 +418,16 @@ impl Scheduler {
     pub async fn submit(
         &self,
         spec: &SweepSpec,
+        manifest: Option<&FileRef>,
         max_queued: u32,
     ) -> Result<std::result::Result<(String, Vec<String>), QueueFull>> {
         let id = format!("sw-{:08x}", rand::random::<u32>());
-        let trials = match self.store.insert_sweep(&id, spec, max_queued).await? {
+        let manifest = manifest.map(|m| m.digest.as_str());
+        let trials = match self
+            .store
+            .insert_sweep(&id, spec, manifest, max_queued)
+            .await?
+        {
             Ok(trials) => trials,
             Err(full) => return Ok(Err(full)),
         };
@@ -312,11 +445,16 @@ impl Scheduler {
 
     /// Long poll: the next trial for this worker, or None after `lease_poll`.
     pub async fn lease(&self, worker_id: &str) -> Result<Option<Lease>> {
-        let device = {
-            let workers = self.workers.lock().unwrap();
-            match workers.get(worker_id) {
-                Some(w) => w.device.clone(),
-                None => anyhow::bail!("unknown worker '{worker_id}'"),
+        let (device, checkpoint_format, local) = {
+            let mut workers = self.workers.lock().unwrap();
+            match workers.get_mut(worker_id) {
+                Some(w) => {
+                    w.last_seen = Some(Instant::now());
+                    (w.device.clone(), w.checkpoint_format, w.slot.is_some())
+                }
+                None => anyhow::bail!(
+                    "unknown worker '{worker_id}': {UNKNOWN_WORKER_HINT} (the daemon may have restarted)"
+                ),
             }
         };
         let (serves, kind) = Self::slot_devices(&device);
@@ -330,9 +468,18 @@ impl Scheduler {
             let changed = self.queue_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some((mut lease, event)) =
-                self.store.lease_next(worker_id, serves, &device).await?
-            {
+            // A worker this daemon started dies with it: its lease is not kept through a
+            // restart. Another worker's lease runs out after the lease timeout.
+            let expires_at_ms =
+                (!local).then(|| now_ms() + self.config.lease_timeout.as_millis() as i64);
+            let ask = crate::store::LeaseAsk {
+                worker: worker_id,
+                devices: serves,
+                ran_on: &device,
+                checkpoint_format,
+                expires_at_ms,
+            };
+            if let Some((mut lease, event)) = self.store.lease_next(&ask).await? {
                 let _ = kind;
                 if lease.awaiting_suggestion {
                     if let Err(invalid) = self.suggest(&mut lease).await? {
@@ -367,22 +514,122 @@ impl Scheduler {
         }
     }
 
-    pub fn register(
-        &self,
-        worker_id: &str,
-        pid: u32,
-        libtorch_version: &str,
-        devices: Vec<Device>,
-    ) -> Result<()> {
+    /// A worker says who it is: one this daemon started takes its slot's id; any other gets
+    /// its name (with a suffix when another machine already uses it). Refused when it speaks
+    /// another major version of the protocol. The leases it says it still holds (after a
+    /// reconnect) are kept when the daemon agrees: the trial is still running at that
+    /// generation and no other worker holds it.
+    pub async fn register(&self, r: Registration) -> Result<Registered, RegisterError> {
+        let major = r
+            .protocol
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        if major != Some(PROTOCOL_VERSION.0) {
+            return Err(RegisterError::Incompatible(format!(
+                "protocol: worker '{}' on {} (cnnd {}) speaks worker protocol {}, this daemon (cnnd {}) speaks {}.{}: install the cnnd-worker of cnnd {} on {}",
+                r.name,
+                r.host,
+                r.cnnd_version,
+                if r.protocol.is_empty() { "1.x" } else { &r.protocol },
+                env!("CARGO_PKG_VERSION"),
+                PROTOCOL_VERSION.0,
+                PROTOCOL_VERSION.1,
+                env!("CARGO_PKG_VERSION"),
+                r.host
+            )));
+        }
+        // What the held leases are (running, at that generation), read before locking.
+        let mut holdable = Vec::new();
+        for (trial, generation) in &r.held {
+            if let Ok(Some(t)) = self.store.trial(trial).await {
+                if t.status == TrialStatus::Running && t.generation == *generation {
+                    holdable.push(t);
+                }
+            }
+        }
         let mut workers = self.workers.lock().unwrap();
-        let w = workers
-            .get_mut(worker_id)
-            .ok_or_else(|| anyhow::anyhow!("unknown worker '{worker_id}'"))?;
-        w.pid = pid;
-        w.state = WorkerState::Idle;
-        w.libtorch_version = libtorch_version.to_string();
-        w.devices = devices;
-        Ok(())
+        let worker_id = match &r.slot {
+            Some(slot) => {
+                if !workers.get(slot).is_some_and(|w| w.slot.is_some()) {
+                    return Err(RegisterError::UnknownSlot(format!(
+                        "slot: this daemon has no worker slot '{slot}'"
+                    )));
+                }
+                slot.clone()
+            }
+            None => {
+                let base = if r.name.is_empty() {
+                    format!("{}-{}", r.host, r.pid)
+                } else {
+                    r.name.clone()
+                };
+                let mut id = base.clone();
+                let mut n = 1;
+                // The same name from the same machine is the same worker reconnecting.
+                while workers
+                    .get(&id)
+                    .is_some_and(|w| w.slot.is_some() || w.host != r.host)
+                {
+                    n += 1;
+                    id = format!("{base}-{n}");
+                }
+                id
+            }
+        };
+        let held_elsewhere: std::collections::HashSet<String> = workers
+            .values()
+            .filter(|w| w.worker_id != worker_id)
+            .filter_map(|w| w.trial_id.clone())
+            .collect();
+        let w = workers.entry(worker_id.clone()).or_default();
+        let (trials_done, slot) = (w.trials_done, w.slot.clone());
+        *w = WorkerView {
+            worker_id: worker_id.clone(),
+            name: r.name,
+            host: r.host,
+            slot,
+            cnnd_version: r.cnnd_version,
+            checkpoint_format: r.checkpoint_format,
+            launcher_job: r.launcher_job,
+            last_seen: Some(Instant::now()),
+            pid: r.pid,
+            device: r.device,
+            threads: r.threads,
+            state: WorkerState::Idle,
+            trials_done,
+            libtorch_version: r.libtorch_version,
+            devices: r.devices,
+            ..Default::default()
+        };
+        let mut kept = Vec::new();
+        if let Some(t) = holdable
+            .into_iter()
+            .find(|t| !held_elsewhere.contains(&t.id))
+        {
+            self.unclaimed.lock().unwrap().remove(&t.id);
+            w.state = WorkerState::Busy;
+            w.trial_id = Some(t.id.clone());
+            w.sweep_id = Some(t.sweep_id.clone());
+            w.generation = t.generation;
+            w.epoch = t.epochs_done;
+            w.epochs_planned = t.epochs_planned;
+            w.last_heartbeat = Some(Instant::now());
+            kept.push((t.id, t.generation));
+        }
+        Ok(Registered { worker_id, kept })
+    }
+
+    /// Whether this daemon knows the worker (it registered since the daemon started).
+    pub fn knows(&self, worker_id: &str) -> bool {
+        self.workers.lock().unwrap().contains_key(worker_id)
+    }
+
+    /// Notes that a worker called (any call keeps it listed as connected).
+    pub fn seen(&self, worker_id: &str) {
+        if let Some(w) = self.workers.lock().unwrap().get_mut(worker_id) {
+            w.last_seen = Some(Instant::now());
+        }
     }
 
     /// Records an epoch and says whether the worker goes on.
@@ -392,19 +639,32 @@ impl Scheduler {
         generation: u64,
         epoch: &EpochRecord,
         facts: Option<&TrialFacts>,
+        checkpoint: Option<&FileRef>,
     ) -> Result<Result<Verdict, Refusal>> {
         match self
             .store
-            .record_epoch(trial_id, generation, epoch, facts)
+            .record_epoch(trial_id, generation, epoch, facts, checkpoint)
             .await?
         {
             Ok(event) => {
+                // The daemon keeps each trial's latest checkpoint only.
+                if let Some(new) = checkpoint {
+                    let old = self
+                        .checkpoints
+                        .lock()
+                        .unwrap()
+                        .insert(trial_id.to_string(), new.clone());
+                    if let Some(old) = old.filter(|old| old.digest != new.digest) {
+                        self.blobs.remove(&old);
+                    }
+                }
                 {
                     let mut workers = self.workers.lock().unwrap();
                     if let Some(w) = workers
                         .values_mut()
                         .find(|w| w.trial_id.as_deref() == Some(trial_id))
                     {
+                        w.last_seen = Some(Instant::now());
                         w.epoch = epoch.epoch;
                         w.val_accuracy = epoch.val_accuracy;
                         w.last_heartbeat = Some(Instant::now());
@@ -670,6 +930,21 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Whether `worker_id` holds `trial_id`'s live lease at `generation` (what an upload
+    /// for that trial must show); renews the lease as a sign of life.
+    pub fn holds(&self, worker_id: &str, trial_id: &str, generation: u64) -> bool {
+        let mut workers = self.workers.lock().unwrap();
+        let Some(w) = workers.get_mut(worker_id) else {
+            return false;
+        };
+        let holds = w.trial_id.as_deref() == Some(trial_id) && w.generation == generation;
+        if holds {
+            w.last_heartbeat = Some(Instant::now());
+            w.last_seen = w.last_heartbeat;
+        }
+        holds
+    }
+
     /// Renews a lease and records progress inside the epoch.
     pub fn heartbeat(
         &self,
@@ -691,6 +966,7 @@ impl Scheduler {
             )));
         }
         w.last_heartbeat = Some(Instant::now());
+        w.last_seen = w.last_heartbeat;
         w.batch = batch;
         w.batches = batches;
         if self.hard_stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -744,41 +1020,135 @@ impl Scheduler {
         Ok(n)
     }
 
-    /// Expires leases whose worker fell silent: kills its process, and the supervisor
-    /// re-queues the trial. Runs until the daemon stops.
+    /// Expires leases whose worker fell silent, writes heartbeats' renewals of leases to
+    /// the store (so they outlive a daemon restart), and forgets workers long gone. Runs
+    /// until the daemon stops:
+    /// - a busy worker without a heartbeat for the lease timeout loses its trial: a worker
+    ///   this daemon started is killed (through its process handle; its supervisor re-queues
+    ///   the trial), any other is only told so on its next call (the daemon signals no
+    ///   process it did not start) and its trial is re-queued at once;
+    /// - a lease a previous daemon process left that no worker claimed by its deadline is
+    ///   re-queued;
+    /// - a worker that connected itself and has not called for three lease timeouts, holding
+    ///   nothing, is dropped from the registry.
     pub fn start_lease_reaper(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let renew_every = (me.config.lease_timeout / 3).max(Duration::from_millis(500));
+            let mut last_renewal = Instant::now();
             loop {
                 tick.tick().await;
-                let silent: Vec<(String, String)> = {
-                    let workers = me.workers.lock().unwrap();
-                    workers
-                        .values()
-                        .filter(|w| w.state == WorkerState::Busy)
-                        .filter(|w| {
-                            w.last_heartbeat
-                                .is_some_and(|t| t.elapsed() > me.config.lease_timeout)
-                        })
-                        .map(|w| (w.worker_id.clone(), w.trial_id.clone().unwrap_or_default()))
-                        .collect()
-                };
-                for (worker, trial) in silent {
-                    tracing::warn!(
-                        worker,
-                        trial,
-                        "lease expired: no heartbeat for {:?}; killing the worker",
-                        me.config.lease_timeout
-                    );
-                    if let Some(w) = me.workers.lock().unwrap().get_mut(&worker) {
-                        // Only once: the supervisor sees the exit and releases the trial.
-                        w.last_heartbeat = None;
+                if let Err(e) = me.reap().await {
+                    tracing::error!("lease expiry: {e:#}");
+                }
+                if last_renewal.elapsed() >= renew_every {
+                    last_renewal = Instant::now();
+                    if let Err(e) = me.renew_leases().await {
+                        tracing::error!("renewing leases: {e:#}");
                     }
-                    me.kill_worker_process(&worker, "its lease expired");
                 }
             }
         });
+    }
+
+    async fn reap(&self) -> Result<()> {
+        let timeout = self.config.lease_timeout;
+        // (worker, trial, generation, started by this daemon)
+        let silent: Vec<(String, String, u64, bool)> = {
+            let mut workers = self.workers.lock().unwrap();
+            let silent: Vec<_> = workers
+                .values()
+                .filter(|w| w.state == WorkerState::Busy)
+                .filter(|w| w.last_heartbeat.is_some_and(|t| t.elapsed() > timeout))
+                .map(|w| {
+                    let trial = w.trial_id.clone().unwrap_or_default();
+                    (w.worker_id.clone(), trial, w.generation, w.slot.is_some())
+                })
+                .collect();
+            for (worker, _, _, local) in &silent {
+                if let Some(w) = workers.get_mut(worker) {
+                    // Only once.
+                    w.last_heartbeat = None;
+                    if !*local {
+                        w.state = WorkerState::Idle;
+                        w.trial_id = None;
+                        w.sweep_id = None;
+                    }
+                }
+            }
+            let gone: Vec<String> = workers
+                .values()
+                .filter(|w| w.slot.is_none() && w.state != WorkerState::Busy)
+                .filter(|w| w.last_seen.is_some_and(|t| t.elapsed() > timeout * 3))
+                .map(|w| w.worker_id.clone())
+                .collect();
+            for worker in gone {
+                tracing::info!(worker, "forgetting a worker that stopped calling");
+                workers.remove(&worker);
+            }
+            silent
+        };
+        for (worker, trial, generation, local) in silent {
+            tracing::warn!(worker, trial, "lease expired: no heartbeat for {timeout:?}");
+            if local {
+                self.kill_worker_process(&worker, "its lease expired");
+            } else {
+                let why =
+                    format!("lease expired: worker {worker} sent no heartbeat for {timeout:?}");
+                self.requeue(&trial, generation, &why).await?;
+            }
+        }
+        let due: Vec<(String, u64)> = {
+            let mut unclaimed = self.unclaimed.lock().unwrap();
+            let due: Vec<_> = unclaimed
+                .iter()
+                .filter(|(_, (_, deadline))| Instant::now() > *deadline)
+                .map(|(t, (g, _))| (t.clone(), *g))
+                .collect();
+            for (t, _) in &due {
+                unclaimed.remove(t);
+            }
+            due
+        };
+        for (trial, generation) in due {
+            let why = "lease expired: no worker claimed it after the daemon restarted";
+            self.requeue(&trial, generation, why).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-queues a trial whose lease is gone (counts as an attempt).
+    async fn requeue(&self, trial: &str, generation: u64, why: &str) -> Result<()> {
+        let events = self
+            .store
+            .release_trial(trial, generation, why, self.config.max_attempts, true)
+            .await?;
+        let sweep_id = events.first().map(|e| e.sweep_id.clone());
+        self.publish(events);
+        self.parking.lock().unwrap().remove(trial);
+        if let Some(sweep_id) = sweep_id {
+            self.after_trial_ended(&sweep_id).await?;
+        }
+        self.queue_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Writes the renewals of the leases whose workers heartbeated lately.
+    async fn renew_leases(&self) -> Result<()> {
+        let timeout = self.config.lease_timeout;
+        let live: Vec<(String, u64)> = {
+            let workers = self.workers.lock().unwrap();
+            workers
+                .values()
+                .filter(|w| w.state == WorkerState::Busy && w.slot.is_none())
+                .filter(|w| w.last_heartbeat.is_some_and(|t| t.elapsed() < timeout))
+                .filter_map(|w| w.trial_id.clone().map(|t| (t, w.generation)))
+                .collect()
+        };
+        self.store
+            .renew_leases(&live, now_ms() + timeout.as_millis() as i64)
+            .await
     }
 
     pub async fn finish_trial(
@@ -796,6 +1166,12 @@ impl Scheduler {
             Ok(events) => {
                 // Only the live lease frees its slot: a stale finish changes nothing.
                 self.worker_went_idle(worker_id, trial_id, true);
+                // A parked trial resumes from its checkpoint if promoted; any other ending
+                // leaves nothing to resume.
+                let checkpoint = self.checkpoints.lock().unwrap().remove(trial_id);
+                if let Some(c) = checkpoint.filter(|_| result.status != TrialStatus::Parked) {
+                    self.blobs.remove(&c);
+                }
                 self.parking.lock().unwrap().remove(trial_id);
                 let sweep_id = events.first().map(|e| e.sweep_id.clone());
                 self.publish(events);
@@ -878,17 +1254,28 @@ impl Scheduler {
             // Requests meant for an earlier process of this slot are void.
             while kill_requests.try_recv().is_ok() {}
             let mut cmd = tokio::process::Command::new(&self.config.worker_command[0]);
+            let cache = self.config.state_dir.join("worker-cache");
             cmd.args(&self.config.worker_command[1..])
-                .args(["--daemon", &url, "--worker-id", &slot.worker_id])
+                .args(["--connect", &url, "--name", &slot.worker_id])
+                .args(["--slot", &slot.worker_id])
                 .args([
                     "--threads",
                     &slot.threads.to_string(),
                     "--device",
                     &slot.device,
                 ])
-                .envs(self.config.worker_env.iter().map(|(k, v)| (k, v)))
+                .arg("--cache-dir")
+                .arg(&cache)
                 .stdin(Stdio::null())
                 .kill_on_drop(true);
+            if let Some(file) = &self.config.worker_token_file {
+                match cnnd_client::auth::read_token_file(file) {
+                    Ok(token) => {
+                        cmd.env(WORKER_TOKEN_ENV, token);
+                    }
+                    Err(e) => tracing::error!(worker = slot.worker_id, "no worker token: {e:#}"),
+                }
+            }
             if let Some(n) = slot.device.strip_prefix("cuda:") {
                 cmd.env("CUDA_VISIBLE_DEVICES", n);
             } else {
@@ -1076,13 +1463,15 @@ mod tests {
                 lease_poll: Duration::from_millis(100),
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         let mut bystander = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         scheduler
-            .register("cpu-0", bystander.id(), "test", Vec::new())
+            .register(Registration::local("cpu-0", bystander.id()))
+            .await
             .unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
@@ -1095,7 +1484,11 @@ mod tests {
             .unwrap();
 
         // Lease expiry: the worker holds a trial and goes silent.
-        let (first, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        let (first, _) = scheduler
+            .submit(&spec, None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(scheduler.lease("cpu-0").await.unwrap().is_some());
         scheduler.start_lease_reaper();
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -1135,8 +1528,12 @@ mod tests {
                 lease_poll: Duration::from_millis(200),
                 ..Default::default()
             },
-        );
-        scheduler.register("cpu-0", 0, "test", Vec::new()).unwrap();
+        )
+        .unwrap();
+        scheduler
+            .register(Registration::local("cpu-0", 0))
+            .await
+            .unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "dataset": "mnist", "strategy": "tpe", "numTrials": 2,
             "space": {"blocks": {"min": 1, "max": 2}}, "fixed": {"epochs": 1}}))
@@ -1149,7 +1546,11 @@ mod tests {
             .unwrap();
         spec.tpe.as_mut().unwrap().space[0].domain =
             cnnd_core::tpe::Domain::Categorical(vec![serde_json::json!(9)]);
-        let (sweep, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        let (sweep, _) = scheduler
+            .submit(&spec, None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(scheduler.lease("cpu-0").await.unwrap().is_none());
         let trials = store.trials_of(&sweep).await.unwrap();
         for t in trials.iter() {

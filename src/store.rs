@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use cnnd_core::content::FileRef;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::status::{SweepStatus, TrialStatus};
 use cnnd_core::sweep::{SweepSpec, TrialParams};
@@ -136,6 +137,10 @@ pub struct TrialRow {
     /// What a tpe suggestion was based on (None for grid and random trials, and for tpe
     /// trials not leased yet).
     pub suggestion: Option<SuggestionBasis>,
+    /// The best epoch's weights in the daemon's blob store, by digest.
+    pub weights: Option<FileRef>,
+    /// How the trial saw its images (the worker's input record), as JSON.
+    pub input_record: Option<String>,
 }
 
 /// A trial handed to a worker: the lease it now holds.
@@ -149,8 +154,41 @@ pub struct Lease {
     pub params: TrialParams,
     /// Epochs of this trial already in the store (from earlier attempts).
     pub epochs_recorded: u32,
+    /// The checkpoint of the last recorded epoch, which the trial resumes from.
+    pub checkpoint: Option<FileRef>,
     /// A tpe trial whose values are still to be suggested (see `Store::set_suggestion`).
     pub awaiting_suggestion: bool,
+    /// The sweep's data manifest (in the blob store), by digest.
+    pub manifest_digest: Option<String>,
+}
+
+/// What a worker asking for a lease can take.
+#[derive(Debug, Clone)]
+pub struct LeaseAsk<'a> {
+    pub worker: &'a str,
+    /// The trial device requests it serves (e.g. auto and cpu).
+    pub devices: &'a [&'a str],
+    /// Where it trains ("cpu", "cuda:0"), recorded on the trial.
+    pub ran_on: &'a str,
+    /// The checkpoint format it reads: a checkpointed trial of another format is not its.
+    pub checkpoint_format: u32,
+    /// When the lease runs out without heartbeats (ms since the Unix epoch); none for a
+    /// worker this daemon started, whose lease ends with the daemon.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl<'a> LeaseAsk<'a> {
+    /// A worker of this build's checkpoint format whose lease ends with the daemon (no
+    /// deadline): what in-process tests and benchmarks ask as.
+    pub fn new(worker: &'a str, devices: &'a [&'a str], ran_on: &'a str) -> LeaseAsk<'a> {
+        LeaseAsk {
+            worker,
+            devices,
+            ran_on,
+            checkpoint_format: cnnd_core::content::CHECKPOINT_FORMAT,
+            expires_at_ms: None,
+        }
+    }
 }
 
 /// A trial's id, status, and (val_accuracy, val_loss) by epoch, epoch 1 first.
@@ -195,6 +233,10 @@ pub struct TrialResult {
     pub best_epoch: Option<u32>,
     pub weights_path: Option<String>,
     pub parameter_count: Option<u64>,
+    /// The best epoch's weights, uploaded into the blob store.
+    pub weights: Option<FileRef>,
+    /// The worker's input record, as JSON.
+    pub input_record: Option<String>,
 }
 
 impl TrialResult {
@@ -208,6 +250,8 @@ impl TrialResult {
             best_epoch: None,
             weights_path: None,
             parameter_count: None,
+            weights: None,
+            input_record: None,
         }
     }
 }
@@ -349,6 +393,7 @@ const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.devi
     t.test_loss, t.test_accuracy, t.best_epoch, t.weights_path, t.ran_on, t.started_at, t.finished_at,
     t.notes, t.frozen, t.reinitialised, t.skipped_files, t.provenance, t.suggestion_basis,
     t.epoch_count AS epochs_done, t.best_val_accuracy, t.best_val_loss,
+    t.weights_digest, t.weights_size, t.input_record,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
     e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
 
@@ -406,8 +451,21 @@ fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
             .map(|t| serde_json::from_str(&t))
             .transpose()
             .context("trials.suggestion_basis in the store")?,
+        weights: r
+            .get::<Option<String>, _>("weights_digest")
+            .map(|digest| FileRef {
+                name: WEIGHTS_NAME.into(),
+                digest,
+                size: r.get::<Option<i64>, _>("weights_size").unwrap_or(0) as u64,
+            }),
+        input_record: r.get("input_record"),
     })
 }
+
+/// The name a trial's best weights go by (in file references and on workers).
+pub const WEIGHTS_NAME: &str = "best.safetensors";
+/// The name a checkpoint goes by.
+pub const CHECKPOINT_NAME: &str = "checkpoint.safetensors";
 
 fn string_list(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Vec<String>> {
     let text: String = r.get(column);
@@ -665,6 +723,7 @@ impl Store {
         &self,
         id: &str,
         spec: &SweepSpec,
+        manifest_digest: Option<&str>,
         max_queued: u32,
     ) -> Result<std::result::Result<Vec<String>, QueueFull>> {
         self.write(async {
@@ -686,8 +745,8 @@ impl Store {
             .unwrap_or("auto")
             .to_string();
         sqlx::query(
-            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping, tpe)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping, tpe, manifest_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(&spec.name)
@@ -702,6 +761,7 @@ impl Store {
         .bind(&created)
         .bind(serde_json::to_string(&spec.early_stopping)?)
         .bind(spec.tpe.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(manifest_digest)
         .execute(&mut *tx)
         .await?;
         let seq0: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(queue_seq), 0) FROM trials")
@@ -961,22 +1021,22 @@ impl Store {
     }
 
     /// Hands the next queued trial a worker may run to that worker: highest priority first,
-    /// FIFO within a priority, never more running trials of a sweep than its `maxParallel`.
-    /// `devices` lists the trial device requests this worker serves (e.g. auto and cpu).
-    pub async fn lease_next(
-        &self,
-        worker: &str,
-        devices: &[&str],
-        ran_on: &str,
-    ) -> Result<Option<(Lease, StoredEvent)>> {
+    /// FIFO within a priority, never more running trials of a sweep than its `maxParallel`,
+    /// only device requests the worker serves, and a checkpointed trial only to a worker
+    /// that reads its checkpoint format.
+    pub async fn lease_next(&self, ask: &LeaseAsk<'_>) -> Result<Option<(Lease, StoredEvent)>> {
+        let (worker, devices, ran_on) = (ask.worker, ask.devices, ask.ran_on);
         self.write(async {
         let mut tx = self.writer.begin().await?;
         let placeholders = vec!["?"; devices.len()].join(", ");
         let sql = format!(
             "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset, t.awaiting_suggestion,
-                    t.epoch_count AS epochs_recorded
+                    t.epoch_count AS epochs_recorded, s.manifest_digest,
+                    c.checkpoint_digest, c.checkpoint_size
              FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+             LEFT JOIN epochs c ON c.trial_id = t.id AND c.epoch = t.last_epoch
              WHERE t.status = 'queued' AND s.paused = 0 AND t.device IN ({placeholders})
+               AND (t.epoch_count = 0 OR t.checkpoint_format IS NULL OR t.checkpoint_format = ?)
                AND (s.max_parallel = 0 OR
                     (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') < s.max_parallel)
              ORDER BY t.priority DESC, t.queue_seq LIMIT 1"
@@ -985,6 +1045,7 @@ impl Store {
         for d in devices {
             q = q.bind(*d);
         }
+        q = q.bind(ask.checkpoint_format as i64);
         let Some(row) = q.fetch_optional(&mut *tx).await? else {
             return Ok(None);
         };
@@ -996,13 +1057,16 @@ impl Store {
         let started = now();
         sqlx::query(
             "UPDATE trials SET status = 'running', worker = ?, generation = ?, attempts = ?, ran_on = ?,
-                    started_at = COALESCE(started_at, ?), error = NULL WHERE id = ?",
+                    started_at = COALESCE(started_at, ?), error = NULL, checkpoint_format = ?,
+                    lease_expires_at = ? WHERE id = ?",
         )
         .bind(worker)
         .bind(generation as i64)
         .bind(attempt as i64)
         .bind(ran_on)
         .bind(&started)
+        .bind(ask.checkpoint_format as i64)
+        .bind(ask.expires_at_ms)
         .bind(&trial_id)
         .execute(&mut *tx)
         .await?;
@@ -1030,7 +1094,15 @@ impl Store {
                 attempt,
                 params: serde_json::from_str(&params)?,
                 epochs_recorded: row.get::<i64, _>("epochs_recorded") as u32,
+                checkpoint: row.get::<Option<String>, _>("checkpoint_digest").map(|digest| {
+                    FileRef {
+                        name: CHECKPOINT_NAME.into(),
+                        digest,
+                        size: row.get::<Option<i64>, _>("checkpoint_size").unwrap_or(0) as u64,
+                    }
+                }),
                 awaiting_suggestion: row.get::<i64, _>("awaiting_suggestion") != 0,
+                manifest_digest: row.get("manifest_digest"),
             },
             event,
         )))
@@ -1105,6 +1177,7 @@ impl Store {
         generation: u64,
         epoch: &EpochRecord,
         facts: Option<&TrialFacts>,
+        checkpoint: Option<&FileRef>,
     ) -> Result<Result<StoredEvent, ReportError>> {
         let Some(reports) = &self.epoch_reports else {
             anyhow::bail!("this store cannot record epochs (opened read-only)");
@@ -1117,6 +1190,7 @@ impl Store {
                 generation,
                 epoch: epoch.clone(),
                 facts: facts.cloned(),
+                checkpoint: checkpoint.cloned(),
                 reply,
             })
             .map_err(|_| writer_stopped())?;
@@ -1138,7 +1212,9 @@ impl Store {
         };
         sqlx::query(
             "UPDATE trials SET status = ?, error = ?, test_loss = ?, test_accuracy = ?, best_epoch = ?, weights_path = ?,
-                    parameter_count = COALESCE(?, parameter_count), finished_at = ? WHERE id = ?",
+                    parameter_count = COALESCE(?, parameter_count), finished_at = ?,
+                    weights_digest = ?, weights_size = ?, input_record = ?, lease_expires_at = NULL
+             WHERE id = ?",
         )
         .bind(result.status.as_str())
         .bind(&result.error)
@@ -1148,6 +1224,9 @@ impl Store {
         .bind(&result.weights_path)
         .bind(result.parameter_count.map(|v| v as i64))
         .bind(now())
+        .bind(result.weights.as_ref().map(|w| w.digest.as_str()))
+        .bind(result.weights.as_ref().map(|w| w.size as i64))
+        .bind(&result.input_record)
         .bind(trial_id)
         .execute(&mut *tx)
         .await?;
@@ -1480,13 +1559,68 @@ impl Store {
         Ok(vec![event])
     }
 
-    /// Trials left `running` by a previous daemon process: their workers died with it.
-    pub async fn orphaned_leases(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT id, generation FROM trials WHERE status = 'running'")
-                .fetch_all(&self.writer)
-                .await?;
-        Ok(rows.into_iter().map(|(id, g)| (id, g as u64)).collect())
+    /// Trials left `running` by a previous daemon process, with their generation and when
+    /// their lease runs out (ms since the Unix epoch; None: leased before leases were
+    /// persisted, so it has run out).
+    pub async fn running_leases(&self) -> Result<Vec<(String, u64, Option<i64>)>> {
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, generation, lease_expires_at FROM trials WHERE status = 'running'",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, g, expires)| (id, g as u64, expires))
+            .collect())
+    }
+
+    /// The data manifests of the sweeps not ended yet (a restarted daemon serves their data
+    /// files again).
+    pub async fn open_manifests(&self) -> Result<Vec<FileRef>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT manifest_digest FROM sweeps
+             WHERE manifest_digest IS NOT NULL AND status NOT IN ('finished', 'cancelled')",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        // The size is not needed to read a manifest back; the blob store checks the digest.
+        Ok(rows
+            .into_iter()
+            .map(|(digest,)| FileRef {
+                name: "manifest.json".into(),
+                digest,
+                size: 0,
+            })
+            .collect())
+    }
+
+    /// Pushes the lease deadlines of running trials (heartbeats renew leases; the daemon
+    /// writes the renewals in batches). Trials no longer running at that generation are
+    /// left alone.
+    pub async fn renew_leases(&self, leases: &[(String, u64)], expires_at_ms: i64) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let pairs = serde_json::to_string(
+            &leases
+                .iter()
+                .map(|(id, generation)| serde_json::json!([id, *generation as i64]))
+                .collect::<Vec<_>>(),
+        )?;
+        self.write(async {
+            sqlx::query(
+                "UPDATE trials SET lease_expires_at = ?
+                 WHERE status = 'running' AND EXISTS (SELECT 1 FROM json_each(?) j
+                     WHERE json_extract(j.value, '$[0]') = trials.id
+                       AND json_extract(j.value, '$[1]') = trials.generation)",
+            )
+            .bind(expires_at_ms)
+            .bind(pairs)
+            .execute(&self.writer)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Counts of rows per table, for tests and diagnostics.
@@ -1571,14 +1705,14 @@ mod tests {
             )
             .unwrap();
         store
-            .insert_sweep("sw", &spec, u32::MAX)
+            .insert_sweep("sw", &spec, None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         let mut last = Vec::new();
         for _ in trials {
             let (lease, _) = store
-                .lease_next("w", &["auto", "cpu"], "cpu")
+                .lease_next(&LeaseAsk::new("w", &["auto", "cpu"], "cpu"))
                 .await
                 .unwrap()
                 .unwrap();
@@ -1590,6 +1724,7 @@ mod tests {
                         &lease.trial_id,
                         lease.generation,
                         &epoch(n as u32 + 1, *acc, *loss),
+                        None,
                         None,
                     )
                     .await

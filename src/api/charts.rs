@@ -173,7 +173,8 @@ mod tests {
                 event_buffer: 8,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         let request: SweepRequest = serde_json::from_value(serde_json::json!({
             "name": "lagged", "dataset": "mnist", "space": {"kernelSize": [3, 5]},
             "fixed": {"epochs": 1}}))
@@ -181,7 +182,11 @@ mod tests {
         let spec = request
             .validate(SweepLimits::default(), cnnd_core::datasets::resolve_builtin)
             .unwrap();
-        let (sweep_id, _) = scheduler.submit(&spec, u32::MAX).await.unwrap().unwrap();
+        let (sweep_id, _) = scheduler
+            .submit(&spec, None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         render_charts_when_sweeps_finish(scheduler.clone(), dir.path().join("dashboards"));
 
         // The sweep ends (cancelled); its events reach the feed followed, before the

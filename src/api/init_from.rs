@@ -1,11 +1,10 @@
-//! `initFrom`: which weights file a trial starts from. `trial:ID` is that trial's best
-//! weights (it must have succeeded), `file:PATH` a file inside the data directory
-//! (confined like image folders).
+//! `initFrom`: which weights a trial starts from, by content. `trial:ID` is that trial's
+//! best weights (it must have succeeded), `file:PATH` a file inside the data directory
+//! (confined like image folders), hashed and then served to workers by digest.
 //!
 //! Owns: resolving and checking `initFrom` sources.
 
-use std::path::PathBuf;
-
+use cnnd_core::content::FileRef;
 use cnnd_core::datasets::DatasetError;
 use cnnd_core::status::TrialStatus;
 use tonic::Status;
@@ -14,9 +13,10 @@ use super::errors::internal;
 use crate::datasets;
 use crate::scheduler::Scheduler;
 
-/// The weights file a trial's `initFrom` names: `trial:ID` is that trial's best weights
-/// (it must have succeeded), `file:PATH` a file inside the data directory.
-pub(super) async fn weights(scheduler: &Scheduler, init_from: &str) -> Result<PathBuf, Status> {
+/// The weights a trial's `initFrom` names, as a file workers fetch by digest: `trial:ID` is
+/// that trial's best weights (it must have succeeded), `file:PATH` a file inside the data
+/// directory.
+pub(super) async fn weights(scheduler: &Scheduler, init_from: &str) -> Result<FileRef, Status> {
     if let Some(id) = init_from.strip_prefix("trial:") {
         let source = scheduler
             .store
@@ -24,8 +24,8 @@ pub(super) async fn weights(scheduler: &Scheduler, init_from: &str) -> Result<Pa
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("initFrom: no trial '{id}'")))?;
-        return match (source.status, source.weights_path) {
-            (TrialStatus::Succeeded, Some(path)) => Ok(PathBuf::from(path)),
+        return match (source.status, source.weights) {
+            (TrialStatus::Succeeded, Some(weights)) => Ok(weights),
             (status, _) => Err(Status::failed_precondition(format!(
                 "initFrom: trial '{id}' is {status}; only a succeeded trial has weights to start from"
             ))),
@@ -50,7 +50,10 @@ pub(super) async fn weights(scheduler: &Scheduler, init_from: &str) -> Result<Pa
                 path.display()
             )));
         }
-        return Ok(path);
+        return scheduler
+            .blobs
+            .serve_file(&path, "init.safetensors")
+            .map_err(|e| Status::invalid_argument(format!("initFrom: {e:#}")));
     }
     Err(Status::invalid_argument(format!(
         "initFrom: '{init_from}' is neither trial:ID nor file:PATH"

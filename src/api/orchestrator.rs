@@ -18,6 +18,12 @@ use super::convert::{
 };
 use super::{charts, internal, require_id, watch, Api, MAX_PREDICT_IMAGES};
 use crate::datasets;
+
+/// Why a submission is refused: the caller's request, or the daemon's disk.
+enum Submit {
+    Invalid(SpecError),
+    Internal(anyhow::Error),
+}
 use crate::scheduler::suggestion_inputs;
 
 pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SweepEvent, Status>> + Send>>;
@@ -50,23 +56,39 @@ impl proto::orchestrator_server::Orchestrator for Api {
             startup_trials: r.startup_trials,
             asha_mode: r.asha_mode,
         };
-        // Image folders are listed from disk: off the async threads.
+        // Image folders are listed and data files hashed from disk: off the async threads.
         let limits = self.scheduler.config.limits;
         let data_dir = self.scheduler.config.data_dir.clone();
-        let (spec, notes) = tokio::task::spawn_blocking(move || {
-            let spec = sweep_request
-                .validate(limits, |name| datasets::resolve(name, data_dir.as_deref()))?;
+        let scheduler = self.scheduler.clone();
+        let (spec, notes, manifest) = tokio::task::spawn_blocking(move || {
+            let mut resolved = None;
+            let spec = sweep_request.validate(limits, |name| {
+                let r = datasets::resolve_with_layout(name, data_dir.as_deref())?;
+                let info = r.info.clone();
+                resolved = Some(r);
+                Ok(info)
+            })
+            .map_err(Submit::Invalid)?;
             let notes = dataset_notes(&spec);
-            Ok::<_, SpecError>((spec, notes))
+            // Workers read the data only through the manifest: every file, by digest.
+            let (Some(resolved), Some(data_dir)) = (resolved, data_dir) else {
+                return Err(Submit::Invalid(SpecError::new(
+                    "dataset",
+                    "this daemon has no data directory to serve the data set from; start cnnd with --data-dir (or CNND_DATA_DIR)",
+                )));
+            };
+            datasets::files_of(&resolved, &data_dir)
+                .map_err(|e| Submit::Invalid(SpecError::new("dataset", e.to_string())))?;
+            let manifest =
+                datasets::manifest(&resolved, &data_dir, &scheduler.blobs).map_err(Submit::Internal)?;
+            Ok((spec, notes, manifest))
         })
         .await
         .map_err(|e| Status::internal(format!("validation task: {e}")))?
-        .map_err(|e| {
-            if e.denied {
-                Status::permission_denied(e.to_string())
-            } else {
-                Status::invalid_argument(e.to_string())
-            }
+        .map_err(|e| match e {
+            Submit::Invalid(e) if e.denied => Status::permission_denied(e.to_string()),
+            Submit::Invalid(e) => Status::invalid_argument(e.to_string()),
+            Submit::Internal(e) => Status::internal(format!("dataset: {e:#}")),
         })?;
         self.check_init_from(&spec).await?;
         if spec.device == DeviceRequest::Cuda && !self.scheduler.has_cuda() {
@@ -76,7 +98,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
         }
         let (sweep_id, trials) = self
             .scheduler
-            .submit(&spec, self.max_queued_trials)
+            .submit(&spec, Some(&manifest), self.max_queued_trials)
             .await
             .map_err(internal)?
             .map_err(|full| Status::resource_exhausted(full.to_string()))?;
@@ -331,6 +353,17 @@ impl proto::orchestrator_server::Orchestrator for Api {
                     state: w.state.to_string(),
                     trial_id: w.trial_id.clone().unwrap_or_default(),
                     trials_done: w.trials_done,
+                    host: w.host.clone(),
+                    name: w.name.clone(),
+                    version: w.cnnd_version.clone(),
+                    libtorch_version: w.libtorch_version.clone(),
+                    epoch: w.epoch,
+                    seconds_since_seen: w
+                        .last_seen
+                        .map(|t| t.elapsed().as_secs_f64())
+                        .unwrap_or_default(),
+                    slot: w.slot.clone().unwrap_or_default(),
+                    launcher_job: w.launcher_job.clone(),
                 })
                 .collect(),
             workers_busy: busy,
@@ -463,16 +496,18 @@ impl proto::orchestrator_server::Orchestrator for Api {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("trialId: no trial '{}'", r.trial_id)))?;
-        let weights = trial
-            .weights_path
-            .as_ref()
-            .filter(|p| std::path::Path::new(p).is_file())
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "trialId: trial '{}' has no saved weights yet (status {})",
-                    trial.id, trial.status
-                ))
-            })?;
+        let (Some(weights), Some(input_record)) = (&trial.weights, &trial.input_record) else {
+            return Err(Status::failed_precondition(format!(
+                "trialId: trial '{}' has no saved weights yet (status {})",
+                trial.id, trial.status
+            )));
+        };
+        if self.scheduler.blobs.get(weights).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "trialId: trial '{}' recorded weights {} that are no longer in this daemon's blob store",
+                trial.id, weights.digest
+            )));
+        }
         // Predict runs on the workers (the daemon has no libtorch).
         if self.scheduler.connected_workers() == 0 {
             return Err(Status::unavailable(
@@ -484,7 +519,8 @@ impl proto::orchestrator_server::Orchestrator for Api {
             trial_id: trial.id.clone(),
             params_json: serde_json::to_string(&trial.params)
                 .map_err(|e| Status::internal(e.to_string()))?,
-            weights_path: weights.clone(),
+            weights: Some(weights.into()),
+            input_record_json: input_record.clone(),
             request: Some(r),
             max_image_bytes: self.max_image_bytes,
             max_image_pixels: self.max_image_pixels,

@@ -41,6 +41,14 @@ enum Command {
     /// Prints the effective configuration as TOML (flags > environment > config file >
     /// defaults), each value with where it came from.
     Config(Box<DaemonConfig>),
+    /// Replaces the worker token (STATE_DIR/worker-token) with a new one. A running daemon
+    /// takes it at once: workers must be given the new one (the daemon's own workers are
+    /// restarted with it when their old token is refused).
+    RotateWorkerToken {
+        /// The daemon's state directory [default: $XDG_STATE_HOME/cnnd or ~/.local/state/cnnd].
+        #[arg(long, env = "CNND_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn long_version() -> &'static str {
@@ -83,6 +91,9 @@ fn parse_invocation() -> Result<Invocation, String> {
     let (config, sub) = match &cli.command {
         None => (&cli.config, None),
         Some(Command::Config(c)) => (c.as_ref(), Some("config")),
+        Some(Command::RotateWorkerToken { .. }) => {
+            return Ok(Invocation::without_file(cli, matches))
+        }
     };
     let Some(file) = config.config_file() else {
         return Ok(Invocation::without_file(cli, matches));
@@ -140,6 +151,17 @@ fn main() {
             print_config(config, &invocation);
             Ok(())
         }
+        Some(Command::RotateWorkerToken { ref state_dir }) => {
+            let dir = state_dir
+                .clone()
+                .unwrap_or_else(cnnd_client::auth::default_state_dir);
+            cnnd::auth::rotate_worker_token(&dir).map(|_| {
+                println!(
+                    "new worker token in {}",
+                    cnnd::auth::worker_token_path(&dir).display()
+                )
+            })
+        }
         None => runtime(2).and_then(|rt| rt.block_on(serve(invocation.cli.config))),
     };
     if let Err(e) = result {
@@ -177,9 +199,8 @@ fn print_config(config: &DaemonConfig, invocation: &Invocation) {
     print!("{}", cnnd::config::effective_toml(config, &source));
 }
 
-/// The environment variable the daemon hands its token to its workers in (read by
-/// `cnnd-worker`).
-const WORKER_TOKEN_ENV: &str = "CNND_WORKER_TOKEN";
+/// Largest message of the worker protocol: a Predict job carries the caller's images.
+const HUB_MAX_MESSAGE_BYTES: usize = 80 << 20;
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -245,17 +266,22 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         }
         _ => None,
     };
-    let (auth, worker_env) = if config.insecure_no_auth {
+    // Two tokens: the API token opens the public API, the worker token the worker
+    // protocol; neither opens the other.
+    let (auth, worker_auth, worker_token_file) = if config.insecure_no_auth {
         tracing::warn!(
             listen = %config.listen,
-            "--insecure-no-auth: serving without the API token; every local user can drive this daemon"
+            "--insecure-no-auth: serving without tokens; every local user can drive this daemon"
         );
-        (RequireBearer::disabled(), vec![])
+        (RequireBearer::disabled(), RequireBearer::disabled(), None)
     } else {
         let token = cnnd::auth::load_or_create_token(&state_dir)?;
+        cnnd::auth::load_or_create_worker_token(&state_dir)?;
+        let file = cnnd::auth::worker_token_path(&state_dir);
         (
             RequireBearer::new(&token),
-            vec![(WORKER_TOKEN_ENV.to_string(), token)],
+            RequireBearer::from_file(&file)?,
+            Some(file),
         )
     };
     let worker_bin = worker_binary(&config)?;
@@ -308,10 +334,10 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             lease_timeout: Duration::from_secs(config.lease_timeout_secs.max(1)),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             worker_command: vec![worker_bin.display().to_string()],
-            worker_env,
+            worker_token_file,
             event_buffer: 4096,
         },
-    );
+    )?;
     let requeued = scheduler.recover().await?;
     if requeued > 0 {
         tracing::info!(
@@ -324,12 +350,29 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // The worker protocol has a listener of its own on loopback, never the public address.
-    let hub_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // The worker protocol has a listener of its own (--worker-listen, loopback by default),
+    // never the public address; over TLS when it is not loopback.
+    let hub_listener = tokio::net::TcpListener::bind(config.worker_listen)
         .await
-        .context("listening for workers on 127.0.0.1")?;
+        .with_context(|| format!("listening for workers on {}", config.worker_listen))?;
     let hub_addr = hub_listener.local_addr()?;
-    let worker_url = format!("http://{hub_addr}");
+    let hub_tls = match (&tls, &config.worker_client_ca) {
+        (Some(tls), Some(ca)) => {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            Some(
+                tls.clone()
+                    .client_ca_root(tonic::transport::Certificate::from_pem(pem)),
+            )
+        }
+        (tls, _) => tls.clone(),
+    };
+    // The daemon's own workers connect over loopback, in plaintext when the listener is
+    // loopback; to a TLS listener they connect like any other worker.
+    let worker_url = if hub_tls.is_some() || !hub_addr.ip().is_loopback() {
+        None
+    } else {
+        Some(format!("http://{hub_addr}"))
+    };
     // Where the worker protocol listens, for operators and tests (it changes every start).
     cnnd::files::write_whole(
         &state_dir.join("worker-hub.addr"),
@@ -378,7 +421,14 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
     }
     cnnd::api::charts::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
-    scheduler.start_workers(worker_url);
+    match worker_url {
+        Some(url) => scheduler.start_workers(url),
+        None if !scheduler.config.slots.is_empty() => tracing::warn!(
+            worker_listen = %hub_addr,
+            "local worker slots need a plaintext loopback --worker-listen; none started (run --cpu-workers 0 with remote workers, or start cnnd-worker --connect yourself)"
+        ),
+        None => {}
+    }
     scheduler.start_lease_reaper();
     tracing::info!(
         %addr,
@@ -425,9 +475,18 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stopped(serving_stopped.clone()),
         );
-    let hub_server = tonic::transport::Server::builder()
-        .layer(auth)
-        .add_service(WorkerHubServer::new(hub))
+    let mut hub_builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = hub_tls {
+        hub_builder = hub_builder.tls_config(tls)?;
+    }
+    let hub_server = hub_builder
+        .layer(RequestSizeLimit {
+            limit: HUB_MAX_MESSAGE_BYTES,
+        })
+        .layer(worker_auth)
+        .add_service(WorkerHubServer::new(hub).max_decoding_message_size(HUB_MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(hub_listener),
             stopped(serving_stopped),

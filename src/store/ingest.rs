@@ -14,6 +14,7 @@ use anyhow::{anyhow, Result};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
+use cnnd_core::content::FileRef;
 use cnnd_core::epoch::EpochRecord;
 
 use super::{
@@ -30,6 +31,8 @@ pub(super) struct EpochReport {
     pub generation: u64,
     pub epoch: EpochRecord,
     pub facts: Option<TrialFacts>,
+    /// The checkpoint written after this epoch (uploaded before the report).
+    pub checkpoint: Option<FileRef>,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -214,7 +217,7 @@ async fn insert_epochs(
 ) -> Result<()> {
     let recorded_at = now();
     let mut insert = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at) ",
+        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at, checkpoint_digest, checkpoint_size) ",
     );
     insert.push_values(accepted, |mut row, (r, _)| {
         row.push_bind(&r.trial_id)
@@ -225,12 +228,15 @@ async fn insert_epochs(
             .push_bind(r.epoch.val_accuracy)
             .push_bind(r.epoch.seconds)
             .push_bind(r.epoch.images_per_second)
-            .push_bind(&recorded_at);
+            .push_bind(&recorded_at)
+            .push_bind(r.checkpoint.as_ref().map(|c| c.digest.as_str()))
+            .push_bind(r.checkpoint.as_ref().map(|c| c.size as i64));
     });
     insert.push(
         " ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
            val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
-           images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at",
+           images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at,
+           checkpoint_digest = excluded.checkpoint_digest, checkpoint_size = excluded.checkpoint_size",
     );
     insert.build().execute(&mut *tx).await?;
     Ok(())
@@ -272,14 +278,14 @@ mod tests {
             .validate(SweepLimits::default(), cnnd_core::datasets::resolve_builtin)
             .unwrap();
         store
-            .insert_sweep("sw-batch", &spec, u32::MAX)
+            .insert_sweep("sw-batch", &spec, None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         let mut leases = Vec::new();
         for _ in 0..2 {
             let (lease, _) = store
-                .lease_next("w", &["auto", "cpu"], "cpu")
+                .lease_next(&crate::store::LeaseAsk::new("w", &["auto", "cpu"], "cpu"))
                 .await
                 .unwrap()
                 .unwrap();
@@ -309,7 +315,7 @@ mod tests {
         let answers = futures::future::join_all(
             reports
                 .iter()
-                .map(|(id, generation, e)| store.record_epoch(id, *generation, e, None)),
+                .map(|(id, generation, e)| store.record_epoch(id, *generation, e, None, None)),
         )
         .await;
 
@@ -382,11 +388,9 @@ mod tests {
             (a, bad),
             (b, epoch(2, 0.7)),
         ];
-        let answers = futures::future::join_all(
-            reports
-                .iter()
-                .map(|(lease, e)| store.record_epoch(&lease.trial_id, lease.generation, e, None)),
-        )
+        let answers = futures::future::join_all(reports.iter().map(|(lease, e)| {
+            store.record_epoch(&lease.trial_id, lease.generation, e, None, None)
+        }))
         .await;
         assert!(
             answers[2].is_err(),
@@ -411,7 +415,7 @@ mod tests {
         assert_eq!(epochs(b.trial_id.clone()).await, vec![1, 2]);
         // The store goes on taking reports afterwards.
         store
-            .record_epoch(&a.trial_id, a.generation, &epoch(2, 0.5), None)
+            .record_epoch(&a.trial_id, a.generation, &epoch(2, 0.5), None, None)
             .await
             .unwrap()
             .unwrap();
@@ -449,7 +453,7 @@ mod tests {
         let answers = futures::future::join_all(
             running
                 .iter()
-                .map(|t| store.record_epoch(&t.id, t.generation, &first, None)),
+                .map(|t| store.record_epoch(&t.id, t.generation, &first, None, None)),
         )
         .await;
         holder.await.unwrap();
@@ -481,7 +485,7 @@ mod tests {
         };
         for n in [1, 2, 3, 2] {
             store
-                .record_epoch(&a.trial_id, a.generation, &epoch(n, 0.5), None)
+                .record_epoch(&a.trial_id, a.generation, &epoch(n, 0.5), None, None)
                 .await
                 .unwrap()
                 .unwrap();
@@ -489,7 +493,9 @@ mod tests {
         assert_eq!(counts().await, (3, Some(3), 3, Some(3)), "upserts");
         let replace = |n: i64| {
             sqlx::query(
-                "INSERT OR REPLACE INTO epochs VALUES (?, ?, 0.1, 0.9, 0.1, 0.9, 1.0, 10.0, 'now')",
+                "INSERT OR REPLACE INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss,
+                     val_accuracy, seconds, images_per_second, recorded_at)
+                 VALUES (?, ?, 0.1, 0.9, 0.1, 0.9, 1.0, 10.0, 'now')",
             )
             .bind(&a.trial_id)
             .bind(n)

@@ -92,19 +92,30 @@ pub async fn status(d: &mut Daemon, output: Output) -> Result<(), CliError> {
         s.workers_idle
     ));
     if !s.workers.is_empty() {
-        let mut t = table(["id", "pid", "device", "threads", "state", "trial", "done"]);
+        let mut t = table([
+            "id", "name", "host", "device", "threads", "version", "state", "trial", "epoch",
+            "seen", "done",
+        ]);
         for w in &s.workers {
             t.add_row(vec![
                 w.worker_id.clone(),
-                w.pid.to_string(),
+                or_dash(if w.name.is_empty() { &w.slot } else { &w.name }),
+                or_dash(&w.host),
                 or_dash(&w.device),
                 w.threads.to_string(),
+                or_dash(&w.version),
                 w.state.clone(),
                 or_dash(&w.trial_id),
+                if w.trial_id.is_empty() {
+                    "-".into()
+                } else {
+                    w.epoch.to_string()
+                },
+                format!("{:.0}s ago", w.seconds_since_seen),
                 w.trials_done.to_string(),
             ]);
         }
-        align_right(&mut t, &[1, 3, 6]);
+        align_right(&mut t, &[4, 8, 9, 10]);
         out(render(&t));
     }
 

@@ -191,6 +191,10 @@ pub fn status_json(s: &pb::Status) -> Value {
         "workers": s.workers.iter().map(|w| json!({
             "workerId": w.worker_id, "pid": w.pid, "device": w.device, "threads": w.threads,
             "state": w.state, "trialId": w.trial_id, "trialsDone": w.trials_done,
+            "host": w.host, "name": w.name, "version": w.version,
+            "libtorchVersion": w.libtorch_version, "epoch": w.epoch,
+            "secondsSinceSeen": w.seconds_since_seen, "slot": w.slot,
+            "launcherJob": w.launcher_job,
         })).collect::<Vec<_>>(),
         "workersBusy": s.workers_busy,
         "workersIdle": s.workers_idle,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::BearerToken;
 use cnnd_proto::orchestrator_client::OrchestratorClient;
@@ -84,33 +84,61 @@ pub fn resolve_token(
     Ok(None)
 }
 
+/// A client certificate and key (PEM files), for a daemon that asks for mutual TLS.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The endpoint for `addr` (TLS for `https://`, checked against `ca_file` or the system
+/// roots, presenting `identity` when given), not yet connected.
+pub fn endpoint(
+    addr: &str,
+    ca_file: Option<&Path>,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<Endpoint, ConnectError> {
+    let url = normalize_addr(addr);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| ConnectError::Setup(format!("invalid address '{addr}': {e}")))?
+        .connect_timeout(timeout);
+    if !url.starts_with("https://") {
+        if ca_file.is_some() || identity.is_some() {
+            return Err(ConnectError::Setup(format!(
+                "a CA file or client certificate was given but {url} is not https://"
+            )));
+        }
+        return Ok(endpoint);
+    }
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            ConnectError::Setup(format!("cannot read the {what} {}: {e}", path.display()))
+        })
+    };
+    let mut tls = match ca_file {
+        Some(ca) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA file")?))
+        }
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(
+            read(&id.cert, "client certificate")?,
+            read(&id.key, "client key")?,
+        ));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| ConnectError::Setup(format!("TLS setup for {url}: {e}")))
+}
+
 /// Connects to the daemon (TLS for `https://`) and attaches the token.
 pub async fn connect(options: &ClientOptions) -> Result<Client, ConnectError> {
     let addr = normalize_addr(&options.addr);
     let timeout = options.connect_timeout.unwrap_or(Duration::from_secs(3));
-    let mut endpoint = Endpoint::from_shared(addr.clone())
-        .map_err(|e| ConnectError::Setup(format!("invalid address '{}': {e}", options.addr)))?
-        .connect_timeout(timeout)
+    let endpoint = endpoint(&options.addr, options.ca_file.as_deref(), None, timeout)?
         .local_address(options.local_address);
-    if addr.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &options.ca_file {
-            Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    ConnectError::Setup(format!("cannot read the CA file {}: {e}", ca.display()))
-                })?;
-                tls.ca_certificate(Certificate::from_pem(pem))
-            }
-            None => tls.with_native_roots(),
-        };
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| ConnectError::Setup(format!("TLS setup for {addr}: {e}")))?;
-    } else if options.ca_file.is_some() {
-        return Err(ConnectError::Setup(format!(
-            "a CA file was given but {addr} is not https://"
-        )));
-    }
     let token = resolve_token(options.token.as_deref(), options.token_file.as_deref())?;
     let token =
         BearerToken::new(token.as_deref()).map_err(|e| ConnectError::Setup(e.to_string()))?;
@@ -123,7 +151,7 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, ConnectError> {
 
 /// The innermost cause of a transport error, e.g. " (connection refused)" or a TLS
 /// certificate problem.
-fn reason(e: &tonic::transport::Error) -> String {
+pub fn reason(e: &tonic::transport::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -123,6 +123,42 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "truck",
 ];
 
+/// The IDX files of MNIST and Fashion-MNIST (train images, train labels, test images, test
+/// labels), named without the `.gz` many copies have.
+pub const IDX_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// CIFAR-10's training batch files, in order, and its test batch.
+pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
+pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
+/// CIFAR-10's class-names file (one name a line); optional.
+pub const CIFAR10_META_FILE: &str = "batches.meta.txt";
+
+/// The files a built-in data set is read from (required, optional), named without `.gz`:
+/// each is looked up as `DATA/FOLDER/NAME[.gz]`, else `DATA/NAME[.gz]`. None for image
+/// folders, whose files are listed.
+pub fn builtin_files(source: &Source) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
+    match source {
+        Source::Idx { .. } => Some((IDX_FILES.to_vec(), Vec::new())),
+        Source::Cifar10 { .. } => {
+            let mut required = CIFAR10_TRAIN_FILES.to_vec();
+            required.push(CIFAR10_TEST_FILE);
+            Some((required, vec![CIFAR10_META_FILE]))
+        }
+        Source::Folder { .. } => None,
+    }
+}
+
 /// The built-in names, for messages.
 pub const BUILTIN_NAMES: &[&str] = &["mnist", "fashion_mnist", "cifar10"];
 

@@ -10,8 +10,12 @@
 //! - [`status`]: typed states of trials, sweeps and workers, and stop reasons;
 //! - [`devices`]: compute devices as workers see them;
 //! - [`epoch`]: the epoch record;
-//! - [`idx`]: the IDX file format (MNIST) as bytes.
+//! - [`idx`]: the IDX file format (MNIST) as bytes;
+//! - [`content`]: files by SHA-256 digest (how daemon and workers that share no folder refer
+//!   to data, weights and checkpoints), the data manifest, the protocol and checkpoint
+//!   versions.
 
+pub mod content;
 pub mod datasets;
 pub mod devices;
 pub mod epoch;

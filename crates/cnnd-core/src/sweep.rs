@@ -21,6 +21,13 @@ pub struct SpecError {
     pub denied: bool,
 }
 
+impl SpecError {
+    /// A field refused for a reason (not a permission matter).
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+        err(field, reason)
+    }
+}
+
 fn err(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
     SpecError {
         field: field.into(),

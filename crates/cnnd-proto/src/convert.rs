@@ -1,13 +1,40 @@
 //! Wire messages <-> cnnd-core's domain types, in one place for the daemon and the worker:
-//! the epoch record, devices, and the stop reasons of the worker protocol.
+//! the epoch record, devices, file references, and the stop reasons of the worker protocol.
 //!
 //! Owns: these conversions. Must not touch: anything but the two crates' types.
 
+use cnnd_core::content;
 use cnnd_core::devices;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::status::StopReason;
 
-use crate::{Device, EpochMetrics, Stop, StopKind};
+use crate::{Device, EpochMetrics, FileRef, Stop, StopKind};
+
+impl From<&content::FileRef> for FileRef {
+    fn from(f: &content::FileRef) -> Self {
+        FileRef {
+            name: f.name.clone(),
+            digest: f.digest.clone(),
+            size: f.size,
+        }
+    }
+}
+
+impl FileRef {
+    /// The reference as cnnd-core's type, its digest checked (64 hex characters); the error
+    /// names `field`.
+    pub fn checked(&self, field: &str) -> Result<content::FileRef, String> {
+        let file = content::FileRef {
+            name: self.name.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+        };
+        match file.parsed_digest() {
+            Ok(_) => Ok(file),
+            Err(e) => Err(format!("{field}: {e}")),
+        }
+    }
+}
 
 impl From<&devices::Device> for Device {
     fn from(d: &devices::Device) -> Self {

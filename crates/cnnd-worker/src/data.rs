@@ -149,12 +149,7 @@ unsafe impl Sync for Dataset {}
 /// images, test labels), without the `.gz` suffix.
 fn idx_file_names(info: &DatasetInfo) -> anyhow::Result<[&'static str; 4]> {
     match info.name.as_str() {
-        "mnist" | "fashion_mnist" => Ok([
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        ]),
+        "mnist" | "fashion_mnist" => Ok(cnnd_core::datasets::IDX_FILES),
         other => bail!("no reader for data set '{other}' (IDX readers: mnist, fashion_mnist)"),
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! worker (the protocol loop)   predict (Predict jobs)
+//! session (connection, registration)   files (fetch, upload, data views)   cache (blobs)
 //! train (epochs, evaluation, checkpoints)   transfer (initFrom)
 //! model (the CNN family with tch::nn)
 //! data (readers, cache, splits)   imaging (decoding, resizing, MNIST-style digits)
@@ -15,11 +16,14 @@
 //! They use `cnnd_core` (trial parameters, the data-set catalogue, the model-size
 //! arithmetic), `cnnd_proto` (the wire) and `cnnd_client` (the token).
 
+pub mod cache;
 pub mod data;
+pub mod files;
 pub mod imaging;
 pub mod model;
 pub mod predict;
 pub mod probe;
+pub mod session;
 pub mod train;
 pub mod transfer;
 pub mod worker;

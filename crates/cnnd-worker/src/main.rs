@@ -1,25 +1,24 @@
-//! `cnnd-worker`: the trainer process. The daemon starts one per slot
-//! (`cnnd-worker --daemon URL --worker-id ID ...`); it leases trials over the worker
-//! protocol, trains them with libtorch and answers Predict jobs. `cnnd-worker probe` prints
-//! the devices libtorch sees, as JSON (the daemon runs it to plan its slots).
+//! `cnnd-worker`: the trainer process. The daemon starts one per local slot; on any other
+//! machine, `cnnd-worker --connect https://DAEMON:PORT --token-file F --ca-file CA` joins
+//! the daemon's fleet. It leases trials over the worker protocol, trains them with libtorch
+//! and answers Predict jobs. `cnnd-worker probe` prints the devices libtorch sees, as JSON
+//! (the daemon runs it to plan its slots).
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use cnnd_worker::worker;
 
+/// The worker's command line. `probe` is handled before clap (see `main`): clap's optional
+/// flattened arguments beside a subcommand never matched, so every local worker exited.
 #[derive(Parser)]
-#[command(name = "cnnd-worker", version = long_version(), about = "The cnnd trainer: leases trials from a cnnd daemon and trains them with libtorch")]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cnnd-worker",
+    version = long_version(),
+    about = "The cnnd trainer: leases trials from a cnnd daemon and trains them with libtorch",
+    after_help = "`cnnd-worker probe` prints the devices libtorch sees, as JSON."
+)]
 struct Cli {
     #[command(flatten)]
-    worker: Option<worker::WorkerArgs>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Prints the devices libtorch sees, as JSON.
-    Probe,
+    worker: worker::WorkerArgs,
 }
 
 fn long_version() -> &'static str {
@@ -35,6 +34,11 @@ fn long_version() -> &'static str {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "probe") {
+        let probe = cnnd_worker::probe::probe();
+        println!("{}", serde_json::to_string(&probe).unwrap_or_default());
+        return;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -43,22 +47,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match (cli.command, cli.worker) {
-        (Some(Command::Probe), _) => {
-            let probe = cnnd_worker::probe::probe();
-            println!("{}", serde_json::to_string(&probe).unwrap_or_default());
-            Ok(())
-        }
-        (None, Some(args)) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(worker::run(args))),
-        (None, None) => Err(anyhow::anyhow!(
-            "give --daemon URL --worker-id ID (the daemon starts its workers so), or `probe`"
-        )),
-    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(worker::run(cli.worker)));
     if let Err(e) = result {
         eprintln!("cnnd-worker: {e:#}");
         std::process::exit(1);

@@ -11,21 +11,25 @@
 //! Must not touch: scheduling, training.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use tonic::Status;
 
+use crate::cache::BlobHandle;
 use crate::data::{standardize, Prepared};
+use crate::files::after;
 use crate::imaging::{self, DecodeLimits};
 use crate::model;
-use crate::worker::HubClient;
+use crate::worker::PredictContext;
 use cnnd_core::datasets::DatasetInfo;
 use cnnd_core::sweep::{Output, Resample, TrialParams};
 use cnnd_proto as proto;
 
-/// How a trial saw its images, written as `input.json` beside its weights.
+/// How a trial saw its images: written by the worker that trains it, uploaded with its
+/// weights, and handed to the worker that answers a Predict job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InputRecord {
@@ -53,25 +57,10 @@ impl InputRecord {
         }
     }
 
-    /// Where the record of the weights at `weights` lives.
-    pub fn path_beside(weights: &Path) -> PathBuf {
-        weights.with_file_name("input.json")
-    }
-
-    pub fn save(&self, weights: &Path) -> std::io::Result<()> {
-        let path = Self::path_beside(weights);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+    /// Writes the record to `path` (uploaded with the weights when the trial ends).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(path, text)
-    }
-
-    pub fn load(weights: &Path) -> Result<InputRecord, String> {
-        let path = Self::path_beside(weights);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -146,28 +135,38 @@ fn png(img: &image::DynamicImage) -> Vec<u8> {
     out.into_inner()
 }
 
-/// Answers Predict jobs until the daemon is gone: long-polls `NextPredict`, computes each
-/// answer on a blocking thread, and sends it with `FinishPredict`.
-pub async fn serve_jobs(mut client: HubClient, worker_id: String) {
-    let mut failures = 0;
+/// Answers Predict jobs until the worker stops: long-polls `NextPredict`, fetches the
+/// trial's weights by digest (kept in the cache for the next job), computes each answer on a
+/// blocking thread, and sends it with `FinishPredict`.
+pub async fn serve_jobs(ctx: PredictContext) {
+    let session = ctx.session();
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        let job = match client
-            .next_predict(proto::NextPredictRequest {
-                worker_id: worker_id.clone(),
-            })
-            .await
-        {
+        if ctx.terminating() {
+            return;
+        }
+        let polled = session
+            .call(
+                after(Duration::from_secs(1)),
+                |mut client, worker_id| async move {
+                    client
+                        .next_predict(proto::NextPredictRequest { worker_id })
+                        .await
+                },
+            )
+            .await;
+        let job = match polled {
             Ok(job) => {
-                failures = 0;
+                unreachable_since = None;
                 job.into_inner()
             }
             Err(e) => {
-                failures += 1;
-                if failures >= 5 {
-                    tracing::warn!(worker = worker_id, "no more Predict jobs: {}", e.message());
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if ctx.local() && since.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!("no more Predict jobs: {}", e.message());
                     return;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -175,9 +174,16 @@ pub async fn serve_jobs(mut client: HubClient, worker_id: String) {
             continue;
         }
         let job_id = job.job_id.clone();
-        let outcome = tokio::task::spawn_blocking(move || answer(&job))
+        let outcome = match fetch_weights(&ctx, &job).await {
+            Ok(weights) => tokio::task::spawn_blocking(move || {
+                let outcome = answer(&job, weights.path());
+                drop(weights);
+                outcome
+            })
             .await
-            .unwrap_or_else(|e| Err(Status::internal(format!("predict panicked: {e}"))));
+            .unwrap_or_else(|e| Err(Status::internal(format!("predict panicked: {e}")))),
+            Err(status) => Err(status),
+        };
         let outcome = match outcome {
             Ok(response) => proto::finish_predict_request::Outcome::Response(response),
             Err(status) => proto::finish_predict_request::Outcome::Failure(proto::PredictFailure {
@@ -185,24 +191,47 @@ pub async fn serve_jobs(mut client: HubClient, worker_id: String) {
                 message: status.message().to_string(),
             }),
         };
-        let finish = proto::FinishPredictRequest {
-            worker_id: worker_id.clone(),
-            job_id,
-            outcome: Some(outcome),
-        };
-        if let Err(e) = client.finish_predict(finish).await {
-            tracing::warn!(
-                worker = worker_id,
-                "Predict answer not taken: {}",
-                e.message()
-            );
+        let sent = session
+            .call(after(Duration::from_secs(10)), |mut client, worker_id| {
+                let finish = proto::FinishPredictRequest {
+                    worker_id,
+                    job_id: job_id.clone(),
+                    outcome: Some(outcome.clone()),
+                };
+                async move { client.finish_predict(finish).await }
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(job = job_id, "Predict answer not taken: {}", e.message());
         }
     }
 }
 
+/// The job's weights in the cache (fetched when missing).
+async fn fetch_weights(
+    ctx: &PredictContext,
+    job: &proto::PredictJob,
+) -> Result<BlobHandle, Status> {
+    let weights = job
+        .weights
+        .as_ref()
+        .ok_or_else(|| Status::internal("a Predict job without weights"))?
+        .checked("weights")
+        .map_err(Status::internal)?;
+    ctx.files()
+        .get(&weights, after(Duration::from_secs(60)))
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "trialId: the weights of trial '{}' could not be fetched: {e:#}",
+                job.trial_id
+            ))
+        })
+}
+
 /// Classifies a job's images with its trial's best weights, on the CPU. The error is the
 /// status the Predict caller gets.
-pub fn answer(job: &proto::PredictJob) -> Result<proto::PredictResponse, Status> {
+pub fn answer(job: &proto::PredictJob, weights: &Path) -> Result<proto::PredictResponse, Status> {
     let request = job
         .request
         .as_ref()
@@ -213,24 +242,16 @@ pub fn answer(job: &proto::PredictJob) -> Result<proto::PredictResponse, Status>
         max_bytes: job.max_image_bytes,
         max_pixels: job.max_image_pixels,
     };
-    let weights = PathBuf::from(&job.weights_path);
-    if !weights.is_file() {
-        return Err(Status::failed_precondition(format!(
-            "trialId: the weights of trial '{}' are not where the daemon says ({})",
-            job.trial_id,
-            weights.display()
-        )));
-    }
-    let record = InputRecord::load(&weights).map_err(|e| {
+    let record: InputRecord = serde_json::from_str(&job.input_record_json).map_err(|e| {
         Status::failed_precondition(format!(
-            "trialId: trial '{}' has no input record ({e}); it was trained by an older cnnd, train it again",
+            "trialId: trial '{}' has no readable input record ({e}); train it again",
             job.trial_id
         ))
     })?;
     let how = Preprocessing::choose(&request.preprocess, &record)?;
     let p = &p;
     let classes = record.class_names.len() as i64;
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let net = model::build(
         &vs.root(),
         p,
@@ -238,7 +259,7 @@ pub fn answer(job: &proto::PredictJob) -> Result<proto::PredictResponse, Status>
         record.side as i64,
         classes,
     );
-    vs.load(&weights)
+    crate::train::load_weights(&vs, &weights)
         .map_err(|e| Status::internal(format!("loading {}: {e}", weights.display())))?;
     let top_k = match request.top_k {
         0 => 3,

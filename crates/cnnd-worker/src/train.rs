@@ -398,6 +398,21 @@ fn snapshot(vs: &nn::VarStore) -> Result<Vec<(String, Tensor)>, TchError> {
     Ok(out)
 }
 
+/// Loads best weights (safetensors, whatever the file is called: the cache names files by
+/// digest, so `VarStore::load`'s guess from the extension would pick the wrong format) into
+/// every variable of `vs`; a variable the file lacks is an error.
+pub fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TchError> {
+    let named: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+    let _guard = tch::no_grad_guard();
+    for (name, var) in vs.variables() {
+        let source = named.get(&name).ok_or_else(|| {
+            TchError::TensorNameNotFound(name.clone(), path.display().to_string())
+        })?;
+        var.shallow_clone().f_copy_(source)?;
+    }
+    Ok(())
+}
+
 /// Copies named tensors into the variables of `vs` of the same names.
 fn restore(vs: &nn::VarStore, named: &[(String, Tensor)]) -> Result<(), TchError> {
     let _guard = tch::no_grad_guard();
@@ -876,9 +891,10 @@ fn trial(
             seconds = phase.elapsed().as_secs_f64(),
             "phase: best weights"
         );
-        // Report first, checkpoint second: a crash between the two re-runs this epoch on
-        // resume (its row is upserted, never doubled) instead of losing its row.
-        let proceed = on_epoch(&report, &info);
+        // Checkpoint first, report second: the report carries the epoch's checkpoint (the
+        // worker uploads it in `on_epoch`), so the daemon records an epoch only with the
+        // checkpoint to resume after it. A crash between the two re-runs this epoch from the
+        // previous recorded checkpoint (its row is upserted, never doubled).
         let phase = Instant::now();
         if let (Some(path), Some((best_epoch, best_val_accuracy))) = (control.checkpoint, best) {
             let meta = CheckpointMeta {
@@ -890,6 +906,7 @@ fn trial(
             write_checkpoint(path, &vs, &opt, &best_weights, &meta)?;
         }
         tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "phase: checkpoint");
+        let proceed = on_epoch(&report, &info);
         if !proceed {
             stopped = true;
             break;
@@ -928,6 +945,26 @@ mod tests {
     fn images(n: i64) -> Tensor {
         tch::manual_seed(1);
         Tensor::rand([n, 1, 12, 12], (Kind::Float, Device::Cpu))
+    }
+
+    /// Cached weights are named by digest, with no extension: they must still load as the
+    /// safetensors they are (Predict on a trial failed with a zip error when they did not).
+    #[test]
+    fn weights_load_from_a_file_named_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = nn::VarStore::new(Device::Cpu);
+        let _ = (source.root() / "layer").randn("weight", &[3, 4], 0.0, 1.0);
+        let file = dir.path().join("2d92707c87ac1b8b");
+        Tensor::write_safetensors(&snapshot(&source).unwrap(), &file).unwrap();
+        let target = nn::VarStore::new(Device::Cpu);
+        let loaded = (target.root() / "layer").zeros("weight", &[3, 4]);
+        load_weights(&target, &file).unwrap();
+        let expected = &source.variables()["layer.weight"];
+        assert!(loaded.allclose(expected, 0.0, 0.0, false));
+        let missing = nn::VarStore::new(Device::Cpu);
+        let _ = (missing.root() / "other").zeros("bias", &[2]);
+        let err = load_weights(&missing, &file).unwrap_err().to_string();
+        assert!(err.contains("other.bias"), "{err}");
     }
 
     #[test]

@@ -23,17 +23,11 @@ pub const CLASSES: usize = 10;
 /// The class names of the published data set, used when `batches.meta.txt` is absent.
 pub const CLASS_NAMES: [&str; CLASSES] = cnnd_core::datasets::CIFAR10_CLASSES;
 /// The training batch files, in order.
-pub const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+pub const TRAIN_FILES: [&str; 5] = cnnd_core::datasets::CIFAR10_TRAIN_FILES;
 /// The test batch file.
-pub const TEST_FILE: &str = "test_batch.bin";
+pub const TEST_FILE: &str = cnnd_core::datasets::CIFAR10_TEST_FILE;
 /// The class-names file (one name a line).
-pub const META_FILE: &str = "batches.meta.txt";
+pub const META_FILE: &str = cnnd_core::datasets::CIFAR10_META_FILE;
 /// The folder the published archive extracts to.
 pub const FOLDER: &str = "cifar-10-batches-bin";
 
