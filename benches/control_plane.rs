@@ -42,7 +42,7 @@ use serde_json::{json, Map, Value};
 use sqlx::Connection;
 
 use cnnd::scheduler::{Scheduler, SchedulerConfig};
-use cnnd::store::{Store, TrialFacts};
+use cnnd::store::{LeaseAsk, Store, TrialFacts};
 use cnnd_core::datasets::resolve_builtin;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{SweepLimits, SweepRequest};
@@ -269,7 +269,7 @@ async fn populate(path: &Path, total: u32, epochs: u32) -> Result<(String, Strin
             .validate(limits, resolve_builtin)
             .map_err(|e| anyhow!("sweep {i}: {e}"))?;
         let id = format!("sw-bench{i:04}");
-        let trial_ids = store.insert_sweep(&id, &spec, u32::MAX).await??;
+        let trial_ids = store.insert_sweep(&id, &spec, None, u32::MAX).await??;
         sweeps.push((id, trial_ids));
     }
     drop(store);
@@ -811,11 +811,17 @@ async fn measure_ingest(
         .validate(SweepLimits { max_trials: 10_000 }, resolve_builtin)
         .map_err(|e| anyhow!("ingest sweep: {e}"))?;
     let sweep_id = format!("sw-ingest-{tag}");
-    store.insert_sweep(&sweep_id, &spec, u32::MAX).await??;
+    store
+        .insert_sweep(&sweep_id, &spec, None, u32::MAX)
+        .await??;
     let mut leases = Vec::new();
     for i in 0..trials {
         let (lease, _) = store
-            .lease_next(&format!("bench-{i}"), &["auto", "cpu"], "cpu")
+            .lease_next(&LeaseAsk::new(
+                &format!("bench-{i}"),
+                &["auto", "cpu"],
+                "cpu",
+            ))
             .await?
             .ok_or_else(|| anyhow!("nothing to lease"))?;
         if lease.sweep_id != sweep_id {
@@ -858,12 +864,12 @@ async fn measure_ingest(
                     let t = Instant::now();
                     if via_scheduler {
                         scheduler
-                            .report_epoch(&trial_id, generation, &row, facts.as_ref())
+                            .report_epoch(&trial_id, generation, &row, facts.as_ref(), None)
                             .await?
                             .map_err(|e| anyhow!("report refused: {e}"))?;
                     } else {
                         store
-                            .record_epoch(&trial_id, generation, &row, facts.as_ref())
+                            .record_epoch(&trial_id, generation, &row, facts.as_ref(), None)
                             .await?
                             .map_err(|e| anyhow!("report refused: {e}"))?;
                     }
@@ -915,7 +921,7 @@ async fn run_ingest_phase(o: &Opts, state: &Path, big_sweep: &str) -> Result<(Va
             db_path: db.clone(),
             ..Default::default()
         },
-    );
+    )?;
     let reads = measure_store_reads(&store, big_sweep).await?;
     let mut out = Vec::new();
     for tasks in &o.ingest_tasks {

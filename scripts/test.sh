@@ -3,9 +3,10 @@
 # all three binaries), then `cargo test --release --workspace` with CNND_DATA_DIR pointing at
 # MNIST and grpcurl on PATH: the daemon's end-to-end tests (tests/), the trainer's
 # (crates/cnnd-worker), core's property tests and every crate's unit tests.
-# The tests that mount file systems (tests/faults.rs, mount_*) need root: they are ignored
-# by a plain `cargo test`, and run here in a second step when this runs as root (as CI
-# does); otherwise the script says they were skipped.
+# The tests that mount file systems (tests/faults.rs, mount_*) and those that run workers
+# in network namespaces (tests/remote_workers.rs, netns_*) need root: they are ignored by a
+# plain `cargo test`, and run here in a second step when this runs as root (as CI does);
+# otherwise the script says they were skipped.
 # Extra arguments go to cargo test instead of --workspace (e.g. scripts/test.sh --test e2e,
 # or -p cnnd-core) and skip that step.
 set -euo pipefail
@@ -20,6 +21,7 @@ fi
 cargo test --release --locked --workspace
 if [ "$(id -u)" = 0 ]; then
   cargo test --release --locked --test faults -- --ignored mount_
+  cargo test --release --locked --test remote_workers -- --ignored netns_
 else
-  echo "test.sh: SKIPPED the mount_ tests of tests/faults.rs (they mount file systems and need root)" >&2
+  echo "test.sh: SKIPPED the mount_ tests of tests/faults.rs and the netns_ tests of tests/remote_workers.rs (they need root)" >&2
 fi

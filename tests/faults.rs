@@ -272,7 +272,7 @@ fn worker_killed_mid_epoch_is_requeued_and_resumes_from_its_checkpoint() {
                        "metrics": {"epoch": 42, "trainLoss": 1.0, "trainAccuracy": 0.5,
                                    "valLoss": 1.0, "valAccuracy": 0.5, "seconds": 1.0,
                                    "imagesPerSecond": 1.0}});
-    let out = d.grpcurl_worker_hub("cnn.v1.WorkerHub/ReportEpoch", &stale.to_string());
+    let out = d.grpcurl_worker_hub("cnn.v1.WorkerHub/ReportEpoch", &stale.to_string(), &[]);
     assert!(
         !out.status.success() && stderr(&out).contains("FailedPrecondition"),
         "stale report: {}",
@@ -404,33 +404,19 @@ fn daemon_killed_mid_sweep_recovers_queue_order_and_resumes_on_restart() {
     assert_eq!((sweeps, n_trials, epochs), (3, 5, 1 + 6));
 }
 
-/// The narrowest crash window, made wide on purpose: the worker reports an epoch (the daemon
-/// stores it) and the daemon is killed before the worker's checkpoint of that epoch lands.
-/// The trainer reports before it checkpoints, so the worker's last checkpoint is then one
-/// epoch behind the store. The state is built exactly: the checkpoint of epoch 1 is kept
-/// aside, the daemon is frozen as soon as epoch 2 is stored and killed, and once its worker
-/// is gone the epoch-1 checkpoint is put back. The restarted daemon resumes from epoch 1, the
-/// worker runs and reports epoch 2 again, and the store holds it once.
+/// The narrowest crash window, made wide on purpose: the daemon is frozen and killed as soon
+/// as it has stored epoch 2. A worker uploads each epoch's checkpoint before it reports the
+/// epoch, and the store records the epoch row with its checkpoint's digest in one statement,
+/// so there is no state where the store holds an epoch whose checkpoint it lacks. The
+/// restarted daemon resumes from epoch 2's checkpoint (the blob of the last epoch row holds
+/// epoch 2), the worker never trains epoch 2 again, and the store holds each epoch once.
 #[test]
-fn daemon_killed_between_an_epoch_report_and_its_checkpoint_keeps_one_row_per_epoch() {
+fn daemon_killed_right_after_an_epoch_report_resumes_from_that_epochs_checkpoint() {
     let _one_at_a_time = serial();
     let mut d = Daemon::start(1, &[]);
     let sweep = d.submit(&sweep_body("report-then-crash", small(3), json!({})));
     let trial = format!("{sweep}-t0");
     let workers = d.worker_pids();
-    let (_, recorded) = wait_mid_epoch(&d, &trial, 1);
-    assert_eq!(recorded, 1);
-    let checkpoint = d
-        .state
-        .path()
-        .join("trials")
-        .join(&trial)
-        .join("checkpoint.safetensors");
-    // Mid-epoch 2, the checkpoint holds epoch 1 (renamed into place, never half-written).
-    let kept = tempfile::NamedTempFile::new().unwrap();
-    std::fs::copy(&checkpoint, kept.path()).unwrap();
-    assert_eq!(common::checkpoint_epoch(kept.path()), 1);
-
     let db = d.db_path();
     wait_for(
         Duration::from_secs(120),
@@ -442,14 +428,20 @@ fn daemon_killed_between_an_epoch_report_and_its_checkpoint_keeps_one_row_per_ep
     d.kill9();
     for pid in workers {
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             "the worker to exit with its daemon",
             || d.log(),
             || (!pid_alive(pid)).then_some(()),
         );
     }
     assert_eq!(epochs_of(&db, &trial), vec![1, 2]);
-    std::fs::copy(kept.path(), &checkpoint).unwrap();
+    let checkpoint = common::latest_checkpoint(d.state.path(), &db, &trial)
+        .expect("epoch 2's row names its checkpoint");
+    assert_eq!(
+        common::checkpoint_epoch(&checkpoint),
+        2,
+        "the checkpoint the store names for epoch 2 holds epoch 2"
+    );
 
     let d = d.restart(1, &[]);
     let s = d.wait_sweep_ended(&sweep, Duration::from_secs(120));
@@ -459,13 +451,12 @@ fn daemon_killed_between_an_epoch_report_and_its_checkpoint_keeps_one_row_per_ep
         vec![1, 2, 3],
         "an epoch row was lost or doubled"
     );
-    // The event log tells it as it happened: the second attempt resumed after epoch 1 and
-    // reported epoch 2 again (watchers see the values that now stand).
+    // The second attempt resumed after epoch 2: it trained epoch 3 only.
     let attempts: Vec<Vec<u32>> = attempts_from_db(&d.db_path(), &sweep, &trial)
         .into_iter()
         .map(|(_, epochs)| epochs)
         .collect();
-    assert_eq!(attempts, vec![vec![1, 2], vec![2, 3]]);
+    assert_eq!(attempts, vec![vec![1, 2], vec![3]]);
     let api_epochs: Vec<u32> = d.get_trial(&trial).epochs.iter().map(|e| e.epoch).collect();
     assert_eq!(api_epochs, vec![1, 2, 3]);
 }
@@ -635,37 +626,31 @@ fn libtorch_error_fails_the_trial_with_its_message_and_the_worker_carries_on() {
 // 5. No data set where the daemon was told to look.
 
 #[test]
-fn missing_data_fails_trials_naming_the_path_and_the_worker_survives() {
+fn missing_data_is_refused_at_submit_naming_the_path_and_the_worker_survives() {
     let _one_at_a_time = serial();
     let empty = tempfile::tempdir().unwrap();
     let d = Daemon::start_with_data_dir(empty.path(), 1, &[]);
     let pid_before = d.wait_workers_idle(Duration::from_secs(30)).workers[0].pid;
-    let sweep = d.submit(&sweep_body(
-        "no-data",
-        small(1),
-        json!({"dropout": [0.0, 0.5]}),
-    ));
-    let s = d.wait_sweep_ended(&sweep, Duration::from_secs(60));
-    assert_eq!(s["status"], "finished", "{s}");
-    let path = empty.path().display().to_string();
-    for t in s["trials"].as_array().unwrap() {
-        assert_eq!(t["status"], "failed", "{t}");
-        let error = t["error"].as_str().unwrap();
-        assert!(error.contains(&path), "error does not name {path}: {error}");
-        assert!(error.contains("CNND_DATA_DIR"), "{error}");
-        assert!(error.contains("train-images-idx3-ubyte"), "{error}");
-        assert_eq!(
-            d.cnnctl_json(&["trial", t["trialId"].as_str().unwrap()])["attempts"],
-            1
-        );
-    }
-    let db = d.db_path();
-    assert_eq!(
-        count_by_status(&db_trials(&db, &sweep)),
-        BTreeMap::from([("failed".into(), 2)])
+    // The daemon hashes every file of the data set into the sweep's manifest at submit
+    // (workers fetch the files by digest), so a missing file is known before any trial.
+    let out = d.grpcurl(
+        "cnn.v1.Orchestrator/SubmitSweep",
+        &sweep_body("no-data", small(1), json!({"dropout": [0.0, 0.5]})).to_string(),
     );
-    assert!(db_epochs(&db).is_empty());
-    assert_eq!(db_sweep_status(&db, &sweep), "finished");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "accepted a sweep without data");
+    assert!(err.contains("InvalidArgument"), "{err}");
+    let path = empty.path().display().to_string();
+    assert!(err.contains("dataset"), "does not name the field: {err}");
+    assert!(err.contains(&path), "does not name {path}: {err}");
+    assert!(err.contains("CNND_DATA_DIR"), "{err}");
+    assert!(err.contains("train-images-idx3-ubyte"), "{err}");
+    let (sweeps, trials, epochs, _) = db_counts(&d.db_path());
+    assert_eq!(
+        (sweeps, trials, epochs),
+        (0, 0, 0),
+        "a refused sweep left rows"
+    );
     let st = d.wait_workers_idle(Duration::from_secs(30));
     assert_eq!(
         st.workers[0].pid, pid_before,
@@ -713,13 +698,9 @@ fn sigterm_gives_the_running_trial_back_at_the_epoch_boundary_and_restart_resume
         "kept {kept:?}, {recorded} recorded at the signal"
     );
     assert_eq!(kept, (1..=kept.len() as u32).collect::<Vec<_>>());
-    assert!(d
-        .state
-        .path()
-        .join("trials")
-        .join(&trial)
-        .join("checkpoint.safetensors")
-        .exists());
+    let checkpoint = common::latest_checkpoint(d.state.path(), &db, &trial)
+        .expect("the last kept epoch names its checkpoint");
+    assert_eq!(common::checkpoint_epoch(&checkpoint), kept.len() as u32);
     assert_ne!(db_sweep_status(&db, &sweep), "finished");
 
     let d = d.restart(1, &flags);
@@ -1407,6 +1388,7 @@ fn stale_reports_from_an_old_lease_are_refused_and_change_nothing() {
     let out = d.grpcurl_worker_hub(
         "cnn.v1.WorkerHub/FinishTrial",
         &json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "status": "failed", "error": "old lease"}).to_string(),
+        &[],
     );
     assert!(
         !out.status.success() && stderr(&out).contains("FailedPrecondition"),
@@ -1417,6 +1399,7 @@ fn stale_reports_from_an_old_lease_are_refused_and_change_nothing() {
         "cnn.v1.WorkerHub/ReleaseTrial",
         &json!({"workerId": "cpu-0", "trialId": trial, "generation": 1, "reason": "old lease"})
             .to_string(),
+        &[],
     );
     let _ = out; // refused or ignored: either way nothing may change
 

@@ -76,11 +76,22 @@ fn every_rpc_but_health_refuses_a_missing_wrong_or_foreign_token() {
         "the token file must be readable by its owner only"
     );
 
+    assert_ne!(
+        token,
+        d.worker_token(),
+        "the API and the worker protocol must not share a token"
+    );
     let foreign = format!("authorization: Bearer {}", other.token());
-    let cases: [(&str, Option<&str>); 4] = [
+    let foreign_worker = format!("authorization: Bearer {}", other.worker_token());
+    // Each token opens its own door only: the worker token is refused by the API, the API
+    // token by the worker protocol.
+    let worker_token_on_api = format!("authorization: Bearer {}", d.worker_token());
+    let api_token_on_hub = format!("authorization: Bearer {token}");
+    let cases: [(&str, Option<&str>); 5] = [
         ("no token", None),
         ("wrong token", Some("authorization: Bearer 0000")),
         ("another daemon's token", Some(&foreign)),
+        ("another daemon's worker token", Some(&foreign_worker)),
         (
             "not a bearer token",
             Some("authorization: Basic dXNlcjpwYXNz"),
@@ -90,15 +101,16 @@ fn every_rpc_but_health_refuses_a_missing_wrong_or_foreign_token() {
     let mut calls = 0;
     for method in methods_of("cnn.v1.Orchestrator")
         .into_iter()
-        .map(|m| (d.addr.clone(), m))
+        .map(|m| (d.addr.clone(), m, &worker_token_on_api))
         .chain(
             methods_of("cnn.v1.WorkerHub")
                 .into_iter()
-                .map(|m| (hub.clone(), m)),
+                .map(|m| (hub.clone(), m, &api_token_on_hub)),
         )
     {
-        let (addr, method) = method;
-        for (case, header) in &cases {
+        let (addr, method, crossed) = method;
+        let crossed = ("the other door's token", Some(crossed.as_str()));
+        for (case, header) in cases.iter().chain([&crossed]) {
             let out = grpcurl_with_protos(&addr, *header, &method);
             let err = stderr(&out);
             assert!(
@@ -106,13 +118,15 @@ fn every_rpc_but_health_refuses_a_missing_wrong_or_foreign_token() {
                 "{method} with {case}: {err}"
             );
             assert!(
-                !err.contains(&token) && !err.contains(&other.token()),
+                !err.contains(&token)
+                    && !err.contains(&other.token())
+                    && !err.contains(&d.worker_token()),
                 "{method}: the refusal must not echo a token: {err}"
             );
             calls += 1;
         }
     }
-    assert!(calls >= 4 * 18, "only {calls} calls were checked");
+    assert!(calls >= 6 * 18, "only {calls} calls were checked");
 
     // Health and reflection (the schema, no data) answer without a token, so the probe in
     // docs/OPERATIONS.md works exactly as written there; every RPC of the API still needs it.
@@ -856,6 +870,16 @@ fn the_metrics_endpoint_follows_a_sweep() {
     );
     assert_eq!(sample(&during, "cnnd_workers"), Some(1.0), "{during}");
     assert!(sample(&during, "cnnd_queue_depth").is_some(), "{during}");
+    // Per worker: one series each, labelled with the worker's id, host and device.
+    let busy: Vec<&str> = during
+        .lines()
+        .filter(|l| l.starts_with("cnnd_worker_busy{"))
+        .collect();
+    assert_eq!(busy.len(), 1, "{during}");
+    assert!(
+        busy[0].ends_with(" 1") && busy[0].contains("device=\"cpu"),
+        "{during}"
+    );
     d.wait_for_sweep(&sweep, Duration::from_secs(180));
     let after = scrape(&metrics_addr);
     assert_eq!(
@@ -864,6 +888,12 @@ fn the_metrics_endpoint_follows_a_sweep() {
         "{after}"
     );
     assert_eq!(sample(&after, "cnnd_queue_depth"), Some(0.0), "{after}");
+    let done = after
+        .lines()
+        .find(|l| l.starts_with("cnnd_worker_trials_done{"))
+        .unwrap_or_else(|| panic!("no per-worker trials series:\n{after}"));
+    assert!(done.ends_with(" 2"), "{done}");
+    assert!(after.contains("cnnd_worker_seconds_since_seen{"), "{after}");
     assert_eq!(
         sample(&after, "cnnd_epochs_recorded_total"),
         Some(4.0),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use cnnd::store::{Event, ReportError, Store, TrialFacts, TrialResult};
+use cnnd::store::{Event, LeaseAsk, ReportError, Store, TrialFacts, TrialResult};
 use cnnd_core::datasets::resolve_builtin;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::status::{SweepStatus, TrialStatus};
@@ -89,7 +89,7 @@ const CPU: &[&str] = &["auto", "cpu"];
 async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(1, 2, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(1, 2, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
@@ -99,21 +99,35 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
             "{}",
             b.name
         );
-        let (lease, started) = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap();
+        let (lease, started) = s
+            .lease_next(&LeaseAsk::new("w1", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((lease.generation, lease.attempt), (1, 1));
         assert!(matches!(started.event, Event::TrialStarted { ref worker, .. } if worker == "w1"));
         assert_eq!(sweep_status(s, "sw").await, SweepStatus::Running);
-        assert!(s.lease_next("w2", CPU, "cpu").await.unwrap().is_none());
+        assert!(s
+            .lease_next(&LeaseAsk::new("w2", CPU, "cpu"))
+            .await
+            .unwrap()
+            .is_none());
 
         let facts = TrialFacts {
             parameter_count: 1234,
             ..Default::default()
         };
         for n in 1..=2 {
-            s.record_epoch(&lease.trial_id, 1, &epoch(n), (n == 1).then_some(&facts))
-                .await
-                .unwrap()
-                .unwrap();
+            s.record_epoch(
+                &lease.trial_id,
+                1,
+                &epoch(n),
+                (n == 1).then_some(&facts),
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
         }
         let events = s
             .finish_trial(&lease.trial_id, 1, &succeeded())
@@ -129,7 +143,7 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
         assert_eq!(sweep_status(s, "sw").await, SweepStatus::Finished);
         // A finished trial takes no more reports or finishes.
         assert!(matches!(
-            s.record_epoch(&lease.trial_id, 1, &epoch(3), None)
+            s.record_epoch(&lease.trial_id, 1, &epoch(3), None, None)
                 .await
                 .unwrap(),
             Err(ReportError::StaleLease {
@@ -151,13 +165,17 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
 async fn concurrent_leases_never_hand_one_trial_to_two_workers() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(5, 1, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(5, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         let workers: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
-        let leases =
-            futures::future::join_all(workers.iter().map(|w| s.lease_next(w, CPU, "cpu"))).await;
+        let leases = futures::future::join_all(
+            workers
+                .iter()
+                .map(|w| async move { s.lease_next(&LeaseAsk::new(w, CPU, "cpu")).await }),
+        )
+        .await;
         let got: Vec<_> = leases
             .into_iter()
             .filter_map(|l| l.unwrap())
@@ -178,25 +196,33 @@ async fn concurrent_leases_never_hand_one_trial_to_two_workers() {
 async fn reports_from_a_stale_generation_are_refused_and_change_nothing() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(1, 3, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(1, 3, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        let (old, _) = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap();
-        s.record_epoch(&old.trial_id, 1, &epoch(1), None)
+        let (old, _) = s
+            .lease_next(&LeaseAsk::new("w1", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
+        s.record_epoch(&old.trial_id, 1, &epoch(1), None, None)
             .await
             .unwrap()
             .unwrap();
         s.release_trial(&old.trial_id, 1, "worker died", 3, true)
             .await
             .unwrap();
-        let (new, _) = s.lease_next("w2", CPU, "cpu").await.unwrap().unwrap();
+        let (new, _) = s
+            .lease_next(&LeaseAsk::new("w2", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (new.generation, new.attempt, new.epochs_recorded),
             (2, 2, 1)
         );
         let refused = s
-            .record_epoch(&old.trial_id, 1, &epoch(2), None)
+            .record_epoch(&old.trial_id, 1, &epoch(2), None, None)
             .await
             .unwrap();
         assert!(
@@ -228,7 +254,7 @@ async fn reports_from_a_stale_generation_are_refused_and_change_nothing() {
             (TrialStatus::Running, 2, 1)
         );
         // The live lease goes on.
-        s.record_epoch(&new.trial_id, 2, &epoch(2), None)
+        s.record_epoch(&new.trial_id, 2, &epoch(2), None, None)
             .await
             .unwrap()
             .unwrap();
@@ -242,15 +268,23 @@ async fn reports_from_a_stale_generation_are_refused_and_change_nothing() {
 async fn releases_requeue_until_the_attempts_run_out() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(1, 1, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(1, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         s.release_trial(&l.trial_id, l.generation, "shutdown", 2, false)
             .await
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             l.attempt, 1,
             "{}: a graceful release took an attempt",
@@ -259,7 +293,11 @@ async fn releases_requeue_until_the_attempts_run_out() {
         s.release_trial(&l.trial_id, l.generation, "crashed", 2, true)
             .await
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(l.attempt, 2);
         let events = s
             .release_trial(&l.trial_id, l.generation, "crashed again", 2, true)
@@ -271,7 +309,11 @@ async fn releases_requeue_until_the_attempts_run_out() {
         assert!(events
             .iter()
             .any(|e| matches!(e.event, Event::SweepFinished { .. })));
-        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+        assert!(s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -281,12 +323,16 @@ async fn releases_requeue_until_the_attempts_run_out() {
 async fn cancel_during_finish_ends_the_trial_once() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(2, 1, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(2, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
-        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
+        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None, None)
             .await
             .unwrap()
             .unwrap();
@@ -323,7 +369,11 @@ async fn cancel_during_finish_ends_the_trial_once() {
             .count();
         assert_eq!(sweep_ends, 1);
         assert_eq!(sweep_status(s, "sw").await, SweepStatus::Cancelled);
-        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+        assert!(s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -332,35 +382,53 @@ async fn cancel_during_finish_ends_the_trial_once() {
 async fn pause_holds_the_queue_and_max_parallel_caps_running_trials() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(3, 1, json!({"maxParallel": 2})), u32::MAX)
+        s.insert_sweep("sw", &spec(3, 1, json!({"maxParallel": 2})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(s.set_paused("sw", true).await.unwrap(), 3);
         assert!(
-            s.lease_next("w", CPU, "cpu").await.unwrap().is_none(),
+            s.lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+                .await
+                .unwrap()
+                .is_none(),
             "{}",
             b.name
         );
         assert_eq!(s.set_paused("sw", false).await.unwrap(), 3);
-        let a = s.lease_next("w1", CPU, "cpu").await.unwrap().unwrap().0;
-        s.lease_next("w2", CPU, "cpu").await.unwrap().unwrap();
+        let a = s
+            .lease_next(&LeaseAsk::new("w1", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        s.lease_next(&LeaseAsk::new("w2", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
-            s.lease_next("w3", CPU, "cpu").await.unwrap().is_none(),
+            s.lease_next(&LeaseAsk::new("w3", CPU, "cpu"))
+                .await
+                .unwrap()
+                .is_none(),
             "maxParallel 2"
         );
         s.finish_trial(&a.trial_id, a.generation, &succeeded())
             .await
             .unwrap()
             .unwrap();
-        assert!(s.lease_next("w3", CPU, "cpu").await.unwrap().is_some());
+        assert!(s
+            .lease_next(&LeaseAsk::new("w3", CPU, "cpu"))
+            .await
+            .unwrap()
+            .is_some());
         // A CUDA-only worker gets nothing from a sweep that asked for the CPU.
-        s.insert_sweep("sc", &spec(1, 1, json!({"device": "cpu"})), u32::MAX)
+        s.insert_sweep("sc", &spec(1, 1, json!({"device": "cpu"})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         assert!(s
-            .lease_next("g", &["cuda"], "cuda:0")
+            .lease_next(&LeaseAsk::new("g", &["cuda"], "cuda:0"))
             .await
             .unwrap()
             .is_none());
@@ -372,20 +440,20 @@ async fn pause_holds_the_queue_and_max_parallel_caps_running_trials() {
 async fn priority_then_submission_order() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("low", &spec(1, 1, json!({})), u32::MAX)
+        s.insert_sweep("low", &spec(1, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        s.insert_sweep("high", &spec(1, 1, json!({"priority": 5})), u32::MAX)
+        s.insert_sweep("high", &spec(1, 1, json!({"priority": 5})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        s.insert_sweep("low2", &spec(1, 1, json!({})), u32::MAX)
+        s.insert_sweep("low2", &spec(1, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         let mut order = Vec::new();
-        while let Some((l, _)) = s.lease_next("w", CPU, "cpu").await.unwrap() {
+        while let Some((l, _)) = s.lease_next(&LeaseAsk::new("w", CPU, "cpu")).await.unwrap() {
             order.push(l.sweep_id);
         }
         assert_eq!(order, ["high", "low", "low2"], "{}", b.name);
@@ -398,14 +466,18 @@ async fn priority_then_submission_order() {
 async fn parked_trials_are_promoted_or_settled() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(3, 3, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(3, 3, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
         let mut parked = Vec::new();
         for _ in 0..2 {
-            let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
-            s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+            let (l, _) = s
+                .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+                .await
+                .unwrap()
+                .unwrap();
+            s.record_epoch(&l.trial_id, l.generation, &epoch(1), None, None)
                 .await
                 .unwrap()
                 .unwrap();
@@ -433,7 +505,11 @@ async fn parked_trials_are_promoted_or_settled() {
             1
         );
         // Promoted ahead of the third, fresh trial; its attempt is given back.
-        let (again, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (again, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again.trial_id, parked[1].trial_id);
         assert_eq!(
             (again.generation, again.attempt, again.epochs_recorded),
@@ -444,7 +520,11 @@ async fn parked_trials_are_promoted_or_settled() {
             .unwrap()
             .unwrap();
         // While the third trial runs, nothing settles.
-        let (third, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (third, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(s.settle_parked("sw").await.unwrap().is_empty());
         s.finish_trial(&third.trial_id, third.generation, &succeeded())
             .await
@@ -467,12 +547,16 @@ async fn parked_trials_are_promoted_or_settled() {
 async fn promote_during_cancel_leaves_nothing_open() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(2, 3, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(2, 3, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
-        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None)
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
+        s.record_epoch(&l.trial_id, l.generation, &epoch(1), None, None)
             .await
             .unwrap()
             .unwrap();
@@ -495,7 +579,11 @@ async fn promote_during_cancel_leaves_nothing_open() {
             b.name
         );
         assert_eq!(sweep_status(s, "sw").await, SweepStatus::Cancelled);
-        assert!(s.lease_next("w", CPU, "cpu").await.unwrap().is_none());
+        assert!(s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -504,14 +592,18 @@ async fn promote_during_cancel_leaves_nothing_open() {
 async fn running_trials_are_listed_as_orphans_for_recovery() {
     for b in stores().await {
         let s = &b.store;
-        s.insert_sweep("sw", &spec(2, 1, json!({})), u32::MAX)
+        s.insert_sweep("sw", &spec(2, 1, json!({})), None, u32::MAX)
             .await
             .unwrap()
             .unwrap();
-        let (l, _) = s.lease_next("w", CPU, "cpu").await.unwrap().unwrap();
+        let (l, _) = s
+            .lease_next(&LeaseAsk::new("w", CPU, "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            s.orphaned_leases().await.unwrap(),
-            vec![(l.trial_id.clone(), 1)],
+            s.running_leases().await.unwrap(),
+            vec![(l.trial_id.clone(), 1, None)],
             "{}",
             b.name
         );

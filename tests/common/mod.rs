@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod datagen;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,11 @@ pub struct Daemon {
     pub port: u16,
     pub state: tempfile::TempDir,
     pub addr: String,
+    /// The data directory it was started with.
+    pub data: PathBuf,
+    /// The CA its certificate chains to when it serves TLS (`--tls-cert` in its flags):
+    /// the clients of this harness then speak TLS to it, trusting only this CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -74,6 +80,21 @@ impl Daemon {
             workers,
             extra,
             Some(bytes),
+            None,
+        )
+    }
+
+    /// Like [`Daemon::start_with_data_dir`] serving TLS: `extra` holds `--tls-cert` and
+    /// `--tls-key` of a certificate for 127.0.0.1 that chains to `ca_file`.
+    pub fn start_tls(data: &Path, workers: u32, extra: &[&str], ca_file: &Path) -> Daemon {
+        Self::launch_with(
+            tempfile::tempdir().unwrap(),
+            data,
+            false,
+            workers,
+            extra,
+            None,
+            Some(ca_file),
         )
     }
 
@@ -85,7 +106,7 @@ impl Daemon {
         workers: u32,
         extra: &[&str],
     ) -> Daemon {
-        Self::launch_with(state, data, append_log, workers, extra, None)
+        Self::launch_with(state, data, append_log, workers, extra, None, None)
     }
 
     fn launch_with(
@@ -95,6 +116,7 @@ impl Daemon {
         workers: u32,
         extra: &[&str],
         address_space: Option<u64>,
+        ca_file: Option<&Path>,
     ) -> Daemon {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -145,6 +167,8 @@ impl Daemon {
             port,
             addr: format!("127.0.0.1:{port}"),
             state,
+            data: data.to_path_buf(),
+            ca_file: ca_file.map(Path::to_path_buf),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -185,9 +209,16 @@ impl Daemon {
     /// cnnctl pointed at this daemon; it finds the token in the daemon's state directory
     /// as it would the default daemon's.
     pub fn cnnctl(&self, args: &[&str]) -> Output {
-        Command::new(cnnctl_bin())
-            .args(args)
-            .env("CNND_ADDR", format!("http://{}", self.addr))
+        let mut cmd = Command::new(cnnctl_bin());
+        match &self.ca_file {
+            Some(ca) => cmd
+                .env("CNND_ADDR", format!("https://{}", self.addr))
+                .env("CNND_CA_FILE", ca),
+            None => cmd
+                .env("CNND_ADDR", format!("http://{}", self.addr))
+                .env_remove("CNND_CA_FILE"),
+        };
+        cmd.args(args)
             .env("CNND_STATE_DIR", self.state.path())
             .env_remove("CNND_TOKEN_FILE")
             .env_remove("CNND_TOKEN")
@@ -195,11 +226,25 @@ impl Daemon {
             .expect("running cnnctl")
     }
 
+    /// The worker token (`STATE_DIR/worker-token`): it opens the worker protocol only.
+    pub fn worker_token(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("worker-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     /// An in-process client of the public API with the token attached.
     pub async fn client(&self) -> cnnd_client::Client {
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         cnnd_client::connect(&cnnd_client::ClientOptions {
-            addr: self.addr.clone(),
+            addr: format!("{scheme}://{}", self.addr),
             token_file: Some(self.token_file()),
+            ca_file: self.ca_file.clone(),
             ..Default::default()
         })
         .await
@@ -208,12 +253,21 @@ impl Daemon {
 
     /// The loopback address the daemon serves the worker protocol on
     /// (`STATE_DIR/worker-hub.addr`).
+    /// The worker protocol's address, to dial: a daemon listening on every address
+    /// (0.0.0.0 or [::]) is dialled on loopback, which its test certificates name.
     pub fn worker_hub_addr(&self) -> String {
         let path = self.state.path().join("worker-hub.addr");
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()))
+        let written = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()));
+        let addr: std::net::SocketAddr = written
             .trim()
-            .to_string()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}: {written}", path.display()));
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
     }
 
     /// cnnctl with `--output json`, parsed; panics with stderr when it fails.
@@ -238,7 +292,7 @@ impl Daemon {
     pub fn grpcurl(&self, method: &str, body: &str) -> Output {
         use std::io::Write;
         let mut cmd = Command::new(grpcurl_bin());
-        cmd.arg("-plaintext");
+        self.grpcurl_transport(&mut cmd);
         if self.token_file().exists() {
             cmd.args(["-H", &format!("authorization: Bearer {}", self.token())]);
         }
@@ -258,17 +312,28 @@ impl Daemon {
         child.wait_with_output().unwrap()
     }
 
-    /// grpcurl against the worker protocol's loopback listener (no reflection there: the
-    /// proto files), with the token.
-    pub fn grpcurl_worker_hub(&self, method: &str, body: &str) -> Output {
-        let header = format!("authorization: Bearer {}", self.token());
+    /// grpcurl against the worker protocol's listener (no reflection there: the proto
+    /// files), with the worker token; `extra` goes before the address (e.g. `-cert`/`-key`
+    /// where the daemon wants client certificates).
+    pub fn grpcurl_worker_hub(&self, method: &str, body: &str, extra: &[&str]) -> Output {
+        let header = format!("authorization: Bearer {}", self.worker_token());
         let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
-        Command::new(grpcurl_bin())
-            .args(["-plaintext", "-H", &header, "-import-path", protos])
+        let mut cmd = Command::new(grpcurl_bin());
+        self.grpcurl_transport(&mut cmd);
+        cmd.args(["-H", &header, "-import-path", protos])
             .args(["-proto", "cnn/v1/worker.proto", "-d", body])
+            .args(extra)
             .args([&self.worker_hub_addr(), method])
             .output()
             .expect("running grpcurl")
+    }
+
+    /// `-plaintext`, or `-cacert CA` when the daemon serves TLS.
+    fn grpcurl_transport(&self, cmd: &mut Command) {
+        match &self.ca_file {
+            Some(ca) => cmd.arg("-cacert").arg(ca),
+            None => cmd.arg("-plaintext"),
+        };
     }
 
     pub fn grpcurl_json(&self, method: &str, body: &str) -> serde_json::Value {
@@ -395,6 +460,15 @@ impl Daemon {
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
         drop(self);
         Self::launch(state, &data_dir(), true, workers, extra)
+    }
+
+    /// Like [`Daemon::restart`], keeping the data directory and the TLS set-up.
+    pub fn restart_same(mut self, workers: u32, extra: &[&str]) -> Daemon {
+        self.kill9();
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        let (data, ca) = (self.data.clone(), self.ca_file.clone());
+        drop(self);
+        Self::launch_with(state, &data, true, workers, extra, None, ca.as_deref())
     }
 
     /// Like [`Daemon::restart`] with `--data-dir` pointing at `data`.
@@ -774,4 +848,19 @@ pub fn checkpoint_epoch(path: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("{}: no meta.epoch: {e}", path.display()));
     let raw: [u8; 8] = meta.data().try_into().expect("meta.epoch is one i64");
     i64::from_le_bytes(raw) as u32
+}
+
+/// The blob of a trial's latest checkpoint in the daemon's blob store
+/// (`STATE/blobs/<2 hex>/<64 hex>`), found through the digest its last epoch row records;
+/// None when no epoch with a checkpoint is recorded.
+pub fn latest_checkpoint(state: &Path, db: &Path, trial_id: &str) -> Option<PathBuf> {
+    let rows = db_rows(
+        db,
+        &format!(
+            "SELECT checkpoint_digest FROM epochs WHERE trial_id = '{trial_id}' \
+             AND checkpoint_digest IS NOT NULL ORDER BY epoch DESC LIMIT 1"
+        ),
+    );
+    let hex = rows.first()?["checkpoint_digest"].as_str()?.to_string();
+    Some(state.join("blobs").join(&hex[..2]).join(hex))
 }
