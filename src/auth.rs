@@ -133,13 +133,16 @@ pub struct RequireBearer {
     expected: Option<Arc<TokenSource>>,
 }
 
+/// A token file's (modification time, size) when read.
+type FileStamp = (std::time::SystemTime, u64);
+
 /// Where the expected token comes from: fixed, or a token file read again when it changes.
 enum TokenSource {
     Fixed(Vec<u8>),
     File {
         path: std::path::PathBuf,
         /// (modification time, size) of the file when read, and `Bearer TOKEN` of it.
-        cache: std::sync::Mutex<(Option<(std::time::SystemTime, u64)>, Vec<u8>)>,
+        cache: std::sync::Mutex<(Option<FileStamp>, Vec<u8>)>,
     },
 }
 

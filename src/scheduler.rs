@@ -551,7 +551,7 @@ impl Scheduler {
         let mut workers = self.workers.lock().unwrap();
         let worker_id = match &r.slot {
             Some(slot) => {
-                if !workers.get(slot).is_some_and(|w| w.slot.is_some()) {
+                if workers.get(slot).is_none_or(|w| w.slot.is_none()) {
                     return Err(RegisterError::UnknownSlot(format!(
                         "slot: this daemon has no worker slot '{slot}'"
                     )));

@@ -46,6 +46,8 @@ fn main() {
                 .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: under a daemon or a cluster job, stderr is a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

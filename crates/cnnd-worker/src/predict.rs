@@ -259,7 +259,7 @@ pub fn answer(job: &proto::PredictJob, weights: &Path) -> Result<proto::PredictR
         record.side as i64,
         classes,
     );
-    crate::train::load_weights(&vs, &weights)
+    crate::train::load_weights(&vs, weights)
         .map_err(|e| Status::internal(format!("loading {}: {e}", weights.display())))?;
     let top_k = match request.top_k {
         0 => 3,
