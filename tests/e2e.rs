@@ -433,18 +433,7 @@ fn cancel_stops_running_and_queued_trials() {
 
 /// A 28x28 gray PNG of a bright square on black, as a Predict image (base64 for grpcurl).
 fn digit_png_base64() -> String {
-    use base64::Engine;
-    let img = image::GrayImage::from_fn(28, 28, |x, y| {
-        image::Luma([if (8..20).contains(&x) && (6..22).contains(&y) {
-            255
-        } else {
-            0
-        }])
-    });
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(png)
+    common::bright_rectangle_png_base64(8..20, 6..22)
 }
 
 /// Predict runs on the workers (the daemon has no libtorch), beside training: with the only

@@ -357,19 +357,9 @@ fn wait_epochs(f: &Fleet, trial: &str, epochs: usize, workers: &[&RemoteWorker])
     );
 }
 
+/// A 28x28 gray PNG of a bright vertical bar on black (a "1"), base64.
 fn digit_png_base64() -> String {
-    use base64::Engine;
-    let img = image::GrayImage::from_fn(28, 28, |x, y| {
-        image::Luma([if (12..16).contains(&x) && (4..24).contains(&y) {
-            255
-        } else {
-            0
-        }])
-    });
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(png)
+    common::bright_rectangle_png_base64(12..16, 4..24)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -864,3 +864,23 @@ pub fn latest_checkpoint(state: &Path, db: &Path, trial_id: &str) -> Option<Path
     let hex = rows.first()?["checkpoint_digest"].as_str()?.to_string();
     Some(state.join("blobs").join(&hex[..2]).join(hex))
 }
+
+/// A 28x28 gray PNG, white where x is in `columns` and y in `rows`, black elsewhere, in
+/// base64 (a Predict image for grpcurl).
+pub fn bright_rectangle_png_base64(
+    columns: std::ops::Range<u32>,
+    rows: std::ops::Range<u32>,
+) -> String {
+    use base64::Engine;
+    let img = image::GrayImage::from_fn(28, 28, |x, y| {
+        image::Luma([if columns.contains(&x) && rows.contains(&y) {
+            255
+        } else {
+            0
+        }])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
