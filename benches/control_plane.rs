@@ -30,7 +30,7 @@
 
 mod common;
 
-use common::{cpu_model, daemon_binary, free_port, loadavg, manifest_dir, Daemon};
+use common::{cpu_model, daemon_binary, free_port, loadavg, manifest_dir, median, Daemon};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -136,16 +136,6 @@ fn latency_stats(ms: &[f64]) -> Value {
         "max": s[s.len() - 1],
         "mean": s.iter().sum::<f64>() / s.len() as f64,
     })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[s.len() / 2]
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use cnnd_proto::{
     struct_from_json, GetStatusRequest, GetSweepRequest, GetTrialRequest, SubmitSweepRequest,
 };
-use common::{cpu_model, daemon_binary, free_port, load1, manifest_dir, Daemon};
+use common::{cpu_model, daemon_binary, free_port, load1, manifest_dir, median, Daemon};
 use netns::{can_make_namespaces, RemoteHost};
 
 /// The remote worker's throughput should be at least this fraction of the local one's.
@@ -72,19 +72,6 @@ struct Side {
     wall_seconds: Vec<f64>,
     /// (bytes, seconds) of the first transfer of the data set (remote only).
     transfers: Vec<(u64, f64)>,
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    }
 }
 
 /// A CA and a server certificate for loopback and `names`, made with rcgen.
@@ -388,26 +375,18 @@ async fn main() -> Result<()> {
         "ratioPerTrial": per_trial,
         "ratio": ratio,
     });
-    println!(
-        "local worker:  median {:.0} images/s over {} epochs; sweep wall {:?} s",
-        median(&local.images_per_second),
-        local.images_per_second.len(),
-        local
+    for (label, side) in [("local worker: ", &local), ("remote worker:", &remote)] {
+        let walls: Vec<f64> = side
             .wall_seconds
             .iter()
             .map(|s| (s * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
-    );
-    println!(
-        "remote worker: median {:.0} images/s over {} epochs; sweep wall {:?} s",
-        median(&remote.images_per_second),
-        remote.images_per_second.len(),
-        remote
-            .wall_seconds
-            .iter()
-            .map(|s| (s * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
-    );
+            .collect();
+        println!(
+            "{label} median {:.0} images/s over {} epochs; sweep wall {walls:?} s",
+            median(&side.images_per_second),
+            side.images_per_second.len(),
+        );
+    }
     for (bytes, secs) in &remote.transfers {
         println!(
             "first transfer of the data set to an empty cache: {:.1} MB in {secs:.2} s",

@@ -13,7 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::datagen::{self, FolderSpec};
 use common::netns::{can_make_namespaces, RemoteHost};
@@ -242,16 +242,7 @@ impl RemoteWorker {
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_child_exit(&mut self.child, limit)
     }
 
     /// Digests of the files in its blob cache (`CACHE/blobs/<2 hex>/<64 hex>`), each
@@ -344,6 +335,21 @@ fn attempts(db: &Path, trial: &str) -> Vec<(i64, Vec<u32>)> {
         }
     }
     out
+}
+
+/// A 4-epoch trial ran in exactly two attempts that recorded epochs 1..=4 between them,
+/// the second going on from where the first stopped: no epoch lost or doubled.
+fn assert_resumed_exactly(db: &Path, trial: &str) {
+    assert_eq!(
+        epochs_of(db, trial),
+        vec![1, 2, 3, 4],
+        "an epoch lost or doubled"
+    );
+    let runs = attempts(db, trial);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let first = runs[0].1.len() as u32;
+    assert!(first >= 1, "{runs:?}");
+    assert_eq!(runs[1].1, ((first + 1)..=4).collect::<Vec<_>>(), "{runs:?}");
 }
 
 /// Waits until `trial` has at least `epochs` recorded epochs.
@@ -500,16 +506,7 @@ fn netns_a_killed_or_cut_off_remote_worker_loses_its_lease_and_another_resumes_e
         "{s}\n{}",
         f.log(&[&a, &b])
     );
-    assert_eq!(
-        epochs_of(&db, &trial),
-        vec![1, 2, 3, 4],
-        "an epoch lost or doubled"
-    );
-    let runs = attempts(&db, &trial);
-    assert_eq!(runs.len(), 2, "{runs:?}");
-    let first = runs[0].1.len() as u32;
-    assert!(first >= 1, "{runs:?}");
-    assert_eq!(runs[1].1, ((first + 1)..=4).collect::<Vec<_>>(), "{runs:?}");
+    assert_resumed_exactly(&db, &trial);
     assert!(
         f.daemon.log().contains("lease expired"),
         "{}",
@@ -535,15 +532,7 @@ fn netns_a_killed_or_cut_off_remote_worker_loses_its_lease_and_another_resumes_e
         "{s}\n{}",
         f.log(&[&b, &c])
     );
-    assert_eq!(
-        epochs_of(&db, &trial),
-        vec![1, 2, 3, 4],
-        "an epoch lost or doubled"
-    );
-    let runs = attempts(&db, &trial);
-    assert_eq!(runs.len(), 2, "{runs:?}");
-    let first = runs[0].1.len() as u32;
-    assert_eq!(runs[1].1, ((first + 1)..=4).collect::<Vec<_>>(), "{runs:?}");
+    assert_resumed_exactly(&db, &trial);
     // Cut off for longer than the lease timeout, the partitioned worker gave the trial up
     // on its own (it trains nothing it no longer holds).
     wait_for(

@@ -397,14 +397,17 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             .digest
             .parse::<Digest>()
             .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
-        let (mut file, size) = self
-            .scheduler
-            .blobs
-            .open_for_fetch(&digest)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!("digest: this daemon has no file {}", r.digest))
-            })?;
+        // A served data file is checked against its digest, which may mean hashing it
+        // again (it changed on disk): file I/O, off the async threads.
+        let scheduler = self.scheduler.clone();
+        let (mut file, size) =
+            tokio::task::spawn_blocking(move || scheduler.blobs.open_for_fetch(&digest))
+                .await
+                .map_err(|e| Status::internal(format!("fetching a file: {e}")))?
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("digest: this daemon has no file {}", r.digest))
+                })?;
         if r.offset > size {
             return Err(Status::out_of_range(format!(
                 "offset: {} is past the end of {} ({size} bytes)",
@@ -494,9 +497,11 @@ impl proto::worker_hub_server::WorkerHub for Hub {
                 .map_err(upload_status)?;
         }
         let file = file.ok_or_else(|| Status::invalid_argument("an upload without chunks"))?;
-        self.scheduler
-            .blobs
-            .finish_upload(&file)
+        // Finishing hashes the whole file: off the async threads.
+        let scheduler = self.scheduler.clone();
+        tokio::task::spawn_blocking(move || scheduler.blobs.finish_upload(&file))
+            .await
+            .map_err(|e| Status::internal(format!("finishing an upload: {e}")))?
             .map_err(upload_status)?;
         Ok(Response::new(proto::UploadFileResponse {}))
     }

@@ -441,16 +441,7 @@ impl Daemon {
 
     /// Waits until the daemon exits by itself; None when it still runs after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_child_exit(&mut self.child, limit)
     }
 
     /// Stops this daemon (SIGKILL unless it already exited) and starts a new one on the same
@@ -883,4 +874,21 @@ pub fn bright_rectangle_png_base64(
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// Waits until `child` exits by itself; None when it still runs after `limit`.
+pub fn wait_child_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
