@@ -126,6 +126,106 @@ pub struct DaemonConfig {
     #[arg(long, env = "CNND_WORKER_BIN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub launcher: LauncherArgs,
+}
+
+/// Who starts the workers. `local` (the default) keeps --cpu-workers and
+/// --gpu-workers-per-device worker processes running on this machine; `slurm` and
+/// `kubernetes` submit one cluster job per worker, between --min-workers and --max-workers
+/// as the queue needs. The local settings apply to `local` only, the cluster settings to
+/// the cluster launchers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    Local,
+    Slurm,
+    Kubernetes,
+}
+
+/// The launcher's settings (docs/OPERATIONS.md has a section per launcher).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct LauncherArgs {
+    /// Who starts the workers: local (processes on this machine), slurm (sbatch) or kubernetes (a Job per worker).
+    #[arg(long, env = "CNND_LAUNCHER", value_enum, default_value_t = LauncherKind::Local)]
+    pub launcher: LauncherKind,
+    /// Cluster launchers: workers kept alive even with an empty queue.
+    #[arg(long, env = "CNND_MIN_WORKERS", default_value_t = 0)]
+    pub min_workers: u32,
+    /// Cluster launchers: most workers (cluster jobs) at once.
+    #[arg(long, env = "CNND_MAX_WORKERS", default_value_t = 4)]
+    pub max_workers: u32,
+    /// Cluster launchers: seconds a worker may wait for a trial before it is told to exit (while more than --min-workers run).
+    #[arg(long, env = "CNND_WORKER_IDLE_SECS", default_value_t = 300)]
+    pub worker_idle_secs: u64,
+    /// Cluster launchers: seconds between looks at the queue and the cluster's jobs.
+    #[arg(long, env = "CNND_LAUNCHER_POLL_SECS", default_value_t = 5)]
+    pub launcher_poll_secs: u64,
+    /// Cluster launchers: the worker-protocol URL the workers connect to, as the compute nodes reach this daemon [default: http(s)://WORKER_LISTEN].
+    #[arg(long, env = "CNND_LAUNCHER_CONNECT_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher_connect_url: Option<String>,
+    /// Cluster launchers: the cnnd-worker program on the compute nodes (Slurm: a path on them; Kubernetes: the image's) [default: --worker-bin's path for slurm, cnnd-worker for kubernetes].
+    #[arg(long, env = "CNND_LAUNCHER_WORKER_BIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher_worker_bin: Option<String>,
+    /// Cluster launchers: CPU cores per worker (Slurm --cpus-per-task, Kubernetes cpu request; the worker's --threads).
+    #[arg(long, env = "CNND_LAUNCHER_CPUS_PER_WORKER", default_value_t = 1)]
+    pub launcher_cpus_per_worker: u32,
+    /// Cluster launchers: GPUs per worker for CUDA trials (Slurm --gres=gpu:N, Kubernetes nvidia.com/gpu); 0 starts CPU workers only.
+    #[arg(long, env = "CNND_LAUNCHER_GPUS_PER_WORKER", default_value_t = 0)]
+    pub launcher_gpus_per_worker: u32,
+    /// Cluster launchers: the workers' file cache on the compute nodes (cnnd-worker --cache-dir) [default: the worker's own, ~/.cache/cnnd-worker].
+    #[arg(long, env = "CNND_LAUNCHER_WORKER_CACHE_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher_worker_cache_dir: Option<String>,
+    /// Cluster launchers: a data directory on the compute nodes (cnnd-worker --data-dir): files there with the daemon's digests are not fetched.
+    #[arg(long, env = "CNND_LAUNCHER_WORKER_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher_worker_data_dir: Option<String>,
+    /// Slurm: the partition (sbatch --partition) [default: the cluster's default].
+    #[arg(long, env = "CNND_SLURM_PARTITION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_partition: Option<String>,
+    /// Slurm: the account charged (sbatch --account).
+    #[arg(long, env = "CNND_SLURM_ACCOUNT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_account: Option<String>,
+    /// Slurm: each worker job's time limit (sbatch --time, e.g. 8:00:00); the worker gets SIGTERM 120 s before it and gives its trial back.
+    #[arg(long, env = "CNND_SLURM_TIME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_time: Option<String>,
+    /// Slurm: extra #SBATCH options, separated by ';' (e.g. "--qos=long;--constraint=a100").
+    #[arg(long, env = "CNND_SLURM_EXTRA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_extra: Option<String>,
+    /// Slurm: the job name of the workers (squeue --name finds them; a restarted daemon adopts those still queued).
+    #[arg(long, env = "CNND_SLURM_JOB_NAME", default_value = "cnnd-worker")]
+    pub slurm_job_name: String,
+    /// Slurm: shell lines run before the worker in each job, separated by ';' (e.g. "module load cuda/12").
+    #[arg(long, env = "CNND_SLURM_SETUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_setup: Option<String>,
+    /// Kubernetes: the namespace of the worker Jobs [default: the kubeconfig's or the pod's namespace].
+    #[arg(long, env = "CNND_K8S_NAMESPACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes: the worker image (deploy/Dockerfile builds one).
+    #[arg(long, env = "CNND_K8S_IMAGE", default_value = "cnnd-worker:latest")]
+    pub k8s_image: String,
+    /// Kubernetes: the Secret holding the worker token under the key `token`.
+    #[arg(long, env = "CNND_K8S_TOKEN_SECRET", default_value = "cnnd-worker-token")]
+    pub k8s_token_secret: String,
+    /// Kubernetes: memory request and limit of each worker (e.g. 4Gi).
+    #[arg(long, env = "CNND_K8S_MEMORY", default_value = "4Gi")]
+    pub k8s_memory: String,
+    /// Kubernetes: the label value naming this daemon on its Jobs (app.kubernetes.io/instance).
+    #[arg(long, env = "CNND_K8S_INSTANCE", default_value = "cnnd")]
+    pub k8s_instance: String,
+    /// Kubernetes: seconds a finished worker Job is kept (ttlSecondsAfterFinished).
+    #[arg(long, env = "CNND_K8S_TTL_SECS", default_value_t = 600)]
+    pub k8s_ttl_secs: u32,
 }
 
 impl DaemonConfig {

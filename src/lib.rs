@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! bin/cnnd.rs
-//! api (Orchestrator, WorkerHub)    metrics
+//! api (Orchestrator, WorkerHub)    metrics   launcher (Slurm, Kubernetes)
 //! scheduler   predict_jobs   charts
 //! store   datasets (the data directory)   blobs (files by digest)
 //! config  auth  limits  files
@@ -25,6 +25,7 @@ pub mod limits;
 
 pub mod api;
 pub mod charts;
+pub mod launcher;
 pub mod metrics;
 pub mod predict_jobs;
 pub mod scheduler;

@@ -42,6 +42,21 @@ struct StateLabel {
     state: String,
 }
 
+/// The launcher's worker counts: which launcher, and which count (wanted, starting,
+/// running, idle, min, max).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LauncherLabel {
+    launcher: String,
+    count: String,
+}
+
+/// Cluster jobs waiting to start, by the cluster's reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PendingLabel {
+    launcher: String,
+    reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     rpc_seconds: Family<MethodLabel, Histogram>,
@@ -55,6 +70,8 @@ pub struct Metrics {
     worker_busy: Family<WorkerLabel, Gauge>,
     worker_seconds_since_seen: Family<WorkerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     worker_trials_done: Family<WorkerLabel, Gauge>,
+    launcher_workers: Family<LauncherLabel, Gauge>,
+    launcher_pending_jobs: Family<PendingLabel, Gauge>,
     /// (when, epochs_recorded) at the previous scrape, for epochs_per_second.
     last_scrape: Mutex<Option<(Instant, u64)>>,
 }
@@ -129,7 +146,21 @@ impl Metrics {
             "Trials this worker finished since it registered",
             worker_trials_done.clone(),
         );
+        let launcher_workers = Family::<LauncherLabel, Gauge>::default();
+        registry.register(
+            "launcher_workers",
+            "The launcher's workers: wanted by the queue, starting (job submitted, not registered), running, idle, and its min and max",
+            launcher_workers.clone(),
+        );
+        let launcher_pending_jobs = Family::<PendingLabel, Gauge>::default();
+        registry.register(
+            "launcher_pending_jobs",
+            "Cluster jobs of worker launches not running yet, by the cluster's reason (Resources, PartitionDown, ImagePullBackOff...)",
+            launcher_pending_jobs.clone(),
+        );
         Metrics {
+            launcher_workers,
+            launcher_pending_jobs,
             registry,
             worker_busy,
             worker_seconds_since_seen,
@@ -192,6 +223,36 @@ impl Metrics {
             self.worker_trials_done
                 .get_or_create(&label)
                 .set(i64::from(w.trials_done));
+        }
+        let launcher = scheduler.launcher_view();
+        self.launcher_workers.clear();
+        for (count, n) in [
+            ("wanted", launcher.wanted),
+            ("starting", launcher.starting),
+            ("running", launcher.running),
+            ("idle", launcher.idle),
+            ("min", launcher.min_workers),
+            ("max", launcher.max_workers),
+        ] {
+            self.launcher_workers
+                .get_or_create(&LauncherLabel {
+                    launcher: launcher.kind.clone(),
+                    count: count.into(),
+                })
+                .set(i64::from(n));
+        }
+        self.launcher_pending_jobs.clear();
+        for job in launcher.jobs.iter().filter(|j| j.state == "pending") {
+            self.launcher_pending_jobs
+                .get_or_create(&PendingLabel {
+                    launcher: launcher.kind.clone(),
+                    reason: if job.reason.is_empty() {
+                        "none".into()
+                    } else {
+                        job.reason.clone()
+                    },
+                })
+                .inc();
         }
         // One query gives both the queue depth and the trials by state (every state is
         // reported, zero included, so graphs start at zero).

@@ -68,6 +68,49 @@ pub struct SchedulerConfig {
     /// Live events kept for a subscriber that falls behind; one further behind gets
     /// `RecvError::Lagged` and must re-read what it needs from the store.
     pub event_buffer: usize,
+    /// With a cluster launcher (Slurm, Kubernetes): which registered workers are its, and
+    /// when an idle one is told to exit. None with the local launcher.
+    pub cluster: Option<ClusterWorkers>,
+}
+
+/// The workers a cluster launcher started, as the scheduler sees them: those whose
+/// registration names a job with this prefix. An idle one beyond `min_workers` is told to
+/// exit after `idle` ([`Scheduler::retire_if_surplus`]).
+#[derive(Debug, Clone)]
+pub struct ClusterWorkers {
+    /// "slurm:" or "k8s:", as workers report their job.
+    pub job_prefix: String,
+    pub min_workers: u32,
+    pub idle: Duration,
+}
+
+/// What the launcher is doing, for `cnnctl status` and the metrics: a cluster launcher
+/// publishes it after every look at the queue and the cluster ([`Scheduler::set_launcher_view`]).
+#[derive(Debug, Clone, Default)]
+pub struct LauncherView {
+    pub kind: String,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    pub wanted: u32,
+    pub starting: u32,
+    pub running: u32,
+    pub idle: u32,
+    pub jobs: Vec<LauncherJobView>,
+    /// The cluster's last refusal, and when.
+    pub last_error: Option<(String, Instant)>,
+}
+
+/// One cluster job a launcher tracks.
+#[derive(Debug, Clone)]
+pub struct LauncherJobView {
+    pub job: String,
+    /// pending, starting, running, ended.
+    pub state: String,
+    pub reason: String,
+    pub worker_id: Option<String>,
+    /// "cpu" or "cuda".
+    pub device: String,
+    pub submitted: Instant,
 }
 
 impl Default for SchedulerConfig {
@@ -94,6 +137,7 @@ impl Default for SchedulerConfig {
             worker_command: Vec::new(),
             worker_token_file: None,
             event_buffer: 4096,
+            cluster: None,
         }
     }
 }
@@ -131,6 +175,8 @@ pub struct WorkerView {
     pub batches: u32,
     /// Last sign of life while busy (lease, report or heartbeat).
     pub last_heartbeat: Option<Instant>,
+    /// Since when it has waited for a trial (registered or last trial ended).
+    pub idle_since: Option<Instant>,
 }
 
 /// What a worker should do with the trial it runs: go on (None), or stop for a reason.
@@ -175,6 +221,8 @@ pub struct Scheduler {
     kill_requests: HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
     /// The receiving ends, taken by each slot's supervisor when it starts.
     kill_receivers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// The cluster launcher's latest view (None with the local launcher).
+    launcher_view: Mutex<Option<LauncherView>>,
 }
 
 /// A sweep's data set as leases carry it: what it is, and an image folder's files, as JSON.
@@ -305,6 +353,7 @@ impl Scheduler {
             checkpoints: Default::default(),
             kill_requests,
             kill_receivers: Mutex::new(kill_receivers),
+            launcher_view: Default::default(),
             store,
             config,
             started: Instant::now(),
@@ -600,6 +649,7 @@ impl Scheduler {
             trials_done,
             libtorch_version: r.libtorch_version,
             devices: r.devices,
+            idle_since: Some(Instant::now()),
             ..Default::default()
         };
         let mut kept = Vec::new();
@@ -1072,6 +1122,7 @@ impl Scheduler {
                     w.last_heartbeat = None;
                     if !*local {
                         w.state = WorkerState::Idle;
+                        w.idle_since = Some(Instant::now());
                         w.trial_id = None;
                         w.sweep_id = None;
                     }
@@ -1190,6 +1241,7 @@ impl Scheduler {
         if let Some(w) = workers.get_mut(worker_id) {
             if w.trial_id.as_deref() == Some(trial_id) {
                 w.state = WorkerState::Idle;
+                w.idle_since = Some(Instant::now());
                 w.trial_id = None;
                 w.sweep_id = None;
                 if done {
@@ -1327,25 +1379,8 @@ impl Scheduler {
             };
             if let Some((trial, generation)) = held {
                 let reason = format!("worker {} exited ({status})", slot.worker_id);
-                match self
-                    .store
-                    .release_trial(&trial, generation, &reason, self.config.max_attempts, true)
-                    .await
-                {
-                    Ok(events) => {
-                        let sweep_id = events.first().map(|e| e.sweep_id.clone());
-                        self.publish(events);
-                        self.parking.lock().unwrap().remove(&trial);
-                        // A trial that failed for good may leave only parked ones behind.
-                        if let Some(sweep_id) = sweep_id {
-                            if let Err(e) = self.after_trial_ended(&sweep_id).await {
-                                tracing::error!(sweep_id, "asha after a failed trial: {e:#}");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(trial, "could not release trial: {e:#}"),
-                }
-                self.queue_changed.notify_waiters();
+                self.release_dead_workers_trial(&trial, generation, &reason)
+                    .await;
             }
             if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
@@ -1361,6 +1396,117 @@ impl Scheduler {
             );
             let backoff = Duration::from_millis(200 * 2u64.pow(failures_in_a_row.min(6)));
             tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// The trial of a worker that died holding it: re-queued (the attempt counts) or failed
+    /// after `max_attempts`, and ASHA told.
+    async fn release_dead_workers_trial(&self, trial: &str, generation: u64, reason: &str) {
+        match self
+            .store
+            .release_trial(trial, generation, reason, self.config.max_attempts, true)
+            .await
+        {
+            Ok(events) => {
+                let sweep_id = events.first().map(|e| e.sweep_id.clone());
+                self.publish(events);
+                self.parking.lock().unwrap().remove(trial);
+                // A trial that failed for good may leave only parked ones behind.
+                if let Some(sweep_id) = sweep_id {
+                    if let Err(e) = self.after_trial_ended(&sweep_id).await {
+                        tracing::error!(sweep_id, "asha after a failed trial: {e:#}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(trial, "could not release trial: {e:#}"),
+        }
+        self.queue_changed.notify_waiters();
+    }
+
+    /// Whether the idle cluster worker `worker_id` should exit now: it has waited
+    /// for a trial for the launcher's idle time and more than `min_workers` of the
+    /// launcher's workers are registered. When it should, it is marked leaving (it is not
+    /// told twice, and no longer counts).
+    pub fn retire_if_surplus(&self, worker_id: &str) -> bool {
+        let Some(cluster) = &self.config.cluster else {
+            return false;
+        };
+        if self.is_shutting_down() {
+            return false;
+        }
+        let mut workers = self.workers.lock().unwrap();
+        let ours =
+            |w: &WorkerView| w.slot.is_none() && w.launcher_job.starts_with(&cluster.job_prefix);
+        let live = workers
+            .values()
+            .filter(|w| ours(w) && matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+            .count() as u32;
+        let Some(w) = workers.get_mut(worker_id) else {
+            return false;
+        };
+        let idle_long = w.state == WorkerState::Idle
+            && w.idle_since.is_some_and(|t| t.elapsed() >= cluster.idle);
+        if !ours(w) || !idle_long || live <= cluster.min_workers {
+            return false;
+        }
+        tracing::info!(
+            worker = worker_id,
+            job = w.launcher_job,
+            idle_secs = cluster.idle.as_secs(),
+            "telling an idle cluster worker to exit"
+        );
+        w.state = WorkerState::Leaving;
+        true
+    }
+
+    /// A cluster job ended (the launcher saw it leave the queue, or the pod end): its worker
+    /// is forgotten, and a trial it still held is released as a dead worker's (the attempt
+    /// counts), with the cluster's reason. Returns the worker, if one had registered.
+    pub async fn cluster_job_ended(&self, job: &str, reason: &str) -> Option<String> {
+        let (worker_id, held) = {
+            let mut workers = self.workers.lock().unwrap();
+            let id = workers
+                .values()
+                .find(|w| w.slot.is_none() && w.launcher_job == job)
+                .map(|w| w.worker_id.clone())?;
+            let w = workers.remove(&id)?;
+            (id, w.trial_id.map(|t| (t, w.generation)))
+        };
+        self.predict_jobs.worker_gone(&worker_id);
+        if let Some((trial, generation)) = held {
+            let why = format!("worker {worker_id} ended with its cluster job {job} ({reason})");
+            tracing::warn!(worker = worker_id, trial, "{why}");
+            self.release_dead_workers_trial(&trial, generation, &why)
+                .await;
+        }
+        Some(worker_id)
+    }
+
+    /// Publishes the cluster launcher's view (status, metrics).
+    pub fn set_launcher_view(&self, view: LauncherView) {
+        *self.launcher_view.lock().unwrap() = Some(view);
+    }
+
+    /// The launcher as `cnnctl status` shows it: the cluster launcher's latest view, or the
+    /// local launcher's slots.
+    pub fn launcher_view(&self) -> LauncherView {
+        if let Some(view) = self.launcher_view.lock().unwrap().clone() {
+            return view;
+        }
+        let slots = self.config.slots.len() as u32;
+        let workers = self.workers.lock().unwrap();
+        let local = || workers.values().filter(|w| w.slot.is_some());
+        let count = |state: WorkerState| local().filter(|w| w.state == state).count() as u32;
+        LauncherView {
+            kind: "local".into(),
+            min_workers: slots,
+            max_workers: slots,
+            wanted: slots,
+            starting: count(WorkerState::Starting),
+            running: count(WorkerState::Idle) + count(WorkerState::Busy),
+            idle: count(WorkerState::Idle),
+            jobs: Vec::new(),
+            last_error: None,
         }
     }
 
@@ -1441,6 +1587,83 @@ pub fn suggestion_inputs<'a>(
 mod tests {
     use super::*;
     use cnnd_core::sweep::SweepRequest;
+
+    /// An idle cluster worker is told to exit only past the idle time and only while more
+    /// than `min_workers` of the launcher's workers are registered; a worker of another
+    /// launcher or of none, or a busy one, never is.
+    #[tokio::test]
+    async fn only_surplus_idle_cluster_workers_retire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+        let scheduler = Scheduler::new(
+            store,
+            SchedulerConfig {
+                state_dir: dir.path().to_path_buf(),
+                cluster: Some(ClusterWorkers {
+                    job_prefix: "slurm:".into(),
+                    min_workers: 1,
+                    idle: Duration::from_millis(200),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let register = |name: &str, job: &str| {
+            let mut r = Registration::local(name, 1);
+            r.slot = None;
+            r.launcher_job = job.into();
+            r
+        };
+        for (name, job) in [
+            ("a", "slurm:1"),
+            ("b", "slurm:2"),
+            ("mine", ""),
+            ("k", "k8s:x"),
+        ] {
+            scheduler.register(register(name, job)).await.unwrap();
+        }
+        assert!(
+            !scheduler.retire_if_surplus("a"),
+            "retired before the idle time"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            !scheduler.retire_if_surplus("mine"),
+            "not a launcher's worker"
+        );
+        assert!(
+            !scheduler.retire_if_surplus("k"),
+            "another launcher's worker"
+        );
+        assert!(scheduler.retire_if_surplus("a"));
+        assert!(!scheduler.retire_if_surplus("a"), "told twice");
+        assert!(
+            !scheduler.retire_if_surplus("b"),
+            "would leave fewer than min_workers"
+        );
+        let states: Vec<_> = scheduler
+            .workers()
+            .iter()
+            .map(|w| (w.worker_id.clone(), w.state))
+            .collect();
+        assert!(
+            states.contains(&("a".to_string(), WorkerState::Leaving)),
+            "{states:?}"
+        );
+        // Its job ends: the worker is forgotten.
+        assert_eq!(
+            scheduler
+                .cluster_job_ended("slurm:1", "COMPLETED")
+                .await
+                .as_deref(),
+            Some("a")
+        );
+        assert!(!scheduler.knows("a"));
+        assert_eq!(
+            scheduler.cluster_job_ended("slurm:1", "COMPLETED").await,
+            None
+        );
+    }
 
     /// A worker's registered pid is never signalled: cancelling its trial and expiring its
     /// lease go through the supervisor's process handle. Here the "worker" registered with

@@ -314,6 +314,15 @@ pub fn best_trial(
     trials.iter().find(|t| t.id == id)
 }
 
+/// Queued trials workers could take now, by the device their sweep asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub cpu: u32,
+    pub cuda: u32,
+    /// "auto": either kind of worker serves them.
+    pub auto: u32,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueCounts {
     pub queued: u32,
@@ -1007,6 +1016,43 @@ impl Store {
             queued: r.get::<i64, _>("q") as u32,
             running: r.get::<i64, _>("r") as u32,
         })
+    }
+
+    /// The queued trials workers could take now, by the device they ask for: those of
+    /// sweeps that are not paused, at most each sweep's `maxParallel` less its running
+    /// trials (what a launcher sizes its workers to).
+    pub async fn leasable_demand(&self) -> Result<Demand> {
+        let rows = sqlx::query(
+            "SELECT t.sweep_id, t.device, COUNT(*) AS queued, s.max_parallel,
+                    (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') AS running
+             FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+             WHERE t.status = 'queued' AND s.paused = 0
+             GROUP BY t.sweep_id, t.device ORDER BY t.sweep_id, t.device",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut demand = Demand::default();
+        let mut headroom: std::collections::HashMap<String, i64> = Default::default();
+        for row in &rows {
+            let sweep: String = row.get("sweep_id");
+            let max_parallel: i64 = row.get("max_parallel");
+            let room = headroom.entry(sweep).or_insert_with(|| {
+                if max_parallel == 0 {
+                    i64::MAX
+                } else {
+                    (max_parallel - row.get::<i64, _>("running")).max(0)
+                }
+            });
+            let n = row.get::<i64, _>("queued").min(*room);
+            *room -= n;
+            let n = n as u32;
+            match row.get::<String, _>("device").as_str() {
+                "cuda" => demand.cuda += n,
+                "cpu" => demand.cpu += n,
+                _ => demand.auto += n,
+            }
+        }
+        Ok(demand)
     }
 
     /// Trials per status over all sweeps (for the metrics endpoint).

@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use common::datagen::{self, FolderSpec};
 use common::netns::{can_make_namespaces, RemoteHost};
-use common::{data_dir, db_epochs, db_rows, free_port, pid_alive, serial, wait_for, Daemon};
+use common::{
+    assert_resumed_exactly, data_dir, db_rows, epochs_of, free_port, pid_alive, serial, wait_for,
+    Daemon,
+};
 use serde_json::{json, Value};
 
 /// A CA, a server certificate for loopback and every host's daemon-side address, and a
@@ -310,46 +313,6 @@ fn lab() -> tempfile::TempDir {
         },
     );
     dir
-}
-
-fn epochs_of(db: &Path, trial: &str) -> Vec<u32> {
-    db_epochs(db).remove(trial).unwrap_or_default()
-}
-
-/// (attempt, epochs reported in it) for a trial, from the stored events.
-fn attempts(db: &Path, trial: &str) -> Vec<(i64, Vec<u32>)> {
-    let mut out: Vec<(i64, Vec<u32>)> = Vec::new();
-    for r in db_rows(db, "SELECT payload FROM events ORDER BY id") {
-        let e: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
-        if e["trial_id"] != trial {
-            continue;
-        }
-        match e["kind"].as_str() {
-            Some("trial_started") => out.push((e["attempt"].as_i64().unwrap_or(0), Vec::new())),
-            Some("epoch_finished") => {
-                if let Some(last) = out.last_mut() {
-                    last.1.push(e["metrics"]["epoch"].as_u64().unwrap() as u32);
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// A 4-epoch trial ran in exactly two attempts that recorded epochs 1..=4 between them,
-/// the second going on from where the first stopped: no epoch lost or doubled.
-fn assert_resumed_exactly(db: &Path, trial: &str) {
-    assert_eq!(
-        epochs_of(db, trial),
-        vec![1, 2, 3, 4],
-        "an epoch lost or doubled"
-    );
-    let runs = attempts(db, trial);
-    assert_eq!(runs.len(), 2, "{runs:?}");
-    let first = runs[0].1.len() as u32;
-    assert!(first >= 1, "{runs:?}");
-    assert_eq!(runs[1].1, ((first + 1)..=4).collect::<Vec<_>>(), "{runs:?}");
 }
 
 /// Waits until `trial` has at least `epochs` recorded epochs.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -829,19 +829,6 @@ fn config_file_environment_and_flags_layer_and_cnnd_config_shows_the_sources() {
     );
 }
 
-/// GET /metrics over plain HTTP.
-fn scrape(addr: &str) -> String {
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
-    response
-}
-
 /// The value of a sample line `name{labels} value` (labels as written, or none).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -864,7 +851,7 @@ fn the_metrics_endpoint_follows_a_sweep() {
         "a scrape showing a busy worker",
         || d.log(),
         || {
-            let text = scrape(&metrics_addr);
+            let text = common::scrape_metrics(&metrics_addr);
             (sample(&text, "cnnd_workers_busy") == Some(1.0)).then_some(text)
         },
     );
@@ -881,7 +868,7 @@ fn the_metrics_endpoint_follows_a_sweep() {
         "{during}"
     );
     d.wait_for_sweep(&sweep, Duration::from_secs(180));
-    let after = scrape(&metrics_addr);
+    let after = common::scrape_metrics(&metrics_addr);
     assert_eq!(
         sample(&after, "cnnd_trials{state=\"succeeded\"}"),
         Some(2.0),

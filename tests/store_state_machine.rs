@@ -435,6 +435,39 @@ async fn pause_holds_the_queue_and_max_parallel_caps_running_trials() {
     }
 }
 
+/// What a launcher sizes its workers to: the queued trials that could start now, by device,
+/// never more of a sweep than its maxParallel leaves room for, none of a paused sweep.
+#[tokio::test]
+async fn leasable_demand_counts_by_device_within_max_parallel_and_skips_paused_sweeps() {
+    for b in stores().await {
+        let s = &b.store;
+        let none = s.leasable_demand().await.unwrap();
+        assert_eq!((none.cpu, none.cuda, none.auto), (0, 0, 0), "{}", b.name);
+        s.insert_sweep("capped", &spec(5, 1, json!({"maxParallel": 2})), None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        s.insert_sweep("gpu", &spec(3, 1, json!({"device": "cuda"})), None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        s.insert_sweep("cpu", &spec(2, 1, json!({"device": "cpu"})), None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let d = s.leasable_demand().await.unwrap();
+        assert_eq!((d.auto, d.cuda, d.cpu), (2, 3, 2), "{}", b.name);
+        // One of the capped sweep's trials runs: room for one more.
+        s.lease_next(&LeaseAsk::new("w1", &["auto"], "cpu"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.leasable_demand().await.unwrap().auto, 1, "{}", b.name);
+        s.set_paused("gpu", true).await.unwrap();
+        assert_eq!(s.leasable_demand().await.unwrap().cuda, 0, "{}", b.name);
+    }
+}
+
 /// A higher priority is leased first; within a priority, submission order.
 #[tokio::test]
 async fn priority_then_submission_order() {

@@ -132,7 +132,13 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         let Some(lease) = lease else {
-            return Ok(Response::new(proto::LeaseResponse::default()));
+            // Nothing to train: a cluster worker idle long enough, beyond the launcher's
+            // minimum, is told to exit (its job ends and frees the node).
+            let retire = self.scheduler.retire_if_surplus(&r.worker_id);
+            return Ok(Response::new(proto::LeaseResponse {
+                retire,
+                ..Default::default()
+            }));
         };
         // Checked at submit; a source gone since then fails the trial in the worker, which
         // reports why.
@@ -181,6 +187,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             checkpoint: lease.checkpoint.as_ref().map(to_wire),
             attempt: lease.attempt,
             init_weights,
+            retire: false,
         }))
     }
 

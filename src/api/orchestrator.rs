@@ -372,6 +372,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             libtorch_version: libtorch.join(", "),
             db_path: s.config.db_path.display().to_string(),
             state_dir: s.config.state_dir.display().to_string(),
+            launcher: Some(launcher_to_wire(&s.launcher_view())),
         }))
     }
 
@@ -549,5 +550,39 @@ impl proto::orchestrator_server::Orchestrator for Api {
         Ok(Response::new(proto::RenderChartsResponse {
             paths: paths.iter().map(|p| p.display().to_string()).collect(),
         }))
+    }
+}
+
+/// The launcher's view as `GetStatus` carries it.
+fn launcher_to_wire(v: &crate::scheduler::LauncherView) -> proto::Launcher {
+    proto::Launcher {
+        kind: v.kind.clone(),
+        min_workers: v.min_workers,
+        max_workers: v.max_workers,
+        wanted: v.wanted,
+        starting: v.starting,
+        running: v.running,
+        idle: v.idle,
+        jobs: v
+            .jobs
+            .iter()
+            .map(|j| proto::LauncherJob {
+                job: j.job.clone(),
+                state: j.state.clone(),
+                reason: j.reason.clone(),
+                worker_id: j.worker_id.clone().unwrap_or_default(),
+                device: j.device.clone(),
+                seconds_since_submit: j.submitted.elapsed().as_secs_f64(),
+            })
+            .collect(),
+        last_error: v
+            .last_error
+            .as_ref()
+            .map(|(e, _)| e.clone())
+            .unwrap_or_default(),
+        seconds_since_last_error: v
+            .last_error
+            .as_ref()
+            .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64()),
     }
 }

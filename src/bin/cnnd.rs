@@ -288,9 +288,20 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let devices = probe_devices(&worker_bin)?;
     let gpus: Vec<&Device> = devices.iter().filter(|d| d.is_cuda()).collect();
     let cpu_cores = devices.first().map_or(1, |cpu| cpu.cores.max(1));
-    let cpu_workers = config
-        .cpu_workers
-        .unwrap_or(if gpus.is_empty() { cpu_cores } else { 0 });
+    // --cpu-workers and --gpu-workers-per-device size the local launcher only; a cluster
+    // launcher starts none here (its workers are cluster jobs).
+    let local = config.launcher.launcher == cnnd::config::LauncherKind::Local;
+    let cpu_workers = match (local, config.cpu_workers) {
+        (false, _) => 0,
+        (true, Some(n)) => n,
+        (true, None) if gpus.is_empty() => cpu_cores,
+        (true, None) => 0,
+    };
+    let gpu_workers_per_device = if local {
+        config.gpu_workers_per_device
+    } else {
+        0
+    };
     let mut slots: Vec<SlotConfig> = (0..cpu_workers)
         .map(|i| SlotConfig {
             worker_id: format!("cpu-{i}"),
@@ -299,7 +310,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         })
         .collect();
     for g in &gpus {
-        for j in 0..config.gpu_workers_per_device {
+        for j in 0..gpu_workers_per_device {
             slots.push(SlotConfig {
                 worker_id: format!("{}-{j}", g.name.replace(':', "")),
                 device: g.name.clone(),
@@ -307,11 +318,27 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             });
         }
     }
-    if slots.is_empty() {
+    if slots.is_empty() && local {
         tracing::warn!(
             "no local worker slots (--cpu-workers 0 and no CUDA device): trials stay queued until workers connect"
         );
     }
+
+    // The listener for the worker protocol is bound before the launcher is set up: cluster
+    // workers dial its address.
+    let hub_listener = tokio::net::TcpListener::bind(config.worker_listen)
+        .await
+        .with_context(|| format!("listening for workers on {}", config.worker_listen))?;
+    let hub_addr = hub_listener.local_addr()?;
+    let hub_scheme = if tls.is_some() { "https" } else { "http" };
+    let cluster = cnnd::launcher::Launcher::from_args(
+        &config.launcher,
+        &state_dir,
+        &worker_bin,
+        format!("{hub_scheme}://{hub_addr}"),
+        worker_token_file.clone(),
+    )
+    .await?;
 
     let db_path = config.db_path();
     let store = Store::open(&db_path).await?;
@@ -336,6 +363,9 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             worker_command: vec![worker_bin.display().to_string()],
             worker_token_file,
             event_buffer: 4096,
+            cluster: cluster
+                .as_ref()
+                .map(|(backend, sizing)| sizing.cluster_workers(backend.job_prefix())),
         },
     )?;
     let requeued = scheduler.recover().await?;
@@ -350,12 +380,8 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // The worker protocol has a listener of its own (--worker-listen, loopback by default),
-    // never the public address; over TLS when it is not loopback.
-    let hub_listener = tokio::net::TcpListener::bind(config.worker_listen)
-        .await
-        .with_context(|| format!("listening for workers on {}", config.worker_listen))?;
-    let hub_addr = hub_listener.local_addr()?;
+    // The worker protocol has a listener of its own (--worker-listen, loopback by default,
+    // bound above), never the public address; over TLS when it is not loopback.
     let hub_tls = match (&tls, &config.worker_client_ca) {
         (Some(tls), Some(ca)) => {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -428,6 +454,10 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             "local worker slots need a plaintext loopback --worker-listen; none started (run --cpu-workers 0 with remote workers, or start cnnd-worker --connect yourself)"
         ),
         None => {}
+    }
+    if let Some((backend, sizing)) = cluster {
+        let launcher = cnnd::launcher::Launcher::new(backend, sizing, scheduler.clone());
+        tokio::spawn(launcher.run());
     }
     scheduler.start_lease_reaper();
     tracing::info!(

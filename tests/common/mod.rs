@@ -682,6 +682,47 @@ pub fn db_epochs(db: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
     out
 }
 
+/// A trial's recorded epochs, in order.
+pub fn epochs_of(db: &Path, trial: &str) -> Vec<u32> {
+    db_epochs(db).remove(trial).unwrap_or_default()
+}
+
+/// (attempt, epochs reported in it) for a trial, from the stored events.
+pub fn attempts(db: &Path, trial: &str) -> Vec<(i64, Vec<u32>)> {
+    let mut out: Vec<(i64, Vec<u32>)> = Vec::new();
+    for r in db_rows(db, "SELECT payload FROM events ORDER BY id") {
+        let e: serde_json::Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+        if e["trial_id"] != trial {
+            continue;
+        }
+        match e["kind"].as_str() {
+            Some("trial_started") => out.push((e["attempt"].as_i64().unwrap_or(0), Vec::new())),
+            Some("epoch_finished") => {
+                if let Some(last) = out.last_mut() {
+                    last.1.push(e["metrics"]["epoch"].as_u64().unwrap() as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A 4-epoch trial ran in exactly two attempts that recorded epochs 1..=4 between them,
+/// the second going on from where the first stopped: no epoch lost or doubled.
+pub fn assert_resumed_exactly(db: &Path, trial: &str) {
+    assert_eq!(
+        epochs_of(db, trial),
+        vec![1, 2, 3, 4],
+        "an epoch lost or doubled"
+    );
+    let runs = attempts(db, trial);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let first = runs[0].1.len() as u32;
+    assert!(first >= 1, "{runs:?}");
+    assert_eq!(runs[1].1, ((first + 1)..=4).collect::<Vec<_>>(), "{runs:?}");
+}
+
 /// The stored events (payload parsed, plus `id` and `sweep_id`), oldest first; all sweeps
 /// when `sweep_id` is None.
 pub fn db_events(db: &Path, sweep_id: Option<&str>) -> Vec<serde_json::Value> {
@@ -891,4 +932,18 @@ pub fn wait_child_exit(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// GET /metrics over plain HTTP.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
 }

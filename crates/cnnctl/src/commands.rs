@@ -84,6 +84,32 @@ pub async fn status(d: &mut Daemon, output: Output) -> Result<(), CliError> {
         out(render(&t));
     }
 
+    if let Some(l) = &s.launcher {
+        out("");
+        out(launcher_line(l));
+        if !l.last_error.is_empty() {
+            out(format!(
+                "  cluster refused ({} ago): {}",
+                duration(l.seconds_since_last_error),
+                l.last_error
+            ));
+        }
+        if !l.jobs.is_empty() {
+            let mut t = table(["job", "device", "state", "reason", "worker", "submitted"]);
+            for j in &l.jobs {
+                t.add_row(vec![
+                    j.job.clone(),
+                    j.device.clone(),
+                    j.state.clone(),
+                    or_dash(&j.reason),
+                    or_dash(&j.worker_id),
+                    format!("{} ago", duration(j.seconds_since_submit)),
+                ]);
+            }
+            out(render(&t));
+        }
+    }
+
     out("");
     out(format!(
         "workers: {} ({} busy, {} idle)",
@@ -94,7 +120,7 @@ pub async fn status(d: &mut Daemon, output: Output) -> Result<(), CliError> {
     if !s.workers.is_empty() {
         let mut t = table([
             "id", "name", "host", "device", "threads", "version", "state", "trial", "epoch",
-            "seen", "done",
+            "seen", "done", "job",
         ]);
         for w in &s.workers {
             t.add_row(vec![
@@ -113,6 +139,7 @@ pub async fn status(d: &mut Daemon, output: Output) -> Result<(), CliError> {
                 },
                 format!("{:.0}s ago", w.seconds_since_seen),
                 w.trials_done.to_string(),
+                or_dash(&w.launcher_job),
             ]);
         }
         align_right(&mut t, &[4, 8, 9, 10]);
@@ -141,6 +168,20 @@ pub async fn status(d: &mut Daemon, output: Output) -> Result<(), CliError> {
         out(render(&t));
     }
     Ok(())
+}
+
+/// "launcher: slurm, 2 wanted (min 0, max 4): 1 starting, 1 running (0 idle)".
+fn launcher_line(l: &pb::Launcher) -> String {
+    if l.kind == "local" {
+        return format!(
+            "launcher: local, {} worker slots on this machine",
+            l.max_workers
+        );
+    }
+    format!(
+        "launcher: {}, {} wanted (min {}, max {}): {} starting, {} running ({} idle)",
+        l.kind, l.wanted, l.min_workers, l.max_workers, l.starting, l.running, l.idle
+    )
 }
 
 pub async fn sweeps(d: &mut Daemon, output: Output) -> Result<(), CliError> {

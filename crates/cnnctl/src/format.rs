@@ -196,6 +196,15 @@ pub fn status_json(s: &pb::Status) -> Value {
             "secondsSinceSeen": w.seconds_since_seen, "slot": w.slot,
             "launcherJob": w.launcher_job,
         })).collect::<Vec<_>>(),
+        "launcher": s.launcher.as_ref().map(|l| json!({
+            "kind": l.kind, "minWorkers": l.min_workers, "maxWorkers": l.max_workers,
+            "wanted": l.wanted, "starting": l.starting, "running": l.running, "idle": l.idle,
+            "lastError": l.last_error, "secondsSinceLastError": l.seconds_since_last_error,
+            "jobs": l.jobs.iter().map(|j| json!({
+                "job": j.job, "state": j.state, "reason": j.reason, "workerId": j.worker_id,
+                "device": j.device, "secondsSinceSubmit": j.seconds_since_submit,
+            })).collect::<Vec<_>>(),
+        })),
         "workersBusy": s.workers_busy,
         "workersIdle": s.workers_idle,
         "queueDepth": s.queue_depth,

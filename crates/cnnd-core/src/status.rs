@@ -148,6 +148,9 @@ named_states!(
         Idle => "idle",
         /// Holding a lease.
         Busy => "busy",
+        /// Told to exit (its cluster launcher has more workers than the queue needs); gone
+        /// once its job ends.
+        Leaving => "leaving",
     }
 );
 

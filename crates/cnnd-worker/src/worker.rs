@@ -9,7 +9,8 @@
 //! for longer than the lease timeout it stops the trial (the daemon will have re-queued it).
 //! SIGTERM (Slurm preemption, Kubernetes eviction) gives the trial back at once, checkpoint
 //! kept, and ends the process. A worker the daemon started (`--slot`) ends when it loses the
-//! daemon; any other keeps trying to reach it.
+//! daemon; any other keeps trying to reach it. A lease answer that says `retire` (a cluster
+//! launcher scaling down) ends it too, with status 0.
 //!
 //! Must not touch: the store, the scheduler or charts (it only speaks the protocol), and no
 //! path of the daemon's (none crosses the protocol).
@@ -299,6 +300,14 @@ async fn lease_loop(worker: &Arc<Worker>) -> Result<()> {
             }
             Err(e) => bail!("leasing from {}: {}", worker.session.url, describe(&e)),
         };
+        if lease.retire {
+            // The launcher that started this worker scaled down: end, and the job with it.
+            tracing::info!(
+                daemon = worker.session.url,
+                "no trial for a while and the launcher has workers to spare: exiting"
+            );
+            return Ok(());
+        }
         if lease.trial_id.is_empty() {
             continue;
         }
