@@ -17,8 +17,10 @@ use serde_json::{json, Value};
 
 /// A daemon whose workers Slurm starts, and the job name that marks its jobs.
 struct SlurmDaemon {
-    daemon: Daemon,
+    /// None only while it restarts.
+    daemon: Option<Daemon>,
     job_name: String,
+    args: Vec<String>,
 }
 
 impl SlurmDaemon {
@@ -26,7 +28,7 @@ impl SlurmDaemon {
         assert_cluster_up();
         let job_name = format!("cnnd-test-{:08x}", rand_u32());
         let cache = std::env::temp_dir().join(format!("{job_name}-worker-cache"));
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "--launcher",
             "slurm",
             "--launcher-poll-secs",
@@ -35,10 +37,33 @@ impl SlurmDaemon {
             &job_name,
             "--launcher-worker-cache-dir",
             cache.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let daemon = Daemon::start(0, &args);
-        SlurmDaemon { daemon, job_name }
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        // A fixed worker-protocol port, so that workers find a restarted daemon.
+        args.extend(["--worker-listen".into(), format!("127.0.0.1:{}", common::free_port())]);
+        let daemon = Daemon::start(0, &Self::refs(&args));
+        SlurmDaemon {
+            daemon: Some(daemon),
+            job_name,
+            args,
+        }
+    }
+
+    fn refs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    /// Kills the daemon (SIGKILL) and starts it again with the same state and settings.
+    fn restart(&mut self) {
+        let daemon = self.daemon.take().unwrap();
+        self.daemon = Some(daemon.restart_same(0, &Self::refs(&self.args)));
     }
 
     /// This daemon's jobs as squeue lists them: (id, state, reason).
@@ -64,18 +89,20 @@ impl SlurmDaemon {
     fn live_jobs(&self) -> usize {
         self.squeue()
             .iter()
-            .filter(|(_, state, _)| matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING"))
+            .filter(|(_, state, _)| {
+                matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING")
+            })
             .count()
     }
 
     fn launcher(&self) -> Value {
-        self.daemon.cnnctl_json(&["status"])["launcher"].clone()
+        self.daemon().cnnctl_json(&["status"])["launcher"].clone()
     }
 
     /// The daemon's log and the jobs' output, for a failed wait.
     fn log(&self) -> String {
-        let mut s = self.daemon.log();
-        if let Ok(dir) = std::fs::read_dir(self.daemon.state.path().join("slurm")) {
+        let mut s = self.daemon().log();
+        if let Ok(dir) = std::fs::read_dir(self.daemon().state.path().join("slurm")) {
             for f in dir.flatten() {
                 s.push_str(&format!(
                     "\n--- {}\n{}",
@@ -141,7 +168,7 @@ fn slurm_workers_train_a_sweep_scale_up_to_max_and_exit_when_idle() {
     let _serial = serial();
     let d = SlurmDaemon::start(&["--max-workers", "2", "--worker-idle-secs", "4"]);
     assert_eq!(d.launcher()["kind"], "slurm");
-    let id = d.daemon.submit(&sweep(
+    let id = d.daemon().submit(&sweep(
         "slurm-sweep",
         small(1),
         json!({"kernelSize": [3, 5], "head": ["gap", "dense"]}),
@@ -161,7 +188,7 @@ fn slurm_workers_train_a_sweep_scale_up_to_max_and_exit_when_idle() {
                 "{live} jobs for --max-workers 2: {:?}",
                 d.squeue()
             );
-            let s = d.daemon.cnnctl_json(&["sweep", &id]);
+            let s = d.daemon().cnnctl_json(&["sweep", &id]);
             (s["status"] == "finished").then_some(())
         },
     );
@@ -169,12 +196,12 @@ fn slurm_workers_train_a_sweep_scale_up_to_max_and_exit_when_idle() {
         most, 2,
         "four waiting trials should have started two workers"
     );
-    let trials = d.daemon.cnnctl_json(&["sweep", &id])["trials"].clone();
+    let trials = d.daemon().cnnctl_json(&["sweep", &id])["trials"].clone();
     let trials = trials.as_array().unwrap();
     assert_eq!(trials.len(), 4);
     for t in trials {
         assert_eq!(t["status"], "succeeded", "{t}");
-        let trial = d.daemon.get_trial(t["trialId"].as_str().unwrap());
+        let trial = d.daemon().get_trial(t["trialId"].as_str().unwrap());
         assert!(
             trial.worker.starts_with("slurm-"),
             "trained by {:?}",
@@ -182,7 +209,7 @@ fn slurm_workers_train_a_sweep_scale_up_to_max_and_exit_when_idle() {
         );
     }
     // cnnctl status matches workers to jobs.
-    let status = d.daemon.cnnctl_json(&["status"]);
+    let status = d.daemon().cnnctl_json(&["status"]);
     for w in status["workers"].as_array().unwrap() {
         let job = w["launcherJob"].as_str().unwrap();
         let name = w["name"].as_str().unwrap();
@@ -214,7 +241,7 @@ fn slurm_workers_train_a_sweep_scale_up_to_max_and_exit_when_idle() {
     );
     assert_eq!(l["lastError"], "", "{l}");
     // Each job wrote its output under the state folder, and ended because it was told to.
-    let outputs: Vec<String> = std::fs::read_dir(d.daemon.state.path().join("slurm"))
+    let outputs: Vec<String> = std::fs::read_dir(d.daemon().state.path().join("slurm"))
         .unwrap()
         .flatten()
         .filter(|f| f.file_name().to_string_lossy().ends_with(".out"))
@@ -232,10 +259,10 @@ fn slurm_scancel_mid_trial_gives_the_trial_back_and_another_job_resumes_it() {
     let _serial = serial();
     let d = SlurmDaemon::start(&["--max-workers", "1", "--worker-idle-secs", "30"]);
     let id = d
-        .daemon
+        .daemon()
         .submit(&sweep("slurm-scancel", small(4), json!({})));
     let trial = format!("{id}-t0");
-    let db = d.daemon.db_path();
+    let db = d.daemon().db_path();
     let first_job = wait_for(
         Duration::from_secs(180),
         "the trial to record an epoch on a Slurm worker",
@@ -244,7 +271,7 @@ fn slurm_scancel_mid_trial_gives_the_trial_back_and_another_job_resumes_it() {
             if epochs_of(&db, &trial).is_empty() {
                 return None;
             }
-            let status = d.daemon.cnnctl_json(&["status"]);
+            let status = d.daemon().cnnctl_json(&["status"]);
             status["workers"]
                 .as_array()?
                 .iter()
@@ -256,7 +283,7 @@ fn slurm_scancel_mid_trial_gives_the_trial_back_and_another_job_resumes_it() {
     let out = Command::new("scancel").arg(id_number).output().unwrap();
     assert!(out.status.success(), "{out:?}");
 
-    let s = d.daemon.wait_for_sweep(&id, Duration::from_secs(240));
+    let s = d.daemon().wait_for_sweep(&id, Duration::from_secs(240));
     assert_eq!(s["trials"][0]["status"], "succeeded", "{s}\n{}", d.log());
     // Given back at SIGTERM (the attempt does not count), resumed from its checkpoint by
     // the worker of another job.
@@ -266,7 +293,7 @@ fn slurm_scancel_mid_trial_gives_the_trial_back_and_another_job_resumes_it() {
         runs[1].0, 1,
         "a give-back must not use up an attempt: {runs:?}"
     );
-    let worker = d.daemon.get_trial(&trial).worker;
+    let worker = d.daemon().get_trial(&trial).worker;
     assert!(
         worker.starts_with("slurm-") && worker != format!("slurm-{id_number}"),
         "{worker}"
@@ -288,7 +315,7 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
     // A partition Slurm does not have: sbatch refuses at once.
     let d = SlurmDaemon::start(&["--slurm-partition", "nosuchpartition"]);
     let id = d
-        .daemon
+        .daemon()
         .submit(&sweep("slurm-bad-partition", small(1), json!({})));
     let l = wait_for(
         Duration::from_secs(30),
@@ -301,7 +328,7 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
     );
     let error = l["lastError"].as_str().unwrap();
     assert!(error.contains("Invalid partition name"), "{l}");
-    let text = d.daemon.cnnctl(&["status"]);
+    let text = d.daemon().cnnctl(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("cluster refused") && text.contains("Invalid partition name"),
@@ -309,7 +336,7 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
     );
     assert_eq!(d.live_jobs(), 0);
     // Nothing lost: the trial waits.
-    let s = d.daemon.cnnctl_json(&["sweep", &id]);
+    let s = d.daemon().cnnctl_json(&["sweep", &id]);
     assert_eq!(s["trials"][0]["status"], "queued", "{s}");
     drop(d);
 
@@ -324,7 +351,7 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
         "--metrics-listen",
         &metrics,
     ]);
-    d.daemon
+    d.daemon()
         .submit(&sweep("slurm-down-partition", small(1), json!({})));
     let l = wait_for(
         Duration::from_secs(30),
@@ -344,11 +371,11 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
             .contains("cannot start: PartitionDown"),
         "{l}"
     );
-    d.daemon
+    d.daemon()
         .submit(&sweep("slurm-down-partition-2", small(1), json!({})));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(d.live_jobs(), 1, "{:?}", d.squeue());
-    let text = d.daemon.cnnctl(&["status"]);
+    let text = d.daemon().cnnctl(&["status"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("PartitionDown"));
     // Prometheus sees the same.
     let scraped = common::scrape_metrics(&metrics);
@@ -361,4 +388,35 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
         scraped.contains(r#"cnnd_launcher_workers{launcher="slurm",count="starting"} 1"#),
         "{scraped}"
     );
+}
+
+#[test]
+#[ignore = "needs root and the one-node Slurm cluster: scripts/test.sh runs it"]
+fn slurm_a_restarted_daemon_adopts_its_running_jobs_and_their_workers_keep_their_trials() {
+    let _serial = serial();
+    let mut d = SlurmDaemon::start(&["--max-workers", "1", "--worker-idle-secs", "30"]);
+    let id = d.daemon().submit(&sweep("slurm-restart", small(4), json!({})));
+    let trial = format!("{id}-t0");
+    let db = d.daemon().db_path();
+    wait_for(
+        Duration::from_secs(180),
+        "the trial to record an epoch on a Slurm worker",
+        || d.log(),
+        || (!epochs_of(&db, &trial).is_empty()).then_some(()),
+    );
+    let jobs_before: Vec<String> = d.squeue().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(jobs_before.len(), 1, "{jobs_before:?}");
+
+    d.restart();
+    let s = d.daemon().wait_for_sweep(&id, Duration::from_secs(240));
+    assert_eq!(s["trials"][0]["status"], "succeeded", "{s}\n{}", d.log());
+    // The worker kept its trial through the restart (one attempt, every epoch once), and
+    // the new daemon took the job over instead of submitting another.
+    assert_eq!(epochs_of(&db, &trial), vec![1, 2, 3, 4]);
+    assert_eq!(attempts(&db, &trial).len(), 1, "{:?}", attempts(&db, &trial));
+    let jobs_after: Vec<String> = d.squeue().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(jobs_after, jobs_before, "a second job was submitted");
+    let l = d.launcher();
+    assert_eq!(l["jobs"][0]["job"], format!("slurm:{}", jobs_before[0]), "{l}");
+    assert!(!l["jobs"][0]["workerId"].as_str().unwrap_or("").is_empty(), "{l}");
 }

@@ -162,7 +162,7 @@ impl Sizing {
         }
         Sizing {
             min_workers: args.min_workers,
-            max_workers: args.max_workers.max(args.min_workers).max(1),
+            max_workers: args.max_workers,
             idle: Duration::from_secs(args.worker_idle_secs.max(1)),
             poll: Duration::from_secs(args.launcher_poll_secs.max(1)),
             gpus_per_worker: args.launcher_gpus_per_worker,
@@ -300,6 +300,16 @@ impl Launcher {
         connect_url: String,
         worker_token_file: Option<PathBuf>,
     ) -> Result<Option<(Backend, Sizing)>> {
+        if args.launcher == LauncherKind::Local {
+            return Ok(None);
+        }
+        if args.max_workers == 0 || args.min_workers > args.max_workers {
+            anyhow::bail!(
+                "--min-workers {} / --max-workers {}: the maximum must be at least 1 and at least the minimum",
+                args.min_workers,
+                args.max_workers
+            );
+        }
         let backend = match args.launcher {
             LauncherKind::Local => return Ok(None),
             LauncherKind::Slurm => Backend::Slurm(slurm::Slurm::new(
@@ -326,6 +336,12 @@ impl Launcher {
         };
         let bin = args.launcher_worker_bin.clone().unwrap_or(default_bin);
         let url = args.launcher_connect_url.clone().unwrap_or(connect_url);
+        if url.contains("://127.") || url.contains("://localhost") || url.contains("://[::1]") {
+            tracing::warn!(
+                url,
+                "cluster workers will dial a loopback address: only workers on this machine can reach it (set --worker-listen and --launcher-connect-url)"
+            );
+        }
         Ok(Some((backend, Sizing::from_args(args, bin, url))))
     }
 
