@@ -1423,9 +1423,9 @@ impl Scheduler {
         self.queue_changed.notify_waiters();
     }
 
-    /// Whether the idle cluster worker `worker_id` should exit now: it has waited
-    /// for a trial for the launcher's idle time and more than `min_workers` of the
-    /// launcher's workers are registered. When it should, it is marked leaving (it is not
+    /// Whether the idle cluster worker `worker_id` should exit now: it runs in a job the
+    /// launcher submitted (or adopted), it has waited for a trial for the launcher's idle
+    /// time, and more than `min_workers` of the launcher's workers are registered. When it should, it is marked leaving (it is not
     /// told twice, and no longer counts).
     pub fn retire_if_surplus(&self, worker_id: &str) -> bool {
         let Some(cluster) = &self.config.cluster else {
@@ -1434,9 +1434,21 @@ impl Scheduler {
         if self.is_shutting_down() {
             return false;
         }
+        // The launcher's own jobs: a worker someone started in a job of their own is not
+        // the launcher's to stop.
+        let jobs: std::collections::HashSet<String> = self
+            .launcher_view
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.jobs.iter().map(|j| j.job.clone()))
+            .collect();
         let mut workers = self.workers.lock().unwrap();
-        let ours =
-            |w: &WorkerView| w.slot.is_none() && w.launcher_job.starts_with(&cluster.job_prefix);
+        let ours = |w: &WorkerView| {
+            w.slot.is_none()
+                && w.launcher_job.starts_with(&cluster.job_prefix)
+                && jobs.contains(&w.launcher_job)
+        };
         let live = workers
             .values()
             .filter(|w| ours(w) && matches!(w.state, WorkerState::Idle | WorkerState::Busy))
@@ -1619,9 +1631,22 @@ mod tests {
             ("b", "slurm:2"),
             ("mine", ""),
             ("k", "k8s:x"),
+            ("own-job", "slurm:99"),
         ] {
             scheduler.register(register(name, job)).await.unwrap();
         }
+        let job = |id: &str| LauncherJobView {
+            job: id.into(),
+            state: "running".into(),
+            reason: String::new(),
+            worker_id: None,
+            device: "cpu".into(),
+            submitted: Instant::now(),
+        };
+        scheduler.set_launcher_view(LauncherView {
+            jobs: vec![job("slurm:1"), job("slurm:2")],
+            ..Default::default()
+        });
         assert!(
             !scheduler.retire_if_surplus("a"),
             "retired before the idle time"
@@ -1634,6 +1659,10 @@ mod tests {
         assert!(
             !scheduler.retire_if_surplus("k"),
             "another launcher's worker"
+        );
+        assert!(
+            !scheduler.retire_if_surplus("own-job"),
+            "a job the launcher did not submit"
         );
         assert!(scheduler.retire_if_surplus("a"));
         assert!(!scheduler.retire_if_surplus("a"), "told twice");
