@@ -87,6 +87,9 @@ say "MNIST verified in $mnist"
 
 # 3. Build.
 say "building cnnd, cnnctl and cnnd-worker (release; the worker against $LIBTORCH)"
-cargo build --release --locked --workspace --bins --quiet || { echo "setup: cargo build failed" >&2; exit 1; }
+# CNND_BUILD_FEATURES (e.g. cnnd/kubernetes, set by scripts/test.sh): cargo features to build with.
+features=()
+[ -z "${CNND_BUILD_FEATURES:-}" ] || features=(--features "$CNND_BUILD_FEATURES")
+cargo build --release --locked --workspace --bins "${features[@]}" --quiet || { echo "setup: cargo build failed" >&2; exit 1; }
 say "ready: cnnd $(target/release/cnnd --version | cut -d' ' -f2-), $(target/release/cnnd-worker --version)"
 echo "$data_dir"

@@ -9,23 +9,30 @@
 # and starts) need root: they are ignored by a plain `cargo test`, and run here in a second
 # step when this runs as root (as CI does);
 # otherwise the script says they were skipped.
+# Everything is built and tested with cnnd's `kubernetes` feature, so the Kubernetes launcher's
+# tests (tests/kubernetes_launcher.rs, against a scripted API server, and the manifests
+# against the Kubernetes schema: scripts/validate-manifests.sh, run first, installs its
+# validator) run too; setup.sh builds with the same features, so nothing is built twice.
 # Extra arguments go to cargo test instead of --workspace (e.g. scripts/test.sh --test e2e,
 # or -p cnnd-core) and skip that step.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$CNND_REPO"
+export CNND_BUILD_FEATURES="cnnd/kubernetes"
+features=(--features "$CNND_BUILD_FEATURES")
 CNND_DATA_DIR="$(scripts/setup.sh)"
 export CNND_DATA_DIR
+scripts/validate-manifests.sh
 if [ $# -gt 0 ]; then
-  cargo test --release --locked "$@"
+  cargo test --release --locked "${features[@]}" "$@"
   exit 0
 fi
-cargo test --release --locked --workspace
+cargo test --release --locked "${features[@]}" --workspace
 if [ "$(id -u)" = 0 ]; then
-  cargo test --release --locked --test faults -- --ignored mount_
-  cargo test --release --locked --test remote_workers -- --ignored netns_
+  cargo test --release --locked "${features[@]}" --test faults -- --ignored mount_
+  cargo test --release --locked "${features[@]}" --test remote_workers -- --ignored netns_
   scripts/slurm-cluster.sh start
-  cargo test --release --locked --test slurm_launcher -- --ignored slurm_
+  cargo test --release --locked "${features[@]}" --test slurm_launcher -- --ignored slurm_
 else
   echo "test.sh: SKIPPED the mount_ tests of tests/faults.rs, the netns_ tests of tests/remote_workers.rs and the slurm_ tests of tests/slurm_launcher.rs (they need root)" >&2
 fi

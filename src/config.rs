@@ -215,7 +215,11 @@ pub struct LauncherArgs {
     #[arg(long, env = "CNND_K8S_IMAGE", default_value = "cnnd-worker:latest")]
     pub k8s_image: String,
     /// Kubernetes: the Secret holding the worker token under the key `token`.
-    #[arg(long, env = "CNND_K8S_TOKEN_SECRET", default_value = "cnnd-worker-token")]
+    #[arg(
+        long,
+        env = "CNND_K8S_TOKEN_SECRET",
+        default_value = "cnnd-worker-token"
+    )]
     pub k8s_token_secret: String,
     /// Kubernetes: memory request and limit of each worker (e.g. 4Gi).
     #[arg(long, env = "CNND_K8S_MEMORY", default_value = "4Gi")]

@@ -43,7 +43,10 @@ impl SlurmDaemon {
         .map(|s| s.to_string())
         .collect();
         // A fixed worker-protocol port, so that workers find a restarted daemon.
-        args.extend(["--worker-listen".into(), format!("127.0.0.1:{}", common::free_port())]);
+        args.extend([
+            "--worker-listen".into(),
+            format!("127.0.0.1:{}", common::free_port()),
+        ]);
         let daemon = Daemon::start(0, &Self::refs(&args));
         SlurmDaemon {
             daemon: Some(daemon),
@@ -89,9 +92,7 @@ impl SlurmDaemon {
     fn live_jobs(&self) -> usize {
         self.squeue()
             .iter()
-            .filter(|(_, state, _)| {
-                matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING")
-            })
+            .filter(|(_, state, _)| matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING"))
             .count()
     }
 
@@ -395,7 +396,9 @@ fn slurm_a_bad_partition_and_a_down_one_are_reported_with_slurms_reason() {
 fn slurm_a_restarted_daemon_adopts_its_running_jobs_and_their_workers_keep_their_trials() {
     let _serial = serial();
     let mut d = SlurmDaemon::start(&["--max-workers", "1", "--worker-idle-secs", "30"]);
-    let id = d.daemon().submit(&sweep("slurm-restart", small(4), json!({})));
+    let id = d
+        .daemon()
+        .submit(&sweep("slurm-restart", small(4), json!({})));
     let trial = format!("{id}-t0");
     let db = d.daemon().db_path();
     wait_for(
@@ -413,10 +416,22 @@ fn slurm_a_restarted_daemon_adopts_its_running_jobs_and_their_workers_keep_their
     // The worker kept its trial through the restart (one attempt, every epoch once), and
     // the new daemon took the job over instead of submitting another.
     assert_eq!(epochs_of(&db, &trial), vec![1, 2, 3, 4]);
-    assert_eq!(attempts(&db, &trial).len(), 1, "{:?}", attempts(&db, &trial));
+    assert_eq!(
+        attempts(&db, &trial).len(),
+        1,
+        "{:?}",
+        attempts(&db, &trial)
+    );
     let jobs_after: Vec<String> = d.squeue().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(jobs_after, jobs_before, "a second job was submitted");
     let l = d.launcher();
-    assert_eq!(l["jobs"][0]["job"], format!("slurm:{}", jobs_before[0]), "{l}");
-    assert!(!l["jobs"][0]["workerId"].as_str().unwrap_or("").is_empty(), "{l}");
+    assert_eq!(
+        l["jobs"][0]["job"],
+        format!("slurm:{}", jobs_before[0]),
+        "{l}"
+    );
+    assert!(
+        !l["jobs"][0]["workerId"].as_str().unwrap_or("").is_empty(),
+        "{l}"
+    );
 }

@@ -443,14 +443,24 @@ async fn leasable_demand_counts_by_device_within_max_parallel_and_skips_paused_s
         let s = &b.store;
         let none = s.leasable_demand().await.unwrap();
         assert_eq!((none.cpu, none.cuda, none.auto), (0, 0, 0), "{}", b.name);
-        s.insert_sweep("capped", &spec(5, 1, json!({"maxParallel": 2})), None, u32::MAX)
-            .await
-            .unwrap()
-            .unwrap();
-        s.insert_sweep("gpu", &spec(3, 1, json!({"device": "cuda"})), None, u32::MAX)
-            .await
-            .unwrap()
-            .unwrap();
+        s.insert_sweep(
+            "capped",
+            &spec(5, 1, json!({"maxParallel": 2})),
+            None,
+            u32::MAX,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        s.insert_sweep(
+            "gpu",
+            &spec(3, 1, json!({"device": "cuda"})),
+            None,
+            u32::MAX,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         s.insert_sweep("cpu", &spec(2, 1, json!({"device": "cpu"})), None, u32::MAX)
             .await
             .unwrap()

@@ -87,7 +87,7 @@ pub struct JobReport {
 pub enum Backend {
     Slurm(slurm::Slurm),
     #[cfg(feature = "kubernetes")]
-    Kubernetes(kubernetes::Kubernetes),
+    Kubernetes(Box<kubernetes::Kubernetes>),
 }
 
 impl Backend {
@@ -272,16 +272,13 @@ pub fn plan(demand: crate::store::Demand, supply: Supply, sizing: &Sizing) -> Pl
     // Within the room, GPU workers first (they take "auto" trials too).
     gpu = gpu.min(room);
     cpu = cpu.min(room - gpu);
-    let below_min = sizing
-        .min_workers
-        .saturating_sub(supply.jobs + gpu + cpu);
+    let below_min = sizing.min_workers.saturating_sub(supply.jobs + gpu + cpu);
     if gpus {
         gpu += below_min;
     } else {
         cpu += below_min;
     }
-    let wanted = (supply.busy + want_gpu + want_cpu)
-        .clamp(sizing.min_workers, sizing.max_workers);
+    let wanted = (supply.busy + want_gpu + want_cpu).clamp(sizing.min_workers, sizing.max_workers);
     Plan {
         cpu,
         gpu,
@@ -320,7 +317,7 @@ impl Launcher {
             LauncherKind::Kubernetes => {
                 #[cfg(feature = "kubernetes")]
                 {
-                    Backend::Kubernetes(kubernetes::Kubernetes::new(args).await?)
+                    Backend::Kubernetes(Box::new(kubernetes::Kubernetes::new(args).await?))
                 }
                 #[cfg(not(feature = "kubernetes"))]
                 {
@@ -464,7 +461,10 @@ impl Launcher {
                 continue;
             }
             let tracked = self.jobs.entry(report.job.clone()).or_insert_with(|| {
-                tracing::info!(job = report.job, "adopting a worker job of an earlier daemon");
+                tracing::info!(
+                    job = report.job,
+                    "adopting a worker job of an earlier daemon"
+                );
                 TrackedJob {
                     kind: WorkerKind::Cpu,
                     submitted: Instant::now(),
