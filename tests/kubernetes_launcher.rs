@@ -14,9 +14,12 @@
 
 #![cfg(feature = "kubernetes")]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use axum::response::Response;
 use cnnd::config::LauncherArgs;
 use cnnd::launcher::kubernetes::{JobTemplate, Kubernetes};
 use cnnd::launcher::{JobPhase, JobReport, WorkerJob, WorkerKind};
+use common::{attempts, epochs_of, wait_for};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -322,6 +326,46 @@ impl FakeApiServer {
             .unwrap()
             .jobs
             .contains_key(&format!("{namespace}/{job}"))
+    }
+
+    /// The Jobs of a namespace: (name, Job).
+    fn jobs(&self, namespace: &str) -> Vec<(String, Value)> {
+        let prefix = format!("{namespace}/");
+        self.cluster
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .filter_map(|(k, j)| Some((k.strip_prefix(&prefix)?.to_string(), j.clone())))
+            .collect()
+    }
+
+    /// `set_pod_status` for a Job that may have been deleted meanwhile (then nothing).
+    fn try_set_pod_status(&self, namespace: &str, job: &str, status: Value) {
+        if self.has_job(namespace, job) {
+            self.put_pod(namespace, job, status, true)
+        }
+    }
+
+    /// `set_job_status` for a Job that may have been deleted meanwhile (then nothing).
+    fn try_set_job_status(&self, namespace: &str, job: &str, status: Value) {
+        let mut c = self.cluster.lock().unwrap();
+        if let Some(j) = c.jobs.get_mut(&format!("{namespace}/{job}")) {
+            j["status"] = status;
+        }
+    }
+
+    /// `delete_pod` for a pod that may not exist.
+    fn try_delete_pod(&self, namespace: &str, job: &str) {
+        let exists = self
+            .cluster
+            .lock()
+            .unwrap()
+            .pods
+            .contains_key(&format!("{namespace}/{job}-x7k2p"));
+        if exists {
+            self.delete_pod(namespace, job)
+        }
     }
 
     /// Plays the Job controller and the kubelet: creates the Job's pod (its template's labels,
@@ -1138,6 +1182,369 @@ fn generated_jobs_and_the_deploy_manifests_pass_the_kubernetes_schema() {
         assert!(!ok, "a broken Job passed: {out}");
         assert!(out.contains(file) && out.contains(fault), "{out}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole daemon, with the scripted API server as its cluster.
+
+/// Plays the Job controller and the kubelet for a real `cnnd --launcher kubernetes`: each Job
+/// the daemon creates gets a pod whose container is a real `cnnd-worker` process on this
+/// machine, run with the Job's own arguments and the token its Secret would hold (the daemon's
+/// worker-token file: the kubelet resolves the `secretKeyRef`). The pod is Running while the
+/// process runs, Succeeded or Failed when it exits; a deleted Job's process gets SIGTERM, as a
+/// pod's container does. [`Kubelet::oom_kill`] SIGKILLs a pod's process and reports it
+/// `OOMKilled`, as the kubelet does when a container passes its memory limit.
+struct Kubelet {
+    stop: Arc<AtomicBool>,
+    oom: Arc<Mutex<HashSet<String>>>,
+    /// Job name -> how its pod ended ("Succeeded", "OOMKilled", "Error (exit 1)", "deleted").
+    ended: Arc<Mutex<BTreeMap<String, String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    logs: tempfile::TempDir,
+}
+
+fn container_state(state: Value) -> Value {
+    json!([{"name": "worker", "image": "cnnd-worker:latest", "imageID": "", "ready": true,
+            "restartCount": 0, "state": state}])
+}
+
+impl Kubelet {
+    fn start(api: FakeApiServer, namespace: &str, worker_token: String) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let oom = Arc::new(Mutex::new(HashSet::new()));
+        let ended = Arc::new(Mutex::new(BTreeMap::new()));
+        let logs = tempfile::tempdir().unwrap();
+        let (s, o, e, dir, ns) = (
+            stop.clone(),
+            oom.clone(),
+            ended.clone(),
+            logs.path().to_path_buf(),
+            namespace.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut pods: BTreeMap<String, std::process::Child> = BTreeMap::new();
+            while !s.load(Ordering::SeqCst) {
+                let jobs = api.jobs(&ns);
+                for (name, job) in &jobs {
+                    if pods.contains_key(name) || e.lock().unwrap().contains_key(name) {
+                        continue;
+                    }
+                    let container = container(job);
+                    // The kubelet's part: the Secret's value into the variable it names.
+                    let token_env = container["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["valueFrom"]["secretKeyRef"]["name"] == "cnnd-worker-token")
+                        .and_then(|e| e["name"].as_str())
+                        .expect("the token from the Secret")
+                        .to_string();
+                    let args: Vec<String> = container["args"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_string())
+                        .collect();
+                    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+                    let child = Command::new(common::sibling_bin("cnnd-worker"))
+                        .args(&args)
+                        .env(&token_env, &worker_token)
+                        .env("XDG_CACHE_HOME", dir.join("cache"))
+                        .env("CUDA_VISIBLE_DEVICES", "")
+                        .stdout(log.try_clone().unwrap())
+                        .stderr(log)
+                        .spawn()
+                        .expect("starting cnnd-worker as a pod's container");
+                    api.try_set_pod_status(&ns, name, json!({"phase": "Running",
+                        "conditions": [{"type": "PodScheduled", "status": "True"}],
+                        "containerStatuses": container_state(json!({"running": {"startedAt": "2026-01-01T00:00:01Z"}}))}));
+                    pods.insert(name.clone(), child);
+                }
+                let live: HashSet<&String> = jobs.iter().map(|(n, _)| n).collect();
+                let names: Vec<String> = pods.keys().cloned().collect();
+                for name in names {
+                    let child = pods.get_mut(&name).unwrap();
+                    let how = if !live.contains(&name) {
+                        // The Job was deleted: its pod is terminated (SIGTERM, then the grace).
+                        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                        while child.try_wait().unwrap().is_none()
+                            && std::time::Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        api.try_delete_pod(&ns, &name);
+                        "deleted".to_string()
+                    } else if o.lock().unwrap().remove(&name) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        api.try_set_pod_status(&ns, &name, json!({"phase": "Failed",
+                            "containerStatuses": container_state(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}))}));
+                        api.try_set_job_status(&ns, &name, json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
+                        "OOMKilled".to_string()
+                    } else if let Some(exit) = child.try_wait().unwrap() {
+                        let code = exit.code().unwrap_or(128);
+                        if code == 0 {
+                            api.try_set_pod_status(&ns, &name, json!({"phase": "Succeeded",
+                                "containerStatuses": container_state(json!({"terminated": {"exitCode": 0, "reason": "Completed"}}))}));
+                            api.try_set_job_status(
+                                &ns,
+                                &name,
+                                json!({"succeeded": 1,
+                                "conditions": [{"type": "Complete", "status": "True"}]}),
+                            );
+                            "Succeeded".to_string()
+                        } else {
+                            api.try_set_pod_status(&ns, &name, json!({"phase": "Failed",
+                                "containerStatuses": container_state(json!({"terminated": {"exitCode": code, "reason": "Error"}}))}));
+                            api.try_set_job_status(&ns, &name, json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
+                            format!("Error (exit {code})")
+                        }
+                    } else {
+                        continue;
+                    };
+                    pods.remove(&name);
+                    e.lock().unwrap().insert(name, how);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for (_, mut child) in pods {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        });
+        Kubelet {
+            stop,
+            oom,
+            ended,
+            thread: Some(thread),
+            logs,
+        }
+    }
+
+    fn oom_kill(&self, job: &str) {
+        self.oom.lock().unwrap().insert(job.to_string());
+    }
+
+    fn ended(&self) -> BTreeMap<String, String> {
+        self.ended.lock().unwrap().clone()
+    }
+
+    /// The pods' output, for a failed wait.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for f in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|e| e == "log") {
+                s.push_str(&format!(
+                    "\n--- pod {}\n{}",
+                    f.path().display(),
+                    std::fs::read_to_string(f.path()).unwrap_or_default()
+                ));
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A small MNIST trial: about a second per epoch on one thread.
+fn small_trial(epochs: u32, train_limit: u32) -> Value {
+    json!({"epochs": epochs, "batchSize": 16, "learningRate": 0.002, "baseFilters": 8, "units": 32,
+           "trainLimit": train_limit, "testLimit": 200})
+}
+
+/// The real daemon with `--launcher kubernetes` against the scripted API server, its pods
+/// played by [`Kubelet`] as real `cnnd-worker` processes: a sweep is trained by the workers
+/// it starts (scaled up to `--max-workers`, each registered with its Job), idle workers
+/// retire, and a worker killed for memory (`OOMKilled`) gives its trial to the worker of a
+/// new Job, with that reason on record.
+#[test]
+fn the_daemon_trains_a_sweep_on_workers_it_starts_as_jobs_and_replaces_an_oom_killed_one() {
+    let _serial = common::serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(FakeApiServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: ml\n\
+             users:\n- name: fake\n  user:\n    token: not-a-real-token\n",
+            api.url
+        ),
+    )
+    .unwrap();
+    let worker_port = common::free_port();
+    let worker_url = format!("http://127.0.0.1:{worker_port}");
+    let d = common::Daemon::start_with_env(
+        &[
+            "--launcher=kubernetes",
+            "--launcher-poll-secs=1",
+            "--max-workers=2",
+            "--worker-idle-secs=3",
+            &format!("--worker-listen=127.0.0.1:{worker_port}"),
+            &format!("--launcher-connect-url={worker_url}"),
+        ],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    );
+    let kubelet = Kubelet::start(api.clone(), "ml", d.worker_token());
+    let log = || {
+        format!(
+            "{}\n{}\n--- ended pods: {:?}",
+            d.log(),
+            kubelet.logs(),
+            kubelet.ended()
+        )
+    };
+    assert_eq!(d.cnnctl_json(&["status"])["launcher"]["kind"], "kubernetes");
+
+    // 1. Four trials: two Jobs (--max-workers 2), whose workers register their Jobs and
+    //    train every trial.
+    let id = d.submit(
+        &json!({"name": "k8s-sweep", "dataset": "mnist", "fixed": small_trial(1, 1500),
+        "space": {"kernelSize": [3, 5], "head": ["gap", "dense"]}, "strategy": "grid", "seed": 3}),
+    );
+    let mut registered: HashSet<String> = HashSet::new();
+    wait_for(
+        Duration::from_secs(300),
+        "the sweep to finish on the Jobs' workers",
+        log,
+        || {
+            let status = d.cnnctl_json(&["status"]);
+            for w in status["workers"].as_array().into_iter().flatten() {
+                if let Some(job) = w["launcherJob"].as_str().filter(|j| !j.is_empty()) {
+                    registered.insert(job.to_string());
+                }
+            }
+            (d.cnnctl_json(&["sweep", &id])["status"] == "finished").then_some(())
+        },
+    );
+    let posted = api.posted();
+    assert_eq!(
+        posted.len(),
+        2,
+        "two Jobs for --max-workers 2; log:\n{}",
+        log()
+    );
+    for (namespace, job) in &posted {
+        assert_eq!(namespace, "ml", "the kubeconfig's namespace");
+        let c = container(job);
+        assert_eq!(c["command"], json!(["cnnd-worker"]), "the image's worker");
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--connect", worker_url.as_str()]),
+            "{args:?}"
+        );
+        let name = job["metadata"]["name"].as_str().unwrap();
+        assert!(
+            registered.contains(&format!("k8s:{name}")),
+            "the worker of {name} registered its Job: {registered:?}"
+        );
+    }
+    let trials = d.cnnctl_json(&["sweep", &id])["trials"].clone();
+    assert_eq!(trials.as_array().unwrap().len(), 4);
+    for t in trials.as_array().unwrap() {
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert!(
+            registered.contains(&format!(
+                "k8s:{}",
+                d.get_trial(t["trialId"].as_str().unwrap()).worker
+            )),
+            "{t}"
+        );
+    }
+
+    // 2. Scale-down: the idle workers are told to exit, their pods end Succeeded, and the
+    //    launcher forgets their Jobs.
+    wait_for(
+        Duration::from_secs(60),
+        "idle workers to exit and their Jobs to end",
+        log,
+        || {
+            let l = d.cnnctl_json(&["status"])["launcher"].clone();
+            let succeeded = kubelet
+                .ended()
+                .values()
+                .filter(|how| *how == "Succeeded")
+                .count();
+            (succeeded == 2 && l["jobs"].as_array().is_none_or(|j| j.is_empty())).then_some(())
+        },
+    );
+
+    // 3. A worker killed for memory mid-trial: its trial is released with the pod's reason
+    //    (the attempt counts) and finishes on the worker of a new Job.
+    let id = d.submit(
+        &json!({"name": "k8s-oom", "dataset": "mnist", "fixed": small_trial(4, 3000),
+        "space": {}, "strategy": "grid", "seed": 3}),
+    );
+    let trial = format!("{id}-t0");
+    let db = d.db_path();
+    let holder = wait_for(
+        Duration::from_secs(120),
+        "the trial to record an epoch",
+        log,
+        || {
+            if epochs_of(&db, &trial).is_empty() {
+                return None;
+            }
+            let status = d.cnnctl_json(&["status"]);
+            status["workers"]
+                .as_array()?
+                .iter()
+                .find(|w| w["trialId"] == trial.as_str())
+                .and_then(|w| w["launcherJob"].as_str().map(String::from))
+        },
+    );
+    kubelet.oom_kill(holder.strip_prefix("k8s:").unwrap());
+    let s = d.wait_for_sweep(&id, Duration::from_secs(300));
+    assert_eq!(s["trials"][0]["status"], "succeeded", "{s}\n{}", log());
+    assert_eq!(
+        kubelet
+            .ended()
+            .get(holder.strip_prefix("k8s:").unwrap())
+            .map(String::as_str),
+        Some("OOMKilled")
+    );
+    let runs = attempts(&db, &trial);
+    assert_eq!(runs.len(), 2, "{runs:?}\n{}", log());
+    // The daemon says why the first attempt ended: the pod's reason, naming the Job.
+    assert!(
+        d.log()
+            .contains(&format!("ended with its cluster job {holder} (OOMKilled)")),
+        "{}",
+        log()
+    );
+    let worker = d.get_trial(&trial).worker;
+    assert!(
+        worker != holder.strip_prefix("k8s:").unwrap(),
+        "finished by another Job's worker: {worker}"
+    );
+    assert_eq!(
+        api.posted().len(),
+        4,
+        "one Job for the trial and one after the kill; log:\n{}",
+        log()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -424,14 +424,27 @@ fn slurm_a_restarted_daemon_adopts_its_running_jobs_and_their_workers_keep_their
     );
     let jobs_after: Vec<String> = d.squeue().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(jobs_after, jobs_before, "a second job was submitted");
-    let l = d.launcher();
+    // The launcher's view catches up at its next look at the cluster (--launcher-poll-secs
+    // 1): the adopted job, matched to its reconnected worker.
+    let l = wait_for(
+        Duration::from_secs(20),
+        "the adopted job to be matched to its worker",
+        || {
+            format!(
+                "{}
+{}",
+                d.launcher(),
+                d.log()
+            )
+        },
+        || {
+            let l = d.launcher();
+            (!l["jobs"][0]["workerId"].as_str().unwrap_or("").is_empty()).then_some(l)
+        },
+    );
     assert_eq!(
         l["jobs"][0]["job"],
         format!("slurm:{}", jobs_before[0]),
-        "{l}"
-    );
-    assert!(
-        !l["jobs"][0]["workerId"].as_str().unwrap_or("").is_empty(),
         "{l}"
     );
 }

@@ -41,6 +41,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a test daemon is started with besides its flags.
+#[derive(Default)]
+struct LaunchOptions<'a> {
+    /// RLIMIT_AS of the daemon and its workers.
+    address_space: Option<u64>,
+    /// The CA its TLS certificate chains to.
+    ca_file: Option<&'a Path>,
+    /// More environment variables.
+    env: &'a [(&'a str, &'a std::ffi::OsStr)],
+}
+
 pub struct Daemon {
     pub child: Child,
     pub port: u16,
@@ -79,8 +90,10 @@ impl Daemon {
             false,
             workers,
             extra,
-            Some(bytes),
-            None,
+            LaunchOptions {
+                address_space: Some(bytes),
+                ..Default::default()
+            },
         )
     }
 
@@ -93,8 +106,26 @@ impl Daemon {
             false,
             workers,
             extra,
-            None,
-            Some(ca_file),
+            LaunchOptions {
+                ca_file: Some(ca_file),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`Daemon::start`] with no local workers and more environment variables (e.g.
+    /// KUBECONFIG for `--launcher kubernetes`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        Self::launch_with(
+            tempfile::tempdir().unwrap(),
+            &data_dir(),
+            false,
+            0,
+            extra,
+            LaunchOptions {
+                env,
+                ..Default::default()
+            },
         )
     }
 
@@ -106,7 +137,14 @@ impl Daemon {
         workers: u32,
         extra: &[&str],
     ) -> Daemon {
-        Self::launch_with(state, data, append_log, workers, extra, None, None)
+        Self::launch_with(
+            state,
+            data,
+            append_log,
+            workers,
+            extra,
+            LaunchOptions::default(),
+        )
     }
 
     fn launch_with(
@@ -115,9 +153,13 @@ impl Daemon {
         append_log: bool,
         workers: u32,
         extra: &[&str],
-        address_space: Option<u64>,
-        ca_file: Option<&Path>,
+        options: LaunchOptions,
     ) -> Daemon {
+        let LaunchOptions {
+            address_space,
+            ca_file,
+            env,
+        } = options;
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -158,6 +200,7 @@ impl Daemon {
             ])
             .args(extra)
             .env("CUDA_VISIBLE_DEVICES", "")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -459,7 +502,17 @@ impl Daemon {
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
         let (data, ca) = (self.data.clone(), self.ca_file.clone());
         drop(self);
-        Self::launch_with(state, &data, true, workers, extra, None, ca.as_deref())
+        Self::launch_with(
+            state,
+            &data,
+            true,
+            workers,
+            extra,
+            LaunchOptions {
+                ca_file: ca.as_deref(),
+                ..Default::default()
+            },
+        )
     }
 
     /// Like [`Daemon::restart`] with `--data-dir` pointing at `data`.
