@@ -22,6 +22,11 @@ export CNND_BUILD_FEATURES="cnnd/kubernetes"
 features=(--features "$CNND_BUILD_FEATURES")
 CNND_DATA_DIR="$(scripts/setup.sh)"
 export CNND_DATA_DIR
+# env.sh looked for libtorch before setup.sh installed it: on a new machine (an empty cache)
+# LIBTORCH was still empty then, and cargo test would rebuild torch-sys without it.
+LIBTORCH="$(cnnd_find_libtorch)"
+[ -n "$LIBTORCH" ] || { echo "test.sh: setup.sh finished but no libtorch is in $CNND_VENV" >&2; exit 1; }
+export LIBTORCH
 scripts/validate-manifests.sh
 if [ $# -gt 0 ]; then
   cargo test --release --locked "${features[@]}" "$@"
