@@ -29,7 +29,7 @@ pub struct DaemonConfig {
     /// Address to serve gRPC on. Anything but loopback needs --tls-cert/--tls-key (or --allow-plaintext-remote).
     #[arg(long, env = "CNND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// SQLite database file [default: STATE_DIR/cnnd.sqlite].
+    /// The store: a SQLite file (or sqlite: URL), or a PostgreSQL URL (postgres://USER@HOST:PORT/DB; give the password through PGPASSWORD or ~/.pgpass, not here) [default: STATE_DIR/cnnd.sqlite].
     #[arg(long, env = "CNND_DB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<PathBuf>,

@@ -17,8 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Row};
 
 use cnnd_core::content::FileRef;
 use cnnd_core::epoch::EpochRecord;
@@ -331,8 +333,9 @@ pub struct QueueCounts {
 
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
     /// Set when a write transaction failed: the writer connection is then replaced before its
     /// next use. After SQLite rolls a transaction back on its own (a COMMIT refused for a full
     /// disk, an I/O error), sqlx-sqlite still counts it as open and would run every later write
@@ -375,22 +378,103 @@ impl Drop for InvalidateOnDrop<'_> {
     }
 }
 
-/// Connection options for the database at `path`: a file path, taken literally (`?`, `#` and
-/// `%` are file name characters there), or a `sqlite:` URL, parsed with its options.
-fn options(path: &Path, busy_timeout: Duration) -> Result<SqliteConnectOptions> {
+/// The database a store runs on. Every query is written once, in SQL both read (numbered
+/// `$n` parameters, portable functions), and runs through sqlx's Any driver; the schema has
+/// one migrations folder per backend (`migrations/sqlite`, `migrations/postgres`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: one file, nothing to install.
+    Sqlite,
+    /// A PostgreSQL server (`postgres://` or `postgresql://`), for a shared service.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `--db` names: a `postgres://` or `postgresql://` URL is PostgreSQL;
+    /// anything else (a file path, a `sqlite:` URL) is SQLite.
+    pub fn of(db: &Path) -> Backend {
+        match db.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Backend::Postgres
+            }
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
+/// Candidates [`Store::lease_next`] reads before it gives up for this call when other stores
+/// on the same database keep taking them first.
+const LEASE_CLAIM_TRIES: usize = 8;
+
+/// Lease renewals per statement (two bound values each).
+const RENEWALS_PER_STATEMENT: usize = 1000;
+
+/// Connections a daemon holds on PostgreSQL: one writer (writes stay serialised, as on
+/// SQLite) and up to this many readers. The server must allow this plus one per standby
+/// and per operator session (`max_connections`, 100 by default).
+pub const POSTGRES_READERS: u32 = 8;
+
+/// The Any driver's options for the SQLite database at `path`: a file path, taken literally
+/// (`?`, `#` and `%` are file name characters there), or a `sqlite:` URL, parsed with its
+/// options. The pragmas are set on each connection ([`sqlite_pragmas`]).
+fn sqlite_options(path: &Path, read_only: bool) -> Result<AnyConnectOptions> {
     let base = match path.to_str() {
         Some(url) if url.starts_with("sqlite:") => SqliteConnectOptions::from_str(url)?,
-        _ => SqliteConnectOptions::new().filename(path),
+        // The URL the Any driver connects with decodes `%`: encode it first.
+        _ => SqliteConnectOptions::new().filename(path.to_string_lossy().replace('%', "%25")),
     };
-    Ok(base
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        // REPLACE's implicit deletes fire delete triggers, which keep trials.epoch_count
-        // exact (migrations/0008).
-        .pragma("recursive_triggers", "ON")
-        .busy_timeout(busy_timeout))
+    let base = if read_only {
+        base.create_if_missing(false).read_only(true)
+    } else {
+        base.create_if_missing(true)
+    };
+    Ok(AnyConnectOptions::from_url(&base.to_url_lossy())?)
+}
+
+/// What every SQLite connection of the store is set to: WAL, normal sync, foreign keys, and
+/// recursive triggers (REPLACE's implicit deletes fire delete triggers, which keep
+/// trials.epoch_count exact, migrations/sqlite/0008); the writer also sets WAL mode.
+fn sqlite_pragmas(busy_timeout: Duration, writer: bool) -> String {
+    let mut pragmas = format!(
+        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA recursive_triggers = ON;",
+        busy_timeout.as_millis()
+    );
+    if writer {
+        pragmas.push_str(" PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;");
+    }
+    pragmas
+}
+
+/// Pool options that run `pragmas` (nothing on PostgreSQL) on every new connection.
+fn pool_options(pragmas: Option<String>) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new();
+    match pragmas {
+        None => options,
+        Some(pragmas) => options.after_connect(move |conn, _| {
+            let pragmas = pragmas.clone();
+            Box::pin(async move {
+                for pragma in pragmas.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    sqlx::Executor::execute(&mut *conn, pragma).await?;
+                }
+                Ok(())
+            })
+        }),
+    }
+}
+
+/// `db` as logs and errors show it: a URL's password replaced by `***`.
+pub fn display_db(db: &Path) -> String {
+    let text = db.to_string_lossy();
+    match Backend::of(db) {
+        Backend::Sqlite => text.into_owned(),
+        Backend::Postgres => match url::Url::parse(&text) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => text.into_owned(),
+        },
+    }
 }
 
 /// How long a statement waits for a lock another connection (a backup, an operator's
@@ -411,7 +495,7 @@ const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.devi
 const TRIAL_FROM: &str = "FROM trials t LEFT JOIN epochs e ON e.trial_id = t.id
     AND e.epoch = t.last_epoch";
 
-fn trial_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrialRow> {
+fn trial_from_row(r: &AnyRow) -> Result<TrialRow> {
     let params: String = r.get("params");
     let last_epoch = r.get::<Option<i64>, _>("l_epoch").map(|epoch| EpochRecord {
         epoch: epoch as u32,
@@ -476,13 +560,13 @@ pub const WEIGHTS_NAME: &str = "best.safetensors";
 /// The name a checkpoint goes by.
 pub const CHECKPOINT_NAME: &str = "checkpoint.safetensors";
 
-fn string_list(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Vec<String>> {
+fn string_list(r: &AnyRow, column: &str) -> Result<Vec<String>> {
     let text: String = r.get(column);
     serde_json::from_str(&text).with_context(|| format!("trials.{column} in the store"))
 }
 
 /// A state column (`trials.status`, `sweeps.status`) read back as its type.
-fn state_column<T>(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T>
+fn state_column<T>(r: &AnyRow, column: &str) -> Result<T>
 where
     T: FromStr<Err = cnnd_core::status::UnknownState>,
 {
@@ -491,7 +575,7 @@ where
         .with_context(|| format!("the store's {column} column"))
 }
 
-fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRecord {
+fn epoch_from_row(r: &AnyRow) -> EpochRecord {
     EpochRecord {
         epoch: r.get::<i64, _>("epoch") as u32,
         train_loss: r.get("train_loss"),
@@ -503,7 +587,7 @@ fn epoch_from_row(r: &sqlx::sqlite::SqliteRow) -> EpochRecord {
     }
 }
 
-fn sweep_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SweepRow> {
+fn sweep_from_row(r: &AnyRow) -> Result<SweepRow> {
     let varied: String = r.get("varied");
     let spec: String = r.get("spec");
     Ok(SweepRow {
@@ -539,7 +623,7 @@ struct LeaseRow {
 }
 
 impl LeaseRow {
-    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LeaseRow> {
+    fn from_row(row: &AnyRow) -> Result<LeaseRow> {
         Ok(LeaseRow {
             sweep_id: row.get("sweep_id"),
             status: state_column(row, "status")?,
@@ -571,14 +655,10 @@ fn lease_verdict(
 }
 
 /// Stores what a worker learned preparing a trial (sent with its first epoch report).
-async fn store_facts(
-    tx: &mut sqlx::SqliteConnection,
-    trial_id: &str,
-    f: &TrialFacts,
-) -> Result<()> {
+async fn store_facts(tx: &mut AnyConnection, trial_id: &str, f: &TrialFacts) -> Result<()> {
     sqlx::query(
-        "UPDATE trials SET parameter_count = ?, train_examples = ?, val_examples = ?, test_examples = ?,
-                notes = ?, frozen = ?, reinitialised = ?, skipped_files = ?, provenance = ? WHERE id = ?",
+        "UPDATE trials SET parameter_count = $1, train_examples = $2, val_examples = $3, test_examples = $4,
+                notes = $5, frozen = $6, reinitialised = $7, skipped_files = $8, provenance = $9 WHERE id = $10",
     )
     .bind(f.parameter_count as i64)
     .bind(f.train_examples as i64)
@@ -596,7 +676,7 @@ async fn store_facts(
 }
 
 async fn append_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut AnyConnection,
     sweep_id: &str,
     event: &Event,
 ) -> Result<StoredEvent> {
@@ -604,9 +684,35 @@ async fn append_event(
     stored.pop().context("an appended event without its id")
 }
 
+/// `($1, $2, $3), ($4, $5, $6), ...`: the VALUES of `rows` rows of `columns` values, numbered
+/// from `$first` as both backends read them (sqlx's QueryBuilder writes `?` for the Any
+/// driver, which PostgreSQL does not take).
+pub(crate) fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + row * columns + column));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$first, $first+1, ...`: `n` numbered placeholders, comma-separated (for `IN (...)`).
+pub(crate) fn placeholder_list(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Appends events with one multi-row insert, answered in the order given.
 async fn append_events(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut AnyConnection,
     events: Vec<(String, Event)>,
 ) -> Result<Vec<StoredEvent>> {
     let at = now();
@@ -614,17 +720,17 @@ async fn append_events(
         .iter()
         .map(|(_, event)| serde_json::to_string(event))
         .collect::<serde_json::Result<Vec<_>>>()?;
-    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (sweep_id, at, payload) ");
-    insert.push_values(
-        events.iter().zip(&payloads),
-        |mut row, ((sweep_id, _), payload)| {
-            row.push_bind(sweep_id).push_bind(&at).push_bind(payload);
-        },
+    let sql = format!(
+        "INSERT INTO events (sweep_id, at, payload) VALUES {} RETURNING id",
+        values_placeholders(events.len(), 3, 1)
     );
-    insert.push(" RETURNING id");
-    // SQLite promises no order for RETURNING rows; the single writer gives the rows of one
-    // statement ascending ids in VALUES order.
-    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+    let mut insert = sqlx::query_scalar(&sql);
+    for ((sweep_id, _), payload) in events.iter().zip(&payloads) {
+        insert = insert.bind(sweep_id).bind(&at).bind(payload);
+    }
+    // Neither backend promises an order for RETURNING rows; the single writer gives the rows
+    // of one statement ascending ids in VALUES order.
+    let mut ids: Vec<i64> = insert.fetch_all(&mut *tx).await?;
     ids.sort_unstable();
     if ids.len() != events.len() {
         return Err(anyhow!(
@@ -646,22 +752,41 @@ async fn append_events(
 }
 
 impl Store {
-    /// Opens (creating when missing) the database and applies pending migrations.
-    pub async fn open(path: &Path) -> Result<Store> {
-        Self::open_with(path, BUSY_TIMEOUT).await
+    /// Opens (creating when missing) the database and applies pending migrations: `db` is
+    /// a SQLite file path or URL, or a PostgreSQL URL ([`Backend::of`]).
+    pub async fn open(db: &Path) -> Result<Store> {
+        Self::open_with(db, BUSY_TIMEOUT).await
     }
 
-    /// [`Store::open`] with another lock wait than [`BUSY_TIMEOUT`].
-    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
-        let url = path.to_str().is_some_and(|p| p.starts_with("sqlite:"));
-        if let Some(dir) = path.parent().filter(|_| !url) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let opts = options(path, busy_timeout)
-            .with_context(|| format!("database path {}", path.display()))?;
+    /// [`Store::open`] with another lock wait than [`BUSY_TIMEOUT`] (SQLite).
+    pub async fn open_with(db: &Path, busy_timeout: Duration) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(db);
+        let shown = display_db(db);
+        let (writer_options, reader_options, readers) = match backend {
+            Backend::Sqlite => {
+                let url = db.to_str().is_some_and(|p| p.starts_with("sqlite:"));
+                if let Some(dir) = db.parent().filter(|_| !url) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let writer =
+                    sqlite_options(db, false).with_context(|| format!("database path {shown}"))?;
+                // The writer creates the file; the readers open it read-only afterwards.
+                (writer, None, 8)
+            }
+            Backend::Postgres => {
+                let url = db.to_str().context("a PostgreSQL URL must be UTF-8")?;
+                let options = AnyConnectOptions::from_str(url)
+                    .with_context(|| format!("database URL {shown}"))?;
+                (options.clone(), Some(options), POSTGRES_READERS)
+            }
+        };
+        let pragmas =
+            |writer| (backend == Backend::Sqlite).then(|| sqlite_pragmas(busy_timeout, writer));
         let writer_suspect = Arc::new(AtomicBool::new(false));
         let suspect = writer_suspect.clone();
-        let writer = SqlitePoolOptions::new()
+        let writer = pool_options(pragmas(true))
             .max_connections(1)
             // No ping before each write transaction (a round trip to SQLite's thread, ~15% of
             // a batched epoch write): a failed write marks the connection for replacement.
@@ -671,18 +796,28 @@ impl Store {
                 let replace = suspect.swap(false, Ordering::SeqCst);
                 Box::pin(async move { Ok(!replace) })
             })
-            .connect_with(opts.clone())
+            .connect_with(writer_options)
             .await
-            .with_context(|| format!("opening database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
+            .with_context(|| format!("opening database {shown}"))?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
             .run(&writer)
             .await
-            .with_context(|| format!("migrating database {}", path.display()))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts.read_only(true))
-            .await?;
+            .with_context(|| format!("migrating database {shown}"))?;
+        let reader_options = match reader_options {
+            Some(options) => options,
+            None => sqlite_options(db, true)?,
+        };
+        let reader = pool_options(pragmas(false))
+            .max_connections(readers)
+            .connect_with(reader_options)
+            .await
+            .with_context(|| format!("opening database {shown}"))?;
         let mut store = Store {
+            backend,
             writer,
             reader,
             writer_suspect,
@@ -694,22 +829,34 @@ impl Store {
     }
 
     /// Opens an existing database for reading only (tests, diagnostics): never writes.
-    pub async fn open_read_only(path: &Path) -> Result<Store> {
-        let opts = options(path, BUSY_TIMEOUT)?
-            .create_if_missing(false)
-            .read_only(true);
-        let reader = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts)
-            .await
-            .with_context(|| format!("opening database {}", path.display()))?;
+    pub async fn open_read_only(db: &Path) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(db);
+        let options = match backend {
+            Backend::Sqlite => sqlite_options(db, true)?,
+            Backend::Postgres => {
+                AnyConnectOptions::from_str(db.to_str().context("a PostgreSQL URL must be UTF-8")?)?
+            }
+        };
+        let reader =
+            pool_options((backend == Backend::Sqlite).then(|| sqlite_pragmas(BUSY_TIMEOUT, false)))
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening database {}", display_db(db)))?;
         Ok(Store {
+            backend,
             writer: reader.clone(),
             reader,
             writer_suspect: Arc::default(),
             trials_cache: None,
             epoch_reports: None,
         })
+    }
+
+    /// The database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Runs the body of one write transaction. Any error marks the writer connection for
@@ -755,7 +902,7 @@ impl Store {
             .to_string();
         sqlx::query(
             "INSERT INTO sweeps (id, name, dataset, strategy, varied, spec, objective, priority, max_parallel, device, status, created_at, early_stopping, tpe, manifest_digest)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13, $14)",
         )
         .bind(id)
         .bind(&spec.name)
@@ -785,7 +932,7 @@ impl Store {
             let trial_id = format!("{id}-t{i}");
             sqlx::query(
                 "INSERT INTO trials (id, sweep_id, idx, params, status, priority, queue_seq, device, epochs_planned, awaiting_suggestion)
-                 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)",
             )
             .bind(&trial_id)
             .bind(id)
@@ -806,7 +953,7 @@ impl Store {
     }
 
     pub async fn sweep(&self, id: &str) -> Result<Option<SweepRow>> {
-        let row = sqlx::query("SELECT * FROM sweeps WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM sweeps WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
@@ -873,7 +1020,7 @@ impl Store {
     pub async fn objective_histories(&self, sweep_id: &str) -> Result<Vec<ObjectiveHistory>> {
         let rows = sqlx::query(
             "SELECT t.id, t.status, e.val_accuracy, e.val_loss FROM trials t
-             LEFT JOIN epochs e ON e.trial_id = t.id WHERE t.sweep_id = ? ORDER BY t.idx, e.epoch",
+             LEFT JOIN epochs e ON e.trial_id = t.id WHERE t.sweep_id = $1 ORDER BY t.idx, e.epoch",
         )
         .bind(sweep_id)
         .fetch_all(&self.reader)
@@ -915,7 +1062,7 @@ impl Store {
             None => None,
         };
         let sql =
-            format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx");
+            format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = $1 ORDER BY t.idx");
         let rows = sqlx::query(&sql)
             .bind(sweep_id)
             .fetch_all(&self.reader)
@@ -939,7 +1086,7 @@ impl Store {
     }
 
     pub async fn trial(&self, id: &str) -> Result<Option<TrialRow>> {
-        let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.id = ?");
+        let sql = format!("SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.reader)
@@ -948,7 +1095,7 @@ impl Store {
     }
 
     pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRecord>> {
-        let rows = sqlx::query("SELECT * FROM epochs WHERE trial_id = ? ORDER BY epoch")
+        let rows = sqlx::query("SELECT * FROM epochs WHERE trial_id = $1 ORDER BY epoch")
             .bind(trial_id)
             .fetch_all(&self.reader)
             .await?;
@@ -961,7 +1108,7 @@ impl Store {
         sweep_id: &str,
     ) -> Result<std::collections::HashMap<String, Vec<EpochRecord>>> {
         let rows = sqlx::query(
-            "SELECT e.* FROM epochs e JOIN trials t ON t.id = e.trial_id WHERE t.sweep_id = ? ORDER BY e.trial_id, e.epoch",
+            "SELECT e.* FROM epochs e JOIN trials t ON t.id = e.trial_id WHERE t.sweep_id = $1 ORDER BY e.trial_id, e.epoch",
         )
         .bind(sweep_id)
         .fetch_all(&self.reader)
@@ -976,7 +1123,7 @@ impl Store {
     }
 
     pub async fn events_after(&self, sweep_id: &str, after_id: i64) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query("SELECT * FROM events WHERE sweep_id = ? AND id > ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM events WHERE sweep_id = $1 AND id > $2 ORDER BY id")
             .bind(sweep_id)
             .bind(after_id)
             .fetch_all(&self.reader)
@@ -998,7 +1145,7 @@ impl Store {
     /// writes it), oldest first.
     pub async fn sweeps_ended_since(&self, at: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM sweeps WHERE finished_at >= ? ORDER BY finished_at, id",
+            "SELECT id FROM sweeps WHERE finished_at >= $1 ORDER BY finished_at, id",
         )
         .bind(at)
         .fetch_all(&self.reader)
@@ -1007,7 +1154,7 @@ impl Store {
 
     pub async fn queue_counts(&self) -> Result<QueueCounts> {
         let r = sqlx::query(
-            "SELECT COALESCE(SUM(status = 'queued'), 0) AS q, COALESCE(SUM(status = 'running'), 0) AS r FROM trials
+            "SELECT COUNT(CASE WHEN status = 'queued' THEN 1 END) AS q, COUNT(CASE WHEN status = 'running' THEN 1 END) AS r FROM trials
              WHERE status IN ('queued', 'running')",
         )
         .fetch_one(&self.reader)
@@ -1027,7 +1174,7 @@ impl Store {
                     (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') AS running
              FROM trials t JOIN sweeps s ON s.id = t.sweep_id
              WHERE t.status = 'queued' AND s.paused = 0
-             GROUP BY t.sweep_id, t.device ORDER BY t.sweep_id, t.device",
+             GROUP BY t.sweep_id, t.device, s.max_parallel ORDER BY t.sweep_id, t.device",
         )
         .fetch_all(&self.reader)
         .await?;
@@ -1074,7 +1221,8 @@ impl Store {
         let (worker, devices, ran_on) = (ask.worker, ask.devices, ask.ran_on);
         self.write(async {
         let mut tx = self.writer.begin().await?;
-        let placeholders = vec!["?"; devices.len()].join(", ");
+        let placeholders = placeholder_list(1, devices.len());
+        let format_param = devices.len() + 1;
         let sql = format!(
             "SELECT t.id, t.sweep_id, t.params, t.generation, t.attempts, s.dataset, t.awaiting_suggestion,
                     t.epoch_count AS epochs_recorded, s.manifest_digest,
@@ -1082,41 +1230,59 @@ impl Store {
              FROM trials t JOIN sweeps s ON s.id = t.sweep_id
              LEFT JOIN epochs c ON c.trial_id = t.id AND c.epoch = t.last_epoch
              WHERE t.status = 'queued' AND s.paused = 0 AND t.device IN ({placeholders})
-               AND (t.epoch_count = 0 OR t.checkpoint_format IS NULL OR t.checkpoint_format = ?)
+               AND (t.epoch_count = 0 OR t.checkpoint_format IS NULL OR t.checkpoint_format = ${format_param})
                AND (s.max_parallel = 0 OR
                     (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = t.sweep_id AND r.status = 'running') < s.max_parallel)
              ORDER BY t.priority DESC, t.queue_seq LIMIT 1"
         );
-        let mut q = sqlx::query(&sql);
-        for d in devices {
-            q = q.bind(*d);
+        // The update takes the trial only while it is still queued at the generation read:
+        // another store on the same database (a second daemon on PostgreSQL) that leased it
+        // in between makes it change nothing, and the next candidate is read. On SQLite the
+        // single writer never meets that.
+        let mut claimed = None;
+        for _ in 0..LEASE_CLAIM_TRIES {
+            let mut q = sqlx::query(&sql);
+            for d in devices {
+                q = q.bind(*d);
+            }
+            q = q.bind(ask.checkpoint_format as i64);
+            let Some(row) = q.fetch_optional(&mut *tx).await? else {
+                return Ok(None);
+            };
+            let trial_id: String = row.get("id");
+            let read_generation = row.get::<i64, _>("generation");
+            let generation = read_generation as u64 + 1;
+            let attempt = row.get::<i64, _>("attempts") as u32 + 1;
+            let started = now();
+            let taken = sqlx::query(
+                "UPDATE trials SET status = 'running', worker = $1, generation = $2, attempts = $3, ran_on = $4,
+                        started_at = COALESCE(started_at, $5), error = NULL, checkpoint_format = $6,
+                        lease_expires_at = $7 WHERE id = $8 AND status = 'queued' AND generation = $9",
+            )
+            .bind(worker)
+            .bind(generation as i64)
+            .bind(attempt as i64)
+            .bind(ran_on)
+            .bind(&started)
+            .bind(ask.checkpoint_format as i64)
+            .bind(ask.expires_at_ms)
+            .bind(&trial_id)
+            .bind(read_generation)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                claimed = Some((row, trial_id, generation, attempt));
+                break;
+            }
         }
-        q = q.bind(ask.checkpoint_format as i64);
-        let Some(row) = q.fetch_optional(&mut *tx).await? else {
+        let Some((row, trial_id, generation, attempt)) = claimed else {
+            // Every candidate went to another store meanwhile: the worker asks again.
             return Ok(None);
         };
-        let trial_id: String = row.get("id");
         let sweep_id: String = row.get("sweep_id");
-        let generation = row.get::<i64, _>("generation") as u64 + 1;
-        let attempt = row.get::<i64, _>("attempts") as u32 + 1;
         let params: String = row.get("params");
-        let started = now();
-        sqlx::query(
-            "UPDATE trials SET status = 'running', worker = ?, generation = ?, attempts = ?, ran_on = ?,
-                    started_at = COALESCE(started_at, ?), error = NULL, checkpoint_format = ?,
-                    lease_expires_at = ? WHERE id = ?",
-        )
-        .bind(worker)
-        .bind(generation as i64)
-        .bind(attempt as i64)
-        .bind(ran_on)
-        .bind(&started)
-        .bind(ask.checkpoint_format as i64)
-        .bind(ask.expires_at_ms)
-        .bind(&trial_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE sweeps SET status = 'running' WHERE id = ? AND status = 'queued'")
+        sqlx::query("UPDATE sweeps SET status = 'running' WHERE id = $1 AND status = 'queued'")
             .bind(&sweep_id)
             .execute(&mut *tx)
             .await?;
@@ -1164,7 +1330,7 @@ impl Store {
     ) -> Result<()> {
         self.write(async {
             sqlx::query(
-                "UPDATE trials SET params = ?, awaiting_suggestion = 0, suggestion_basis = ? WHERE id = ?",
+                "UPDATE trials SET params = $1, awaiting_suggestion = 0, suggestion_basis = $2 WHERE id = $3",
             )
             .bind(serde_json::to_string(params)?)
             .bind(serde_json::to_string(basis)?)
@@ -1182,7 +1348,7 @@ impl Store {
         sweep_id: &str,
     ) -> Result<std::collections::HashMap<String, SuggestionBasis>> {
         let rows = sqlx::query(
-            "SELECT id, suggestion_basis FROM trials WHERE sweep_id = ? AND suggestion_basis IS NOT NULL",
+            "SELECT id, suggestion_basis FROM trials WHERE sweep_id = $1 AND suggestion_basis IS NOT NULL",
         )
         .bind(sweep_id)
         .fetch_all(&self.reader)
@@ -1197,12 +1363,12 @@ impl Store {
 
     /// Checks that `generation` is the trial's live lease; returns (sweep id, status).
     async fn check_lease(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut AnyConnection,
         trial_id: &str,
         generation: u64,
     ) -> Result<Result<(String, u32), ReportError>> {
         let row = sqlx::query(
-            "SELECT sweep_id, status, generation, epochs_planned FROM trials WHERE id = ?",
+            "SELECT sweep_id, status, generation, epochs_planned FROM trials WHERE id = $1",
         )
         .bind(trial_id)
         .fetch_optional(&mut *tx)
@@ -1257,11 +1423,15 @@ impl Store {
             Err(e) => return Ok(Err(e)),
         };
         sqlx::query(
-            "UPDATE trials SET status = ?, error = ?, test_loss = ?, test_accuracy = ?, best_epoch = ?, weights_path = ?,
-                    parameter_count = COALESCE(?, parameter_count), finished_at = ?,
-                    weights_digest = ?, weights_size = ?, input_record = ?, lease_expires_at = NULL
-             WHERE id = ?",
+            "UPDATE trials SET status = $1, error = $2, test_loss = $3, test_accuracy = $4, best_epoch = $5, weights_path = $6,
+                    parameter_count = COALESCE($7, parameter_count), finished_at = $8,
+                    weights_digest = $9, weights_size = $10, input_record = $11, lease_expires_at = NULL
+             WHERE id = $12",
         )
+        // Not prepared once for all: sqlx 0.8.6's Any driver sends a NULL f64 to PostgreSQL as
+        // a float4, and a statement first prepared with a NULL test loss would then refuse
+        // every real one ("incorrect binary data format"). Once per trial, so no cost.
+        .persistent(false)
         .bind(result.status.as_str())
         .bind(&result.error)
         .bind(result.test_loss)
@@ -1309,9 +1479,9 @@ impl Store {
             for id in ids {
                 let r = sqlx::query(
                     "UPDATE trials SET status = 'queued', worker = NULL, finished_at = NULL,
-                            attempts = MAX(attempts - 1, 0), error = NULL,
+                            attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, error = NULL,
                             queue_seq = (SELECT MIN(queue_seq) - 1 FROM trials)
-                     WHERE id = ? AND status = 'parked'",
+                     WHERE id = $1 AND status = 'parked'",
                 )
                 .bind(id)
                 .execute(&mut *tx)
@@ -1337,7 +1507,7 @@ impl Store {
             type Parked = (String, Option<String>, Option<f64>, Option<f64>);
             let parked: Vec<Parked> = sqlx::query_as(
                 "SELECT id, error, test_accuracy, test_loss FROM trials
-                 WHERE sweep_id = ? AND status = 'parked' ORDER BY idx",
+                 WHERE sweep_id = $1 AND status = 'parked' ORDER BY idx",
             )
             .bind(sweep_id)
             .fetch_all(&mut *tx)
@@ -1349,7 +1519,7 @@ impl Store {
                     error.unwrap_or_default()
                 ))
                 .to_string();
-                sqlx::query("UPDATE trials SET status = 'pruned', error = ? WHERE id = ?")
+                sqlx::query("UPDATE trials SET status = 'pruned', error = $1 WHERE id = $2")
                     .bind(&error)
                     .bind(&id)
                     .execute(&mut *tx)
@@ -1382,9 +1552,9 @@ impl Store {
         Self::count_active(&mut conn, sweep_id).await
     }
 
-    async fn count_active(conn: &mut sqlx::SqliteConnection, sweep_id: &str) -> Result<i64> {
+    async fn count_active(conn: &mut AnyConnection, sweep_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN ('queued', 'running')",
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = $1 AND status IN ('queued', 'running')",
         )
         .bind(sweep_id)
         .fetch_one(conn)
@@ -1418,7 +1588,7 @@ impl Store {
             Ok(v) => v,
             Err(_) => return Ok(Vec::new()),
         };
-        let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM trials WHERE id = ?")
+        let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM trials WHERE id = $1")
             .bind(trial_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -1429,7 +1599,7 @@ impl Store {
             } else {
                 (attempts - 1).max(0)
             };
-            sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, attempts = ?, error = ? WHERE id = ?")
+            sqlx::query("UPDATE trials SET status = 'queued', worker = NULL, attempts = $1, error = $2 WHERE id = $3")
                 .bind(attempts_after)
                 .bind(format!("attempt {attempts}: {reason}"))
                 .bind(trial_id)
@@ -1438,7 +1608,7 @@ impl Store {
         } else {
             let error = format!("{reason} (attempt {attempts} of {max_attempts})");
             sqlx::query(
-                "UPDATE trials SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                "UPDATE trials SET status = 'failed', error = $1, finished_at = $2 WHERE id = $3",
             )
             .bind(&error)
             .bind(now())
@@ -1475,19 +1645,19 @@ impl Store {
         self.write(async {
         let mut tx = self.writer.begin().await?;
         let running: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, worker FROM trials WHERE sweep_id = ? AND status = 'running'",
+            "SELECT id, worker FROM trials WHERE sweep_id = $1 AND status = 'running'",
         )
         .bind(sweep_id)
         .fetch_all(&mut *tx)
         .await?;
         let ended = now();
-        let open: Vec<(String,)> = sqlx::query_as(&format!("SELECT id FROM trials WHERE sweep_id = ? AND status IN {OPEN_STATUSES} ORDER BY idx"))
+        let open: Vec<(String,)> = sqlx::query_as(&format!("SELECT id FROM trials WHERE sweep_id = $1 AND status IN {OPEN_STATUSES} ORDER BY idx"))
             .bind(sweep_id)
             .fetch_all(&mut *tx)
             .await?;
         let n = sqlx::query(
-            &format!("UPDATE trials SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'
-             WHERE sweep_id = ? AND status IN {OPEN_STATUSES}"),
+            &format!("UPDATE trials SET status = 'cancelled', finished_at = $1, error = 'cancelled by request'
+             WHERE sweep_id = $2 AND status IN {OPEN_STATUSES}"),
         )
         .bind(&ended)
         .bind(sweep_id)
@@ -1506,7 +1676,7 @@ impl Store {
             events.push(append_event(&mut tx, sweep_id, &event).await?);
         }
         if n > 0 {
-            sqlx::query("UPDATE sweeps SET status = 'cancelled', finished_at = ? WHERE id = ?")
+            sqlx::query("UPDATE sweeps SET status = 'cancelled', finished_at = $1 WHERE id = $2")
                 .bind(&ended)
                 .bind(sweep_id)
                 .execute(&mut *tx)
@@ -1534,13 +1704,13 @@ impl Store {
     pub async fn set_paused(&self, sweep_id: &str, paused: bool) -> Result<u32> {
         self.write(async {
             let mut tx = self.writer.begin().await?;
-            sqlx::query("UPDATE sweeps SET paused = ? WHERE id = ?")
+            sqlx::query("UPDATE sweeps SET paused = $1 WHERE id = $2")
                 .bind(paused as i64)
                 .bind(sweep_id)
                 .execute(&mut *tx)
                 .await?;
             let queued: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status = 'queued'",
+                "SELECT COUNT(*) FROM trials WHERE sweep_id = $1 AND status = 'queued'",
             )
             .bind(sweep_id)
             .fetch_one(&mut *tx)
@@ -1553,11 +1723,11 @@ impl Store {
 
     /// Marks the sweep finished when none of its trials is queued or running.
     async fn maybe_finish_sweep(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut AnyConnection,
         sweep_id: &str,
     ) -> Result<Vec<StoredEvent>> {
         let open: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND status IN {OPEN_STATUSES}"
+            "SELECT COUNT(*) FROM trials WHERE sweep_id = $1 AND status IN {OPEN_STATUSES}"
         ))
         .bind(sweep_id)
         .fetch_one(&mut *tx)
@@ -1565,24 +1735,24 @@ impl Store {
         if open > 0 {
             return Ok(Vec::new());
         }
-        let status: String = sqlx::query_scalar("SELECT status FROM sweeps WHERE id = ?")
+        let status: String = sqlx::query_scalar("SELECT status FROM sweeps WHERE id = $1")
             .bind(sweep_id)
             .fetch_one(&mut *tx)
             .await?;
         if status.parse::<SweepStatus>()?.has_ended() {
             return Ok(Vec::new());
         }
-        sqlx::query("UPDATE sweeps SET status = 'finished', finished_at = ? WHERE id = ?")
+        sqlx::query("UPDATE sweeps SET status = 'finished', finished_at = $1 WHERE id = $2")
             .bind(now())
             .bind(sweep_id)
             .execute(&mut *tx)
             .await?;
-        let objective: String = sqlx::query_scalar("SELECT objective FROM sweeps WHERE id = ?")
+        let objective: String = sqlx::query_scalar("SELECT objective FROM sweeps WHERE id = $1")
             .bind(sweep_id)
             .fetch_one(&mut *tx)
             .await?;
         let rows = sqlx::query(&format!(
-            "SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = ? ORDER BY t.idx"
+            "SELECT {TRIAL_COLUMNS} {TRIAL_FROM} WHERE t.sweep_id = $1 ORDER BY t.idx"
         ))
         .bind(sweep_id)
         .fetch_all(&mut *tx)
@@ -1647,23 +1817,21 @@ impl Store {
         if leases.is_empty() {
             return Ok(());
         }
-        let pairs = serde_json::to_string(
-            &leases
-                .iter()
-                .map(|(id, generation)| serde_json::json!([id, *generation as i64]))
-                .collect::<Vec<_>>(),
-        )?;
         self.write(async {
-            sqlx::query(
-                "UPDATE trials SET lease_expires_at = ?
-                 WHERE status = 'running' AND EXISTS (SELECT 1 FROM json_each(?) j
-                     WHERE json_extract(j.value, '$[0]') = trials.id
-                       AND json_extract(j.value, '$[1]') = trials.generation)",
-            )
-            .bind(expires_at_ms)
-            .bind(pairs)
-            .execute(&self.writer)
-            .await?;
+            let mut tx = self.writer.begin().await?;
+            for chunk in leases.chunks(RENEWALS_PER_STATEMENT) {
+                let sql = format!(
+                    "UPDATE trials SET lease_expires_at = $1
+                     WHERE status = 'running' AND (id, generation) IN (VALUES {})",
+                    values_placeholders(chunk.len(), 2, 2)
+                );
+                let mut update = sqlx::query(&sql).bind(expires_at_ms);
+                for (id, generation) in chunk {
+                    update = update.bind(id).bind(*generation as i64);
+                }
+                update.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await

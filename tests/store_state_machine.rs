@@ -1,11 +1,11 @@
-//! The store's state machine, tested directly on a real SQLite file (a temporary one): no
-//! daemon, no worker, no libtorch, a few seconds in all. Every transition a trial goes
+//! The store's state machine, tested directly on both backends: a real SQLite file (a
+//! temporary one) and a real PostgreSQL server (a throw-away cluster, tests/common/
+//! postgres.rs): no daemon, no worker, no libtorch, a few seconds in all. Every transition a trial goes
 //! through (lease, report, finish, release, cancel, pause, promote, settle) and the races
 //! between them: two workers asking for the same trial, a report from a stale generation,
 //! a cancel while a finish lands, a promotion while the sweep is cancelled.
 //!
-//! The tests take their store from [`stores`], so a second backend only has to be added
-//! there to run them all against it too.
+//! The tests take their stores from [`stores`]: every test runs against every backend.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,6 +16,10 @@ use cnnd_core::status::{SweepStatus, TrialStatus};
 use cnnd_core::sweep::{SweepLimits, SweepRequest, SweepSpec};
 use serde_json::json;
 
+#[path = "common/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
+
 /// A store under test, with what keeps it alive.
 struct Backend {
     name: &'static str,
@@ -23,15 +27,28 @@ struct Backend {
     _dir: tempfile::TempDir,
 }
 
-/// Every backend the tests run against: SQLite in a temporary folder.
+/// Every backend the tests run against: SQLite in a temporary folder, and a fresh database
+/// on the test PostgreSQL server.
 async fn stores() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
-    vec![Backend {
-        name: "sqlite",
-        store,
-        _dir: dir,
-    }]
+    let sqlite = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+    let url = tokio::task::spawn_blocking(postgres::fresh_database)
+        .await
+        .unwrap();
+    let postgres = Store::open(std::path::Path::new(&url)).await.unwrap();
+    assert_eq!(postgres.backend(), cnnd::store::Backend::Postgres);
+    vec![
+        Backend {
+            name: "sqlite",
+            store: sqlite,
+            _dir: dir,
+        },
+        Backend {
+            name: "postgres",
+            store: postgres,
+            _dir: tempfile::tempdir().unwrap(),
+        },
+    ]
 }
 
 /// A validated sweep of `trials` configurations (dropout values) of `epochs` epochs.
@@ -156,6 +173,61 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
             .await
             .unwrap()
             .is_err());
+    }
+}
+
+/// Four stores on one PostgreSQL database (as two daemons during a takeover, or a
+/// misconfiguration) lease one sweep's 60 trials with four lease loops each, all at once:
+/// every trial is leased exactly once at generation 1; released, every trial is leased
+/// exactly once again at generation 2. Each store's writes are serialised, so only the
+/// database keeps two stores apart (the lease is a compare-and-set on status and generation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_stores_on_one_postgres_database_never_lease_a_trial_twice() {
+    let url = tokio::task::spawn_blocking(postgres::fresh_database)
+        .await
+        .unwrap();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Store::open(std::path::Path::new(&url)).await.unwrap());
+    }
+    stores[0]
+        .insert_sweep("sw", &spec(60, 1, json!({})), None, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let lease_all = |round: u32| {
+        let loops = stores.iter().enumerate().flat_map(|(i, store)| {
+            (0..4).map(move |j| async move {
+                let worker = format!("s{i}-w{j}-r{round}");
+                let mut got = Vec::new();
+                while let Some((lease, _)) = store
+                    .lease_next(&LeaseAsk::new(&worker, CPU, "cpu"))
+                    .await
+                    .unwrap()
+                {
+                    got.push((lease.trial_id, lease.generation));
+                }
+                got
+            })
+        });
+        futures::future::join_all(loops)
+    };
+    for round in 1..=2u64 {
+        let leases: Vec<(String, u64)> = lease_all(round as u32)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let trials: HashSet<&String> = leases.iter().map(|(t, _)| t).collect();
+        assert_eq!(leases.len(), 60, "round {round}: {leases:?}");
+        assert_eq!(trials.len(), 60, "round {round}: a trial leased twice");
+        assert!(leases.iter().all(|(_, g)| *g == round), "{leases:?}");
+        for (trial, generation) in &leases {
+            stores[(generation % 4) as usize]
+                .release_trial(trial, *generation, "test", 3, false)
+                .await
+                .unwrap();
+        }
     }
 }
 

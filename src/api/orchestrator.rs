@@ -370,7 +370,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             workers_idle: idle,
             queue_depth: counts.queued,
             libtorch_version: libtorch.join(", "),
-            db_path: s.config.db_path.display().to_string(),
+            db_path: crate::store::display_db(&s.config.db_path),
             state_dir: s.config.state_dir.display().to_string(),
             launcher: Some(launcher_to_wire(&s.launcher_view())),
         }))

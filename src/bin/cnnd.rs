@@ -465,7 +465,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         worker_hub = %hub_addr,
         tls = tls.is_some(),
         auth = !config.insecure_no_auth,
-        db = %db_path.display(),
+        db = %cnnd::store::display_db(&db_path),
         state_dir = %state_dir.display(),
         workers = scheduler.config.slots.len(),
         "cnnd {} listening",

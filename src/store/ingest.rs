@@ -11,15 +11,15 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, Result};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use cnnd_core::content::FileRef;
 use cnnd_core::epoch::EpochRecord;
 
 use super::{
-    append_events, lease_verdict, now, store_facts, Event, LeaseRow, ReportError, Store,
-    StoredEvent, TrialFacts,
+    append_events, lease_verdict, now, placeholder_list, store_facts, values_placeholders, Event,
+    LeaseRow, ReportError, Store, StoredEvent, TrialFacts,
 };
 
 /// What a report is answered: the stored event, a refusal, or the store's error.
@@ -36,8 +36,8 @@ pub(super) struct EpochReport {
     pub reply: oneshot::Sender<Outcome>,
 }
 
-/// Most reports in one transaction: 9 bound values per epoch row, far below SQLite's limit
-/// of 32,766, and a transaction short enough not to hold other writes back.
+/// Most reports in one transaction: 11 bound values per epoch row, far below SQLite's limit
+/// of 32,766 and PostgreSQL's of 65,535, and a transaction short enough not to hold other writes back.
 const MAX_BATCH: usize = 256;
 
 /// Starts the task that writes the reports sent to the returned channel. The task holds a
@@ -106,15 +106,20 @@ async fn write_with_retries(
 }
 
 /// True for store errors that another try may not meet: SQLite busy or locked (any
-/// extended code of SQLITE_BUSY = 5 or SQLITE_LOCKED = 6), I/O errors, pool time-outs.
-/// Constraint violations and bad values fail the same way every time.
+/// extended code of SQLITE_BUSY = 5 or SQLITE_LOCKED = 6), I/O errors; PostgreSQL's
+/// serialization failures and deadlocks (SQLSTATE class 40) and lost connections (class 08);
+/// pool time-outs. Constraint violations and bad values fail the same way every time.
 fn may_pass(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(db)) => db
-                .code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10)),
+            Some(sqlx::Error::Database(db)) => match db.code() {
+                // SQLSTATE: five characters (SQLite's codes have at most four digits).
+                Some(code) if code.len() == 5 => code.starts_with("40") || code.starts_with("08"),
+                Some(code) => code
+                    .parse::<i64>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 10)),
+                None => false,
+            },
             Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed) => {
                 true
             }
@@ -156,17 +161,21 @@ async fn store_epochs(
 ) -> Result<Vec<std::result::Result<StoredEvent, ReportError>>> {
     let mut tx = store.writer.begin().await?;
 
-    // The trial ids as one JSON array: one statement text whatever the batch size, prepared
-    // once (sqlx's statement cache).
-    let ids = serde_json::to_string(&reports.iter().map(|r| &r.trial_id).collect::<Vec<_>>())?;
+    // Each distinct trial id once: one statement text per number of trials in the batch,
+    // prepared once each (sqlx's statement cache).
+    let mut ids: Vec<&str> = reports.iter().map(|r| r.trial_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut leases: HashMap<String, LeaseRow> = HashMap::new();
-    let rows = sqlx::query(
-        "SELECT id, sweep_id, status, generation, epochs_planned FROM trials
-         WHERE id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let sql = format!(
+        "SELECT id, sweep_id, status, generation, epochs_planned FROM trials WHERE id IN ({})",
+        placeholder_list(1, ids.len())
+    );
+    let mut select = sqlx::query(&sql);
+    for id in &ids {
+        select = select.bind(*id);
+    }
+    let rows = select.fetch_all(&mut *tx).await?;
     for row in rows {
         leases.insert(row.get("id"), LeaseRow::from_row(&row)?);
     }
@@ -212,33 +221,47 @@ async fn store_epochs(
 /// after a crash) is replaced; rows of one statement are applied in order, so a repeat
 /// within the batch ends as its last report.
 async fn insert_epochs(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut AnyConnection,
     accepted: &[(&EpochReport, &(String, u32))],
 ) -> Result<()> {
     let recorded_at = now();
-    let mut insert = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at, checkpoint_digest, checkpoint_size) ",
-    );
-    insert.push_values(accepted, |mut row, (r, _)| {
-        row.push_bind(&r.trial_id)
-            .push_bind(r.epoch.epoch as i64)
-            .push_bind(r.epoch.train_loss)
-            .push_bind(r.epoch.train_accuracy)
-            .push_bind(r.epoch.val_loss)
-            .push_bind(r.epoch.val_accuracy)
-            .push_bind(r.epoch.seconds)
-            .push_bind(r.epoch.images_per_second)
-            .push_bind(&recorded_at)
-            .push_bind(r.checkpoint.as_ref().map(|c| c.digest.as_str()))
-            .push_bind(r.checkpoint.as_ref().map(|c| c.size as i64));
-    });
-    insert.push(
-        " ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
+    // PostgreSQL refuses an upsert that touches one row twice: an epoch reported twice in the
+    // batch goes in once, as its last report (what SQLite makes of the repeat, in order).
+    let mut last_of: HashMap<(&str, u32), usize> = HashMap::new();
+    for (i, (r, _)) in accepted.iter().enumerate() {
+        last_of.insert((r.trial_id.as_str(), r.epoch.epoch), i);
+    }
+    let accepted: Vec<_> = accepted
+        .iter()
+        .enumerate()
+        .filter(|(i, (r, _))| last_of[&(r.trial_id.as_str(), r.epoch.epoch)] == *i)
+        .map(|(_, a)| a)
+        .collect();
+    let sql = format!(
+        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at, checkpoint_digest, checkpoint_size)
+         VALUES {}
+         ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
            val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
            images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at,
            checkpoint_digest = excluded.checkpoint_digest, checkpoint_size = excluded.checkpoint_size",
+        values_placeholders(accepted.len(), 11, 1)
     );
-    insert.build().execute(&mut *tx).await?;
+    let mut insert = sqlx::query(&sql);
+    for (r, _) in &accepted {
+        insert = insert
+            .bind(&r.trial_id)
+            .bind(r.epoch.epoch as i64)
+            .bind(r.epoch.train_loss)
+            .bind(r.epoch.train_accuracy)
+            .bind(r.epoch.val_loss)
+            .bind(r.epoch.val_accuracy)
+            .bind(r.epoch.seconds)
+            .bind(r.epoch.images_per_second)
+            .bind(&recorded_at)
+            .bind(r.checkpoint.as_ref().map(|c| c.digest.as_str()))
+            .bind(r.checkpoint.as_ref().map(|c| c.size as i64));
+    }
+    insert.execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -438,7 +461,7 @@ mod tests {
             .filter(|t| t.status == cnnd_core::status::TrialStatus::Running)
             .collect();
         // Another connection takes the write lock for 600 ms (six busy timeouts).
-        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        let mut other = AnyConnection::connect(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
         sqlx::query("BEGIN IMMEDIATE")
@@ -476,7 +499,7 @@ mod tests {
                 "SELECT epoch_count, last_epoch,
                         (SELECT COUNT(*) FROM epochs WHERE trial_id = t.id),
                         (SELECT MAX(epoch) FROM epochs WHERE trial_id = t.id)
-                 FROM trials t WHERE id = ?",
+                 FROM trials t WHERE id = $1",
             )
             .bind(&a.trial_id)
             .fetch_one(&store.writer)
@@ -495,7 +518,7 @@ mod tests {
             sqlx::query(
                 "INSERT OR REPLACE INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss,
                      val_accuracy, seconds, images_per_second, recorded_at)
-                 VALUES (?, ?, 0.1, 0.9, 0.1, 0.9, 1.0, 10.0, 'now')",
+                 VALUES ($1, $2, 0.1, 0.9, 0.1, 0.9, 1.0, 10.0, 'now')",
             )
             .bind(&a.trial_id)
             .bind(n)
@@ -508,7 +531,7 @@ mod tests {
             (4, Some(5), 4, Some(5)),
             "replace as insert"
         );
-        sqlx::query("DELETE FROM epochs WHERE trial_id = ? AND epoch = 5")
+        sqlx::query("DELETE FROM epochs WHERE trial_id = $1 AND epoch = 5")
             .bind(&a.trial_id)
             .execute(&store.writer)
             .await

@@ -6,6 +6,7 @@
 
 pub mod datagen;
 pub mod netns;
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,15 @@ pub fn data_dir() -> PathBuf {
         "set CNND_DATA_DIR to a folder holding mnist/ (scripts/test.sh does)"
     );
     shared
+}
+
+/// The value of `--db` in a daemon's flags (`--db X` or `--db=X`).
+fn db_flag(extra: &[&str]) -> Option<PathBuf> {
+    extra.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--db=")
+            .or_else(|| (*a == "--db").then(|| extra.get(i + 1).copied()).flatten())
+            .map(PathBuf::from)
+    })
 }
 
 pub fn free_port() -> u16 {
@@ -62,6 +72,8 @@ pub struct Daemon {
     /// The CA its certificate chains to when it serves TLS (`--tls-cert` in its flags):
     /// the clients of this harness then speak TLS to it, trusting only this CA.
     pub ca_file: Option<PathBuf>,
+    /// Its `--db` when its flags give one (a PostgreSQL URL, say).
+    pub db: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -212,6 +224,7 @@ impl Daemon {
             state,
             data: data.to_path_buf(),
             ca_file: ca_file.map(Path::to_path_buf),
+            db: db_flag(extra),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -235,8 +248,12 @@ impl Daemon {
         std::fs::read_to_string(self.state.path().join("cnnd.log")).unwrap_or_default()
     }
 
+    /// Its store: the `--db` it was given, else the SQLite file in its state folder. The
+    /// `db_*` helpers read either (a PostgreSQL URL as a path).
     pub fn db_path(&self) -> PathBuf {
-        self.state.path().join("cnnd.sqlite")
+        self.db
+            .clone()
+            .unwrap_or_else(|| self.state.path().join("cnnd.sqlite"))
     }
 
     /// The daemon's API token file (created by the daemon at its first start).
@@ -675,17 +692,25 @@ pub fn wait_for<T>(
 /// Runs a read query on the SQLite file through a read-only connection (never writes);
 /// every row as a JSON object (INTEGER -> number, REAL -> number, TEXT -> string, NULL -> null).
 pub fn db_rows(db: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    use sqlx::{Column, Row, ValueRef};
+    use sqlx::{Column, ConnectOptions, Row, ValueRef};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true)
-            .create_if_missing(false);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let opts = match db.to_str() {
+            Some(url) if url.starts_with("postgres") => url.parse().unwrap(),
+            _ => sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(db)
+                .read_only(true)
+                .create_if_missing(false)
+                .to_url_lossy()
+                .as_str()
+                .parse::<sqlx::any::AnyConnectOptions>()
+                .unwrap(),
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
             .await
