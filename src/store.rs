@@ -27,7 +27,10 @@ use cnnd_core::epoch::EpochRecord;
 use cnnd_core::status::{SweepStatus, TrialStatus};
 use cnnd_core::sweep::{SweepSpec, TrialParams};
 
+mod copy;
 mod ingest;
+
+pub use copy::TableSum;
 
 /// Trial statuses that keep a sweep open: waiting, training, or parked at an ASHA rung
 /// (resumable; see [`crate::pruning`]).
