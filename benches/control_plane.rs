@@ -15,7 +15,12 @@
 //!     [--pollers 50] [--duration-secs 10] [--poll-intervals-ms 0,1000] [--submits 5]
 //!     [--ingest-epochs 20000] [--ingest-tasks 1,8,64] [--chart-rounds 3]
 //!     [--store-cache FILE] [--data-dir DIR] [--daemon PATH] [--keep-state]
+//!     [--postgres URL]
 //! ```
+//!
+//! `--postgres URL` runs everything against that PostgreSQL database (empty): the filled
+//! SQLite store is copied into it with `Store::copy_into` (what `cnnd store copy` does; the
+//! copy's time is reported), the daemon runs with `--db URL`, and ingestion writes there.
 //!
 //! The store is filled before the daemon starts, through the library: `Store::open` (the real
 //! migrations) and `Store::insert_sweep` (the real sweep and trial rows), then the trials are
@@ -107,6 +112,9 @@ struct Opts {
     /// Keep the daemon's state directory.
     #[arg(long)]
     keep_state: bool,
+    /// Run against this PostgreSQL database (empty) instead of the SQLite file.
+    #[arg(long)]
+    postgres: Option<String>,
     /// Another cnnd binary (for before/after runs).
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -647,6 +655,14 @@ async fn measure_charts(
     )
 }
 
+/// The store the daemon and the ingestion use: `--postgres`, else the SQLite file.
+fn store_location(o: &Opts, state: &Path) -> PathBuf {
+    match &o.postgres {
+        Some(url) => PathBuf::from(url),
+        None => state.join("cnnd.sqlite"),
+    }
+}
+
 async fn run_daemon_phase(
     o: &Opts,
     state: &Path,
@@ -678,6 +694,8 @@ async fn run_daemon_phase(
             &manifest_dir().join("dashboards").display().to_string(),
             "--listen",
             &listen,
+            "--db",
+            &store_location(o, state).display().to_string(),
         ])
         .env_remove("CNND_DB")
         .env_remove("CNND_LISTEN")
@@ -902,7 +920,7 @@ async fn measure_ingest(
 }
 
 async fn run_ingest_phase(o: &Opts, state: &Path, big_sweep: &str) -> Result<(Value, Vec<Value>)> {
-    let db = state.join("cnnd.sqlite");
+    let db = store_location(o, state);
     let store = Store::open(&db).await?;
     let scheduler = Scheduler::new(
         store.clone(),
@@ -1175,6 +1193,27 @@ async fn main() -> Result<()> {
         }
         (big, chart, facts)
     };
+    let mut store_facts = store_facts;
+    if let Some(url) = &o.postgres {
+        let t = Instant::now();
+        let from = Store::open(&db).await?;
+        let to = Store::open(Path::new(url)).await?;
+        from.copy_into(&to, |table, done, total| {
+            if done == total {
+                eprintln!(
+                    "  copied {table}: {total} rows ({:.0} s)",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        })
+        .await?;
+        store_facts["backend"] = json!("postgres");
+        store_facts["copy_seconds"] = json!(t.elapsed().as_secs_f64());
+        eprintln!(
+            "store copied into PostgreSQL in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     eprintln!("store: {store_facts}");
 
     let daemon = run_daemon_phase(&o, &state, &big_sweep, &chart_sweep).await?;

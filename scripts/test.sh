@@ -13,6 +13,8 @@
 # tests (tests/kubernetes_launcher.rs, against a scripted API server, and the manifests
 # against the Kubernetes schema: scripts/validate-manifests.sh, run first, installs its
 # validator) run too; setup.sh builds with the same features, so nothing is built twice.
+# The PostgreSQL store's tests (tests/store_state_machine.rs, store_copy.rs, faults.rs) start
+# their own throw-away servers with scripts/postgres.sh (installed here when missing, as root).
 # Extra arguments go to cargo test instead of --workspace (e.g. scripts/test.sh --test e2e,
 # or -p cnnd-core) and skip that step.
 set -euo pipefail
@@ -28,6 +30,9 @@ LIBTORCH="$(cnnd_find_libtorch)"
 [ -n "$LIBTORCH" ] || { echo "test.sh: setup.sh finished but no libtorch is in $CNND_VENV" >&2; exit 1; }
 export LIBTORCH
 scripts/validate-manifests.sh
+# The PostgreSQL store's tests start throw-away servers (scripts/postgres.sh): make sure the
+# server binaries are there (Debian's postgresql-15 on these machines).
+if [ "$(id -u)" = 0 ]; then scripts/postgres.sh install; fi
 if [ $# -gt 0 ]; then
   cargo test --release --locked "${features[@]}" "$@"
   exit 0

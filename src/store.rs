@@ -409,6 +409,9 @@ impl Backend {
 /// on the same database keep taking them first.
 const LEASE_CLAIM_TRIES: usize = 8;
 
+/// Trials per statement when a sweep is stored (10 values each).
+const TRIALS_PER_INSERT: usize = 128;
+
 /// Lease renewals per statement (two bound values each).
 const RENEWALS_PER_STATEMENT: usize = 1000;
 
@@ -931,24 +934,36 @@ impl Store {
         for (position, &i) in spec.start_order().iter().enumerate() {
             queue_position[i] = position as i64;
         }
-        for (i, params) in spec.trials.iter().enumerate() {
-            let trial_id = format!("{id}-t{i}");
-            sqlx::query(
+        // Multi-row inserts of TRIALS_PER_INSERT trials (10 values each): a 1,000-trial sweep
+        // in 8 statements instead of 1,000 round trips.
+        let rows = spec
+            .trials
+            .iter()
+            .enumerate()
+            .map(|(i, params)| Ok((i, format!("{id}-t{i}"), serde_json::to_string(params)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in rows.chunks(TRIALS_PER_INSERT) {
+            let sql = format!(
                 "INSERT INTO trials (id, sweep_id, idx, params, status, priority, queue_seq, device, epochs_planned, awaiting_suggestion)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)",
-            )
-            .bind(&trial_id)
-            .bind(id)
-            .bind(i as i64)
-            .bind(serde_json::to_string(params)?)
-            .bind(spec.priority)
-            .bind(seq0 + 1 + queue_position[i])
-            .bind(&device)
-            .bind(params.epochs as i64)
-            .bind(spec.tpe.is_some() as i64)
-            .execute(&mut *tx)
-            .await?;
-            ids.push(trial_id);
+                 VALUES {}",
+                values_placeholders(chunk.len(), 10, 1)
+            );
+            let mut insert = sqlx::query(&sql);
+            for (i, trial_id, params) in chunk {
+                insert = insert
+                    .bind(trial_id)
+                    .bind(id)
+                    .bind(*i as i64)
+                    .bind(params)
+                    .bind(TrialStatus::Queued.as_str())
+                    .bind(spec.priority as i64)
+                    .bind(seq0 + 1 + queue_position[*i])
+                    .bind(&device)
+                    .bind(spec.trials[*i].epochs as i64)
+                    .bind(spec.tpe.is_some() as i64);
+            }
+            insert.execute(&mut *tx).await?;
+            ids.extend(chunk.iter().map(|(_, trial_id, _)| trial_id.clone()));
         }
         tx.commit().await?;
         Ok(Ok(ids))

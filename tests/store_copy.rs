@@ -92,7 +92,8 @@ fn a_real_history_goes_to_postgres_and_back_with_the_same_checksums() {
     assert!(stdout.contains("copy verified"), "{stdout}");
     let (sweeps, trials, epochs, events) = db_counts(Path::new(&postgres));
     assert_eq!((sweeps, trials, epochs), (1, 2, 4));
-    assert!(events >= 2 + 4 + 2 + 1, "{events} events");
+    // 2 trial_started, 4 epoch_finished, 2 trial_finished, 1 sweep_finished at least.
+    assert!(events >= 9, "{events} events");
 
     let back = tempfile::tempdir().unwrap();
     let back = back.path().join("back.sqlite");

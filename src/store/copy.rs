@@ -382,6 +382,11 @@ impl Store {
         }
         // SQLite's AUTOINCREMENT counter follows explicit ids by itself.
         tx.commit().await?;
+        // Planner statistics for the filled tables: until autovacuum gets to them, PostgreSQL
+        // plans for empty ones (a 1,000-trial submit took 190 ms instead of 25 without this).
+        if to.backend == Backend::Postgres {
+            sqlx::query("ANALYZE").execute(&to.writer).await?;
+        }
         Ok(())
     }
 }
