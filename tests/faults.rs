@@ -426,8 +426,20 @@ fn killed_mid_sweep(flags: &[&str]) {
 /// epoch 2), the worker never trains epoch 2 again, and the store holds each epoch once.
 #[test]
 fn daemon_killed_right_after_an_epoch_report_resumes_from_that_epochs_checkpoint() {
+    killed_right_after_a_report(&[]);
+}
+
+/// The same narrow window with the store on PostgreSQL.
+#[test]
+fn daemon_killed_right_after_an_epoch_report_on_postgres_resumes_from_that_epochs_checkpoint() {
+    let url = common::postgres::fresh_database();
+    killed_right_after_a_report(&["--db", &url]);
+}
+
+/// The daemon frozen and killed right after epoch 2 is stored, restarted with `flags`.
+fn killed_right_after_a_report(flags: &[&str]) {
     let _one_at_a_time = serial();
-    let mut d = Daemon::start(1, &[]);
+    let mut d = Daemon::start(1, flags);
     let sweep = d.submit(&sweep_body("report-then-crash", small(3), json!({})));
     let trial = format!("{sweep}-t0");
     let workers = d.worker_pids();
@@ -457,7 +469,7 @@ fn daemon_killed_right_after_an_epoch_report_resumes_from_that_epochs_checkpoint
         "the checkpoint the store names for epoch 2 holds epoch 2"
     );
 
-    let d = d.restart(1, &[]);
+    let d = d.restart(1, flags);
     let s = d.wait_sweep_ended(&sweep, Duration::from_secs(120));
     assert_eq!(s["trials"][0]["status"], "succeeded", "{s}");
     assert_eq!(
