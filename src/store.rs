@@ -1,7 +1,8 @@
-//! The store: every piece of sweep state, in one SQLite file (sqlx, WAL, embedded
-//! migrations from `migrations/`). The daemon is its only writer: writes go through a
-//! single-connection pool, so they never contend; reads use their own pool and never block
-//! the writer. Every state change of a sweep or trial is one transaction, and every change a
+//! The store: every piece of sweep state, in one SQLite file (WAL) or one PostgreSQL
+//! database ([`Backend`]; sqlx's Any driver, every query written once, embedded migrations
+//! from `migrations/sqlite` and `migrations/postgres`). The daemon is its only writer:
+//! writes go through a single-connection pool, so they never contend; reads use their own
+//! pool and never block the writer. Every state change of a sweep or trial is one transaction, and every change a
 //! watcher cares about appends an [`Event`] in that same transaction. Epoch reports are the
 //! exception that proves it: [`ingest`] commits reports arriving together in one transaction.
 //!
@@ -416,8 +417,8 @@ const TRIALS_PER_INSERT: usize = 128;
 const RENEWALS_PER_STATEMENT: usize = 1000;
 
 /// Connections a daemon holds on PostgreSQL: one writer (writes stay serialised, as on
-/// SQLite) and up to this many readers. The server must allow this plus one per standby
-/// and per operator session (`max_connections`, 100 by default).
+/// SQLite) and up to this many readers. The server must allow this plus its operators'
+/// sessions (`max_connections`, 100 by default).
 pub const POSTGRES_READERS: u32 = 8;
 
 /// The Any driver's options for the SQLite database at `path`: a file path, taken literally

@@ -1,9 +1,9 @@
 //! Epoch ingestion: group commit of epoch reports. Every report still waits for the
 //! transaction that stores it, but reports that arrive while a transaction is being written
 //! go into the next one together, and each table gets one multi-row statement per
-//! transaction. The fixed cost of a report (BEGIN, a round trip to SQLite's thread per
-//! statement, the WAL commit) is then shared by everyone waiting; one reporter alone sees
-//! one transaction per report, as before.
+//! transaction. The fixed cost of a report (BEGIN, a round trip to SQLite's thread or to
+//! the PostgreSQL server per statement, the commit) is then shared by everyone waiting; one
+//! reporter alone sees one transaction per report, as before.
 //!
 //! Owns: the batching task behind [`Store::record_epoch`] and its statements.
 //! Must not touch: any other write of the store (they keep one transaction per change).
