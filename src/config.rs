@@ -63,6 +63,11 @@ pub struct DaemonConfig {
     /// Seconds a busy worker may stay silent (no heartbeat) before its lease expires.
     #[arg(long, env = "CNND_LEASE_TIMEOUT_SECS", default_value_t = 30)]
     pub lease_timeout_secs: u64,
+    /// PostgreSQL with a standby: seconds the leader may go without renewing its heartbeat
+    /// before a standby ends its session and takes over (the leader itself steps down after
+    /// half of it).
+    #[arg(long, env = "CNND_LEADER_LEASE_SECS", default_value_t = 10)]
+    pub leader_lease_secs: u64,
     /// On SIGTERM/SIGINT, seconds running trials get to reach an epoch boundary.
     #[arg(long, env = "CNND_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! bin/cnnd.rs
-//! api (Orchestrator, WorkerHub)    metrics   launcher (Slurm, Kubernetes)
+//! api (Orchestrator, WorkerHub)    metrics   launcher (Slurm, Kubernetes)   leadership
 //! scheduler   predict_jobs   charts
 //! store   datasets (the data directory)   blobs (files by digest)
 //! config  auth  limits  files
@@ -26,6 +26,7 @@ pub mod limits;
 pub mod api;
 pub mod charts;
 pub mod launcher;
+pub mod leadership;
 pub mod metrics;
 pub mod predict_jobs;
 pub mod scheduler;

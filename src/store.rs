@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -329,6 +329,15 @@ pub struct Demand {
     pub auto: u32,
 }
 
+/// A write refused because this daemon no longer leads: another daemon took a newer
+/// leadership term (see [`Store::fence`]). Nothing of the transaction was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this daemon no longer leads: it wrote under leadership term {term}, the database is at term {}", now.map_or("(none)".to_string(), |t| t.to_string()))]
+pub struct Deposed {
+    pub term: i64,
+    pub now: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueCounts {
     pub queued: u32,
@@ -345,6 +354,9 @@ pub struct Store {
     /// disk, an I/O error), sqlx-sqlite still counts it as open and would run every later write
     /// inside a savepoint of a transaction that is never committed (acknowledged, then lost).
     writer_suspect: Arc<AtomicBool>,
+    /// The leadership term this store writes under (PostgreSQL with a standby, see
+    /// [`Store::fence`]); 0: unfenced (SQLite, a single daemon, tools).
+    fence: Arc<AtomicI64>,
     /// Trials of recently read sweeps (see [`TrialsCache`]); None for read-only stores, whose
     /// file another process writes.
     trials_cache: Option<Arc<std::sync::Mutex<TrialsCache>>>,
@@ -828,6 +840,7 @@ impl Store {
             writer,
             reader,
             writer_suspect,
+            fence: Arc::default(),
             trials_cache: Some(Arc::default()),
             epoch_reports: None,
         };
@@ -856,6 +869,7 @@ impl Store {
             writer: reader.clone(),
             reader,
             writer_suspect: Arc::default(),
+            fence: Arc::default(),
             trials_cache: None,
             epoch_reports: None,
         })
@@ -864,6 +878,31 @@ impl Store {
     /// The database this store runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// From now on, every write transaction of this store (and its clones) first checks, in
+    /// the transaction, that the database's leadership term is still `term` (read FOR SHARE,
+    /// so a successor's takeover waits for it), and fails with [`Deposed`] otherwise. Set by
+    /// a daemon when it starts to lead on PostgreSQL (see `crate::leadership`).
+    pub fn fence(&self, term: i64) {
+        self.fence.store(term, Ordering::SeqCst);
+    }
+
+    /// Begins a write transaction on the writer connection, checking the leadership term
+    /// when the store is fenced (see [`Store::fence`]).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.writer.begin().await?;
+        let term = self.fence.load(Ordering::SeqCst);
+        if term != 0 {
+            let now: Option<i64> =
+                sqlx::query_scalar("SELECT term FROM leadership WHERE id = 1 FOR SHARE")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if now != Some(term) {
+                return Err(Deposed { term, now }.into());
+            }
+        }
+        Ok(tx)
     }
 
     /// Runs the body of one write transaction. Any error marks the writer connection for
@@ -890,7 +929,7 @@ impl Store {
         max_queued: u32,
     ) -> Result<std::result::Result<Vec<String>, QueueFull>> {
         self.write(async {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trials WHERE status = 'queued'")
             .fetch_one(&mut *tx)
             .await?;
@@ -1239,7 +1278,7 @@ impl Store {
     pub async fn lease_next(&self, ask: &LeaseAsk<'_>) -> Result<Option<(Lease, StoredEvent)>> {
         let (worker, devices, ran_on) = (ask.worker, ask.devices, ask.ran_on);
         self.write(async {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let placeholders = placeholder_list(1, devices.len());
         let format_param = devices.len() + 1;
         let sql = format!(
@@ -1348,14 +1387,16 @@ impl Store {
         basis: &SuggestionBasis,
     ) -> Result<()> {
         self.write(async {
+            let mut tx = self.begin_write().await?;
             sqlx::query(
                 "UPDATE trials SET params = $1, awaiting_suggestion = 0, suggestion_basis = $2 WHERE id = $3",
             )
             .bind(serde_json::to_string(params)?)
             .bind(serde_json::to_string(basis)?)
             .bind(trial_id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(())
         })
         .await
@@ -1436,7 +1477,7 @@ impl Store {
         result: &TrialResult,
     ) -> Result<Result<Vec<StoredEvent>, ReportError>> {
         self.write(async {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
@@ -1493,7 +1534,7 @@ impl Store {
             return Ok(0);
         }
         self.write(async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             let mut moved = 0;
             for id in ids {
                 let r = sqlx::query(
@@ -1518,7 +1559,7 @@ impl Store {
     /// metrics, and the sweep finishes. Returns the events written.
     pub async fn settle_parked(&self, sweep_id: &str) -> Result<Vec<StoredEvent>> {
         self.write(async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             if Self::count_active(&mut tx, sweep_id).await? > 0 {
                 return Ok(Vec::new());
             }
@@ -1602,7 +1643,7 @@ impl Store {
         counts_as_attempt: bool,
     ) -> Result<Vec<StoredEvent>> {
         self.write(async {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (sweep_id, _) = match Self::check_lease(&mut tx, trial_id, generation).await? {
             Ok(v) => v,
             Err(_) => return Ok(Vec::new()),
@@ -1662,7 +1703,7 @@ impl Store {
         sweep_id: &str,
     ) -> Result<(Vec<(String, Option<String>)>, u32, Vec<StoredEvent>)> {
         self.write(async {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let running: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT id, worker FROM trials WHERE sweep_id = $1 AND status = 'running'",
         )
@@ -1722,7 +1763,7 @@ impl Store {
     /// trials that affects.
     pub async fn set_paused(&self, sweep_id: &str, paused: bool) -> Result<u32> {
         self.write(async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             sqlx::query("UPDATE sweeps SET paused = $1 WHERE id = $2")
                 .bind(paused as i64)
                 .bind(sweep_id)
@@ -1837,7 +1878,7 @@ impl Store {
             return Ok(());
         }
         self.write(async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             for chunk in leases.chunks(RENEWALS_PER_STATEMENT) {
                 let sql = format!(
                     "UPDATE trials SET lease_expires_at = $1

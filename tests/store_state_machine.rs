@@ -231,6 +231,115 @@ async fn many_stores_on_one_postgres_database_never_lease_a_trial_twice() {
     }
 }
 
+/// Fencing (issue 18): a leader whose lock session is cut off keeps writing until its
+/// successor takes the next term, and not one write after: every write it made either landed
+/// before the successor's first write (queue order proves it) and was acknowledged, or was
+/// refused as [`Deposed`]. Its heartbeat notices the loss on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leaders_writes_stop_before_its_successors_first_write() {
+    use cnnd::leadership::Campaign;
+    use cnnd::store::Deposed;
+    let url = tokio::task::spawn_blocking(postgres::fresh_database)
+        .await
+        .unwrap();
+    let db = std::path::Path::new(&url);
+    let lease = std::time::Duration::from_secs(4);
+    let (old, new) = (
+        Store::open(db).await.unwrap(),
+        Store::open(db).await.unwrap(),
+    );
+    let first = Campaign::connect(&url, "old leader".into(), lease)
+        .await
+        .unwrap()
+        .lead(|_| {})
+        .await
+        .unwrap();
+    assert_eq!(first.term, 1);
+    old.fence(first.term);
+    let heartbeat = tokio::spawn(first.lost());
+
+    // The old leader writes as fast as it can until it is refused.
+    let writer = {
+        let old = old.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = 0u32;
+            loop {
+                let id = format!("old-{acknowledged}");
+                match old
+                    .insert_sweep(&id, &spec(1, 1, json!({})), None, u32::MAX)
+                    .await
+                {
+                    Ok(Ok(_)) => acknowledged += 1,
+                    Ok(Err(full)) => panic!("{full:?}"),
+                    Err(e) => return (acknowledged, e),
+                }
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Its lock session is cut off; a standby takes over and writes at once.
+    let successor = Campaign::connect(&url, "new leader".into(), lease)
+        .await
+        .unwrap();
+    let url2 = url.clone();
+    tokio::task::spawn_blocking(move || {
+        postgres::psql(
+            &url2,
+            "SELECT pg_terminate_backend(lock_pid) FROM leader_heartbeat",
+        )
+    })
+    .await
+    .unwrap();
+    let second = successor.lead(|_| {}).await.unwrap();
+    assert_eq!(second.term, 2);
+    new.fence(second.term);
+    new.insert_sweep("new-first", &spec(1, 1, json!({})), None, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (acknowledged, refusal) = writer.await.unwrap();
+    assert_eq!(
+        refusal.downcast_ref::<Deposed>(),
+        Some(&Deposed {
+            term: 1,
+            now: Some(2)
+        }),
+        "{refusal:#}"
+    );
+    assert!(acknowledged > 0, "the old leader never wrote");
+    let why = tokio::time::timeout(std::time::Duration::from_secs(10), heartbeat)
+        .await
+        .expect("the old leader's heartbeat did not notice")
+        .unwrap();
+    assert!(why.contains("connection"), "{why}");
+
+    let rows = postgres::psql(
+        &url,
+        "SELECT s.id, t.queue_seq FROM sweeps s JOIN trials t ON t.sweep_id = s.id ORDER BY t.queue_seq",
+    );
+    let seqs: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| {
+            let (id, seq) = r.split_once('\t').unwrap();
+            (id.to_string(), seq.parse().unwrap())
+        })
+        .collect();
+    let old_rows = seqs.iter().filter(|(id, _)| id.starts_with("old-")).count();
+    assert_eq!(
+        old_rows as u32, acknowledged,
+        "a write landed unacknowledged, or was lost"
+    );
+    assert_eq!(
+        seqs.last().map(|(id, _)| id.as_str()),
+        Some("new-first"),
+        "a deposed leader's write landed after its successor's first: {seqs:?}"
+    );
+    // The successor writes on; the old store stays refused.
+    assert!(old.set_paused("new-first", true).await.is_err());
+    new.set_paused("new-first", true).await.unwrap();
+}
+
 /// Eight workers ask for leases at once on a sweep of five trials: every trial goes to
 /// exactly one worker, at generation 1, and three workers get nothing.
 #[tokio::test]

@@ -9,6 +9,15 @@ use tonic::Status;
 /// directory refuses the request clearly; what is already recorded stays intact (SQLite
 /// rolls the transaction back).
 pub(crate) fn internal(e: anyhow::Error) -> Status {
+    if let Some(deposed) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::store::Deposed>())
+    {
+        tracing::error!("write refused: {deposed}");
+        return Status::unavailable(format!(
+            "{deposed}; nothing was written: ask the leader (cnnctl --addr takes several addresses)"
+        ));
+    }
     let text = format!("{e:#}");
     let lower = text.to_lowercase();
     if lower.contains("disk is full") || lower.contains("no space left") {

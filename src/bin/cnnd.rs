@@ -17,6 +17,7 @@ use cnnd::api::hub::Hub;
 use cnnd::api::Api;
 use cnnd::auth::RequireBearer;
 use cnnd::config::{DaemonConfig, LogFormat};
+use cnnd::leadership::{Campaign, LeaderGate, StateDirLock};
 use cnnd::limits::{RequestSizeLimit, StreamQuota};
 use cnnd::metrics::{Metrics, RpcTiming};
 use cnnd::scheduler::{Scheduler, SchedulerConfig, SlotConfig};
@@ -322,6 +323,14 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    // Who may serve: on SQLite, one daemon per state folder (a second one is refused here);
+    // on PostgreSQL, the leader of the database (a second daemon stands by, see below).
+    let db_path = config.db_path();
+    let backend = cnnd::store::Backend::of(&db_path);
+    let _state_dir_lock = match backend {
+        cnnd::store::Backend::Sqlite => Some(StateDirLock::acquire(&state_dir)?),
+        cnnd::store::Backend::Postgres => None,
+    };
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let read =
@@ -417,10 +426,9 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     )
     .await?;
 
-    let db_path = config.db_path();
     let store = Store::open(&db_path).await?;
     let scheduler = Scheduler::new(
-        store,
+        store.clone(),
         SchedulerConfig {
             state_dir: state_dir.clone(),
             db_path: db_path.clone(),
@@ -445,13 +453,6 @@ async fn serve(config: DaemonConfig) -> Result<()> {
                 .map(|(backend, sizing)| sizing.cluster_workers(backend.job_prefix())),
         },
     )?;
-    let requeued = scheduler.recover().await?;
-    if requeued > 0 {
-        tracing::info!(
-            requeued,
-            "trials left running by the previous daemon were re-queued"
-        );
-    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -476,12 +477,6 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     } else {
         Some(format!("http://{hub_addr}"))
     };
-    // Where the worker protocol listens, for operators and tests (it changes every start).
-    cnnd::files::write_whole(
-        &state_dir.join("worker-hub.addr"),
-        format!("{hub_addr}\n").as_bytes(),
-    )?;
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cnnd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -493,7 +488,15 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<OrchestratorServer<Api>>().await;
+    // On PostgreSQL every daemon starts as a standby: NOT_SERVING, and UNAVAILABLE to every
+    // call but health and reflection, until it holds the leadership lock.
+    let gate = match backend {
+        cnnd::store::Backend::Sqlite => LeaderGate::default(),
+        cnnd::store::Backend::Postgres => {
+            LeaderGate::closed("standby: this daemon is waiting for leadership")
+        }
+    };
+    set_health(&health, backend == cnnd::store::Backend::Sqlite).await;
 
     let dashboards_dir = config.dashboards_dir();
     let metrics = Arc::new(Metrics::new());
@@ -513,45 +516,6 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         scheduler: scheduler.clone(),
         metrics: metrics.clone(),
     };
-    if let Some(metrics_addr) = config.metrics_listen {
-        let bound = cnnd::metrics::serve(
-            metrics_addr,
-            metrics.clone(),
-            scheduler.clone(),
-            streams.clone(),
-        )
-        .await?;
-        tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
-    }
-    cnnd::api::charts::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
-    match worker_url {
-        Some(url) => scheduler.start_workers(url),
-        None if !scheduler.config.slots.is_empty() => tracing::warn!(
-            worker_listen = %hub_addr,
-            "local worker slots need a plaintext loopback --worker-listen; none started (run --cpu-workers 0 with remote workers, or start cnnd-worker --connect yourself)"
-        ),
-        None => {}
-    }
-    if let Some((backend, sizing)) = cluster {
-        let launcher = cnnd::launcher::Launcher::new(backend, sizing, scheduler.clone());
-        tokio::spawn(launcher.run());
-    }
-    scheduler.start_lease_reaper();
-    tracing::info!(
-        %addr,
-        worker_hub = %hub_addr,
-        tls = tls.is_some(),
-        auth = !config.insecure_no_auth,
-        db = %cnnd::store::display_db(&db_path),
-        state_dir = %state_dir.display(),
-        workers = scheduler.config.slots.len(),
-        "cnnd {} listening",
-        env!("CARGO_PKG_VERSION")
-    );
-    println!("cnnd listening on {addr}");
-
-    // On SIGTERM/SIGINT: drain the workers while the server still answers them, then stop
-    // serving (giving open streams a moment), then exit; workers die with the daemon.
     let (stop_serving, serving_stopped) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -561,7 +525,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(config.max_streams_per_client.max(1) * 4));
-    if let Some(tls) = tls {
+    if let Some(tls) = tls.clone() {
         public = public.tls_config(tls)?;
     }
     let public = public
@@ -569,6 +533,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             limit: config.max_request_bytes,
         })
         .layer(auth.clone())
+        .layer(gate.clone())
         .layer(RpcTiming {
             metrics: metrics.clone(),
         })
@@ -593,6 +558,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
             limit: HUB_MAX_MESSAGE_BYTES,
         })
         .layer(worker_auth)
+        .layer(gate.clone())
         .add_service(WorkerHubServer::new(hub).max_decoding_message_size(HUB_MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(hub_listener),
@@ -602,13 +568,144 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         let (a, b) = tokio::join!(public, hub_server);
         a.and(b)
     });
-    shutdown_signal().await;
+
+    // Leadership (PostgreSQL): wait for the lock, then fence the store with the new term.
+    let leader = match backend {
+        cnnd::store::Backend::Sqlite => None,
+        cnnd::store::Backend::Postgres => {
+            let holder = format!(
+                "{} pid {}, API {addr}",
+                cnnd::leadership::host_name(),
+                std::process::id()
+            );
+            let campaign = Campaign::connect(
+                db_path.to_str().unwrap_or_default(),
+                holder.clone(),
+                Duration::from_secs(config.leader_lease_secs.max(2)),
+            )
+            .await?;
+            println!("cnnd standing by on {addr}");
+            let lead = campaign.lead(|leader| {
+                let reason = format!(
+                    "standby: this daemon does not lead; the leader is {} (term {})",
+                    leader.holder, leader.term
+                );
+                tracing::info!(leader = leader.holder, term = leader.term, "standing by");
+                gate.close(reason);
+            });
+            let leader = tokio::select! {
+                leader = lead => leader?,
+                () = shutdown_signal() => {
+                    tracing::info!("stopped while standing by");
+                    let _ = stop_serving.send(true);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+                    return Ok(());
+                }
+            };
+            store.fence(leader.term);
+            tracing::info!(term = leader.term, holder, "leading");
+            Some(leader)
+        }
+    };
+
+    let requeued = scheduler.recover().await?;
+    if requeued > 0 {
+        tracing::info!(
+            requeued,
+            "trials left running by the previous daemon were re-queued"
+        );
+    }
+    // Where the worker protocol listens, for operators and tests (it changes every start).
+    cnnd::files::write_whole(
+        &state_dir.join("worker-hub.addr"),
+        format!("{hub_addr}\n").as_bytes(),
+    )?;
+    if let Some(metrics_addr) = config.metrics_listen {
+        let bound = cnnd::metrics::serve(
+            metrics_addr,
+            metrics.clone(),
+            scheduler.clone(),
+            streams.clone(),
+        )
+        .await?;
+        tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+    }
+    cnnd::api::charts::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
+    match worker_url {
+        Some(url) => scheduler.start_workers(url),
+        None if !scheduler.config.slots.is_empty() => tracing::warn!(
+            worker_listen = %hub_addr,
+            "local worker slots need a plaintext loopback --worker-listen; none started (run --cpu-workers 0 with remote workers, or start cnnd-worker --connect yourself)"
+        ),
+        None => {}
+    }
+    if let Some((backend, sizing)) = cluster {
+        let launcher = cnnd::launcher::Launcher::new(backend, sizing, scheduler.clone());
+        tokio::spawn(launcher.run());
+    }
+    scheduler.start_lease_reaper();
+    gate.open();
+    set_health(&health, true).await;
+    tracing::info!(
+        %addr,
+        worker_hub = %hub_addr,
+        tls = tls.is_some(),
+        auth = !config.insecure_no_auth,
+        db = %cnnd::store::display_db(&db_path),
+        state_dir = %state_dir.display(),
+        workers = scheduler.config.slots.len(),
+        "cnnd {} listening",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("cnnd listening on {addr}");
+
+    // On SIGTERM/SIGINT: drain the workers while the server still answers them, then stop
+    // serving (giving open streams a moment), then exit; workers die with the daemon.
+    // A leader that loses leadership stops at once instead (see `cnnd::leadership`).
+    let lost = async move {
+        match leader {
+            Some(leader) => leader.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        why = lost => {
+            gate.close(format!("this daemon stepped down: {why}"));
+            set_health(&health, false).await;
+            tracing::error!(
+                "leadership lost: {why}; stepping down: exiting (status {EXIT_LEADERSHIP_LOST}) so that a supervisor restarts this daemon as a standby"
+            );
+            std::process::exit(EXIT_LEADERSHIP_LOST);
+        }
+    }
     tracing::info!("shutting down: no new trials; running ones stop at their next epoch boundary");
     scheduler.shutdown().await;
     let _ = stop_serving.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The exit status of a leader that lost leadership (a supervisor restarts it: as a standby).
+const EXIT_LEADERSHIP_LOST: i32 = 3;
+
+/// Health for the whole server ("") and the Orchestrator service: SERVING only while this
+/// daemon leads (always, on SQLite).
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <OrchestratorServer<Api> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }
 
 async fn shutdown_signal() {

@@ -159,7 +159,7 @@ async fn store_epochs(
     store: &Store,
     reports: &[EpochReport],
 ) -> Result<Vec<std::result::Result<StoredEvent, ReportError>>> {
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.begin_write().await?;
 
     // Each distinct trial id once, the list padded (with its last id) to a power of two:
     // nine statement texts in all, each prepared once (sqlx's statement cache holds 100

@@ -33,7 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     after_help = "Examples:\n  cnnctl status\n  cnnctl submit sweep.json --watch\n  cnnctl sweeps\n  cnnctl sweep SWEEP\n  cnnctl charts SWEEP"
 )]
 struct Cli {
-    /// Address of the cnnd daemon
+    /// Address of the cnnd daemon; several, separated by commas (a leader and its standbys
+    /// on PostgreSQL): cnnctl uses the one that leads
     #[arg(long, env = "CNND_ADDR", default_value = DEFAULT_ADDR, global = true)]
     addr: String,
     /// File holding the daemon's API token [default: STATE_DIR/token of the default state
@@ -294,6 +295,29 @@ pub fn out_json(v: &Value) {
 pub struct Daemon {
     pub client: cnnd_client::Client,
     pub addr: String,
+    /// How it was reached: to reconnect (to a new leader, when `--addr` lists several).
+    pub options: cnnd_client::ClientOptions,
+}
+
+impl Daemon {
+    /// Whether `--addr` lists several daemons (a leader and its standbys).
+    pub fn has_standbys(&self) -> bool {
+        self.options.addr.contains(',')
+    }
+
+    /// Connects again, to whichever of the daemons leads now.
+    pub async fn reconnect(&mut self) -> Result<(), CliError> {
+        match cnnd_client::connect(&self.options).await {
+            Ok(client) => {
+                self.client = client;
+                Ok(())
+            }
+            Err(cnnd_client::ConnectError::Unreachable(addr, why)) => {
+                Err(CliError::Unreachable(format!("{addr}{why}")))
+            }
+            Err(e) => Err(CliError::Other(e.to_string())),
+        }
+    }
 }
 
 async fn connect(cli: &Cli) -> Result<Daemon, CliError> {
@@ -309,6 +333,7 @@ async fn connect(cli: &Cli) -> Result<Daemon, CliError> {
         Ok(client) => Ok(Daemon {
             client,
             addr: cnnd_client::normalize_addr(&cli.addr),
+            options,
         }),
         Err(cnnd_client::ConnectError::Unreachable(addr, why)) => {
             Err(CliError::Unreachable(format!("{addr}{why}")))

@@ -1,6 +1,8 @@
 //! `cnnctl watch`: follows a sweep's event stream. On a terminal a progress bar of epochs
 //! done over epochs planned across the sweep, with a line per event above it; otherwise
 //! (pipes, tests) one plain line per event, or one JSON object per event with `-o json`.
+//! With several daemons in `--addr` (a leader and its standbys), a stream broken by the
+//! leader's loss is opened again at the new leader, skipping the events already shown.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -134,10 +136,14 @@ pub async fn watch(d: &mut Daemon, sweep_id: &str, json: bool) -> Result<(), Cli
         .await
         .map_err(|e| CliError::rpc(what.clone(), &addr, e))?
         .into_inner();
+    // The last event shown: a stream opened again replays the recorded events first.
+    let mut last_shown = 0u64;
 
     let result = loop {
         match stream.message().await {
+            Ok(Some(event)) if event.event_id != 0 && event.event_id <= last_shown => {}
             Ok(Some(event)) => {
+                last_shown = last_shown.max(event.event_id);
                 let finished = matches!(event.kind, Some(Kind::SweepFinished(_)));
                 if json {
                     out(event_json(&event).to_string());
@@ -162,6 +168,23 @@ pub async fn watch(d: &mut Daemon, sweep_id: &str, json: bool) -> Result<(), Cli
                     "{what}: the stream ended before the sweep finished"
                 )))
             }
+            Err(status)
+                if d.has_standbys()
+                    && matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+            {
+                eprintln!(
+                    "cnnctl: {what}: the daemon went away ({}); waiting for the leader among {}",
+                    one_line_status(&status),
+                    d.options.addr
+                );
+                match reopen(d, sweep_id).await {
+                    Ok(s) => stream = s,
+                    Err(e) => break Err(e),
+                }
+            }
             // Whatever broke the stream (the daemon going away included), it is exit 1.
             Err(status) => {
                 break Err(CliError::Rpc {
@@ -179,6 +202,46 @@ pub async fn watch(d: &mut Daemon, sweep_id: &str, json: bool) -> Result<(), Cli
         }
     }
     result
+}
+
+/// How long a watch waits for a new leader (a standby takes over within the leader's lease,
+/// 10 s by default, plus its start).
+const NEW_LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the sweep's stream again at whichever daemon leads, retrying until
+/// [`NEW_LEADER_WAIT`].
+async fn reopen(
+    d: &mut Daemon,
+    sweep_id: &str,
+) -> Result<tonic::Streaming<pb::SweepEvent>, CliError> {
+    let deadline = std::time::Instant::now() + NEW_LEADER_WAIT;
+    loop {
+        let opened = match d.reconnect().await {
+            Ok(()) => d
+                .client
+                .watch_sweep(pb::WatchSweepRequest {
+                    sweep_id: sweep_id.to_string(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| CliError::rpc(format!("watch sweep {sweep_id}"), &d.addr, e)),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(stream) => return Ok(stream),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn one_line_status(status: &tonic::Status) -> String {
+    status
+        .message()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

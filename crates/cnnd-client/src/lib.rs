@@ -1,7 +1,8 @@
 //! cnnd-client: how a client reaches the daemon's public API: the address (`host:port` or a
 //! URL; `https://` for TLS, checked against a CA file or the system roots), the token (the
 //! `CNND_TOKEN` value, a token file, or the default daemon's `STATE_DIR/token`, see
-//! [`auth`]), and the connect timeout. cnnctl, the benchmarks and the tests connect
+//! [`auth`]), and the connect timeout. An address may list several daemons, separated by
+//! commas (a leader and its standbys): [`connect`] picks the one that leads. cnnctl, the benchmarks and the tests connect
 //! through here; no libtorch, no daemon code.
 
 pub mod auth;
@@ -21,7 +22,8 @@ pub type Client = OrchestratorClient<InterceptedService<Channel, BearerToken>>;
 /// Where and how to connect.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    /// `host:port`, `http://host:port` or `https://host:port`.
+    /// `host:port`, `http://host:port` or `https://host:port`; several, separated by commas,
+    /// for a leader and its standbys.
     pub addr: String,
     /// The token itself (from `CNND_TOKEN`); wins over `token_file`.
     pub token: Option<String>,
@@ -133,8 +135,46 @@ pub fn endpoint(
         .map_err(|e| ConnectError::Setup(format!("TLS setup for {url}: {e}")))
 }
 
-/// Connects to the daemon (TLS for `https://`) and attaches the token.
+/// Connects to the daemon (TLS for `https://`) and attaches the token. When `addr` lists
+/// several daemons, each is asked in turn (GetStatus) and the first that does not answer
+/// UNAVAILABLE (a standby, or a leader that stepped down, does) is kept.
 pub async fn connect(options: &ClientOptions) -> Result<Client, ConnectError> {
+    let addrs: Vec<&str> = options
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.len() <= 1 {
+        return connect_one(options, &options.addr).await;
+    }
+    let mut why = Vec::new();
+    for addr in &addrs {
+        match connect_one(options, addr).await {
+            Ok(mut client) => match client
+                .get_status(cnnd_proto::GetStatusRequest::default())
+                .await
+            {
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    why.push(format!("{addr}: {}", status.message()))
+                }
+                _ => return Ok(client),
+            },
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(ConnectError::Unreachable(
+        addrs.join(","),
+        format!(" (none of them leads: {})", why.join("; ")),
+    ))
+}
+
+/// Connects to one daemon.
+async fn connect_one(options: &ClientOptions, addr: &str) -> Result<Client, ConnectError> {
+    let options = &ClientOptions {
+        addr: addr.to_string(),
+        ..options.clone()
+    };
     let addr = normalize_addr(&options.addr);
     let timeout = options.connect_timeout.unwrap_or(Duration::from_secs(3));
     let endpoint = endpoint(&options.addr, options.ca_file.as_deref(), None, timeout)?

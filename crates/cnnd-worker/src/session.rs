@@ -4,7 +4,9 @@
 //! worker it had not heard from), saying which lease the worker still trains so the daemon
 //! can let it keep it. Calls that fail because the daemon cannot be reached are retried
 //! until a deadline ([`Session::call`]); the caller decides what the deadline is (the lease
-//! timeout, for a trial's reports).
+//! timeout, for a trial's reports). `--connect` may list several daemons (a leader and its
+//! standbys): a call the current one cannot answer (unreachable, or a standby's
+//! UNAVAILABLE) is retried at the next one, which the worker then keeps.
 //!
 //! Owns: the worker id, the chunk size and lease timeout the daemon announced, and the lease
 //! the worker holds as far as re-registration is concerned.
@@ -12,6 +14,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,8 +42,9 @@ const MAX_MESSAGE_BYTES: usize = 80 << 20;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
     /// The daemon's worker protocol: `http://HOST:PORT` (plaintext, loopback or a daemon
-    /// started with --allow-plaintext-remote) or `https://HOST:PORT`.
-    #[arg(long, value_name = "URL")]
+    /// started with --allow-plaintext-remote) or `https://HOST:PORT`. Several, separated by
+    /// commas (a leader and its standbys on PostgreSQL): the worker uses the one that leads.
+    #[arg(long, value_name = "URL[,URL...]")]
     pub connect: String,
     /// The worker token (a copy of the daemon's STATE_DIR/worker-token); default: the
     /// CNND_WORKER_TOKEN environment variable.
@@ -71,8 +75,26 @@ impl ConnectArgs {
             .filter(|t| !t.is_empty()))
     }
 
-    /// A channel that connects on first use and reconnects after a failure.
-    pub fn client(&self) -> Result<HubClient> {
+    /// The daemons `--connect` lists, in order.
+    pub fn urls(&self) -> Vec<&str> {
+        self.connect
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// One channel per daemon of `--connect` (each connects on first use and reconnects
+    /// after a failure).
+    pub fn clients(&self) -> Result<Vec<HubClient>> {
+        let urls = self.urls();
+        if urls.is_empty() {
+            bail!("--connect: no daemon address given");
+        }
+        urls.into_iter().map(|url| self.client(url)).collect()
+    }
+
+    fn client(&self, url: &str) -> Result<HubClient> {
         let identity = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Some(ClientIdentity {
                 cert: cert.clone(),
@@ -81,7 +103,7 @@ impl ConnectArgs {
             _ => None,
         };
         let endpoint = cnnd_client::endpoint(
-            &self.connect,
+            url,
             self.ca_file.as_deref(),
             identity.as_ref(),
             Duration::from_secs(5),
@@ -126,14 +148,17 @@ struct Registered {
 
 /// The connection and the registration.
 pub struct Session {
-    client: HubClient,
+    /// One client per daemon of `--connect`; `current` is the one in use.
+    clients: Vec<HubClient>,
+    current_client: AtomicUsize,
+    urls: Vec<String>,
     request: RegisterRequest,
     registered: tokio::sync::Mutex<Registered>,
     /// The copy the synchronous accessors read.
     current: Mutex<Registered>,
     /// The lease this worker trains now, declared at every registration.
     held: Mutex<Option<HeldLease>>,
-    /// Where this worker connects (for messages).
+    /// Where this worker connects (for messages): every address of `--connect`.
     pub url: String,
 }
 
@@ -145,7 +170,8 @@ impl Session {
         request: RegisterRequest,
         wait: Duration,
     ) -> Result<Session> {
-        let client = args.client()?;
+        let clients = args.clients()?;
+        let urls: Vec<String> = args.urls().into_iter().map(String::from).collect();
         let request = RegisterRequest {
             protocol: format!("{}.{}", PROTOCOL_VERSION.0, PROTOCOL_VERSION.1),
             checkpoint_format: CHECKPOINT_FORMAT,
@@ -154,17 +180,21 @@ impl Session {
         };
         let deadline = Instant::now() + wait;
         let mut delay = Duration::from_millis(100);
+        let mut at = 0;
         let first = loop {
-            match client.clone().register(request.clone()).await {
+            match clients[at].clone().register(request.clone()).await {
                 Ok(r) => break r.into_inner(),
                 Err(e) if is_transient(&e) && Instant::now() < deadline => {
                     tracing::debug!(
-                        "daemon at {} not answering yet: {}",
-                        args.connect,
+                        "daemon at {} not answering (or standing by): {}",
+                        urls[at],
                         e.message()
                     );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    at = (at + 1) % clients.len();
+                    if at == 0 {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
                 }
                 Err(e) => bail!(
                     "registering with the daemon at {}: {}",
@@ -180,7 +210,9 @@ impl Session {
             count: 1,
         };
         Ok(Session {
-            client,
+            clients,
+            current_client: AtomicUsize::new(at),
+            urls,
             request,
             current: Mutex::new(registered.clone()),
             registered: tokio::sync::Mutex::new(registered),
@@ -190,7 +222,30 @@ impl Session {
     }
 
     pub fn client(&self) -> HubClient {
-        self.client.clone()
+        self.clients[self.current_client.load(Ordering::SeqCst)].clone()
+    }
+
+    /// The daemon in use now.
+    pub fn current_url(&self) -> &str {
+        &self.urls[self.current_client.load(Ordering::SeqCst)]
+    }
+
+    /// After a call to daemon `from` failed as transient: move on to the next daemon of
+    /// `--connect` (unless another caller already did). With one daemon, nothing changes.
+    fn fail_over(&self, from: usize) {
+        let next = (from + 1) % self.clients.len();
+        if next != from
+            && self
+                .current_client
+                .compare_exchange(from, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            tracing::info!(
+                from = self.urls[from],
+                to = self.urls[next],
+                "daemon unreachable or standing by: trying the next one"
+            );
+        }
     }
 
     pub fn worker_id(&self) -> String {
@@ -238,8 +293,7 @@ impl Session {
         }
         let held: Vec<HeldLease> = self.held.lock().unwrap().iter().cloned().collect();
         let answer = self
-            .client
-            .clone()
+            .client()
             .register(RegisterRequest {
                 held: held.clone(),
                 ..self.request.clone()
@@ -278,6 +332,7 @@ impl Session {
         let mut delay = Duration::from_millis(200);
         loop {
             let seen = self.count();
+            let at = self.current_client.load(Ordering::SeqCst);
             let error = match op(self.client(), self.worker_id()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -286,13 +341,16 @@ impl Session {
                 return Err(error);
             }
             if is_unknown_worker(&error) {
+                let at = self.current_client.load(Ordering::SeqCst);
                 match self.register_again(seen).await {
                     Ok(()) => continue,
-                    Err(e) if is_transient(&e) => {}
+                    Err(e) if is_transient(&e) => self.fail_over(at),
                     Err(e) => return Err(e),
                 }
             } else if !is_transient(&error) {
                 return Err(error);
+            } else {
+                self.fail_over(at);
             }
             tracing::debug!("daemon unreachable, retrying: {}", error.message());
             tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
