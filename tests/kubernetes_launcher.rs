@@ -1135,9 +1135,10 @@ fn generated_jobs_and_the_deploy_manifests_pass_the_kubernetes_schema() {
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let (ok, out) = validate(&paths);
     assert!(ok, "{out}");
-    // It read them all: deploy/k8s's four, the two examples and the two generated here.
+    // It read them all: deploy/k8s's five, the two examples and the two generated here.
     for name in [
         "daemon.yaml",
+        "daemon-ha.yaml",
         "rbac.yaml",
         "worker-token-secret.yaml",
         "worker-job-cpu.yaml",

@@ -177,8 +177,12 @@ async fn connect_one(options: &ClientOptions, addr: &str) -> Result<Client, Conn
     };
     let addr = normalize_addr(&options.addr);
     let timeout = options.connect_timeout.unwrap_or(Duration::from_secs(3));
+    // HTTP/2 pings find a daemon that stopped answering (paused, or its host gone) while a
+    // stream is open, within 20 s, instead of waiting on it for ever.
     let endpoint = endpoint(&options.addr, options.ca_file.as_deref(), None, timeout)?
-        .local_address(options.local_address);
+        .local_address(options.local_address)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
     let token = resolve_token(options.token.as_deref(), options.token_file.as_deref())?;
     let token =
         BearerToken::new(token.as_deref()).map_err(|e| ConnectError::Setup(e.to_string()))?;
