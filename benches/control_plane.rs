@@ -638,6 +638,7 @@ async fn measure_charts(
             .render_charts(RenderChartsRequest {
                 sweep_id: sweep_id.into(),
                 dashboard: dashboard.into(),
+                include_bytes: false,
             })
             .await
             .map_err(|e| anyhow!("RenderCharts {dashboard}: {}", e.message()))?
@@ -922,6 +923,23 @@ async fn measure_ingest(
 async fn run_ingest_phase(o: &Opts, state: &Path, big_sweep: &str) -> Result<(Value, Vec<Value>)> {
     let db = store_location(o, state);
     let store = Store::open(&db).await?;
+    // On PostgreSQL a daemon writes as the leader, every write transaction checking its term
+    // (`Store::fence`): so do these.
+    let _leader = match &o.postgres {
+        Some(url) => {
+            let leader = cnnd::leadership::Campaign::connect(
+                url,
+                "control_plane bench".into(),
+                Duration::from_secs(10),
+            )
+            .await?
+            .lead(|_| {})
+            .await?;
+            store.fence(leader.term);
+            Some(leader)
+        }
+        None => None,
+    };
     let scheduler = Scheduler::new(
         store.clone(),
         SchedulerConfig {

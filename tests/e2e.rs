@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{db_counts, serial, Daemon};
+use common::{db_counts, grpcurl_bin, serial, Daemon};
 use serde_json::{json, Value};
 
 fn stdout(o: &std::process::Output) -> String {
@@ -257,6 +259,85 @@ fn a_small_sweep_trains_records_and_charts() {
         let first = rgb.get_pixel(0, 0);
         assert!(rgb.pixels().any(|px| px != first), "{p} is blank");
     }
+
+    // The same charts over the connection (a daemon on another machine): byte for byte what
+    // the daemon wrote, under their own names.
+    let fetched_dir = tempfile::tempdir().unwrap();
+    let fetched = d.cnnctl_json(&[
+        "charts",
+        &sweep_id,
+        "--out",
+        fetched_dir.path().to_str().unwrap(),
+    ]);
+    let fetched: Vec<&str> = fetched
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(fetched.len(), paths.len(), "{fetched:?}");
+    for (local, remote) in fetched.iter().zip(&paths) {
+        let (local, remote) = (Path::new(local), Path::new(remote));
+        assert_eq!(local.parent(), Some(fetched_dir.path()));
+        assert_eq!(local.file_name(), remote.file_name());
+        assert_eq!(
+            std::fs::read(local).unwrap(),
+            std::fs::read(remote).unwrap()
+        );
+    }
+    // grpcurl gets the bytes too (base64 in its JSON), with a larger message limit.
+    let out = Command::new(grpcurl_bin())
+        .args(["-plaintext", "-max-msg-sz", "67108864", "-H"])
+        .arg(format!("authorization: Bearer {}", d.token()))
+        .args([
+            "-d",
+            &format!(r#"{{"sweepId": "{sweep_id}", "includeBytes": true}}"#),
+        ])
+        .arg(&d.addr)
+        .arg("cnn.v1.Orchestrator/RenderCharts")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &answer["charts"][0];
+    assert_eq!(first["mediaType"], "image/png", "{first}");
+    let png = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(first["data"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // A report to share: one HTML file holding the table, the summary and every chart.
+    let report = fetched_dir.path().join("report.html");
+    let out = d.cnnctl(&["report", &sweep_id, "-o", report.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains(&sweep_id) && html.contains("Which value won"),
+        "{html}"
+    );
+    for trial in sweep["trials"].as_array().unwrap() {
+        assert!(html.contains(trial["trialId"].as_str().unwrap()), "{html}");
+    }
+    assert_eq!(
+        html.matches("src=\"data:image/png;base64,").count(),
+        paths.len(),
+        "every chart embedded"
+    );
+    assert!(
+        !html.contains("src=\"http") && !html.contains("src=\"/"),
+        "{html}"
+    );
 
     // The table names the best trial.
     let table = d.cnnctl(&["sweep", &sweep_id]);

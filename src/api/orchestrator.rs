@@ -547,8 +547,28 @@ impl proto::orchestrator_server::Orchestrator for Api {
             &r.dashboard,
         )
         .await?;
+        let mut rendered = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let data = if r.include_bytes {
+                tokio::fs::read(path).await.map_err(|e| {
+                    Status::internal(format!("reading the chart {}: {e}", path.display()))
+                })?
+            } else {
+                Vec::new()
+            };
+            rendered.push(proto::Chart {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                media_type: "image/png".into(),
+                data,
+                path: path.display().to_string(),
+            });
+        }
         Ok(Response::new(proto::RenderChartsResponse {
             paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            charts: rendered,
         }))
     }
 }

@@ -289,3 +289,86 @@ fn renders_continuous_and_many_valued_params() {
     let drawn = render_and_check(&sweep, &board, "compare-continuous");
     assert!(drawn.iter().all(|d| *d == Drawn::Chart));
 }
+
+/// Ink of `s` drawn in the charts' font at `px` on white, anchored at (10, 10): for each run of
+/// inked columns (one glyph, for text without touching glyphs), its first column and its
+/// lowest row holding at least half a pixel of ink (summed across the glyph's columns, so a
+/// thin stem split between two columns counts whole).
+fn glyph_ink(s: &str, px: u32) -> Vec<(u32, u32)> {
+    use plotters::prelude::*;
+    super::style::ensure_fonts().unwrap();
+    let (w, h) = (240u32, 80u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.draw_text(s, &super::style::text(px, &BLACK), (10, 10))
+            .unwrap();
+    }
+    let ink = |x: u32, y: u32| f64::from(255 - buf[((y * w + x) * 3) as usize]) / 255.0;
+    let column_inked = |x: u32| (0..h).any(|y| ink(x, y) > 0.1);
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    let mut x = 0;
+    while x < w {
+        if !column_inked(x) {
+            x += 1;
+            continue;
+        }
+        let start = x;
+        while x < w && column_inked(x) {
+            x += 1;
+        }
+        runs.push((start, x));
+    }
+    runs.into_iter()
+        .map(|(from, to)| {
+            let bottom = (0..h)
+                .rev()
+                .find(|&y| (from..to).map(|x| ink(x, y)).sum::<f64>() >= 0.5)
+                .unwrap_or(0);
+            (from, bottom)
+        })
+        .collect()
+}
+
+/// Issue 19: plotters' ab_glyph backend set each glyph off its baseline by a truncation
+/// (periods read as middle dots: "0·5", "95·80%") and dropped side bearings ("n= 4"). The patched
+/// plotters (vendor/plotters/CNND-PATCH.md) puts every glyph on one baseline at its side
+/// bearing.
+#[test]
+fn text_sits_on_one_baseline() {
+    for px in [10, 11, 12, 13, 14, 15, 16, 18, 20, 24] {
+        // Each text holds a flat-bottomed digit (1, 4, 7), which marks the baseline row;
+        // spaces keep the comma's ink apart from its neighbours' at small sizes.
+        for text in ["10.5", "91.47%", "1 , 1"] {
+            let ink = glyph_ink(text, px);
+            let bottom_of = |wanted: fn(char) -> bool| -> Vec<u32> {
+                ink.iter()
+                    .zip(text.chars().filter(|c| *c != ' '))
+                    .filter(|(_, c)| wanted(*c))
+                    .map(|((_, bottom), _)| *bottom)
+                    .collect()
+            };
+            let digits = bottom_of(|c| c.is_ascii_digit());
+            let baseline = *digits.iter().min().unwrap();
+            // Flat-bottomed digits end on the baseline row, round ones (0, 5, 8) may overshoot
+            // it by one row; the period ends exactly on it.
+            assert!(
+                digits.iter().all(|b| *b <= baseline + 1),
+                "{text:?} at {px} px: glyph bottoms {ink:?}"
+            );
+            for point in bottom_of(|c| c == '.') {
+                assert_eq!(
+                    point, baseline,
+                    "{text:?} at {px} px: glyph bottoms {ink:?}"
+                );
+            }
+            for comma in bottom_of(|c| c == ',') {
+                // A comma hangs below the baseline.
+                assert!(comma > baseline, "{text:?} at {px} px: {ink:?}");
+            }
+        }
+        // The side bearing is kept: '=' starts its ink a little right of the anchor.
+        let equals = glyph_ink("=", px);
+        assert!(equals[0].0 > 10, "'=' at {px} px starts at {}", equals[0].0);
+    }
+}

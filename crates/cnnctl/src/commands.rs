@@ -1,6 +1,8 @@
 //! The request/answer subcommands of cnnctl (`submit`, `status`, `sweeps`, `sweep`, `trial`,
 //! `cancel`, `charts`): one RPC each, shown as text and tables or as JSON.
 
+use std::path::Path;
+
 use cnnd_proto as pb;
 use comfy_table::Cell;
 
@@ -232,6 +234,19 @@ pub async fn sweeps(d: &mut Daemon, output: Output) -> Result<(), CliError> {
 /// Builds the trials table of `cnnctl sweep`: best trial marked, one column per varied
 /// hyperparameter.
 fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
+    let (header, rows) = sweep_rows(s);
+    let mut t = table(header.iter().map(Cell::new));
+    for row in rows {
+        t.add_row(row);
+    }
+    let n = header.len();
+    align_right(&mut t, &[n - 4, n - 3, n - 2, n - 1]);
+    t
+}
+
+/// The trial table as text: its header and one row per trial (a `*` first marks the best;
+/// the last four columns are numbers).
+pub fn sweep_rows(s: &pb::Sweep) -> (Vec<String>, Vec<Vec<String>>) {
     let ranking = Ranking::of(s);
     let mut header: Vec<String> = vec!["".into(), "trial".into(), "status".into()];
     header.extend(s.varied.iter().cloned());
@@ -240,7 +255,7 @@ fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
             .iter()
             .map(|h| h.to_string()),
     );
-    let mut t = table(header.iter().map(Cell::new));
+    let mut rows = Vec::with_capacity(s.trials.len());
     for tr in &s.trials {
         let params = params_map(&tr.params);
         let best = !s.best_trial_id.is_empty() && tr.trial_id == s.best_trial_id;
@@ -270,15 +285,13 @@ fn sweep_table(s: &pb::Sweep) -> comfy_table::Table {
         } else {
             "-".into()
         });
-        t.add_row(row);
+        rows.push(row);
     }
-    let n = header.len();
-    align_right(&mut t, &[n - 4, n - 3, n - 2, n - 1]);
-    t
+    (header, rows)
 }
 
 /// "best by validation accuracy: t-3 (98.95%), test accuracy 98.91% (kernelSize=3 dropout=0.5 head=dense)".
-fn best_line(s: &pb::Sweep) -> String {
+pub fn best_line(s: &pb::Sweep) -> String {
     let Some(best) = s
         .trials
         .iter()
@@ -713,6 +726,7 @@ pub async fn charts(
     d: &mut Daemon,
     id: &str,
     dashboard: Option<String>,
+    out_dir: Option<&Path>,
     output: Output,
 ) -> Result<(), CliError> {
     let addr = d.addr.clone();
@@ -721,15 +735,42 @@ pub async fn charts(
         .render_charts(pb::RenderChartsRequest {
             sweep_id: id.to_string(),
             dashboard: dashboard.unwrap_or_default(),
+            include_bytes: out_dir.is_some(),
         })
         .await
         .map_err(|e| CliError::rpc(format!("render charts of sweep {id}"), &addr, e))?
         .into_inner();
+    let paths = match out_dir {
+        None => r.paths,
+        Some(dir) => write_charts(dir, &r.charts)?,
+    };
     match output {
-        Output::Json => out_json(&serde_json::json!(r.paths)),
-        Output::Table | Output::Csv => r.paths.iter().for_each(out),
+        Output::Json => out_json(&serde_json::json!(paths)),
+        Output::Table | Output::Csv => paths.iter().for_each(out),
     }
     Ok(())
+}
+
+/// Writes fetched charts into `dir` under their own file names (a name with a folder in it
+/// is refused: the daemon names files, never places them); the paths written.
+fn write_charts(dir: &Path, charts: &[pb::Chart]) -> Result<Vec<String>, CliError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Other(format!("--out {}: {e}", dir.display())))?;
+    let mut written = Vec::with_capacity(charts.len());
+    for chart in charts {
+        let name = Path::new(&chart.name);
+        if name.file_name() != Some(name.as_os_str()) || chart.name.starts_with('.') {
+            return Err(CliError::Other(format!(
+                "the daemon sent a chart named '{}', which is not a plain file name",
+                chart.name
+            )));
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, &chart.data)
+            .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))?;
+        written.push(path.display().to_string());
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

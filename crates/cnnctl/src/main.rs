@@ -9,6 +9,7 @@
 
 mod commands;
 mod format;
+mod report;
 mod sweepfile;
 mod watch;
 
@@ -140,13 +141,30 @@ enum Command {
         #[command(flatten)]
         args: PredictArgs,
     },
-    /// Render a sweep's comparison charts to PNG and print their paths
+    /// Write one self-contained HTML file for a sweep: its trial table, which value of each
+    /// hyperparameter won and by how much, and every chart (embedded) to share
+    Report {
+        /// Sweep id
+        id: String,
+        /// The file to write
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Dashboard from dashboards/ (the daemon's default when omitted)
+        #[arg(long)]
+        dashboard: Option<String>,
+    },
+    /// Render a sweep's comparison charts to PNG and print their paths (on the daemon's
+    /// machine), or with --out fetch them and write them here
     Charts {
         /// Sweep id
         id: String,
         /// Dashboard from dashboards/ (the daemon's default when omitted)
         #[arg(long)]
         dashboard: Option<String>,
+        /// Fetch the PNGs over the connection and write them into this folder (created when
+        /// missing): works with a daemon on another machine
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -405,7 +423,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cancel { id } => commands::cancel(&mut d, &id, output).await,
         Command::Pause { id } => commands::pause(&mut d, &id, true, output).await,
         Command::Resume { id } => commands::pause(&mut d, &id, false, output).await,
-        Command::Charts { id, dashboard } => commands::charts(&mut d, &id, dashboard, output).await,
+        Command::Report {
+            id,
+            file,
+            dashboard,
+        } => report::report(&mut d, &id, dashboard, &file).await,
+        Command::Charts {
+            id,
+            dashboard,
+            out: dir,
+        } => commands::charts(&mut d, &id, dashboard, dir.as_deref(), output).await,
         Command::Replay { id } => commands::replay(&mut d, &id, output).await,
         Command::Predict { trial, files, args } => {
             commands::predict(&mut d, &trial, &files, &args, output).await
@@ -468,7 +495,7 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["cnnctl", "charts", "s1", "--dashboard", "heads"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Charts { id, dashboard } if id == "s1" && dashboard.as_deref() == Some("heads"))
+            matches!(cli.command, Command::Charts { id, dashboard, .. } if id == "s1" && dashboard.as_deref() == Some("heads"))
         );
         assert!(Cli::try_parse_from(["cnnctl", "status", "--output", "yaml"]).is_err());
     }

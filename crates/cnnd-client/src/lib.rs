@@ -45,6 +45,10 @@ impl ClientOptions {
     }
 }
 
+/// Largest answer a client accepts: RenderCharts with the PNGs of a dashboard, Predict with
+/// many images.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -187,7 +191,8 @@ async fn connect_one(options: &ClientOptions, addr: &str) -> Result<Client, Conn
     let token =
         BearerToken::new(token.as_deref()).map_err(|e| ConnectError::Setup(e.to_string()))?;
     match tokio::time::timeout(timeout + Duration::from_secs(1), endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(OrchestratorClient::with_interceptor(channel, token)),
+        Ok(Ok(channel)) => Ok(OrchestratorClient::with_interceptor(channel, token)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)),
         Ok(Err(e)) => Err(ConnectError::Unreachable(addr, reason(&e))),
         Err(_) => Err(ConnectError::Unreachable(addr, " (timed out)".into())),
     }
