@@ -25,7 +25,7 @@ use tonic::Status;
 /// Kubernetes) and server reflection. Reflection answers the schema only (the same
 /// descriptors as `proto/` in the source), never data; operators probe with grpcurl, which
 /// needs reflection to find `grpc.health.v1.Health/Check` at all.
-const OPEN_PATHS: &[&str] = &[
+pub(crate) const OPEN_PATHS: &[&str] = &[
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -208,25 +208,47 @@ impl RequireBearer {
     }
 }
 
-impl<S> tower::Layer<S> for RequireBearer {
-    type Service = RequireBearerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireBearerService {
-            inner,
-            auth: self.clone(),
-        }
+impl CallCheck for RequireBearer {
+    fn refusal(&self, path: &str, headers: &http::HeaderMap) -> Option<Status> {
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let reason = RequireBearer::refusal(self, path, header)?;
+        tracing::debug!(path, reason, "refused a call");
+        Some(Status::unauthenticated(reason))
     }
 }
 
-#[derive(Clone)]
-pub struct RequireBearerService<S> {
-    inner: S,
-    auth: RequireBearer,
+impl<S> tower::Layer<S> for RequireBearer {
+    type Service = Checked<S, RequireBearer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Checked::new(inner, self.clone())
+    }
 }
 
-impl<S, B, ResBody> tower::Service<http::Request<B>> for RequireBearerService<S>
+/// A check a server makes on every call before its service sees it (the token here, the
+/// leadership gate in `crate::leadership`): `Some(status)` answers the call with it.
+pub trait CallCheck: Clone {
+    fn refusal(&self, path: &str, headers: &http::HeaderMap) -> Option<Status>;
+}
+
+/// A service behind a [`CallCheck`].
+#[derive(Clone)]
+pub struct Checked<S, C> {
+    inner: S,
+    check: C,
+}
+
+impl<S, C: CallCheck> Checked<S, C> {
+    pub fn new(inner: S, check: C) -> Self {
+        Checked { inner, check }
+    }
+}
+
+impl<S, C, B, ResBody> tower::Service<http::Request<B>> for Checked<S, C>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    C: CallCheck,
     ResBody: Default,
 {
     type Response = S::Response;
@@ -238,15 +260,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        match self.auth.refusal(request.uri().path(), header) {
-            Some(reason) => {
-                tracing::debug!(path = request.uri().path(), reason, "refused a call");
-                Either::Left(ready(Ok(Status::unauthenticated(reason).into_http())))
-            }
+        match self.check.refusal(request.uri().path(), request.headers()) {
+            Some(status) => Either::Left(ready(Ok(status.into_http()))),
             None => Either::Right(self.inner.call(request)),
         }
     }

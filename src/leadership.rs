@@ -26,14 +26,14 @@ use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures::future::{ready, Either, Ready};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tonic::Status;
+
+use crate::auth::{CallCheck, Checked};
 
 /// The advisory lock the leader holds (one per database: "cnndlead" in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x636e_6e64_6c65_6164;
@@ -43,15 +43,6 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The file a daemon locks in its state folder.
 pub const LOCK_FILE: &str = "cnnd.lock";
-
-/// This machine's host name (the kernel's), to name a leader.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
 
 // ---------------------------------------------------------------------------------------
 // SQLite: one daemon per state folder.
@@ -269,16 +260,6 @@ impl Leader {
 // ---------------------------------------------------------------------------------------
 // The gate in front of the API and the worker protocol.
 
-/// Paths answered whatever the role: health (which says NOT_SERVING on a standby) and
-/// reflection.
-const ALWAYS_OPEN: [&str; 3] = [
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-];
-
-/// Lets calls through while this daemon leads; answers UNAVAILABLE, with the reason (e.g.
-/// "standby: the leader is ..."), otherwise. Cloned into both servers: one switch.
 #[derive(Clone, Default)]
 pub struct LeaderGate {
     closed: Arc<RwLock<Option<String>>>,
@@ -300,8 +281,10 @@ impl LeaderGate {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
     }
 
+    /// Why a call to `path` is refused now: health and reflection are always answered (a
+    /// standby says NOT_SERVING there), the rest only while this daemon leads.
     fn refusal(&self, path: &str) -> Option<String> {
-        if ALWAYS_OPEN.iter().any(|p| path.starts_with(p)) {
+        if crate::auth::OPEN_PATHS.iter().any(|p| path.starts_with(p)) {
             return None;
         }
         self.closed
@@ -311,40 +294,16 @@ impl LeaderGate {
     }
 }
 
+impl CallCheck for LeaderGate {
+    fn refusal(&self, path: &str, _: &http::HeaderMap) -> Option<Status> {
+        LeaderGate::refusal(self, path).map(Status::unavailable)
+    }
+}
+
 impl<S> tower::Layer<S> for LeaderGate {
-    type Service = LeaderGateService<S>;
+    type Service = Checked<S, LeaderGate>;
     fn layer(&self, inner: S) -> Self::Service {
-        LeaderGateService {
-            inner,
-            gate: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct LeaderGateService<S> {
-    inner: S,
-    gate: LeaderGate,
-}
-
-impl<S, B, ResBody> tower::Service<http::Request<B>> for LeaderGateService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.gate.refusal(request.uri().path()) {
-            Some(reason) => Either::Left(ready(Ok(Status::unavailable(reason).into_http()))),
-            None => Either::Right(self.inner.call(request)),
-        }
+        Checked::new(inner, self.clone())
     }
 }
 

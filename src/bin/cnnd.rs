@@ -575,7 +575,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         cnnd::store::Backend::Postgres => {
             let holder = format!(
                 "{} pid {}, API {addr}",
-                cnnd::leadership::host_name(),
+                cnnd_client::host_name(),
                 std::process::id()
             );
             let campaign = Campaign::connect(
@@ -584,8 +584,13 @@ async fn serve(config: DaemonConfig) -> Result<()> {
                 Duration::from_secs(config.leader_lease_secs.max(2)),
             )
             .await?;
-            println!("cnnd standing by on {addr}");
+            let mut announced = false;
             let lead = campaign.lead(|leader| {
+                // Printed only when another daemon leads (this one stands by).
+                if !announced {
+                    println!("cnnd standing by on {addr}");
+                    announced = true;
+                }
                 let reason = format!(
                     "standby: this daemon does not lead; the leader is {} (term {})",
                     leader.holder, leader.term

@@ -729,17 +729,7 @@ pub async fn charts(
     out_dir: Option<&Path>,
     output: Output,
 ) -> Result<(), CliError> {
-    let addr = d.addr.clone();
-    let r = d
-        .client
-        .render_charts(pb::RenderChartsRequest {
-            sweep_id: id.to_string(),
-            dashboard: dashboard.unwrap_or_default(),
-            include_bytes: out_dir.is_some(),
-        })
-        .await
-        .map_err(|e| CliError::rpc(format!("render charts of sweep {id}"), &addr, e))?
-        .into_inner();
+    let r = render_charts(d, id, dashboard, out_dir.is_some()).await?;
     let paths = match out_dir {
         None => r.paths,
         Some(dir) => write_charts(dir, &r.charts)?,
@@ -749,6 +739,26 @@ pub async fn charts(
         Output::Table | Output::Csv => paths.iter().for_each(out),
     }
     Ok(())
+}
+
+/// RenderCharts of a sweep's dashboard (the daemon's default when None), with the PNGs'
+/// bytes when `include_bytes`.
+pub async fn render_charts(
+    d: &mut Daemon,
+    id: &str,
+    dashboard: Option<String>,
+    include_bytes: bool,
+) -> Result<pb::RenderChartsResponse, CliError> {
+    let addr = d.addr.clone();
+    d.client
+        .render_charts(pb::RenderChartsRequest {
+            sweep_id: id.to_string(),
+            dashboard: dashboard.unwrap_or_default(),
+            include_bytes,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| CliError::rpc(format!("render charts of sweep {id}"), &addr, e))
 }
 
 /// Writes fetched charts into `dir` under their own file names (a name with a folder in it

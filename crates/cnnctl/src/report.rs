@@ -13,7 +13,7 @@ use base64::Engine;
 use cnnd_proto as pb;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::commands::{best_line, sweep_rows};
+use crate::commands::{best_line, render_charts, sweep_rows};
 use crate::format::{effect_line, effects_heading, param_effects};
 use crate::{out, CliError, Daemon};
 
@@ -40,17 +40,7 @@ pub async fn report(
         .await
         .map_err(|e| CliError::rpc(format!("get sweep {id}"), &addr, e))?
         .into_inner();
-    let charts = d
-        .client
-        .render_charts(pb::RenderChartsRequest {
-            sweep_id: id.to_string(),
-            dashboard: dashboard.unwrap_or_default(),
-            include_bytes: true,
-        })
-        .await
-        .map_err(|e| CliError::rpc(format!("render charts of sweep {id}"), &addr, e))?
-        .into_inner()
-        .charts;
+    let charts = render_charts(d, id, dashboard, true).await?.charts;
     let html = render(&sweep, &charts).into_string();
     std::fs::write(file, html)
         .map_err(|e| CliError::Other(format!("writing {}: {e}", file.display())))?;

@@ -49,6 +49,16 @@ impl ClientOptions {
 /// many images.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// This machine's host name (the kernel's): how a worker registers and a leader names itself.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -372,16 +372,6 @@ pub fn describe(status: &Status) -> String {
     format!("{code}: {}", status.message())
 }
 
-/// This machine's host name (the kernel's), for registration.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// Reads the worker token file when one is given (for a clear error at start-up).
 pub fn check_token_file(args: &ConnectArgs) -> Result<()> {
     if let Some(file) = &args.token_file {

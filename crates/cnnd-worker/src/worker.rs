@@ -34,7 +34,7 @@ use cnnd_proto::{
 
 use crate::cache::{BlobCache, BlobHandle};
 use crate::files::{after, DataView, Files, Unreachable};
-use crate::session::{describe, host_name, is_transient, ConnectArgs, Session};
+use crate::session::{describe, is_transient, ConnectArgs, Session};
 use crate::{data, train};
 
 /// The best epoch's weights, as uploaded.
@@ -188,7 +188,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         .cache_dir
         .join("work")
         .join(format!("{}", std::process::id()));
-    let host = host_name();
+    let host = cnnd_client::host_name();
     let probe = crate::probe::probe();
     let request = RegisterRequest {
         name: args
