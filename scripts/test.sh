@@ -33,6 +33,8 @@ scripts/validate-manifests.sh
 # The PostgreSQL store's tests start throw-away servers (scripts/postgres.sh): make sure the
 # server binaries are there (Debian's postgresql-15 on these machines).
 if [ "$(id -u)" = 0 ]; then scripts/postgres.sh install; fi
+# The dashboard's browser test drives headless Chromium (installed here when missing, as root).
+scripts/chromium.sh
 if [ $# -gt 0 ]; then
   cargo test --release --locked "${features[@]}" "$@"
   exit 0

@@ -194,6 +194,26 @@ impl RequireBearer {
         RequireBearer { expected: None }
     }
 
+    /// True when every call is let through (`--insecure-no-auth`).
+    pub fn is_disabled(&self) -> bool {
+        self.expected.is_none()
+    }
+
+    /// Whether an `authorization` header value (`Bearer TOKEN`) is this daemon's token;
+    /// compared in constant time. Always true when disabled.
+    pub fn header_matches(&self, header: &[u8]) -> bool {
+        match &self.expected {
+            None => true,
+            Some(expected) => bool::from(header.ct_eq(expected.current().as_slice())),
+        }
+    }
+
+    /// Whether `token` (the token alone, as typed on the dashboard's login page) is this
+    /// daemon's token.
+    pub fn token_matches(&self, token: &str) -> bool {
+        self.header_matches(format!("Bearer {}", token.trim()).as_bytes())
+    }
+
     /// Why a request with this path and `authorization` header is refused, if it is.
     fn refusal(&self, path: &str, header: Option<&[u8]>) -> Option<&'static str> {
         let expected = self.expected.as_ref()?;

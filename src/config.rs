@@ -93,6 +93,12 @@ pub struct DaemonConfig {
     #[arg(long, env = "CNND_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the read-only browser dashboard on this address [default: off]. Same rules as
+    /// --listen: loopback, or TLS (--tls-cert/--tls-key, the same certificate), or
+    /// --allow-plaintext-remote; the API token (Bearer header, or the login page).
+    #[arg(long, env = "CNND_HTTP_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, env = "CNND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -279,6 +285,19 @@ impl DaemonConfig {
                  or --allow-plaintext-remote to serve plaintext on purpose",
                 self.worker_listen
             ));
+        }
+        if let Some(http) = self.http_listen {
+            if self.insecure_no_auth && !http.ip().is_loopback() {
+                return Err(format!(
+                    "--insecure-no-auth is only allowed on loopback addresses, and --http-listen {http} is not one"
+                ));
+            }
+            if !http.ip().is_loopback() && self.tls_cert.is_none() && !self.allow_plaintext_remote {
+                return Err(format!(
+                    "--http-listen {http} is not a loopback address: give --tls-cert and --tls-key to serve the dashboard over HTTPS, \
+                     or --allow-plaintext-remote to serve plaintext on purpose"
+                ));
+            }
         }
         if self.worker_client_ca.is_some() && self.tls_cert.is_none() {
             return Err(

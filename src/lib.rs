@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! bin/cnnd.rs
+//! web (the browser dashboard)
 //! api (Orchestrator, WorkerHub)    metrics   launcher (Slurm, Kubernetes)   leadership
 //! scheduler   predict_jobs   charts
 //! store   datasets (the data directory)   blobs (files by digest)
@@ -31,3 +32,4 @@ pub mod metrics;
 pub mod predict_jobs;
 pub mod scheduler;
 pub mod store;
+pub mod web;

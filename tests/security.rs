@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{free_port, grpcurl_bin, serial, wait_for, Daemon};
+use common::{free_port, grpcurl_bin, make_certificates, serial, wait_for, Daemon};
 use serde_json::json;
 
 fn stderr(o: &Output) -> String {
@@ -288,34 +288,6 @@ fn insecure_no_auth_and_plaintext_are_refused_off_loopback() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.log().contains("--insecure-no-auth"), "{}", d.log());
     assert!(!d.token_file().exists(), "no token is created without auth");
-}
-
-/// A CA and a server certificate for 127.0.0.1 and localhost signed by it, as PEM files.
-fn make_certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "cnnd test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca_cert, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-    // A second, unrelated CA: a client trusting only it must refuse the server.
-    let other_key = KeyPair::generate().unwrap();
-    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    std::fs::write(
-        dir.join("other-ca.pem"),
-        other.self_signed(&other_key).unwrap().pem(),
-    )
-    .unwrap();
 }
 
 #[test]

@@ -13,7 +13,7 @@ use tonic::Status;
 use super::errors::internal;
 use crate::charts;
 use crate::scheduler::Scheduler;
-use crate::store::{Event, StoredEvent};
+use crate::store::{Event, StoredEvent, TrialRow};
 
 /// Renders a dashboard of a sweep from what the store holds; returns the PNG paths.
 pub(crate) async fn render_sweep_charts(
@@ -55,18 +55,7 @@ pub(crate) async fn render_sweep_charts(
         best_trial_id: best,
         trials: trials
             .iter()
-            .map(|t| charts::ChartTrial {
-                trial_id: t.id.clone(),
-                index: t.index,
-                status: t.status.to_string(),
-                params: match serde_json::to_value(&t.params) {
-                    Ok(serde_json::Value::Object(m)) => m,
-                    _ => Default::default(),
-                },
-                epochs: epochs.remove(&t.id).unwrap_or_default(),
-                test_accuracy: t.test_accuracy,
-                parameter_count: t.parameter_count,
-            })
+            .map(|t| chart_trial(t, epochs.remove(&t.id).unwrap_or_default()))
             .collect(),
     };
     let out_dir = charts_dir(&scheduler.config.state_dir, sweep_id, dashboard_name);
@@ -74,6 +63,96 @@ pub(crate) async fn render_sweep_charts(
         .await
         .map_err(|e| Status::internal(format!("chart rendering panicked: {e}")))?
         .map_err(|e| Status::internal(format!("rendering charts: {e:#}")))
+}
+
+fn chart_trial(t: &TrialRow, epochs: Vec<cnnd_core::epoch::EpochRecord>) -> charts::ChartTrial {
+    charts::ChartTrial {
+        trial_id: t.id.clone(),
+        index: t.index,
+        status: t.status.to_string(),
+        params: match serde_json::to_value(&t.params) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => Default::default(),
+        },
+        epochs,
+        test_accuracy: t.test_accuracy,
+        parameter_count: t.parameter_count,
+    }
+}
+
+/// The charts of one trial's page: train and validation accuracy, and loss, per epoch.
+const TRIAL_DASHBOARD: &str = r#"
+title = "Trial"
+[[panels]]
+kind = "accuracy_curves"
+file = "accuracy_curves.png"
+width = 900
+height = 520
+[[panels]]
+kind = "loss_curves"
+file = "loss_curves.png"
+width = 900
+height = 520
+"#;
+
+/// Renders one trial's curves in memory: (file name, PNG bytes) per panel.
+pub(crate) async fn render_trial_charts(
+    scheduler: &Scheduler,
+    trial_id: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Status> {
+    let store = &scheduler.store;
+    let trial = store
+        .trial(trial_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("trialId: no trial '{trial_id}'")))?;
+    let sweep = store
+        .sweep(&trial.sweep_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{}'", trial.sweep_id)))?;
+    let epochs = store.epochs(trial_id).await.map_err(internal)?;
+    let chart_sweep = charts::ChartSweep {
+        sweep_id: sweep.id.clone(),
+        name: format!("{} trial {}", sweep.name, trial.index),
+        dataset: sweep.dataset.clone(),
+        varied: sweep.varied.clone(),
+        objective: sweep.objective.clone(),
+        best_trial_id: None,
+        trials: vec![chart_trial(&trial, epochs)],
+    };
+    let board = charts::Dashboard::from_toml_str(TRIAL_DASHBOARD)
+        .map_err(|e| Status::internal(format!("trial dashboard: {e:#}")))?;
+    tokio::task::spawn_blocking(move || {
+        board
+            .panels
+            .iter()
+            .map(|panel| {
+                charts::render_panel_png(&chart_sweep, panel).map(|png| (panel.file.clone(), png))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| Status::internal(format!("chart rendering panicked: {e}")))?
+    .map_err(|e| Status::internal(format!("rendering charts: {e:#}")))
+}
+
+/// The panels of a dashboard (default when `name` is empty): (file name, title), in order.
+pub(crate) fn dashboard_panels(dir: &Path, name: &str) -> Result<Vec<(String, String)>, Status> {
+    let name = if name.is_empty() { "default" } else { name };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Status::invalid_argument(format!(
+            "dashboard: '{name}' is not a dashboard name (letters, digits, - and _)"
+        )));
+    }
+    Ok(load_dashboard(dir, name)?
+        .panels
+        .iter()
+        .map(|p| (p.file.clone(), p.title()))
+        .collect())
 }
 
 fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {

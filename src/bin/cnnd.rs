@@ -501,7 +501,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
     let dashboards_dir = config.dashboards_dir();
     let metrics = Arc::new(Metrics::new());
     let streams = StreamQuota::new(config.max_streams_per_client, config.max_streams_total);
-    let api = Api {
+    let api = Arc::new(Api {
         sweep_replies: Default::default(),
         scheduler: scheduler.clone(),
         dashboards_dir: dashboards_dir.clone(),
@@ -511,7 +511,7 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         streams: streams.clone(),
         stream_send_timeout: Duration::from_secs(config.stream_send_timeout_secs.max(1)),
         max_queued_trials: config.max_queued_trials,
-    };
+    });
     let hub = Hub {
         scheduler: scheduler.clone(),
         metrics: metrics.clone(),
@@ -541,7 +541,8 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            OrchestratorServer::new(api).max_decoding_message_size(config.max_request_bytes),
+            OrchestratorServer::from_arc(api.clone())
+                .max_decoding_message_size(config.max_request_bytes),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -634,6 +635,26 @@ async fn serve(config: DaemonConfig) -> Result<()> {
         )
         .await?;
         tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+    }
+    if let Some(http_listen) = config.http_listen {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let options = cnnd::web::WebOptions {
+            listen: http_listen,
+            tls,
+            auth: auth.clone(),
+            session_ttl: Duration::from_secs(12 * 3600),
+        };
+        let bound = cnnd::web::serve(options, api.clone()).await?;
+        // Where the dashboard listens, for operators and tests (port 0 picks one).
+        cnnd::files::write_whole(
+            &state_dir.join("http.addr"),
+            format!("{scheme}://{bound}\n").as_bytes(),
+        )?;
+        tracing::info!("dashboard on {scheme}://{bound}/");
     }
     cnnd::api::charts::render_charts_when_sweeps_finish(scheduler.clone(), dashboards_dir);
     match worker_url {

@@ -24,6 +24,13 @@ impl Panel {
         )
     }
 
+    /// The panel's title: its own, or its kind's default.
+    pub fn title(&self) -> String {
+        self.title
+            .clone()
+            .unwrap_or_else(|| self.kind.default_title().to_string())
+    }
+
     pub(super) fn validate(&self) -> Result<()> {
         let f = &self.file;
         let plain = !f.is_empty()
@@ -217,6 +224,7 @@ mod tests {
             [
                 "learning_curves.png",
                 "loss_curves.png",
+                "accuracy_curves.png",
                 "test_accuracy.png",
                 "accuracy_vs_parameters.png",
                 "optimization_history.png",

@@ -51,7 +51,7 @@ fn renders_small_and_empty_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let d = Dashboard::builtin_default();
     let paths = render_dashboard(&sweep, &d, &dir.path().join("one")).unwrap();
-    assert_eq!(paths.len(), 6);
+    assert_eq!(paths.len(), 7);
     for p in &paths {
         let bytes = std::fs::read(p).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{}", p.display());

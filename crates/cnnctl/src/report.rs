@@ -13,7 +13,8 @@ use base64::Engine;
 use cnnd_proto as pb;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::commands::{best_line, render_charts, sweep_rows};
+use crate::commands::render_charts;
+use crate::format::{best_line, sweep_rows};
 use crate::format::{effect_line, effects_heading, param_effects};
 use crate::{out, CliError, Daemon};
 

@@ -6,6 +6,7 @@
 //! through here; no libtorch, no daemon code.
 
 pub mod auth;
+pub mod sweep_view;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

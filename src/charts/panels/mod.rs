@@ -7,6 +7,7 @@ use anyhow::Result;
 use super::style::Area;
 use super::{ChartSweep, Drawn, Panel, PanelKind};
 
+mod accuracy_curves;
 mod accuracy_vs_parameters;
 mod hbars;
 mod learning_curves;
@@ -25,6 +26,7 @@ pub(super) fn draw(root: &Area, sweep: &ChartSweep, panel: &Panel) -> Result<Dra
     match panel.kind {
         PanelKind::LearningCurves => learning_curves::draw(root, sweep, panel),
         PanelKind::LossCurves => loss_curves::draw(root, sweep, panel),
+        PanelKind::AccuracyCurves => accuracy_curves::draw(root, sweep, panel),
         PanelKind::TestAccuracyBars => test_accuracy_bars::draw(root, sweep, panel),
         PanelKind::AccuracyVsParameters => accuracy_vs_parameters::draw(root, sweep, panel),
         PanelKind::OptimizationHistory => optimization_history::draw(root, sweep, panel),
