@@ -243,6 +243,8 @@ pub struct TrialResult {
     pub weights: Option<FileRef>,
     /// The worker's input record, as JSON.
     pub input_record: Option<String>,
+    /// The test pass class by class (`cnnd_core::test_report::TestReport`), as JSON.
+    pub test_report: Option<String>,
 }
 
 impl TrialResult {
@@ -258,6 +260,7 @@ impl TrialResult {
             parameter_count: None,
             weights: None,
             input_record: None,
+            test_report: None,
         }
     }
 }
@@ -1152,6 +1155,17 @@ impl Store {
         row.as_ref().map(trial_from_row).transpose()
     }
 
+    /// A trial's test report as JSON (`cnnd_core::test_report::TestReport`): read on its
+    /// own, not with every trial row, since it carries images.
+    pub async fn test_report(&self, trial_id: &str) -> Result<Option<String>> {
+        let report: Option<Option<String>> =
+            sqlx::query_scalar("SELECT test_report FROM trials WHERE id = $1")
+                .bind(trial_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(report.flatten())
+    }
+
     pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRecord>> {
         let rows = sqlx::query("SELECT * FROM epochs WHERE trial_id = $1 ORDER BY epoch")
             .bind(trial_id)
@@ -1485,7 +1499,8 @@ impl Store {
         sqlx::query(
             "UPDATE trials SET status = $1, error = $2, test_loss = $3, test_accuracy = $4, best_epoch = $5, weights_path = $6,
                     parameter_count = COALESCE($7, parameter_count), finished_at = $8,
-                    weights_digest = $9, weights_size = $10, input_record = $11, lease_expires_at = NULL
+                    weights_digest = $9, weights_size = $10, input_record = $11, lease_expires_at = NULL,
+                    test_report = $13
              WHERE id = $12",
         )
         // Not prepared once for all: sqlx 0.8.6's Any driver sends a NULL f64 to PostgreSQL as
@@ -1504,6 +1519,7 @@ impl Store {
         .bind(result.weights.as_ref().map(|w| w.size as i64))
         .bind(&result.input_record)
         .bind(trial_id)
+        .bind(&result.test_report)
         .execute(&mut *tx)
         .await?;
         let mut events = vec![

@@ -233,10 +233,54 @@ fn pages_charts_login_and_confinement_over_http() {
         assert!(page.contains(needle), "{needle}: {page}");
     }
     let images = image_links(&page);
-    assert_eq!(images.len(), 2, "{images:?}");
-    for src in &images {
+    let (charts, wrong): (Vec<&String>, Vec<&String>) =
+        images.iter().partition(|src| src.contains("/charts/"));
+    assert_eq!(charts.len(), 2, "{images:?}");
+    for src in &charts {
         assert_png(&get(src), src);
     }
+
+    // The test report: the confusion matrix counts every test example once, its diagonal is
+    // the test accuracy, and the misclassified images are wrong answers as the model saw
+    // them (28x28 gray).
+    let trial = d.cnnctl_json(&["trial", &trial_ids[0]]);
+    let report = &trial["testReport"];
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(report["confusion"].clone()).unwrap();
+    assert_eq!(confusion.len(), 10, "{report}");
+    assert!(confusion.iter().all(|row| row.len() == 10));
+    let total: u64 = confusion.iter().flatten().sum();
+    assert_eq!(total, trial["testExamples"].as_u64().unwrap(), "{report}");
+    let right: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    let accuracy = trial["testAccuracy"].as_f64().unwrap();
+    assert!(
+        (right as f64 / total as f64 - accuracy).abs() < 1e-9,
+        "{report}"
+    );
+    assert_eq!(report["classNames"][3], "3");
+    let misclassified = report["misclassified"].as_array().unwrap();
+    assert_eq!(misclassified.len(), ((total - right) as usize).min(16));
+    for m in misclassified {
+        assert_ne!(m["truth"], m["predicted"], "{m}");
+    }
+    for needle in [
+        "Confusion matrix",
+        "Precision and recall per class",
+        "Misclassified test images",
+    ] {
+        assert!(page.contains(needle), "{needle}");
+    }
+    assert_eq!(wrong.len(), misclassified.len(), "{images:?}");
+    for src in &wrong {
+        let r = get(src);
+        assert_eq!(r.header("content-type"), Some("image/png"), "{src}");
+        let img = image::load_from_memory(&r.body).unwrap();
+        assert_eq!((img.width(), img.height()), (28, 28), "{src}");
+    }
+    let text = String::from_utf8_lossy(&d.cnnctl(&["trial", &trial_ids[0]]).stdout).into_owned();
+    assert!(
+        text.contains("true \\ predicted") && text.contains("precision"),
+        "{text}"
+    );
 
     // Workers and queue.
     let r = get("/workers");

@@ -87,7 +87,9 @@ impl Fleet {
         let names: Vec<String> = hosts.iter().map(|h| h.host_addr().to_string()).collect();
         let certs = Certs::new(&names);
         let hub_port = free_port();
-        let daemon = Daemon::start_tls(
+        // The API on every address too: users on the hosts reach it (cnnctl, the dashboard).
+        let daemon = Daemon::start_tls_listening(
+            "0.0.0.0",
             data,
             0,
             &Self::flags(&certs, hub_port, extra)
@@ -688,4 +690,101 @@ fn upload_mismatched_blob(f: &Fleet) -> String {
         &["-cert", &cert, "-key", &key],
     );
     format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out))
+}
+
+/// Issue 19's "from anywhere": a user on another host (its own network namespace, the
+/// daemon's state and data folders hidden) with only `cnnctl`, the CA and the API token gets
+/// every chart of a sweep into a local folder, byte for byte, and reads the dashboard over
+/// HTTPS (curl), its sweep page and a chart.
+#[test]
+#[ignore = "needs root: network namespaces (scripts/test.sh runs it as root)"]
+fn netns_a_user_on_another_host_fetches_every_chart_and_opens_the_dashboard() {
+    let _one_at_a_time = serial();
+    let f = Fleet::start(1, &data_dir(), &["--http-listen", "0.0.0.0:0"]).unwrap();
+    let worker = f.worker(0, "trainer");
+    f.wait_registered("trainer", &worker);
+    let (d, host) = (&f.daemon, &f.hosts[0]);
+    let ca = f.certs.path("ca.pem");
+    let sweep = d.submit(&mnist_sweep(
+        "seen-from-afar",
+        small(1),
+        json!({"kernelSize": [3, 5]}),
+    ));
+    let s = d.wait_for_sweep(&sweep, Duration::from_secs(300));
+    let trials: Vec<String> = s["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["trialId"].as_str().unwrap().to_string())
+        .collect();
+    let hidden = [d.state.path(), d.data.as_path()];
+    let token = d.token();
+
+    // Every chart, over gRPC, into a folder on the other host.
+    let out = tempfile::tempdir().unwrap();
+    let api = format!("https://{}:{}", host.host_addr(), d.port);
+    let run = host
+        .command(&common::cnnctl_bin(), &hidden)
+        .args(["charts", &sweep, "--addr", &api, "--ca-file"])
+        .arg(&ca)
+        .arg("--out")
+        .arg(out.path())
+        .env("CNND_TOKEN", &token)
+        .env_remove("CNND_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let on_daemon = d.state.path().join("charts").join(&sweep).join("default");
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for name in &names {
+        assert_eq!(
+            std::fs::read(out.path().join(name)).unwrap(),
+            std::fs::read(on_daemon.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // The dashboard over HTTPS from the same host.
+    let http_addr = std::fs::read_to_string(d.state.path().join("http.addr")).unwrap();
+    let http_port = http_addr.trim().rsplit(':').next().unwrap().to_string();
+    let base = format!("https://{}:{http_port}", host.host_addr());
+    let curl = |path: &str, file: &Path| {
+        let run = host
+            .command(Path::new("/usr/bin/curl"), &hidden)
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}"), "-o"])
+            .arg(file)
+            .arg(format!("{base}{path}"))
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        std::fs::read(file).unwrap()
+    };
+    let page = String::from_utf8(curl(
+        &format!("/sweeps/{sweep}"),
+        &out.path().join("page.html"),
+    ))
+    .unwrap();
+    for t in &trials {
+        assert!(page.contains(t.as_str()), "{t}: {page}");
+    }
+    let chart = curl(
+        &format!("/sweeps/{sweep}/charts/accuracy_curves.png"),
+        &out.path().join("chart.png"),
+    );
+    assert!(chart.starts_with(b"\x89PNG"));
 }

@@ -17,6 +17,54 @@ pub(super) fn json_object<T: serde::Serialize>(v: &T) -> prost_types::Struct {
     }
 }
 
+/// A stored test report (JSON) as the wire message; None (logged) when it does not parse.
+pub(super) fn test_report_message(json: &str) -> Option<proto::TestReport> {
+    use base64::Engine;
+    let report: cnnd_core::test_report::TestReport = match serde_json::from_str(json) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "a stored test report does not parse; left out");
+            return None;
+        }
+    };
+    let scores = report.class_scores();
+    Some(proto::TestReport {
+        class_names: (0..report.confusion.len() as u32)
+            .map(|c| report.class_name(c))
+            .collect(),
+        confusion: report
+            .confusion
+            .iter()
+            .map(|row| proto::ConfusionRow {
+                predicted: row.clone(),
+            })
+            .collect(),
+        misclassified: report
+            .misclassified
+            .iter()
+            .map(|m| proto::MisclassifiedExample {
+                index: m.index,
+                truth: m.truth,
+                predicted: m.predicted,
+                png: base64::engine::general_purpose::STANDARD
+                    .decode(&m.png_base64)
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        class_scores: scores
+            .iter()
+            .enumerate()
+            .map(|(c, s)| proto::ClassPrecisionRecall {
+                name: report.class_name(c as u32),
+                precision: s.precision.unwrap_or(0.0),
+                has_precision: s.precision.is_some(),
+                recall: s.recall.unwrap_or(0.0),
+                support: s.support,
+            })
+            .collect(),
+    })
+}
+
 pub(super) fn event_to_proto(e: &StoredEvent) -> proto::SweepEvent {
     use proto::sweep_event::Kind;
     let kind = match &e.event {

@@ -322,7 +322,20 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             ),
             None => None,
         };
+        let test_report = if r.test_report_json.is_empty() {
+            None
+        } else {
+            let report: cnnd_core::test_report::TestReport =
+                serde_json::from_str(&r.test_report_json).map_err(|e| {
+                    Status::invalid_argument(format!("testReportJson: not a test report: {e}"))
+                })?;
+            report
+                .check()
+                .map_err(|why| Status::invalid_argument(format!("testReportJson: {why}")))?;
+            Some(r.test_report_json.clone())
+        };
         let result = TrialResult {
+            test_report,
             status,
             error: (!r.error.is_empty()).then(|| r.error.clone()),
             test_loss: r.has_test.then_some(r.test_loss),

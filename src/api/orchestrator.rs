@@ -14,7 +14,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    dataset_notes, describe_difference, json_object, suggestion_note, trial_summary,
+    dataset_notes, describe_difference, json_object, suggestion_note, test_report_message,
+    trial_summary,
 };
 use super::{charts, internal, require_id, watch, Api, MAX_PREDICT_IMAGES};
 use crate::datasets;
@@ -294,6 +295,11 @@ impl proto::orchestrator_server::Orchestrator for Api {
             reinitialised: t.reinitialised.clone(),
             skipped_files: t.skipped_files,
             provenance: t.provenance.clone().into_iter().collect(),
+            test_report: store
+                .test_report(&id)
+                .await
+                .map_err(internal)?
+                .and_then(|json| test_report_message(&json)),
         }))
     }
 

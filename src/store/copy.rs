@@ -168,6 +168,7 @@ const TABLES: &[Table] = &[
             ("weights_digest", Text),
             ("weights_size", Int),
             ("input_record", Json),
+            ("test_report", Json),
             ("checkpoint_format", Int),
             ("lease_expires_at", Int),
         ],

@@ -85,7 +85,7 @@ impl Access {
     pub fn session_cookie(&self, id: &str) -> String {
         format!(
             "{SESSION_COOKIE}={id}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
-            self.session_ttl.as_secs(),
+            self.session_ttl.as_secs().max(1),
             if self.tls { "; Secure" } else { "" }
         )
     }

@@ -92,6 +92,10 @@ fn router(state: WebState) -> Router {
         .route("/sweeps/{id}/charts/{file}", get(sweep_chart))
         .route("/trials/{id}", get(trial_page))
         .route("/trials/{id}/charts/{file}", get(trial_chart))
+        .route(
+            "/trials/{id}/misclassified/{file}",
+            get(misclassified_image),
+        )
         .route("/workers", get(workers_page))
         .route("/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(
@@ -217,6 +221,34 @@ async fn trial_chart(
         })
         .await;
     chart_response(charts, &file)
+}
+
+/// `/trials/ID/misclassified/N.png`: the Nth misclassified test image of the trial's report.
+async fn misclassified_image(
+    State(s): State<WebState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    let Some(n) = file
+        .strip_suffix(".png")
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return not_found().await;
+    };
+    let trial = match s
+        .api
+        .get_trial(Request::new(pb::GetTrialRequest { trial_id: id }))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return status_page(&e),
+    };
+    match trial
+        .test_report
+        .and_then(|r| r.misclassified.into_iter().nth(n))
+    {
+        Some(m) => ([(header::CONTENT_TYPE, "image/png")], m.png).into_response(),
+        None => not_found().await,
+    }
 }
 
 /// A chart by name from a rendered set: never a path, so nothing outside it can be served.

@@ -22,7 +22,10 @@ th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-a
 td.n{text-align:right;font-variant-numeric:tabular-nums}tr.best{background:#fff4e0;font-weight:600}\
 figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555}\
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}\
-.error{color:#b91c1c}progress{width:8em}.live{color:#047857}\
+.error{color:#b91c1c}td.diagonal{background:#dcfce7;font-weight:600}td.off{background:#fee2e2}\
+.misclassified{display:flex;flex-wrap:wrap;gap:.8em}.misclassified figure{margin:0;text-align:center}\
+.misclassified img{width:84px;height:84px;image-rendering:pixelated}\
+progress{width:8em}.live{color:#047857}\
 form.login{display:flex;flex-direction:column;gap:.6em;max-width:28em}\
 form.login input{font:inherit;padding:.4em}form.login button{font:inherit;padding:.4em;width:8em}";
 
@@ -238,6 +241,7 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
                     }
                 }
             }
+            @if let Some(r) = &t.test_report { (test_report(&t.trial_id, r)) }
             h2 { "Epochs" }
             @if t.epochs.is_empty() { p { "No epoch recorded yet." } } @else {
                 table {
@@ -276,6 +280,69 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
             }
         },
     )
+}
+
+fn class_name(r: &pb::TestReport, c: u32) -> String {
+    r.class_names
+        .get(c as usize)
+        .cloned()
+        .unwrap_or_else(|| c.to_string())
+}
+
+/// The test pass class by class: the confusion matrix (the diagonal marked), precision and
+/// recall per class, and the misclassified test images with their true and predicted class.
+fn test_report(trial_id: &str, r: &pb::TestReport) -> Markup {
+    let total: u64 = r
+        .confusion
+        .iter()
+        .flat_map(|row| &row.predicted)
+        .map(|&n| n as u64)
+        .sum();
+    html! {
+        h2 { "Confusion matrix" }
+        p.facts { (count(total)) " test examples; rows are the true class, columns the predicted one." }
+        table.confusion {
+            thead { tr {
+                th { "true \\ predicted" }
+                @for c in 0..r.confusion.len() as u32 { th { (class_name(r, c)) } }
+            } }
+            tbody {
+                @for (i, row) in r.confusion.iter().enumerate() {
+                    tr {
+                        th { (class_name(r, i as u32)) }
+                        @for (j, n) in row.predicted.iter().enumerate() {
+                            @if i == j { td.n.diagonal { (n) } } @else if *n > 0 { td.n.off { (n) } } @else { td.n { (n) } }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Precision and recall per class" }
+        table {
+            thead { tr { th { "class" } th { "precision" } th { "recall" } th { "support" } } }
+            tbody {
+                @for s in &r.class_scores {
+                    tr {
+                        td { (s.name) }
+                        td.n { @if s.has_precision { (pct(s.precision)) } @else { "-" } }
+                        td.n { @if s.support > 0 { (pct(s.recall)) } @else { "-" } }
+                        td.n { (s.support) }
+                    }
+                }
+            }
+        }
+        @if !r.misclassified.is_empty() {
+            h2 { "Misclassified test images (the first " (r.misclassified.len()) ")" }
+            div.misclassified {
+                @for (n, m) in r.misclassified.iter().enumerate() {
+                    figure {
+                        img alt={ "test image " (m.index) } src={ "/trials/" (trial_id) "/misclassified/" (n) ".png" };
+                        figcaption { "#" (m.index) ": " (class_name(r, m.truth)) " → " strong { (class_name(r, m.predicted)) } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `/workers`: devices, workers, running trials, the queue and the launcher.

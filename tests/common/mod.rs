@@ -60,6 +60,8 @@ struct LaunchOptions<'a> {
     ca_file: Option<&'a Path>,
     /// More environment variables.
     env: &'a [(&'a str, &'a std::ffi::OsStr)],
+    /// The API's listen address (default 127.0.0.1); clients still dial 127.0.0.1.
+    listen_ip: Option<&'a str>,
 }
 
 pub struct Daemon {
@@ -125,6 +127,29 @@ impl Daemon {
         )
     }
 
+    /// Like [`Daemon::start_tls`] with the API listening on `listen_ip` (e.g. `0.0.0.0`, for
+    /// clients in another network namespace).
+    pub fn start_tls_listening(
+        listen_ip: &str,
+        data: &Path,
+        workers: u32,
+        extra: &[&str],
+        ca_file: &Path,
+    ) -> Daemon {
+        Self::launch_with(
+            tempfile::tempdir().unwrap(),
+            data,
+            false,
+            workers,
+            extra,
+            LaunchOptions {
+                ca_file: Some(ca_file),
+                listen_ip: Some(listen_ip),
+                ..Default::default()
+            },
+        )
+    }
+
     /// Like [`Daemon::start`] with no local workers and more environment variables (e.g.
     /// KUBECONFIG for `--launcher kubernetes`).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
@@ -171,6 +196,7 @@ impl Daemon {
             address_space,
             ca_file,
             env,
+            listen_ip,
         } = options;
         let port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -199,7 +225,10 @@ impl Daemon {
         }
         let child = command
             .env_remove("CNND_CONFIG")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--listen",
+                &format!("{}:{port}", listen_ip.unwrap_or("127.0.0.1")),
+            ])
             .arg("--state-dir")
             .arg(state.path())
             .arg("--data-dir")

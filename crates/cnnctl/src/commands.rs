@@ -456,6 +456,31 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
     } else {
         out("test: not evaluated yet");
     }
+    if let Some(report) = &t.test_report {
+        out("");
+        out(render(&confusion_table(report)));
+        out("");
+        out(render(&class_scores_table(report)));
+        if !report.misclassified.is_empty() {
+            let shown: Vec<String> = report
+                .misclassified
+                .iter()
+                .map(|m| {
+                    format!(
+                        "#{} {}->{}",
+                        m.index,
+                        class_name(report, m.truth),
+                        class_name(report, m.predicted)
+                    )
+                })
+                .collect();
+            out(format!(
+                "misclassified (first {}, true->predicted): {}",
+                shown.len(),
+                shown.join(", ")
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -248,6 +248,68 @@ fn epoch_json(e: &pb::EpochMetrics) -> Value {
     })
 }
 
+/// A class's name in a test report (its number when the report has none).
+pub fn class_name(r: &pb::TestReport, c: u32) -> String {
+    r.class_names
+        .get(c as usize)
+        .cloned()
+        .unwrap_or_else(|| c.to_string())
+}
+
+/// The confusion matrix: one row per true class, one column per predicted class.
+pub fn confusion_table(r: &pb::TestReport) -> Table {
+    let k = r.confusion.len();
+    let mut header = vec!["true \\ predicted".to_string()];
+    header.extend((0..k as u32).map(|c| class_name(r, c)));
+    let mut t = table(header);
+    for (i, row) in r.confusion.iter().enumerate() {
+        let mut cells = vec![class_name(r, i as u32)];
+        cells.extend(row.predicted.iter().map(|n| n.to_string()));
+        t.add_row(cells);
+    }
+    align_right(&mut t, &(1..=k).collect::<Vec<_>>());
+    t
+}
+
+/// Precision, recall and support per class.
+pub fn class_scores_table(r: &pb::TestReport) -> Table {
+    let mut t = table(["class", "precision", "recall", "support"]);
+    for s in &r.class_scores {
+        t.add_row(vec![
+            s.name.clone(),
+            if s.has_precision {
+                pct(s.precision)
+            } else {
+                "-".into()
+            },
+            if s.support > 0 {
+                pct(s.recall)
+            } else {
+                "-".into()
+            },
+            s.support.to_string(),
+        ]);
+    }
+    align_right(&mut t, &[1, 2, 3]);
+    t
+}
+
+fn test_report_json(r: &pb::TestReport) -> Value {
+    json!({
+        "classNames": r.class_names,
+        "confusion": r.confusion.iter().map(|row| row.predicted.clone()).collect::<Vec<_>>(),
+        "classScores": r.class_scores.iter().map(|s| json!({
+            "name": s.name,
+            "precision": if s.has_precision { json!(s.precision) } else { Value::Null },
+            "recall": if s.support > 0 { json!(s.recall) } else { Value::Null },
+            "support": s.support,
+        })).collect::<Vec<_>>(),
+        "misclassified": r.misclassified.iter().map(|m| json!({
+            "index": m.index, "truth": m.truth, "predicted": m.predicted, "pngBytes": m.png.len(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub fn trial_json(t: &pb::Trial) -> Value {
     json!({
         "trialId": t.trial_id, "sweepId": t.sweep_id, "index": t.index, "status": t.status,
@@ -262,6 +324,7 @@ pub fn trial_json(t: &pb::Trial) -> Value {
         "notes": t.notes, "frozen": t.frozen, "reinitialised": t.reinitialised,
         "skippedFiles": t.skipped_files,
         "provenance": t.provenance,
+        "testReport": t.test_report.as_ref().map(test_report_json),
     })
 }
 

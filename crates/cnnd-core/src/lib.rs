@@ -24,4 +24,5 @@ pub mod model_size;
 pub mod pruning;
 pub mod status;
 pub mod sweep;
+pub mod test_report;
 pub mod tpe;

@@ -40,6 +40,7 @@ use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{Output, TrialParams};
+use cnnd_core::test_report::{Misclassified, TestReport, MAX_CLASSES};
 use optim::{Optim, OptimConfig};
 
 /// Facts about the trial, known before the first epoch.
@@ -66,6 +67,9 @@ pub struct TrainOutcome {
     pub stopped: bool,
     /// The checkpoint's epoch this run continued from; 0 when it started fresh.
     pub resumed_from_epoch: u32,
+    /// The test pass class by class (class names left for the caller, who knows the data
+    /// set); None beyond `test_report::MAX_CLASSES` classes.
+    pub test_report: Option<TestReport>,
 }
 
 /// What the caller controls of a running trial besides `on_epoch`. The default controls
@@ -306,6 +310,115 @@ pub fn evaluate(net: &Net, split: &Split, output: Output) -> Result<(f64, f64), 
     let loss = loss.f_double_value(&[])? / n as f64;
     let correct = correct.f_int64_value(&[])? as f64 / n as f64;
     Ok((loss, correct))
+}
+
+/// The true label and the prediction of every example of a split on `net`'s device, in
+/// order (evaluation mode, no gradients, batches of [`EVAL_BATCH`]).
+fn predictions(net: &Net, split: &Split, output: Output) -> Result<(Vec<i64>, Vec<i64>), TchError> {
+    let n = split.len() as i64;
+    let _guard = tch::no_grad_guard();
+    let mut predicted = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = EVAL_BATCH.min(n - start);
+        let xs = split.images.f_narrow(0, start, len)?;
+        let logits = net.f_forward_t(&xs, false)?;
+        predicted.push(match output {
+            Output::Softmax => logits.f_argmax(-1, false)?,
+            Output::Sigmoid => logits.f_view([-1])?.f_gt(0.0)?.f_to_kind(Kind::Int64)?,
+        });
+        start += len;
+    }
+    let to_vec = |t: Tensor| -> Result<Vec<i64>, TchError> {
+        let t = t
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?;
+        Vec::<i64>::try_from(&t).map_err(|e| TchError::Convert(e.to_string()))
+    };
+    let predicted = if predicted.is_empty() {
+        Vec::new()
+    } else {
+        to_vec(Tensor::f_cat(&predicted, 0)?)?
+    };
+    Ok((to_vec(split.labels.shallow_clone())?, predicted))
+}
+
+/// One image of a split (`[C, H, W]`, any scaling) as PNG bytes, rescaled to 0..255: what
+/// the model saw, after resizing and channel conversion.
+fn image_png(image: &Tensor) -> Result<Vec<u8>, TrainError> {
+    let image = image
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?;
+    let size = image.size();
+    let (c, h, w) = match size[..] {
+        [c, h, w] => (c as usize, h as u32, w as u32),
+        _ => return Err(TrainError::Data(format!("an image of shape {size:?}"))),
+    };
+    let values = Vec::<f32>::try_from(&image.f_reshape([-1])?)
+        .map_err(|e| TrainError::Torch(e.to_string()))?;
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+    let plane = (h * w) as usize;
+    // Planar [C, H, W] to interleaved [H, W, C].
+    let pixels: Vec<u8> = (0..plane)
+        .flat_map(|i| (0..c).map(move |ch| (ch, i)))
+        .map(|(ch, i)| ((values[ch * plane + i] - lo) * scale).round() as u8)
+        .collect();
+    let color = match c {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        _ => return Err(TrainError::Data(format!("an image with {c} channels"))),
+    };
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &pixels,
+        w,
+        h,
+        color,
+    )
+    .map_err(|e| TrainError::Data(format!("encoding a misclassified image: {e}")))?;
+    Ok(png)
+}
+
+/// The confusion matrix of the test split and its first misclassified images.
+fn test_report(
+    net: &Net,
+    test: &Split,
+    output: Output,
+    classes: i64,
+) -> Result<Option<TestReport>, TrainError> {
+    use base64::Engine;
+    let k = match output {
+        Output::Sigmoid => 2,
+        Output::Softmax => classes.max(0) as usize,
+    };
+    if k > MAX_CLASSES || test.is_empty() {
+        return Ok(None);
+    }
+    let (truth, predicted) = predictions(net, test, output)?;
+    let (confusion, wrong) = TestReport::count(k, &truth, &predicted);
+    let misclassified = wrong
+        .into_iter()
+        .map(|i| {
+            let png = image_png(&test.images.f_get(i as i64)?)?;
+            Ok(Misclassified {
+                index: i as u32,
+                truth: truth[i] as u32,
+                predicted: predicted[i] as u32,
+                png_base64: base64::engine::general_purpose::STANDARD.encode(png),
+            })
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    Ok(Some(TestReport {
+        class_names: Vec::new(),
+        confusion,
+        misclassified,
+    }))
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -923,6 +1036,11 @@ fn trial(
     drop(val);
     let test = to_device(&prepared.test, device)?;
     let (test_loss, test_accuracy) = evaluate(&net, &test, p.output)?;
+    // The report is a view of the test pass: if it cannot be made, the trial still stands.
+    let test_report = test_report(&net, &test, p.output, classes).unwrap_or_else(|e| {
+        tracing::warn!("no test report: {e}");
+        None
+    });
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
         "phase: restore + test"
@@ -934,6 +1052,7 @@ fn trial(
         parameter_count: info.parameter_count,
         stopped,
         resumed_from_epoch,
+        test_report,
     })
 }
 

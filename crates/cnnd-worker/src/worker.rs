@@ -840,6 +840,15 @@ fn train_lease(
                 has_test: true,
                 best_epoch: outcome.best_epoch,
                 parameter_count: outcome.parameter_count,
+                test_report_json: outcome
+                    .test_report
+                    .map(|mut report| {
+                        if report.confusion.len() == info.class_names.len() {
+                            report.class_names = info.class_names.clone();
+                        }
+                        serde_json::to_string(&report).unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
                 ..Default::default()
             })
         }
