@@ -28,19 +28,7 @@ pub(crate) async fn render_sweep_charts(
         .await
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{sweep_id}'")))?;
-    let dashboard_name = if dashboard.is_empty() {
-        "default"
-    } else {
-        dashboard
-    };
-    if !dashboard_name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(Status::invalid_argument(format!(
-            "dashboard: '{dashboard_name}' is not a dashboard name (letters, digits, - and _)"
-        )));
-    }
+    let dashboard_name = dashboard_name(dashboard)?;
     let board = load_dashboard(dashboards_dir, dashboard_name)?;
     let trials = store.trials_of(sweep_id).await.map_err(internal)?;
     let mut epochs = store.epochs_of_sweep(sweep_id).await.map_err(internal)?;
@@ -139,7 +127,20 @@ pub(crate) async fn render_trial_charts(
 
 /// The panels of a dashboard (default when `name` is empty): (file name, title), in order.
 pub(crate) fn dashboard_panels(dir: &Path, name: &str) -> Result<Vec<(String, String)>, Status> {
-    let name = if name.is_empty() { "default" } else { name };
+    Ok(load_dashboard(dir, dashboard_name(name)?)?
+        .panels
+        .iter()
+        .map(|p| (p.file.clone(), p.title()))
+        .collect())
+}
+
+/// A requested dashboard name, checked: `default` when empty; letters, digits, - and _.
+pub(crate) fn dashboard_name(requested: &str) -> Result<&str, Status> {
+    let name = if requested.is_empty() {
+        "default"
+    } else {
+        requested
+    };
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -148,11 +149,7 @@ pub(crate) fn dashboard_panels(dir: &Path, name: &str) -> Result<Vec<(String, St
             "dashboard: '{name}' is not a dashboard name (letters, digits, - and _)"
         )));
     }
-    Ok(load_dashboard(dir, name)?
-        .panels
-        .iter()
-        .map(|p| (p.file.clone(), p.title()))
-        .collect())
+    Ok(name)
 }
 
 fn load_dashboard(dir: &Path, name: &str) -> Result<charts::Dashboard, Status> {

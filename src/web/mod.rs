@@ -184,7 +184,12 @@ async fn sweep_chart(
     Path((id, file)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let dashboard = query.get("dashboard").cloned().unwrap_or_default();
+    let dashboard =
+        match crate::api::charts::dashboard_name(query.get("dashboard").map_or("", String::as_str))
+        {
+            Ok(name) => name.to_string(),
+            Err(e) => return status_page(&e),
+        };
     // Read before rendering: a write during the rendering moves the generation on and the
     // next request renders again.
     let generation = s.api.scheduler.store.generation();

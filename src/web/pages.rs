@@ -4,8 +4,8 @@
 
 use axum::response::{IntoResponse, Response};
 use cnnd_client::sweep_view::{
-    best_line, count, effect_line, effects_heading, loss, ordered_params, param_effects,
-    param_value, params_map, pct, sweep_rows,
+    best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
+    param_effects, param_value, params_map, pct, sweep_rows,
 };
 use cnnd_proto as pb;
 use http::StatusCode;
@@ -280,13 +280,6 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
             }
         },
     )
-}
-
-fn class_name(r: &pb::TestReport, c: u32) -> String {
-    r.class_names
-        .get(c as usize)
-        .cloned()
-        .unwrap_or_else(|| c.to_string())
 }
 
 /// The test pass class by class: the confusion matrix (the diagonal marked), precision and

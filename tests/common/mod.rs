@@ -114,17 +114,7 @@ impl Daemon {
     /// Like [`Daemon::start_with_data_dir`] serving TLS: `extra` holds `--tls-cert` and
     /// `--tls-key` of a certificate for 127.0.0.1 that chains to `ca_file`.
     pub fn start_tls(data: &Path, workers: u32, extra: &[&str], ca_file: &Path) -> Daemon {
-        Self::launch_with(
-            tempfile::tempdir().unwrap(),
-            data,
-            false,
-            workers,
-            extra,
-            LaunchOptions {
-                ca_file: Some(ca_file),
-                ..Default::default()
-            },
-        )
+        Self::start_tls_listening("127.0.0.1", data, workers, extra, ca_file)
     }
 
     /// Like [`Daemon::start_tls`] with the API listening on `listen_ip` (e.g. `0.0.0.0`, for

@@ -7,8 +7,8 @@ use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table, Table
 use serde_json::{json, Value};
 
 pub use cnnd_client::sweep_view::{
-    best_line, count, effect_line, effects_heading, loss, ordered_params, param_effects,
-    param_value, params_map, pct, repeat_groups, sweep_rows, Ranking,
+    best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
+    param_effects, param_value, params_map, pct, repeat_groups, sweep_rows, Ranking,
 };
 
 /// Uptime: "45s", "2m 05s", "1h 02m 03s", "3d 04h 05m".
@@ -246,14 +246,6 @@ fn epoch_json(e: &pb::EpochMetrics) -> Value {
         "valLoss": e.val_loss, "valAccuracy": e.val_accuracy, "seconds": e.seconds,
         "imagesPerSecond": e.images_per_second,
     })
-}
-
-/// A class's name in a test report (its number when the report has none).
-pub fn class_name(r: &pb::TestReport, c: u32) -> String {
-    r.class_names
-        .get(c as usize)
-        .cloned()
-        .unwrap_or_else(|| c.to_string())
 }
 
 /// The confusion matrix: one row per true class, one column per predicted class.

@@ -74,6 +74,14 @@ pub fn ordered_params(params: &Map<String, Value>) -> Vec<(String, Value)> {
     out
 }
 
+/// A class's name in a test report (its number when the report has none).
+pub fn class_name(r: &pb::TestReport, c: u32) -> String {
+    r.class_names
+        .get(c as usize)
+        .cloned()
+        .unwrap_or_else(|| c.to_string())
+}
+
 pub fn params_map(s: &Option<prost_types::Struct>) -> Map<String, Value> {
     s.as_ref().map(struct_to_json).unwrap_or_default()
 }
