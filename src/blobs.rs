@@ -171,14 +171,28 @@ impl Blobs {
         self.root.join("partial").join(digest.to_string())
     }
 
-    /// Bytes already held of an upload of `file`: its size when the blob is whole, what a
-    /// partial upload left, else 0.
+    /// Bytes already held of an upload of `file`: its size only when the blob is kept
+    /// whole, what a partial upload left, else 0.
+    ///
+    /// Two workers may upload the same content at once (the input record of two trials of
+    /// one sweep is the same file). A partial upload another worker has sent in full but not
+    /// yet finished is checked and kept here, so that "all of it" always means the blob can
+    /// be named in a report; a corrupt one is deleted and 0 returned.
     pub fn upload_offset(&self, file: &FileRef) -> Result<u64> {
+        let _one_at_a_time = self.uploading.lock().unwrap();
         if self.get(file).is_some() {
             return Ok(file.size);
         }
         let digest = file.parsed_digest()?;
-        Ok(fs::metadata(self.partial_path(&digest)).map_or(0, |m| m.len()))
+        let held = fs::metadata(self.partial_path(&digest)).map_or(0, |m| m.len());
+        if held < file.size {
+            return Ok(held);
+        }
+        match self.keep_upload(file) {
+            Ok(_) => Ok(file.size),
+            Err(UploadError::Corrupt { .. }) => Ok(0),
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
     }
 
     /// Appends a chunk to the upload of `file`; `offset` must be where the held bytes end.
@@ -219,6 +233,11 @@ impl Blobs {
     /// short upload is deleted (the worker sends it again) and refused.
     pub fn finish_upload(&self, file: &FileRef) -> Result<PathBuf, UploadError> {
         let _one_at_a_time = self.uploading.lock().unwrap();
+        self.keep_upload(file)
+    }
+
+    /// [`Blobs::finish_upload`] with the upload lock held.
+    fn keep_upload(&self, file: &FileRef) -> Result<PathBuf, UploadError> {
         if let Some(path) = self.get(file) {
             return Ok(path);
         }
@@ -287,6 +306,34 @@ mod tests {
             digest: Digest::of(bytes).to_string(),
             size: bytes.len() as u64,
         }
+    }
+
+    #[test]
+    fn a_second_uploader_of_the_same_content_hears_all_of_it_only_once_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let record = br#"{"dataset":"mnist","side":28}"#;
+        let file = file_ref("input.json", record);
+        // Worker A has sent every byte but not yet finished its upload when worker B asks.
+        blobs.append(&file, 0, record).unwrap();
+        assert!(blobs.get(&file).is_none());
+        assert_eq!(blobs.upload_offset(&file).unwrap(), file.size);
+        // B names it in its finish at once: the blob is there.
+        let kept = blobs
+            .get(&file)
+            .expect("kept when its offset said all of it");
+        assert_eq!(fs::read(&kept).unwrap(), record);
+        // A's finish comes after and finds it kept.
+        assert_eq!(blobs.finish_upload(&file).unwrap(), kept);
+
+        // A full-length partial that does not match its digest is dropped, not announced.
+        let other = b"another record";
+        let file = file_ref("input.json", other);
+        blobs.append(&file, 0, b"ANOTHER RECORD").unwrap();
+        assert_eq!(blobs.upload_offset(&file).unwrap(), 0);
+        assert!(blobs.get(&file).is_none());
+        blobs.append(&file, 0, other).unwrap();
+        blobs.finish_upload(&file).unwrap();
     }
 
     #[test]

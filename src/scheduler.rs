@@ -493,19 +493,43 @@ impl Scheduler {
     }
 
     /// Long poll: the next trial for this worker, or None after `lease_poll`.
+    ///
+    /// A worker trains one trial at a time, so one that asks while the daemon still counts a
+    /// trial as its own has dropped that trial (its finish or release never got through): the
+    /// trial goes back to the queue now rather than waiting on a lease that nobody renews.
     pub async fn lease(&self, worker_id: &str) -> Result<Option<Lease>> {
-        let (device, checkpoint_format, local) = {
+        let (device, checkpoint_format, local, dropped) = {
             let mut workers = self.workers.lock().unwrap();
             match workers.get_mut(worker_id) {
                 Some(w) => {
                     w.last_seen = Some(Instant::now());
-                    (w.device.clone(), w.checkpoint_format, w.slot.is_some())
+                    let dropped = if w.state == WorkerState::Busy {
+                        w.state = WorkerState::Idle;
+                        w.idle_since = Some(Instant::now());
+                        w.sweep_id = None;
+                        w.trial_id.take().map(|t| (t, w.generation))
+                    } else {
+                        None
+                    };
+                    (
+                        w.device.clone(),
+                        w.checkpoint_format,
+                        w.slot.is_some(),
+                        dropped,
+                    )
                 }
                 None => anyhow::bail!(
                     "unknown worker '{worker_id}': {UNKNOWN_WORKER_HINT} (the daemon may have restarted)"
                 ),
             }
         };
+        if let Some((trial, generation)) = dropped {
+            let why = format!(
+                "worker {worker_id} asked for another trial while holding this one (its finish or release did not get through)"
+            );
+            tracing::warn!(worker = worker_id, trial, "{why}: queued again");
+            self.requeue(&trial, generation, &why).await?;
+        }
         let (serves, kind) = Self::slot_devices(&device);
         let deadline = tokio::time::Instant::now() + self.config.lease_poll;
         loop {
@@ -1758,6 +1782,71 @@ mod tests {
         );
         bystander.kill().unwrap();
         bystander.wait().unwrap();
+    }
+
+    /// A worker that asks for a trial while the daemon still counts one as its own has
+    /// dropped it (its finish never got through): that trial is queued again at once, so no
+    /// trial stays "running" on a lease that nobody renews. (CI once waited 300 s on such a
+    /// trial when two workers uploaded the same input record at the same moment.)
+    #[tokio::test]
+    async fn a_worker_asking_again_gives_back_the_trial_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
+        let scheduler = Scheduler::new(
+            store.clone(),
+            SchedulerConfig {
+                state_dir: dir.path().to_path_buf(),
+                slots: vec![SlotConfig {
+                    worker_id: "cpu-0".into(),
+                    device: "cpu".into(),
+                    threads: 1,
+                }],
+                lease_poll: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        scheduler
+            .register(Registration::local("cpu-0", 0))
+            .await
+            .unwrap();
+        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
+        .unwrap();
+        let spec = request
+            .validate(
+                cnnd_core::sweep::SweepLimits::default(),
+                cnnd_core::datasets::resolve_builtin,
+            )
+            .unwrap();
+        let (sweep, _) = scheduler
+            .submit(&spec, None, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let dropped = scheduler.lease("cpu-0").await.unwrap().unwrap();
+        let next = scheduler.lease("cpu-0").await.unwrap().unwrap();
+
+        let trials = store.trials_of(&sweep).await.unwrap();
+        let running: Vec<_> = trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Running)
+            .map(|t| (t.id.clone(), t.generation))
+            .collect();
+        assert_eq!(running, vec![(next.trial_id.clone(), next.generation)]);
+        let first = store.trial(&dropped.trial_id).await.unwrap().unwrap();
+        if first.id == next.trial_id {
+            // Leased again at once (it is first in the queue): a new lease, a new attempt.
+            assert!(next.generation > dropped.generation, "{next:?}");
+            assert_eq!(next.attempt, dropped.attempt + 1);
+        } else {
+            assert_eq!(first.status, TrialStatus::Queued, "{first:?}");
+            let error = first.error.unwrap_or_default();
+            assert!(
+                error.contains("worker cpu-0 asked for another trial while holding this one"),
+                "{error}"
+            );
+        }
     }
 
     /// A tpe suggestion is checked like any configuration before it is stored or leased: one
