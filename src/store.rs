@@ -227,6 +227,9 @@ pub struct TrialFacts {
     pub skipped_files: u32,
     /// Versions, device, seed and data hash (see the `Trial.provenance` field).
     pub provenance: std::collections::BTreeMap<String, String>,
+    /// Training images as the model saw them (`cnnd_core::data_preview::DataPreview`), as
+    /// JSON, checked.
+    pub data_preview: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -680,7 +683,8 @@ fn lease_verdict(
 async fn store_facts(tx: &mut AnyConnection, trial_id: &str, f: &TrialFacts) -> Result<()> {
     sqlx::query(
         "UPDATE trials SET parameter_count = $1, train_examples = $2, val_examples = $3, test_examples = $4,
-                notes = $5, frozen = $6, reinitialised = $7, skipped_files = $8, provenance = $9 WHERE id = $10",
+                notes = $5, frozen = $6, reinitialised = $7, skipped_files = $8, provenance = $9,
+                data_preview = COALESCE($10, data_preview) WHERE id = $11",
     )
     .bind(f.parameter_count as i64)
     .bind(f.train_examples as i64)
@@ -691,6 +695,7 @@ async fn store_facts(tx: &mut AnyConnection, trial_id: &str, f: &TrialFacts) -> 
     .bind(serde_json::to_string(&f.reinitialised)?)
     .bind(f.skipped_files as i64)
     .bind(serde_json::to_string(&f.provenance)?)
+    .bind(&f.data_preview)
     .bind(trial_id)
     .execute(&mut *tx)
     .await?;
@@ -1164,6 +1169,17 @@ impl Store {
                 .fetch_optional(&self.reader)
                 .await?;
         Ok(report.flatten())
+    }
+
+    /// A trial's data preview as JSON (`cnnd_core::data_preview::DataPreview`), read on its
+    /// own for the same reason.
+    pub async fn data_preview(&self, trial_id: &str) -> Result<Option<String>> {
+        let preview: Option<Option<String>> =
+            sqlx::query_scalar("SELECT data_preview FROM trials WHERE id = $1")
+                .bind(trial_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(preview.flatten())
     }
 
     pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRecord>> {

@@ -191,12 +191,26 @@ fn pages_charts_login_and_confinement_over_http() {
         "{page}"
     );
     assert!(!page.contains("<script>"), "{page}");
-    let images = image_links(&page);
+    let (images, samples): (Vec<String>, Vec<String>) = image_links(&page)
+        .into_iter()
+        .partition(|src| src.contains("/charts/"));
     assert_eq!(
         images.len(),
         7,
         "the default dashboard's 7 charts: {images:?}"
     );
+    // The data set as the first trial's model saw it: digits of every class, 28x28 gray.
+    assert!(
+        page.contains("Training data as the model sees it"),
+        "{page}"
+    );
+    assert_eq!(samples.len(), 10 * 6, "{samples:?}");
+    for src in samples.iter().step_by(7) {
+        let r = get(src);
+        assert_eq!(r.header("content-type"), Some("image/png"), "{src}");
+        let img = image::load_from_memory(&r.body).unwrap();
+        assert_eq!((img.width(), img.height()), (28, 28), "{src}");
+    }
     assert!(
         images.iter().any(|i| i.ends_with("/accuracy_curves.png")),
         "{images:?}"
@@ -207,7 +221,10 @@ fn pages_charts_login_and_confinement_over_http() {
     // Another dashboard by name; an unknown or malformed one is a clear error.
     let r = get(&format!("/sweeps/{sweep_id}?dashboard=compare"));
     assert_eq!(r.status, 200);
-    let compare = image_links(&r.text());
+    let compare: Vec<String> = image_links(&r.text())
+        .into_iter()
+        .filter(|src| src.contains("/charts/"))
+        .collect();
     assert!(
         compare.iter().all(|s| s.ends_with("?dashboard=compare")),
         "{compare:?}"
@@ -233,9 +250,18 @@ fn pages_charts_login_and_confinement_over_http() {
         assert!(page.contains(needle), "{needle}: {page}");
     }
     let images = image_links(&page);
-    let (charts, wrong): (Vec<&String>, Vec<&String>) =
-        images.iter().partition(|src| src.contains("/charts/"));
+    let charts: Vec<&String> = images.iter().filter(|s| s.contains("/charts/")).collect();
+    let wrong: Vec<&String> = images
+        .iter()
+        .filter(|s| s.contains("/misclassified/"))
+        .collect();
+    let samples = images.iter().filter(|s| s.contains("/samples/")).count();
     assert_eq!(charts.len(), 2, "{images:?}");
+    assert_eq!(
+        charts.len() + wrong.len() + samples,
+        images.len(),
+        "{images:?}"
+    );
     for src in &charts {
         assert_png(&get(src), src);
     }
@@ -281,6 +307,51 @@ fn pages_charts_login_and_confinement_over_http() {
         text.contains("true \\ predicted") && text.contains("precision"),
         "{text}"
     );
+
+    // The model summary: computed by the daemon from the hyperparameters, it adds up to the
+    // parameters the worker counted on the model it built, and ends in ten logits.
+    let layers = trial["modelSummary"].as_array().unwrap();
+    assert_eq!(layers[0]["outputShape"], json!([1, 28, 28]), "{layers:?}");
+    let last = layers.last().unwrap();
+    assert_eq!(
+        (&last["name"], &last["outputShape"]),
+        (&json!("out"), &json!([10]))
+    );
+    let summed: u64 = layers
+        .iter()
+        .map(|l| l["parameters"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        summed,
+        trial["parameterCount"].as_u64().unwrap(),
+        "{layers:?}"
+    );
+    assert!(
+        text.contains("output shape") && text.contains("block0.conv"),
+        "{text}"
+    );
+    assert!(page.contains("<h2>Model</h2>") && page.contains("block0.conv"));
+
+    // The data preview: the first training images of every class, of that class; no
+    // augmentation in this sweep, so no draws.
+    let preview = &trial["dataPreview"];
+    let shown: Vec<u64> = preview["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["class"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shown.len(), samples, "{preview}");
+    assert_eq!(shown, (0..10).flat_map(|c| [c; 6]).collect::<Vec<u64>>());
+    assert_eq!(preview["augmented"].as_array().unwrap().len(), 0);
+    let out = d.state.path().join("trial-images");
+    let written = d.cnnctl_json(&["trial", &trial_ids[0], "--images", out.to_str().unwrap()]);
+    let files = written["imagesWritten"].as_array().unwrap();
+    assert_eq!(files.len(), samples + misclassified.len(), "{written}");
+    for f in files {
+        let img = image::open(f.as_str().unwrap()).unwrap();
+        assert_eq!((img.width(), img.height()), (28, 28), "{f}");
+    }
 
     // Workers and queue.
     let r = get("/workers");
@@ -550,9 +621,17 @@ fn headless_chromium_logs_in_and_renders_the_sweep_page() {
         "{text}"
     );
     let images = seen["images"].as_array().unwrap();
-    assert_eq!(images.len(), 7, "{images:?}");
-    for img in images {
+    let (charts, samples): (Vec<&Value>, Vec<&Value>) = images
+        .iter()
+        .partition(|i| i["src"].as_str().unwrap().contains("/charts/"));
+    assert_eq!(charts.len(), 7, "{images:?}");
+    for img in charts {
         assert!(img["width"].as_u64().unwrap() >= 300, "not loaded: {img}");
+    }
+    // The training samples as the model saw them, 28x28 each.
+    assert_eq!(samples.len(), 60, "{images:?}");
+    for img in samples {
+        assert_eq!(img["width"], 28, "not loaded: {img}");
     }
     let shot = std::fs::read(artifacts.join("sweep-page.png")).unwrap();
     let shot = image::load_from_memory(&shot).unwrap();

@@ -391,6 +391,33 @@ fn netns_remote_workers_alone_train_mnist_and_folder_sweeps_and_their_trials_pre
             );
         }
     }
+    // The image-folder trials' previews came home with their first epoch: training images
+    // of every class as the model saw them (32x32), and only the rotating trial has
+    // augmentation draws, which differ from the image as is.
+    for t in 0..2 {
+        let trial = f.daemon.get_trial(&format!("{folder}-t{t}"));
+        let rotation = trial.params.as_ref().unwrap().fields["rotationRange"]
+            .kind
+            .clone();
+        let preview = trial.data_preview.expect("a data preview");
+        let classes: std::collections::BTreeSet<u32> =
+            preview.samples.iter().map(|s| s.class).collect();
+        assert_eq!(classes.len(), 3, "{:?}", preview.class_names);
+        assert_eq!(preview.class_names, ["circle", "square", "stripes"]);
+        let img = image::load_from_memory(&preview.samples[0].png).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 32));
+        let rotates = rotation != Some(prost_types::value::Kind::NumberValue(0.0));
+        if rotates {
+            assert_eq!(preview.augmented.len(), 9, "{}", preview.augmentation);
+            assert!(preview.augmented[1..]
+                .iter()
+                .any(|d| d != &preview.augmented[0]));
+            assert!(preview.augmentation.contains("rotation"));
+        } else {
+            assert!(preview.augmented.is_empty(), "{}", preview.augmentation);
+        }
+    }
+
     // The data came over the wire into each worker's own cache, verified by digest; the
     // manifest names MNIST's training images, which at least one worker fetched.
     let manifest = db_rows(

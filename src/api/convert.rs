@@ -65,6 +65,37 @@ pub(super) fn test_report_message(json: &str) -> Option<proto::TestReport> {
     })
 }
 
+/// A stored data preview (JSON) as the wire message; None (logged) when it does not parse.
+pub(super) fn data_preview_message(json: &str) -> Option<proto::DataPreview> {
+    use base64::Engine;
+    let png = |b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default()
+    };
+    let preview: cnnd_core::data_preview::DataPreview = match serde_json::from_str(json) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "a stored data preview does not parse; left out");
+            return None;
+        }
+    };
+    Some(proto::DataPreview {
+        class_names: preview.class_names,
+        samples: preview
+            .samples
+            .iter()
+            .map(|s| proto::DataSample {
+                class: s.class,
+                index: s.index,
+                png: png(&s.png_base64),
+            })
+            .collect(),
+        augmentation: preview.augmentation,
+        augmented: preview.augmented.iter().map(|b| png(b)).collect(),
+    })
+}
+
 pub(super) fn event_to_proto(e: &StoredEvent) -> proto::SweepEvent {
     use proto::sweep_event::Kind;
     let kind = match &e.event {

@@ -42,6 +42,24 @@ fn to_wire(f: &FileRef) -> proto::FileRef {
     f.into()
 }
 
+/// A data preview from a worker, checked. A bad one is left out with a warning: it is an
+/// illustration, and the epoch it came with must still be recorded.
+fn data_preview(trial_id: &str, json: &str) -> Option<String> {
+    if json.is_empty() {
+        return None;
+    }
+    let checked = serde_json::from_str::<cnnd_core::data_preview::DataPreview>(json)
+        .map_err(|e| format!("not a data preview: {e}"))
+        .and_then(|p| p.check());
+    match checked {
+        Ok(()) => Some(json.to_string()),
+        Err(why) => {
+            tracing::warn!(trial = trial_id, "data preview left out: {why}");
+            None
+        }
+    }
+}
+
 /// The worker protocol: the daemon side of lease, report and finish.
 pub struct Hub {
     pub scheduler: Arc<Scheduler>,
@@ -211,6 +229,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             reinitialised: f.reinitialised,
             skipped_files: f.skipped_files,
             provenance: f.provenance.into_iter().collect(),
+            data_preview: data_preview(&r.trial_id, &f.data_preview_json),
         });
         let checkpoint = match &r.checkpoint {
             Some(c) => {

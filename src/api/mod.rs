@@ -106,6 +106,36 @@ impl Api {
             .ok_or_else(|| Status::not_found(format!("sweepId: no sweep '{id}'")))
     }
 
+    /// The layers of a trial's model, from its hyperparameters and its sweep's data set
+    /// (empty when the data set no longer resolves: its channels and classes are unknown).
+    async fn model_summary(
+        &self,
+        t: &crate::store::TrialRow,
+    ) -> anyhow::Result<Vec<cnnd_proto::ModelLayer>> {
+        let Some(sweep) = self.scheduler.store.sweep(&t.sweep_id).await? else {
+            return Ok(Vec::new());
+        };
+        let Some(data) = self.scheduler.dataset_of(&t.sweep_id, &sweep.dataset).await else {
+            return Ok(Vec::new());
+        };
+        let info = &data.resolved.info;
+        let p = &t.params;
+        Ok(cnnd_core::model_size::summary(
+            p,
+            p.effective_channels(info) as i64,
+            p.effective_input_size(info) as i64,
+            info.classes as i64,
+        )
+        .into_iter()
+        .map(|l| cnnd_proto::ModelLayer {
+            name: l.name,
+            kind: l.kind,
+            output_shape: l.output_shape,
+            parameters: l.parameters,
+        })
+        .collect())
+    }
+
     /// The sweep `id`, which must exist and not have ended.
     async fn open_sweep(&self, id: &str) -> Result<SweepRow, Status> {
         let sweep = self.find_sweep(id).await?;

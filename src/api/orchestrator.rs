@@ -14,8 +14,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    dataset_notes, describe_difference, json_object, suggestion_note, test_report_message,
-    trial_summary,
+    data_preview_message, dataset_notes, describe_difference, json_object, suggestion_note,
+    test_report_message, trial_summary,
 };
 use super::{charts, internal, require_id, watch, Api, MAX_PREDICT_IMAGES};
 use crate::datasets;
@@ -265,7 +265,9 @@ impl proto::orchestrator_server::Orchestrator for Api {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("trialId: no trial '{id}'")))?;
         let epochs = store.epochs(&id).await.map_err(internal)?;
+        let model_summary = self.model_summary(&t).await.map_err(internal)?;
         Ok(Response::new(proto::Trial {
+            model_summary,
             trial_id: t.id.clone(),
             sweep_id: t.sweep_id.clone(),
             index: t.index,
@@ -300,6 +302,11 @@ impl proto::orchestrator_server::Orchestrator for Api {
                 .await
                 .map_err(internal)?
                 .and_then(|json| test_report_message(&json)),
+            data_preview: store
+                .data_preview(&id)
+                .await
+                .map_err(internal)?
+                .and_then(|json| data_preview_message(&json)),
         }))
     }
 

@@ -169,6 +169,7 @@ const TABLES: &[Table] = &[
             ("weights_size", Int),
             ("input_record", Json),
             ("test_report", Json),
+            ("data_preview", Json),
             ("checkpoint_format", Int),
             ("lease_expires_at", Int),
         ],

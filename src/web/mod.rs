@@ -92,10 +92,7 @@ fn router(state: WebState) -> Router {
         .route("/sweeps/{id}/charts/{file}", get(sweep_chart))
         .route("/trials/{id}", get(trial_page))
         .route("/trials/{id}/charts/{file}", get(trial_chart))
-        .route(
-            "/trials/{id}/misclassified/{file}",
-            get(misclassified_image),
-        )
+        .route("/trials/{id}/{set}/{file}", get(trial_image))
         .route("/workers", get(workers_page))
         .route("/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(
@@ -149,7 +146,36 @@ async fn sweep_page(
         Ok(p) => p,
         Err(e) => return status_page(&e),
     };
-    pages::sweep(&s.chrome(&headers), &sweep, &dashboard, &panels).into_response()
+    let data = first_data_preview(&s, &sweep).await;
+    pages::sweep(
+        &s.chrome(&headers),
+        &sweep,
+        &dashboard,
+        &panels,
+        data.as_ref(),
+    )
+    .into_response()
+}
+
+/// The data preview of the sweep's first started trial that has one (a few are tried): the
+/// sweep's data set as its models see it.
+async fn first_data_preview(s: &WebState, sweep: &pb::Sweep) -> Option<(String, pb::DataPreview)> {
+    let started = sweep
+        .trials
+        .iter()
+        .filter(|t| !matches!(t.status.as_str(), "queued" | "held"))
+        .take(3);
+    for t in started {
+        let request = Request::new(pb::GetTrialRequest {
+            trial_id: t.trial_id.clone(),
+        });
+        if let Ok(trial) = s.api.get_trial(request).await {
+            if let Some(preview) = trial.into_inner().data_preview {
+                return Some((t.trial_id.clone(), preview));
+            }
+        }
+    }
+    None
 }
 
 async fn trial_page(
@@ -228,10 +254,12 @@ async fn trial_chart(
     chart_response(charts, &file)
 }
 
-/// `/trials/ID/misclassified/N.png`: the Nth misclassified test image of the trial's report.
-async fn misclassified_image(
+/// `/trials/ID/SET/N.png`: the Nth image of one of a trial's image sets, by position, never
+/// by path: `misclassified` (its test report's wrong answers), `samples` (training images
+/// as the model saw them) and `augmented` (the augmentation preview, unaugmented first).
+async fn trial_image(
     State(s): State<WebState>,
-    Path((id, file)): Path<(String, String)>,
+    Path((id, set, file)): Path<(String, String, String)>,
 ) -> Response {
     let Some(n) = file
         .strip_suffix(".png")
@@ -239,6 +267,9 @@ async fn misclassified_image(
     else {
         return not_found().await;
     };
+    if !["misclassified", "samples", "augmented"].contains(&set.as_str()) {
+        return not_found().await;
+    }
     let trial = match s
         .api
         .get_trial(Request::new(pb::GetTrialRequest { trial_id: id }))
@@ -247,11 +278,21 @@ async fn misclassified_image(
         Ok(r) => r.into_inner(),
         Err(e) => return status_page(&e),
     };
-    match trial
-        .test_report
-        .and_then(|r| r.misclassified.into_iter().nth(n))
-    {
-        Some(m) => ([(header::CONTENT_TYPE, "image/png")], m.png).into_response(),
+    let png = match set.as_str() {
+        "misclassified" => trial
+            .test_report
+            .and_then(|r| r.misclassified.into_iter().nth(n))
+            .map(|m| m.png),
+        "samples" => trial
+            .data_preview
+            .and_then(|p| p.samples.into_iter().nth(n))
+            .map(|s| s.png),
+        _ => trial
+            .data_preview
+            .and_then(|p| p.augmented.into_iter().nth(n)),
+    };
+    match png {
+        Some(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
         None => not_found().await,
     }
 }

@@ -5,7 +5,7 @@
 use axum::response::{IntoResponse, Response};
 use cnnd_client::sweep_view::{
     best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, sweep_rows,
+    param_effects, param_value, params_map, pct, shape_text, summary_parameters, sweep_rows,
 };
 use cnnd_proto as pb;
 use http::StatusCode;
@@ -19,12 +19,12 @@ header button{background:none;border:1px solid #9ca3af;color:#fff;border-radius:
 main{max-width:1280px;margin:1.5em auto;padding:0 1.5em}h1{font-size:1.5em;margin:.2em 0}\
 .facts{color:#555}table{border-collapse:collapse;margin:1em 0}\
 th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
-td.n{text-align:right;font-variant-numeric:tabular-nums}tr.best{background:#fff4e0;font-weight:600}\
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}tr.best{background:#fff4e0;font-weight:600}\
 figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555}\
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}\
 .error{color:#b91c1c}td.diagonal{background:#dcfce7;font-weight:600}td.off{background:#fee2e2}\
-.misclassified{display:flex;flex-wrap:wrap;gap:.8em}.misclassified figure{margin:0;text-align:center}\
-.misclassified img{width:84px;height:84px;image-rendering:pixelated}\
+.images{display:flex;flex-wrap:wrap;gap:.8em}.images figure{margin:0;text-align:center}\
+.images img{width:84px;height:84px;image-rendering:pixelated}table.samples img{width:56px;height:56px}\
 progress{width:8em}.live{color:#047857}\
 form.login{display:flex;flex-direction:column;gap:.6em;max-width:28em}\
 form.login input{font:inherit;padding:.4em}form.login button{font:inherit;padding:.4em;width:8em}";
@@ -123,6 +123,7 @@ pub(super) fn sweep(
     s: &pb::Sweep,
     dashboard: &str,
     panels: &[(String, String)],
+    data: Option<&(String, pb::DataPreview)>,
 ) -> Markup {
     let (header, rows) = sweep_rows(s);
     let numeric_from = header.len().saturating_sub(4);
@@ -187,6 +188,9 @@ pub(super) fn sweep(
                     }
                 }
             }
+            @if let Some((trial_id, preview)) = data {
+                (data_preview(trial_id, preview, true))
+            }
             h2 { "Charts" }
             div.charts {
                 @for (file, title) in panels {
@@ -242,6 +246,7 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
                 }
             }
             @if let Some(r) = &t.test_report { (test_report(&t.trial_id, r)) }
+            @if let Some(p) = &t.data_preview { (data_preview(&t.trial_id, p, false)) }
             h2 { "Epochs" }
             @if t.epochs.is_empty() { p { "No epoch recorded yet." } } @else {
                 table {
@@ -264,6 +269,18 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
             table { tbody {
                 @for (name, value) in &params { tr { th { (name) } td { (param_value(value)) } } }
             } }
+            @if !t.model_summary.is_empty() {
+                h2 { "Model" }
+                table.model {
+                    thead { tr { th { "layer" } th { "kind" } th { "output shape" } th { "parameters" } } }
+                    tbody {
+                        @for l in &t.model_summary {
+                            tr { td { (l.name) } td { (l.kind) } td { (shape_text(&l.output_shape)) } td.n { (count(l.parameters)) } }
+                        }
+                        tr { th { "total" } td {} td {} th.n { (count(summary_parameters(&t.model_summary))) } }
+                    }
+                }
+            }
             @if !t.notes.is_empty() || !t.frozen.is_empty() || !t.reinitialised.is_empty() {
                 h2 { "Notes" }
                 ul {
@@ -280,6 +297,53 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
             }
         },
     )
+}
+
+/// A trial's training images as its model saw them, a row per class, and its augmentation
+/// preview; `for_sweep` says whose they are (the sweep page shows one trial's).
+fn data_preview(trial_id: &str, p: &pb::DataPreview, for_sweep: bool) -> Markup {
+    let name = |c: u32| {
+        p.class_names
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    };
+    let mut classes: Vec<u32> = p.samples.iter().map(|s| s.class).collect();
+    classes.dedup();
+    html! {
+        h2 { "Training data as the model sees it" }
+        p.facts {
+            "The first training images of each class after resizing, channel conversion and standardisation"
+            @if for_sweep { ", as trial " a href={ "/trials/" (trial_id) } { (trial_id) } " saw them" }
+            "."
+        }
+        table.samples { tbody {
+            @for c in &classes {
+                tr {
+                    th { (name(*c)) }
+                    td { div.images {
+                        @for (n, s) in p.samples.iter().enumerate().filter(|(_, s)| s.class == *c) {
+                            img alt={ (name(*c)) " #" (s.index) } title={ "training image #" (s.index) }
+                                src={ "/trials/" (trial_id) "/samples/" (n) ".png" };
+                        }
+                    } }
+                }
+            }
+        } }
+        @if !p.augmented.is_empty() {
+            h2 { "Augmentation preview" }
+            p.facts { "One training image as is, then " (p.augmented.len() - 1) " draws under " (p.augmentation) "." }
+            div.images {
+                @for n in 0..p.augmented.len() {
+                    figure {
+                        img alt=(if n == 0 { "as is".to_string() } else { format!("draw {n}") })
+                            src={ "/trials/" (trial_id) "/augmented/" (n) ".png" };
+                        figcaption { @if n == 0 { "as is" } @else { "draw " (n) } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The test pass class by class: the confusion matrix (the diagonal marked), precision and
@@ -326,7 +390,7 @@ fn test_report(trial_id: &str, r: &pb::TestReport) -> Markup {
         }
         @if !r.misclassified.is_empty() {
             h2 { "Misclassified test images (the first " (r.misclassified.len()) ")" }
-            div.misclassified {
+            div.images {
                 @for (n, m) in r.misclassified.iter().enumerate() {
                     figure {
                         img alt={ "test image " (m.index) } src={ "/trials/" (trial_id) "/misclassified/" (n) ".png" };

@@ -332,7 +332,12 @@ pub async fn sweep(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
     Ok(())
 }
 
-pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliError> {
+pub async fn trial(
+    d: &mut Daemon,
+    id: &str,
+    images: Option<&Path>,
+    output: Output,
+) -> Result<(), CliError> {
     let addr = d.addr.clone();
     let t = d
         .client
@@ -342,9 +347,24 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         .await
         .map_err(|e| CliError::rpc(format!("get trial {id}"), &addr, e))?
         .into_inner();
+    let written = match images {
+        Some(dir) => write_charts(dir, &trial_images(&t))?,
+        None => Vec::new(),
+    };
     if output == Output::Json {
-        out_json(&trial_json(&t));
+        let mut json = trial_json(&t);
+        if images.is_some() {
+            json["imagesWritten"] = serde_json::json!(written);
+        }
+        out_json(&json);
         return Ok(());
+    }
+    if let Some(dir) = images {
+        out(format!(
+            "{} images written to {}",
+            written.len(),
+            dir.display()
+        ));
     }
     out(format!(
         "trial {} (sweep {}, #{})",
@@ -407,6 +427,10 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         p.add_row(vec![k, param_value(&v)]);
     }
     out(render(&p));
+    if !t.model_summary.is_empty() {
+        out("");
+        out(render(&model_table(&t.model_summary)));
+    }
 
     out("");
     if t.epochs.is_empty() {
@@ -455,6 +479,9 @@ pub async fn trial(d: &mut Daemon, id: &str, output: Output) -> Result<(), CliEr
         ));
     } else {
         out("test: not evaluated yet");
+    }
+    if let Some(p) = &t.data_preview {
+        out(format!("data preview: {}", data_preview_line(p)));
     }
     if let Some(report) = &t.test_report {
         out("");
@@ -710,6 +737,45 @@ pub async fn render_charts(
         .await
         .map(tonic::Response::into_inner)
         .map_err(|e| CliError::rpc(format!("render charts of sweep {id}"), &addr, e))
+}
+
+/// A trial's images as files to write: `sample-C-I.png` (class C, training image I),
+/// `augmented-0.png` (as is) and `augmented-N.png` (draws), `misclassified-I-T-as-P.png`
+/// (test image I, true class T, predicted P). Classes by number: folder names may hold
+/// anything.
+fn trial_images(t: &pb::Trial) -> Vec<pb::Chart> {
+    let png = |name: String, data: &[u8]| pb::Chart {
+        name,
+        media_type: "image/png".into(),
+        data: data.to_vec(),
+        path: String::new(),
+    };
+    let mut images = Vec::new();
+    if let Some(p) = &t.data_preview {
+        images.extend(
+            p.samples
+                .iter()
+                .map(|s| png(format!("sample-{}-{}.png", s.class, s.index), &s.png)),
+        );
+        images.extend(
+            p.augmented
+                .iter()
+                .enumerate()
+                .map(|(n, data)| png(format!("augmented-{n}.png"), data)),
+        );
+    }
+    if let Some(r) = &t.test_report {
+        images.extend(r.misclassified.iter().map(|m| {
+            png(
+                format!(
+                    "misclassified-{}-{}-as-{}.png",
+                    m.index, m.truth, m.predicted
+                ),
+                &m.png,
+            )
+        }));
+    }
+    images
 }
 
 /// Writes fetched charts into `dir` under their own file names (a name with a folder in it

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 pub use cnnd_client::sweep_view::{
     best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, repeat_groups, sweep_rows, Ranking,
+    param_effects, param_value, params_map, pct, repeat_groups, shape_text, summary_parameters,
+    sweep_rows, Ranking,
 };
 
 /// Uptime: "45s", "2m 05s", "1h 02m 03s", "3d 04h 05m".
@@ -263,6 +264,27 @@ pub fn confusion_table(r: &pb::TestReport) -> Table {
     t
 }
 
+/// The model layer by layer (Keras's `model.summary()`), with the total.
+pub fn model_table(layers: &[pb::ModelLayer]) -> Table {
+    let mut t = table(["layer", "kind", "output shape", "parameters"]);
+    for l in layers {
+        t.add_row(vec![
+            l.name.clone(),
+            l.kind.clone(),
+            shape_text(&l.output_shape),
+            count(l.parameters),
+        ]);
+    }
+    t.add_row(vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        count(summary_parameters(layers)),
+    ]);
+    align_right(&mut t, &[3]);
+    t
+}
+
 /// Precision, recall and support per class.
 pub fn class_scores_table(r: &pb::TestReport) -> Table {
     let mut t = table(["class", "precision", "recall", "support"]);
@@ -302,6 +324,37 @@ fn test_report_json(r: &pb::TestReport) -> Value {
     })
 }
 
+/// What a data preview holds, in one line: "60 training images of 10 classes; 8 draws
+/// under rotation ±10°".
+pub fn data_preview_line(p: &pb::DataPreview) -> String {
+    let mut classes: Vec<u32> = p.samples.iter().map(|s| s.class).collect();
+    classes.dedup();
+    let mut line = format!(
+        "{} training images of {} classes as the model saw them",
+        p.samples.len(),
+        classes.len()
+    );
+    if p.augmented.len() > 1 {
+        line.push_str(&format!(
+            "; {} augmentation draws under {}",
+            p.augmented.len() - 1,
+            p.augmentation
+        ));
+    }
+    line
+}
+
+fn data_preview_json(p: &pb::DataPreview) -> Value {
+    json!({
+        "classNames": p.class_names,
+        "samples": p.samples.iter().map(|s| json!({
+            "class": s.class, "index": s.index, "pngBytes": s.png.len(),
+        })).collect::<Vec<_>>(),
+        "augmentation": p.augmentation,
+        "augmented": p.augmented.iter().map(|a| json!({"pngBytes": a.len()})).collect::<Vec<_>>(),
+    })
+}
+
 pub fn trial_json(t: &pb::Trial) -> Value {
     json!({
         "trialId": t.trial_id, "sweepId": t.sweep_id, "index": t.index, "status": t.status,
@@ -317,6 +370,11 @@ pub fn trial_json(t: &pb::Trial) -> Value {
         "skippedFiles": t.skipped_files,
         "provenance": t.provenance,
         "testReport": t.test_report.as_ref().map(test_report_json),
+        "dataPreview": t.data_preview.as_ref().map(data_preview_json),
+        "modelSummary": t.model_summary.iter().map(|l| json!({
+            "name": l.name, "kind": l.kind, "outputShape": l.output_shape,
+            "parameters": l.parameters,
+        })).collect::<Vec<_>>(),
     })
 }
 

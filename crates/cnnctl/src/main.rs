@@ -102,6 +102,10 @@ enum Command {
     Trial {
         /// Trial id
         id: String,
+        /// Write the trial's images into this folder (created when missing): training
+        /// samples as the model saw them, the augmentation preview, misclassified test images
+        #[arg(long, value_name = "DIR")]
+        images: Option<std::path::PathBuf>,
     },
     /// Follow a sweep live until it finishes (replays what already happened first)
     Watch {
@@ -418,7 +422,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Submit { .. } => unreachable!("handled above"),
         Command::Sweeps => commands::sweeps(&mut d, output).await,
         Command::Sweep { id } => commands::sweep(&mut d, &id, output).await,
-        Command::Trial { id } => commands::trial(&mut d, &id, output).await,
+        Command::Trial { id, images } => {
+            commands::trial(&mut d, &id, images.as_deref(), output).await
+        }
         Command::Watch { id } => watch::watch(&mut d, &id, output == Output::Json).await,
         Command::Cancel { id } => commands::cancel(&mut d, &id, output).await,
         Command::Pause { id } => commands::pause(&mut d, &id, true, output).await,

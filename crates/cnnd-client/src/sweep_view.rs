@@ -82,6 +82,20 @@ pub fn class_name(r: &pb::TestReport, c: u32) -> String {
         .unwrap_or_else(|| c.to_string())
 }
 
+/// A layer's output shape for one image: "32 x 28 x 28", "128".
+pub fn shape_text(shape: &[i64]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" x ")
+}
+
+/// The trainable parameters a model summary adds up to.
+pub fn summary_parameters(layers: &[pb::ModelLayer]) -> u64 {
+    layers.iter().map(|l| l.parameters).sum()
+}
+
 pub fn params_map(s: &Option<prost_types::Struct>) -> Map<String, Value> {
     s.as_ref().map(struct_to_json).unwrap_or_default()
 }

@@ -4,6 +4,8 @@
 //! - [`sweep`]: the sweep request, its validation and expansion into trials
 //!   ([`sweep::TrialParams`]), the objective and how the best trial is chosen;
 //! - [`datasets`]: the data-set catalogue (built-in names, image-folder layout types);
+//! - [`test_report`], [`data_preview`]: what a trial's test pass found class by class, and
+//!   its training images as the model saw them (sent home by the worker, shown by GetTrial);
 //! - [`pruning`]: early stopping (median, ASHA) decisions;
 //! - [`tpe`]: the Tree-structured Parzen Estimator sampler;
 //! - [`model_size`]: the model family's arithmetic (sizes, filters per block);
@@ -16,6 +18,7 @@
 //!   versions.
 
 pub mod content;
+pub mod data_preview;
 pub mod datasets;
 pub mod devices;
 pub mod epoch;

@@ -1,11 +1,13 @@
 //! The model family's arithmetic, without building a model: output units, feature-map
-//! sides, filters per block, and the size of a configuration (multiply-accumulates of a
-//! forward pass, trainable parameters). The trainer builds its models by the same rules and
-//! its tests check these counts against libtorch's; the scheduler orders trials by them.
+//! sides, filters per block, the size of a configuration (multiply-accumulates of a
+//! forward pass, trainable parameters) and its layer-by-layer summary (Keras's
+//! `model.summary()`). The trainer builds its models by the same rules and its tests check
+//! these counts and shapes against libtorch's; the scheduler orders trials by them, GetTrial
+//! shows the summary.
 //!
 //! Owns: the numbers. Must not touch: libtorch (the trainer builds models).
 
-use crate::sweep::{Head, Output, TrialParams};
+use crate::sweep::{Activation, Head, Output, TrialParams};
 
 /// Number of output logits: 1 for a sigmoid output, else one per class.
 pub fn output_units(p: &TrialParams, classes: i64) -> i64 {
@@ -81,6 +83,125 @@ pub fn model_size(p: &TrialParams, channels: i64, input_size: i64, classes: i64)
     }
 }
 
+/// One row of a model summary: a layer, the shape of its output for one image
+/// (`[channels, height, width]` or `[features]`, PyTorch's order) and its trainable
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSummary {
+    /// The layer's name; for a layer with weights, the prefix of its variables in the
+    /// trainer's model (`block0.conv`, `hidden`, `out`), so the summary can be checked
+    /// against the built model and matched against transferred weights.
+    pub name: String,
+    /// What it computes, e.g. `Conv2d 3x3 same, 32 filters`, `MaxPool2d 2x2`.
+    pub kind: String,
+    pub output_shape: Vec<i64>,
+    pub parameters: u64,
+}
+
+fn activation_name(a: Activation) -> &'static str {
+    match a {
+        Activation::Relu => "ReLU",
+        Activation::LeakyRelu => "LeakyReLU(0.01)",
+        Activation::Elu => "ELU",
+        Activation::Gelu => "GELU",
+        Activation::Tanh => "Tanh",
+    }
+}
+
+/// The layers of the model the trainer builds for these arguments, input first, in the
+/// order of the forward pass. Their parameters add up to [`model_size`]'s.
+pub fn summary(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<LayerSummary> {
+    let row = |name: String, kind: String, output_shape: Vec<i64>, parameters: i64| LayerSummary {
+        name,
+        kind,
+        output_shape,
+        parameters: parameters as u64,
+    };
+    let k = p.kernel_size as i64;
+    let activation = activation_name(p.activation);
+    let mut rows = vec![row(
+        "input".into(),
+        "Input".into(),
+        vec![channels, input_size, input_size],
+        0,
+    )];
+    let (mut side, mut in_ch, mut out_ch) = (input_size, channels, channels);
+    for i in 0..p.blocks {
+        out_ch = block_filters(p, i);
+        let bias = if p.batch_norm { 0 } else { out_ch };
+        rows.push(row(
+            format!("block{i}.conv"),
+            format!("Conv2d {k}x{k} same, {out_ch} filters"),
+            vec![out_ch, side, side],
+            k * k * in_ch * out_ch + bias,
+        ));
+        if p.batch_norm {
+            rows.push(row(
+                format!("block{i}.bn"),
+                "BatchNorm2d".into(),
+                vec![out_ch, side, side],
+                2 * out_ch,
+            ));
+        }
+        rows.push(row(
+            format!("block{i}.act"),
+            activation.into(),
+            vec![out_ch, side, side],
+            0,
+        ));
+        side /= 2;
+        rows.push(row(
+            format!("block{i}.pool"),
+            "MaxPool2d 2x2".into(),
+            vec![out_ch, side, side],
+            0,
+        ));
+        in_ch = out_ch;
+    }
+    let outputs = output_units(p, classes);
+    let dropout = |rows: &mut Vec<LayerSummary>, features: i64| {
+        if p.dropout > 0.0 {
+            rows.push(row(
+                "dropout".into(),
+                format!("Dropout({})", p.dropout),
+                vec![features],
+                0,
+            ));
+        }
+    };
+    let features = match p.head {
+        Head::Dense => {
+            let flat = out_ch * side * side;
+            let units = p.units as i64;
+            rows.push(row("flatten".into(), "Flatten".into(), vec![flat], 0));
+            rows.push(row(
+                "hidden".into(),
+                format!("Linear {flat} -> {units}"),
+                vec![units],
+                flat * units + units,
+            ));
+            rows.push(row("hidden.act".into(), activation.into(), vec![units], 0));
+            units
+        }
+        Head::Gap => {
+            rows.push(row("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0));
+            out_ch
+        }
+    };
+    dropout(&mut rows, features);
+    let output = match p.output {
+        Output::Sigmoid => "logit (sigmoid)",
+        Output::Softmax => "logits (softmax)",
+    };
+    rows.push(row(
+        "out".into(),
+        format!("Linear {features} -> {outputs}, {output}"),
+        vec![outputs],
+        features * outputs + outputs,
+    ));
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +218,41 @@ mod tests {
         let params =
             (9 * 32 + 2 * 32) + (9 * 32 * 64 + 2 * 64) + (3136 * 128 + 128) + (128 * 10 + 10);
         assert_eq!(size.parameters, params);
+    }
+
+    /// Keras's summary of the notebook's digit model, row by row: every shape and count.
+    #[test]
+    fn the_default_model_summarised_layer_by_layer() {
+        let p = TrialParams {
+            dropout: 0.25,
+            ..TrialParams::default()
+        };
+        let rows: Vec<(String, Vec<i64>, u64)> = summary(&p, 1, 28, 10)
+            .into_iter()
+            .map(|r| (r.name, r.output_shape, r.parameters))
+            .collect();
+        let expected: Vec<(&str, Vec<i64>, u64)> = vec![
+            ("input", vec![1, 28, 28], 0),
+            ("block0.conv", vec![32, 28, 28], 9 * 32),
+            ("block0.bn", vec![32, 28, 28], 64),
+            ("block0.act", vec![32, 28, 28], 0),
+            ("block0.pool", vec![32, 14, 14], 0),
+            ("block1.conv", vec![64, 14, 14], 9 * 32 * 64),
+            ("block1.bn", vec![64, 14, 14], 128),
+            ("block1.act", vec![64, 14, 14], 0),
+            ("block1.pool", vec![64, 7, 7], 0),
+            ("flatten", vec![3136], 0),
+            ("hidden", vec![128], 3136 * 128 + 128),
+            ("hidden.act", vec![128], 0),
+            ("dropout", vec![128], 0),
+            ("out", vec![10], 1290),
+        ];
+        let expected: Vec<(String, Vec<i64>, u64)> = expected
+            .into_iter()
+            .map(|(n, s, c)| (n.to_string(), s, c))
+            .collect();
+        assert_eq!(rows, expected);
+        let total: u64 = rows.iter().map(|r| r.2).sum();
+        assert_eq!(total, model_size(&p, 1, 28, 10).parameters);
     }
 }

@@ -38,6 +38,7 @@ use tch::{Device, Kind, Reduction, TchError, Tensor};
 
 use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
+use cnnd_core::data_preview::{augmentation_words, DataPreview, Sample, AUGMENTED_DRAWS};
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{Output, TrialParams};
 use cnnd_core::test_report::{Misclassified, TestReport, MAX_CLASSES};
@@ -52,6 +53,9 @@ pub struct TrialInfo {
     pub test_examples: u32,
     /// What starting from other weights did (`initFrom`), when it was asked.
     pub transfer: Option<crate::transfer::Transfer>,
+    /// Training images as the model sees them, and the augmentation preview (class names
+    /// left for the caller); None when it could not be made (never fatal).
+    pub data_preview: Option<DataPreview>,
 }
 
 /// The result of a trial that ran to its end or was stopped by `on_epoch`.
@@ -238,6 +242,9 @@ pub fn epoch_seed(seed: u64, epoch: u32) -> u64 {
     splitmix64(seed ^ splitmix64(u64::from(epoch).wrapping_add(0x5851_f42d_4c95_7f2d)))
 }
 
+/// The generator stream of the augmentation preview ([`data_preview`]); training uses 1.
+const PREVIEW_STREAM: u64 = 2;
+
 /// The augmentation generator of one epoch of a trial: ChaCha8 seeded by
 /// [`epoch_seed`]`(seed, epoch)`, on its own stream (so it is independent of the validation
 /// split drawn from the trial seed).
@@ -419,6 +426,55 @@ fn test_report(
         confusion,
         misclassified,
     }))
+}
+
+/// The first training images of each class as the model sees them, and, when the trial
+/// augments, the first training image followed by [`AUGMENTED_DRAWS`] draws of it under the
+/// trial's settings. The draws come from their own generator: training's are untouched.
+fn data_preview(train: &Split, p: &TrialParams, classes: i64) -> Result<DataPreview, TrainError> {
+    use base64::Engine;
+    let base64 = |png: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(png);
+    // A sigmoid output has one logit for two classes.
+    let k = classes.max(2) as usize;
+    let labels = Vec::<i64>::try_from(
+        &train
+            .labels
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?,
+    )
+    .map_err(|e| TrainError::Torch(e.to_string()))?;
+    let samples = DataPreview::pick(&labels, k)
+        .into_iter()
+        .map(|(class, i)| {
+            Ok(Sample {
+                class,
+                index: i as u32,
+                png_base64: base64(image_png(&train.images.f_get(i as i64)?)?),
+            })
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let mut augmented = Vec::new();
+    if augmentation_enabled(p) && !train.is_empty() {
+        let first = train.images.f_narrow(0, 0, 1)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        rng.set_stream(PREVIEW_STREAM);
+        let draws = augment(
+            &first.f_repeat([AUGMENTED_DRAWS as i64, 1, 1, 1])?,
+            p,
+            &mut rng,
+        )?;
+        augmented.push(base64(image_png(&first.f_get(0)?)?));
+        for d in 0..AUGMENTED_DRAWS as i64 {
+            augmented.push(base64(image_png(&draws.f_get(d)?)?));
+        }
+    }
+    Ok(DataPreview {
+        class_names: Vec::new(),
+        samples,
+        augmentation: augmentation_words(p),
+        augmented,
+    })
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -846,6 +902,9 @@ fn trial(
         val_examples: prepared.val.len() as u32,
         test_examples: prepared.test.len() as u32,
         transfer,
+        data_preview: data_preview(&prepared.train, p, classes)
+            .inspect_err(|e| tracing::warn!("no data preview for this trial: {e}"))
+            .ok(),
     };
     // Channels-last convolutions on the CPU (oneDNN): measured 1.4x at one thread. On CUDA
     // the default layout is kept (not measured there).

@@ -410,6 +410,24 @@ enum LeaseEnd {
 const DATA_HASH_COVERS: &str =
     "every example of every split as decoded, before trainLimit, testLimit and carved splits";
 
+/// A data preview with the data set's class names (numbers where it has none), as JSON.
+fn named_preview(preview: &cnnd_core::data_preview::DataPreview, names: &[String]) -> String {
+    let classes = preview
+        .samples
+        .iter()
+        .map(|s| s.class as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(names.len());
+    let named = cnnd_core::data_preview::DataPreview {
+        class_names: (0..classes)
+            .map(|c| names.get(c).cloned().unwrap_or_else(|| c.to_string()))
+            .collect(),
+        ..preview.clone()
+    };
+    serde_json::to_string(&named).unwrap_or_default()
+}
+
 fn failed(error: String) -> FinishTrialRequest {
     FinishTrialRequest {
         status: TrialStatus::Failed.to_string(),
@@ -758,6 +776,11 @@ fn train_lease(
                 reinitialised,
                 skipped_files: dataset.skipped.len() as u32,
                 provenance: provenance.clone(),
+                data_preview_json: facts
+                    .data_preview
+                    .as_ref()
+                    .map(|preview| named_preview(preview, &info.class_names))
+                    .unwrap_or_default(),
             });
             first = false;
         }

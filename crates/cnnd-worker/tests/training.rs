@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{Activation, Head, Optimizer, TrialParams};
@@ -276,6 +277,7 @@ fn augmented_training_runs_deterministically() {
     let prepared = small(&p);
     let dir = tempfile::tempdir().unwrap();
     let mut losses = Vec::new();
+    let mut previews = Vec::new();
     for name in ["a.safetensors", "b.safetensors"] {
         run_trial_with(
             &prepared,
@@ -285,14 +287,41 @@ fn augmented_training_runs_deterministically() {
             Device::Cpu,
             &dir.path().join(name),
             &TrialControl::default(),
-            &mut |r, _| {
+            &mut |r, info| {
                 losses.push(r.train_loss);
+                previews.push(info.data_preview.clone().expect("a data preview"));
                 true
             },
         )
         .unwrap();
     }
     assert_eq!(losses[0], losses[1]);
+
+    // The preview: the first training images of each class, of that class, as the model
+    // sees them; the augmentation preview is the first image as is, then draws that differ
+    // from it and from each other, the same in both runs (their own generator).
+    let preview = &previews[0];
+    assert_eq!(preview, &previews[1]);
+    let labels = Vec::<i64>::try_from(&prepared.train.labels.to_kind(tch::Kind::Int64)).unwrap();
+    assert_eq!(preview.samples.len(), 10 * SAMPLES_PER_CLASS);
+    for s in &preview.samples {
+        assert_eq!(labels[s.index as usize], s.class as i64, "{}", s.index);
+        let img = image::load_from_memory(&base64(&s.png_base64)).unwrap();
+        assert_eq!((img.width(), img.height()), (28, 28));
+    }
+    assert!(preview
+        .augmentation
+        .starts_with("rotation ±10°, width shift 0.1"));
+    assert_eq!(preview.augmented.len(), AUGMENTED_DRAWS + 1);
+    let distinct: std::collections::HashSet<&String> = preview.augmented.iter().collect();
+    assert_eq!(distinct.len(), AUGMENTED_DRAWS + 1, "draws repeat");
+}
+
+fn base64(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }
 
 #[test]
