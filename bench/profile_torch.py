@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels-last", type=int, choices=[0, 1], default=0)
+    ap.add_argument("--bf16", type=int, choices=[0, 1], default=0,
+                    help="1: bf16 autocast over forward and loss (timed as those phases)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -51,6 +54,9 @@ def main():
     x, y = ref.load_split(a.data_dir, "train")
     model = ref.Net(1, x.shape[2], 10, a.kernel_size, a.base_filters, a.blocks, a.head, a.units,
                     a.dropout, True, "relu")
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=a.learning_rate)
     model.train()
@@ -65,9 +71,10 @@ def main():
         idx = perm[start:start + a.batch_size]
         xs, ys = x.index_select(0, idx), y.index_select(0, idx)
         t1 = time.perf_counter()
-        logits = model(xs)
-        t2 = time.perf_counter()
-        loss = F.cross_entropy(logits, ys)
+        with ref.autocast(x.device, bool(a.bf16)):
+            logits = model(xs)
+            t2 = time.perf_counter()
+            loss = F.cross_entropy(logits, ys)
         t3 = time.perf_counter()
         grads = torch.autograd.grad(loss, params)
         t4 = time.perf_counter()

@@ -106,6 +106,29 @@ pub enum Freeze {
     Conv,
 }
 
+/// The arithmetic of a trial's forward and backward passes. Master weights and optimiser
+/// state stay fp32 in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    /// Convolutions, linear layers, batch norm, activations and pooling in bfloat16; the loss
+    /// and the logits it reads in fp32.
+    Bf16,
+    /// bf16 on CPUs with AMX or AVX512-BF16, fp32 elsewhere (CUDA included, until measured).
+    Auto,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Auto => "auto",
+        })
+    }
+}
+
 /// Every hyperparameter of one trial. Names in JSON are the public names of `space` and
 /// `fixed` (DESIGN.md section 4). Defaults are the seed notebook's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +187,8 @@ pub struct TrialParams {
     /// Wall-clock limit of one attempt in seconds (0: none); past it the trial fails as
     /// `timed_out`.
     pub time_limit: f64,
+    /// fp32, bf16 or auto ([`Precision`]).
+    pub precision: Precision,
 }
 
 impl Default for TrialParams {
@@ -203,6 +228,7 @@ impl Default for TrialParams {
             val_fraction: 0.1,
             test_fraction: 0.2,
             time_limit: 0.0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -1480,6 +1506,10 @@ mod tests {
             (
                 json!({"dataset": "mnist", "fixed": {"output": "sigmoid"}}),
                 "fixed.output",
+            ),
+            (
+                json!({"dataset": "mnist", "space": {"precision": ["bf16", "fp16"]}}),
+                "space.precision[1]",
             ),
             (json!({"dataset": "mnist", "strategy": "bayes"}), "strategy"),
             (

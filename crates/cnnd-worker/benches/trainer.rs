@@ -13,8 +13,14 @@
 //! ```text
 //! cargo bench --bench trainer -- [--threads 1,2] [--heads dense,gap] [--kernels 3,5]
 //!     [--rounds N] [--train-limit N] [--batch-size 64] [--epochs 1] [--device cpu|cuda]
+//!     [--precision fp32,bf16] [--torch-recipe default|best]
 //!     [--data-dir DIR] [--keras] [--profile BATCHES]      (--help lists them)
 //! ```
+//!
+//! `--precision` sets ours (`precision` of the trial); PyTorch runs the same arithmetic: a
+//! bf16 cell is compared with PyTorch's best CPU recipe (channels-last + bf16 autocast), an
+//! fp32 cell with PyTorch's default eager fp32, or with channels-last fp32 under
+//! `--torch-recipe best`. Test accuracy of both sides is reported beside the speed.
 //!
 //! Results: a table on stdout and `target/bench/trainer.json`.
 //!
@@ -36,7 +42,7 @@ use serde_json::{json, Value};
 
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Head, TrialParams};
+use cnnd_core::sweep::{Head, Precision, TrialParams};
 use cnnd_worker::train::TrialInfo;
 
 /// Set (to a JSON job) when this binary runs as the child that measures one epoch of ours.
@@ -78,6 +84,17 @@ struct Opts {
     /// Folder holding mnist/ (default: $CNND_DATA_DIR, else ../shared/data).
     #[arg(long, default_value_os_t = common::default_data_dir())]
     data_dir: PathBuf,
+    /// Precisions of ours to measure (fp32, bf16); bf16 cells run PyTorch with bf16 autocast.
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse_precision)]
+    precision: Vec<Precision>,
+    /// PyTorch's recipe for fp32 cells: `default` (eager, NCHW) or `best` (channels-last);
+    /// bf16 cells always run channels-last + bf16 autocast.
+    #[arg(long, default_value = "default", value_parser = ["default", "best"])]
+    torch_recipe: String,
+    /// Which sides run (`ours`, `pytorch`): one side alone, e.g. under
+    /// `ONEDNN_VERBOSE=profile` piped into bench/onednn_breakdown.py.
+    #[arg(long, value_delimiter = ',', default_value = "ours,pytorch", value_parser = ["ours", "pytorch"])]
+    sides: Vec<String>,
     /// Also run the Keras reference (bench/keras_reference.py).
     #[arg(long)]
     keras: bool,
@@ -94,6 +111,14 @@ fn parse_head(s: &str) -> Result<Head, String> {
         "dense" => Ok(Head::Dense),
         "gap" => Ok(Head::Gap),
         _ => Err(format!("'{s}': dense or gap")),
+    }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "fp32" => Ok(Precision::Fp32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(format!("'{s}': fp32 or bf16")),
     }
 }
 
@@ -143,8 +168,9 @@ fn self_cpu_seconds() -> f64 {
 
 /// The seed model with the head of a configuration: dense (units 128, dropout 0.5) or GAP
 /// (dropout 0.25); 2 blocks of 32 then 64 filters, batch norm, ReLU, Adam 1e-3, `--batch-size`.
-fn params(head: Head, kernel: u32, o: &Opts) -> TrialParams {
+fn params(head: Head, kernel: u32, precision: Precision, o: &Opts) -> TrialParams {
     TrialParams {
+        precision,
         kernel_size: kernel,
         head,
         units: 128,
@@ -168,9 +194,13 @@ fn head_name(h: Head) -> &'static str {
 }
 
 fn config_name(p: &TrialParams) -> String {
-    match p.head {
+    let model = match p.head {
         Head::Dense => format!("dense{} k{} do{}", p.units, p.kernel_size, p.dropout),
         Head::Gap => format!("gap k{} do{}", p.kernel_size, p.dropout),
+    };
+    match p.precision {
+        Precision::Fp32 => model,
+        other => format!("{model} {other}"),
     }
 }
 
@@ -291,7 +321,10 @@ fn profile_child(job: &Value) -> Result<()> {
     let (x, y) = (&ds.train.images, &ds.train.labels);
     tch::manual_seed(p.seed as i64);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let net = cnnd_worker::model::build(&vs.root(), &p, 1, x.size()[2], info.classes as i64);
+    let mut net = cnnd_worker::model::build(&vs.root(), &p, 1, x.size()[2], info.classes as i64);
+    if p.precision == Precision::Bf16 {
+        net.compute_in(Kind::BFloat16);
+    }
     cnnd_worker::model::use_channels_last(&vs)?; // as run_trial does on the CPU
     let mut opt =
         cnnd_worker::train::optim::Optim::new(&vs, cnnd_worker::train::optim::OptimConfig::of(&p))?;
@@ -368,6 +401,8 @@ fn profile_child(job: &Value) -> Result<()> {
 #[derive(Debug, Clone)]
 struct Run {
     images_per_second: f64,
+    /// Test accuracy of the run's best epoch.
+    test_accuracy: f64,
     load_before: f64,
     load_after: f64,
     wall_seconds: f64,
@@ -380,6 +415,7 @@ impl Run {
     fn to_json(&self) -> Value {
         json!({
             "images_per_second": self.images_per_second,
+            "test_accuracy": self.test_accuracy,
             "load1_before": self.load_before,
             "load1_after": self.load_after,
             "process_wall_seconds": self.wall_seconds,
@@ -410,12 +446,18 @@ fn run_ours(p: &TrialParams, threads: u32, data_dir: &Path, device: &str) -> Res
             out.status
         );
     }
+    // Under ONEDNN_VERBOSE the child's primitive timings pass through, for
+    // bench/onednn_breakdown.py.
+    for l in stdout.lines().filter(|l| l.starts_with("onednn_verbose,")) {
+        println!("{l}");
+    }
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix(RESULT_MARK))
         .ok_or_else(|| anyhow!("ours printed no result:\n{stdout}"))?;
     let detail: Value = serde_json::from_str(line)?;
     Ok(Run {
+        test_accuracy: detail["test_accuracy"].as_f64().unwrap_or(f64::NAN),
         images_per_second: detail["images_per_second"]
             .as_f64()
             .context("images_per_second")?,
@@ -427,6 +469,24 @@ fn run_ours(p: &TrialParams, threads: u32, data_dir: &Path, device: &str) -> Res
     })
 }
 
+/// The PyTorch switches for a cell: channels-last + bf16 autocast for bf16, channels-last for
+/// fp32 under `--torch-recipe best`, nothing (PyTorch's default) otherwise.
+/// (`keras`: the Keras script, which takes none of them.)
+fn torch_recipe_args(p: &TrialParams, torch_recipe: &str) -> Vec<String> {
+    let bf16 = p.precision == Precision::Bf16;
+    let mut args = Vec::new();
+    if torch_recipe == "keras" {
+        return args;
+    }
+    if bf16 || torch_recipe == "best" {
+        args.extend(["--channels-last".to_string(), "1".to_string()]);
+    }
+    if bf16 {
+        args.extend(["--bf16".to_string(), "1".to_string()]);
+    }
+    args
+}
+
 /// Runs a reference script (one JSON line per epoch with images_per_second).
 fn run_reference(
     python: &Path,
@@ -435,6 +495,7 @@ fn run_reference(
     threads: u32,
     data_dir: &Path,
     device: &str,
+    torch_recipe: &str,
 ) -> Result<Run> {
     let mut args: Vec<String> = vec![
         script.display().to_string(),
@@ -469,6 +530,7 @@ fn run_reference(
         // The Keras script is CPU-only; it is not run with --device cuda.
         args.extend(["--device".into(), device.into()]);
     }
+    args.extend(torch_recipe_args(p, torch_recipe));
     let load_before = load1();
     let cpu_before = children_cpu_seconds();
     let t = Instant::now();
@@ -506,7 +568,13 @@ fn run_reference(
         .rev()
         .find(|v| v.get("images_per_second").is_some())
         .ok_or_else(|| anyhow!("{} printed no epoch:\n{stdout}", script.display()))?;
+    let test_accuracy = lines
+        .iter()
+        .rev()
+        .find_map(|v| v.get("test_accuracy").and_then(Value::as_f64))
+        .unwrap_or(f64::NAN);
     Ok(Run {
+        test_accuracy,
         images_per_second: epoch["images_per_second"]
             .as_f64()
             .context("images_per_second")?,
@@ -542,7 +610,7 @@ fn run_profile(o: &Opts, python: &Path, data_dir: &Path) -> Result<()> {
     for &threads in &o.threads {
         for &head in &o.heads {
             for &kernel in &o.kernels {
-                let p = params(head, kernel, o);
+                let p = params(head, kernel, o.precision[0], o);
                 let mut pair = Vec::new();
                 for side in ["ours", "PyTorch"] {
                     let load_before = load1();
@@ -576,6 +644,7 @@ fn run_profile(o: &Opts, python: &Path, data_dir: &Path) -> Result<()> {
                                 &threads.to_string(),
                             ])
                             .args(["--batches", &o.profile.to_string(), "--warmup", "20"])
+                            .args(torch_recipe_args(&p, &o.torch_recipe))
                             .stdin(Stdio::null())
                             .stderr(Stdio::inherit())
                             .output()?
@@ -734,13 +803,15 @@ fn main() -> Result<()> {
     for &threads in &o.threads {
         for &head in &o.heads {
             for &kernel in &o.kernels {
-                cells.push(Cell {
-                    params: params(head, kernel, &o),
-                    threads,
-                    ours: vec![],
-                    torch: vec![],
-                    keras: vec![],
-                });
+                for &precision in &o.precision {
+                    cells.push(Cell {
+                        params: params(head, kernel, precision, &o),
+                        threads,
+                        ours: vec![],
+                        torch: vec![],
+                        keras: vec![],
+                    });
+                }
             }
         }
     }
@@ -760,13 +831,22 @@ fn main() -> Result<()> {
             // Flip the order every other round so that neither side always goes first.
             let ours_first = round % 2 == 0;
             for side in 0..2 {
-                if (side == 0) == ours_first {
+                let ours_turn = (side == 0) == ours_first;
+                if !o
+                    .sides
+                    .iter()
+                    .any(|s| s == if ours_turn { "ours" } else { "pytorch" })
+                {
+                    continue;
+                }
+                if ours_turn {
                     let r = run_ours(&cell.params, cell.threads, &data_dir, &o.device)?;
                     eprintln!(
-                        "  round {} {name:<22} {}t ours    {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
+                        "  round {} {name:<27} {}t ours    {:>7.0} img/s, test {:.4}  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
                         round + 1,
                         cell.threads,
                         r.images_per_second,
+                        r.test_accuracy,
                         r.load_before,
                         r.load_after,
                         r.wall_seconds,
@@ -781,12 +861,14 @@ fn main() -> Result<()> {
                         cell.threads,
                         &data_dir,
                         &o.device,
+                        &o.torch_recipe,
                     )?;
                     eprintln!(
-                        "  round {} {name:<22} {}t PyTorch {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
+                        "  round {} {name:<27} {}t PyTorch {:>7.0} img/s, test {:.4}  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
                         round + 1,
                         cell.threads,
                         r.images_per_second,
+                        r.test_accuracy,
                         r.load_before,
                         r.load_after,
                         r.wall_seconds,
@@ -803,6 +885,7 @@ fn main() -> Result<()> {
                     cell.threads,
                     &data_dir,
                     "cpu",
+                    "keras",
                 )?;
                 eprintln!(
                     "  round {} {name:<22} {}t Keras   {:>7.0} img/s  (load {:.2} -> {:.2}, process {:.1} s, {:.1} CPU s)",
@@ -822,8 +905,8 @@ fn main() -> Result<()> {
     // The table.
     println!();
     let mut header = format!(
-        "{:<22} {:>7} {:>11} {:>13} {:>14}",
-        "config", "threads", "ours img/s", "PyTorch img/s", "ours/PyTorch"
+        "{:<27} {:>7} {:>11} {:>13} {:>14} {:>16}",
+        "config", "threads", "ours img/s", "PyTorch img/s", "ours/PyTorch", "test acc o | P"
     );
     if o.keras {
         header.push_str(&format!(" {:>11} {:>12}", "Keras img/s", "ours/Keras"));
@@ -840,13 +923,17 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     for c in &cells {
         let (ours, torch, keras) = (ips(&c.ours), ips(&c.torch), ips(&c.keras));
+        let accuracy =
+            |runs: &[Run]| median(&runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>());
+        let (ours_accuracy, torch_accuracy) = (accuracy(&c.ours), accuracy(&c.torch));
         let mut line = format!(
-            "{:<22} {:>7} {:>11.0} {:>13.0} {:>14.3}",
+            "{:<27} {:>7} {:>11.0} {:>13.0} {:>14.3} {:>16}",
             config_name(&c.params),
             c.threads,
             ours,
             torch,
-            ours / torch
+            ours / torch,
+            format!("{ours_accuracy:.4} | {torch_accuracy:.4}")
         );
         if o.keras {
             line.push_str(&format!(" {:>11.0} {:>12.3}", keras, ours / keras));
@@ -875,6 +962,14 @@ fn main() -> Result<()> {
             "units": c.params.units,
             "dropout": c.params.dropout,
             "threads": c.threads,
+            "precision": c.params.precision.to_string(),
+            "pytorch_recipe": match (c.params.precision, o.torch_recipe.as_str()) {
+                (Precision::Bf16, _) => "channels-last + bf16 autocast",
+                (_, "best") => "channels-last fp32",
+                _ => "eager fp32 (default)",
+            },
+            "ours_test_accuracy": ours_accuracy,
+            "pytorch_test_accuracy": torch_accuracy,
             "ours_images_per_second": ours,
             "pytorch_images_per_second": torch,
             "ratio_ours_over_pytorch": ours / torch,
@@ -917,6 +1012,8 @@ fn main() -> Result<()> {
             "batch_size": o.batch_size,
             "epochs": o.epochs,
             "device": o.device,
+            "precision": o.precision.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "torch_recipe": o.torch_recipe,
             "data_dir": data_dir,
             "keras": o.keras,
         },

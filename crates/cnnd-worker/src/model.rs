@@ -14,10 +14,10 @@
 //! +-1/sqrt(fan_in), biases uniform in +-1/sqrt(fan_in), batch-norm scale 1 and shift 0.
 
 use tch::nn::{self, ModuleT};
-use tch::{TchError, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use cnnd_core::model_size::{block_filters, final_side, output_units};
-use cnnd_core::sweep::{Activation, Head, TrialParams};
+use cnnd_core::sweep::{Activation, Head, Precision, TrialParams};
 
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
@@ -50,6 +50,8 @@ pub struct Net {
     head: HeadLayers,
     activation: Activation,
     dropout: f64,
+    /// The kind the forward pass computes in ([`Net::compute_in`]); the variables stay fp32.
+    compute: Kind,
 }
 
 /// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
@@ -113,6 +115,7 @@ pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, cla
         head,
         activation: p.activation,
         dropout: p.dropout,
+        compute: Kind::Float,
     }
 }
 
@@ -127,14 +130,33 @@ fn activate(xs: &Tensor, a: Activation) -> Result<Tensor, TchError> {
 }
 
 impl Net {
+    /// Computes the forward pass in `kind` from now on: `Kind::BFloat16` for mixed precision
+    /// (the input and each weight are cast once per pass, the casts are part of the graph so
+    /// gradients reach the fp32 variables in fp32; batch norm reads its fp32 scale, shift and
+    /// running statistics as they are; the logits come back fp32 for the loss), `Kind::Float`
+    /// for plain fp32.
+    pub fn compute_in(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// `t` in the compute kind (itself when it already is).
+    fn in_compute(&self, t: &Tensor) -> Result<Tensor, TchError> {
+        if t.kind() == self.compute {
+            Ok(t.shallow_clone())
+        } else {
+            t.f_to_kind(self.compute)
+        }
+    }
+
     /// The forward pass, returning libtorch errors instead of panicking. `[N, C, H, W]` in,
-    /// `[N, outputs]` logits out.
+    /// `[N, outputs]` fp32 logits out.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
-        let mut x = xs.shallow_clone();
+        let mut x = self.in_compute(xs)?;
         for b in &self.blocks {
+            let bias = b.conv.bs.as_ref().map(|t| self.in_compute(t)).transpose()?;
             x = x.f_conv2d(
-                &b.conv.ws,
-                b.conv.bs.as_ref(),
+                &self.in_compute(&b.conv.ws)?,
+                bias.as_ref(),
                 [1, 1],
                 [b.padding, b.padding],
                 [1, 1],
@@ -162,18 +184,25 @@ impl Net {
                 Ok(x)
             }
         };
-        match &self.head {
+        let linear = |x: &Tensor, layer: &nn::Linear| -> Result<Tensor, TchError> {
+            let bias = layer.bs.as_ref().map(|t| self.in_compute(t)).transpose()?;
+            x.f_linear(&self.in_compute(&layer.ws)?, bias.as_ref())
+        };
+        let logits = match &self.head {
             HeadLayers::Dense { hidden, out } => {
-                let x = x
-                    .f_flatten(1, -1)?
-                    .f_linear(&hidden.ws, hidden.bs.as_ref())?;
+                let x = linear(&x.f_flatten(1, -1)?, hidden)?;
                 let x = dropout(activate(&x, self.activation)?)?;
-                x.f_linear(&out.ws, out.bs.as_ref())
+                linear(&x, out)?
             }
             HeadLayers::Gap { out } => {
                 let x = dropout(x.f_mean_dim([2i64, 3].as_slice(), false, None)?)?;
-                x.f_linear(&out.ws, out.bs.as_ref())
+                linear(&x, out)?
             }
+        };
+        if logits.kind() == Kind::Float {
+            Ok(logits)
+        } else {
+            logits.f_to_kind(Kind::Float)
         }
     }
 }
@@ -185,6 +214,30 @@ impl ModuleT for Net {
             Err(e) => panic!("forward pass failed: {e}"),
         }
     }
+}
+
+/// The precision a trial computes in on `device`: `auto` is bf16 on CPUs with AMX-BF16 or
+/// AVX512-BF16 (where it is measured faster at fp32's accuracy, docs/BENCHMARKS.md section
+/// 1), fp32 elsewhere, CUDA included (not measured there yet).
+pub fn resolve_precision(asked: Precision, device: tch::Device) -> Precision {
+    match asked {
+        Precision::Auto if device == tch::Device::Cpu && cpu_has_fast_bf16() => Precision::Bf16,
+        Precision::Auto => Precision::Fp32,
+        other => other,
+    }
+}
+
+/// True when `/proc/cpuinfo` lists AMX-BF16 or AVX512-BF16.
+pub fn cpu_has_fast_bf16() -> bool {
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+            info.lines().filter(|l| l.starts_with("flags")).any(|l| {
+                l.split_whitespace()
+                    .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+            })
+        })
+    })
 }
 
 /// Gives every 4-D variable (the convolution kernels) channels-last strides, in place: same

@@ -40,7 +40,7 @@ use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
 use cnnd_core::data_preview::{augmentation_words, DataPreview, Sample, AUGMENTED_DRAWS};
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Output, TrialParams};
+use cnnd_core::sweep::{Output, Precision, TrialParams};
 use cnnd_core::test_report::{Misclassified, TestReport, MAX_CLASSES};
 use optim::{Optim, OptimConfig};
 
@@ -53,6 +53,8 @@ pub struct TrialInfo {
     pub test_examples: u32,
     /// What starting from other weights did (`initFrom`), when it was asked.
     pub transfer: Option<crate::transfer::Transfer>,
+    /// The precision the trial computes in (`auto` resolved for its device).
+    pub precision: Precision,
     /// Training images as the model sees them, and the augmentation preview (class names
     /// left for the caller); None when it could not be made (never fatal).
     pub data_preview: Option<DataPreview>,
@@ -285,25 +287,44 @@ fn loss_of(
 }
 
 /// Number of correct predictions, as an i64 scalar tensor on the logits' device.
+/// The predicted class of each row of `logits`.
+fn predicted_of(logits: &Tensor, output: Output) -> Result<Tensor, TchError> {
+    match output {
+        Output::Softmax => logits.f_argmax(-1, false),
+        Output::Sigmoid => logits.f_view([-1])?.f_gt(0.0)?.f_to_kind(Kind::Int64),
+    }
+}
+
 fn correct_of(logits: &Tensor, labels: &Tensor, output: Output) -> Result<Tensor, TchError> {
-    let predicted = match output {
-        Output::Softmax => logits.f_argmax(-1, false)?,
-        Output::Sigmoid => logits.f_view([-1])?.f_gt(0.0)?.f_to_kind(Kind::Int64)?,
-    };
-    predicted.f_eq_tensor(labels)?.f_sum(Kind::Int64)
+    predicted_of(logits, output)?
+        .f_eq_tensor(labels)?
+        .f_sum(Kind::Int64)
 }
 
 /// Mean loss and accuracy of `net` (evaluation mode, no gradients) over a split already on
 /// its device, in batches of [`EVAL_BATCH`]; one host read at the end.
 pub fn evaluate(net: &Net, split: &Split, output: Output) -> Result<(f64, f64), TchError> {
+    let (loss, accuracy, _) = evaluation_pass(net, split, output, false)?;
+    Ok((loss, accuracy))
+}
+
+/// [`evaluate`], and with `predict` the true label and the prediction of every example, in
+/// order (the test pass gives the test report its predictions without a second pass).
+fn evaluation_pass(
+    net: &Net,
+    split: &Split,
+    output: Output,
+    predict: bool,
+) -> Result<(f64, f64, Option<Predictions>), TchError> {
     let n = split.len() as i64;
     if n == 0 {
-        return Ok((0.0, 0.0));
+        return Ok((0.0, 0.0, predict.then(Predictions::default)));
     }
     let _guard = tch::no_grad_guard();
     let device = split.images.device();
     let mut loss = Tensor::f_zeros([], (Kind::Float, device))?;
     let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;
+    let mut predicted = Vec::new();
     let mut start = 0;
     while start < n {
         let len = EVAL_BATCH.min(n - start);
@@ -311,44 +332,38 @@ pub fn evaluate(net: &Net, split: &Split, output: Output) -> Result<(f64, f64), 
         let ys = split.labels.f_narrow(0, start, len)?;
         let logits = net.f_forward_t(&xs, false)?;
         loss = loss.f_add(&loss_of(&logits, &ys, output, Reduction::Sum)?)?;
-        correct = correct.f_add(&correct_of(&logits, &ys, output)?)?;
+        let batch_predicted = predicted_of(&logits, output)?;
+        correct = correct.f_add(&batch_predicted.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?)?;
+        if predict {
+            predicted.push(batch_predicted);
+        }
         start += len;
     }
     let loss = loss.f_double_value(&[])? / n as f64;
-    let correct = correct.f_int64_value(&[])? as f64 / n as f64;
-    Ok((loss, correct))
+    let accuracy = correct.f_int64_value(&[])? as f64 / n as f64;
+    let predictions = if predict {
+        let to_vec = |t: Tensor| -> Result<Vec<i64>, TchError> {
+            let t = t
+                .f_to_kind(Kind::Int64)?
+                .f_to_device(Device::Cpu)?
+                .f_contiguous()?;
+            Vec::<i64>::try_from(&t).map_err(|e| TchError::Convert(e.to_string()))
+        };
+        Some(Predictions {
+            truth: to_vec(split.labels.shallow_clone())?,
+            predicted: to_vec(Tensor::f_cat(&predicted, 0)?)?,
+        })
+    } else {
+        None
+    };
+    Ok((loss, accuracy, predictions))
 }
 
-/// The true label and the prediction of every example of a split on `net`'s device, in
-/// order (evaluation mode, no gradients, batches of [`EVAL_BATCH`]).
-fn predictions(net: &Net, split: &Split, output: Output) -> Result<(Vec<i64>, Vec<i64>), TchError> {
-    let n = split.len() as i64;
-    let _guard = tch::no_grad_guard();
-    let mut predicted = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = EVAL_BATCH.min(n - start);
-        let xs = split.images.f_narrow(0, start, len)?;
-        let logits = net.f_forward_t(&xs, false)?;
-        predicted.push(match output {
-            Output::Softmax => logits.f_argmax(-1, false)?,
-            Output::Sigmoid => logits.f_view([-1])?.f_gt(0.0)?.f_to_kind(Kind::Int64)?,
-        });
-        start += len;
-    }
-    let to_vec = |t: Tensor| -> Result<Vec<i64>, TchError> {
-        let t = t
-            .f_to_kind(Kind::Int64)?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
-        Vec::<i64>::try_from(&t).map_err(|e| TchError::Convert(e.to_string()))
-    };
-    let predicted = if predicted.is_empty() {
-        Vec::new()
-    } else {
-        to_vec(Tensor::f_cat(&predicted, 0)?)?
-    };
-    Ok((to_vec(split.labels.shallow_clone())?, predicted))
+/// Every example's true label and predicted class, in split order.
+#[derive(Debug, Default)]
+struct Predictions {
+    truth: Vec<i64>,
+    predicted: Vec<i64>,
 }
 
 /// One image of a split (`[C, H, W]`, any scaling) as PNG bytes, rescaled to 0..255: what
@@ -394,8 +409,8 @@ fn image_png(image: &Tensor) -> Result<Vec<u8>, TrainError> {
 
 /// The confusion matrix of the test split and its first misclassified images.
 fn test_report(
-    net: &Net,
     test: &Split,
+    predictions: &Predictions,
     output: Output,
     classes: i64,
 ) -> Result<Option<TestReport>, TrainError> {
@@ -407,8 +422,8 @@ fn test_report(
     if k > MAX_CLASSES || test.is_empty() {
         return Ok(None);
     }
-    let (truth, predicted) = predictions(net, test, output)?;
-    let (confusion, wrong) = TestReport::count(k, &truth, &predicted);
+    let Predictions { truth, predicted } = predictions;
+    let (confusion, wrong) = TestReport::count(k, truth, predicted);
     let misclassified = wrong
         .into_iter()
         .map(|i| {
@@ -889,7 +904,11 @@ fn trial(
     let phase = Instant::now();
     tch::manual_seed(p.seed as i64);
     let vs = nn::VarStore::new(device);
-    let net = model::build(&vs.root(), p, channels, input_size, classes);
+    let mut net = model::build(&vs.root(), p, channels, input_size, classes);
+    let precision = model::resolve_precision(p.precision, device);
+    if precision == Precision::Bf16 {
+        net.compute_in(Kind::BFloat16);
+    }
     let transfer = match control.init_weights {
         Some(path) => Some(
             crate::transfer::apply(&vs, path, &p.init_from, p.freeze).map_err(TrainError::Data)?,
@@ -902,6 +921,7 @@ fn trial(
         val_examples: prepared.val.len() as u32,
         test_examples: prepared.test.len() as u32,
         transfer,
+        precision,
         data_preview: data_preview(&prepared.train, p, classes)
             .inspect_err(|e| tracing::warn!("no data preview for this trial: {e}"))
             .ok(),
@@ -1094,12 +1114,16 @@ fn trial(
     drop(train);
     drop(val);
     let test = to_device(&prepared.test, device)?;
-    let (test_loss, test_accuracy) = evaluate(&net, &test, p.output)?;
+    let (test_loss, test_accuracy, predictions) = evaluation_pass(&net, &test, p.output, true)?;
     // The report is a view of the test pass: if it cannot be made, the trial still stands.
-    let test_report = test_report(&net, &test, p.output, classes).unwrap_or_else(|e| {
-        tracing::warn!("no test report: {e}");
-        None
-    });
+    let test_report = predictions
+        .map(|predictions| test_report(&test, &predictions, p.output, classes))
+        .transpose()
+        .unwrap_or_else(|e| {
+            tracing::warn!("no test report: {e}");
+            None
+        })
+        .flatten();
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
         "phase: restore + test"

@@ -775,7 +775,11 @@ fn train_lease(
                 frozen,
                 reinitialised,
                 skipped_files: dataset.skipped.len() as u32,
-                provenance: provenance.clone(),
+                provenance: provenance
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain([("precision".to_string(), facts.precision.to_string())])
+                    .collect(),
                 data_preview_json: facts
                     .data_preview
                     .as_ref()

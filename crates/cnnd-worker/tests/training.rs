@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Activation, Head, Optimizer, TrialParams};
+use cnnd_core::sweep::{Activation, Head, Optimizer, Precision, TrialParams};
 use cnnd_worker::data::{self, DataCache, Prepared};
 use cnnd_worker::train::{
     batches_per_epoch, decode_progress, read_checkpoint_meta, run_trial, run_trial_with,
@@ -322,6 +322,65 @@ fn base64(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap()
+}
+
+/// Mixed precision trains as well as fp32 on the same data and initialisation (both heads),
+/// and says it ran in bf16; `auto` resolves by the CPU.
+#[test]
+fn bf16_trains_to_fp32_accuracy() {
+    let _serial = serial();
+    for head in [Head::Dense, Head::Gap] {
+        let base = TrialParams {
+            epochs: 2,
+            train_limit: 6000,
+            test_limit: 1000,
+            base_filters: 8,
+            units: 32,
+            head,
+            seed: 9,
+            ..TrialParams::default()
+        };
+        let prepared = small(&base);
+        let dir = tempfile::tempdir().unwrap();
+        let mut accuracy = Vec::new();
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let p = TrialParams {
+                precision,
+                ..base.clone()
+            };
+            let mut seen = None;
+            let outcome = run_trial(
+                &prepared,
+                &p,
+                1,
+                10,
+                Device::Cpu,
+                &dir.path().join(format!("{precision}.safetensors")),
+                &mut |_, info| {
+                    seen = Some(info.precision);
+                    true
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, Some(precision));
+            accuracy.push(outcome.test_accuracy);
+        }
+        let (fp32, bf16) = (accuracy[0], accuracy[1]);
+        eprintln!("{head:?}: test accuracy fp32 {fp32}, bf16 {bf16}");
+        // Both learned (chance is 0.1; this tiny GAP model learns slowly), and alike.
+        assert!(fp32 > 0.3, "{head:?}: fp32 reached only {fp32}");
+        assert!(
+            (fp32 - bf16).abs() < 0.03,
+            "{head:?}: bf16 {bf16} against fp32 {fp32}"
+        );
+    }
+    let auto = cnnd_worker::model::resolve_precision(Precision::Auto, Device::Cpu);
+    let expected = if cnnd_worker::model::cpu_has_fast_bf16() {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    };
+    assert_eq!(auto, expected);
 }
 
 #[test]
