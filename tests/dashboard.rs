@@ -366,6 +366,16 @@ fn pages_charts_login_and_confinement_over_http() {
     for path in ["/sweeps/sw-nope", "/trials/t-nope", "/nothing-here"] {
         assert_eq!(get(path).status, 404, "{path}");
     }
+    // A trial's images are picked by position from a known set, nothing else.
+    for file in [
+        "nope/0.png",
+        "samples/999.png",
+        "samples/..%2F0.png",
+        "augmented/0.png",
+    ] {
+        let path = format!("/trials/{}/{file}", trial_ids[0]);
+        assert_eq!(get(&path).status, 404, "{path}");
+    }
 
     // Confinement: charts are served by name from what was rendered, never by path.
     for path in [

@@ -403,7 +403,7 @@ fn image_png(image: &Tensor) -> Result<Vec<u8>, TrainError> {
         h,
         color,
     )
-    .map_err(|e| TrainError::Data(format!("encoding a misclassified image: {e}")))?;
+    .map_err(|e| TrainError::Data(format!("encoding an image as PNG: {e}")))?;
     Ok(png)
 }
 
