@@ -1718,6 +1718,43 @@ mod tests {
         );
     }
 
+    /// A scheduler over a fresh SQLite store in `dir` with one local CPU slot, `cpu-0`,
+    /// whose worker has registered with `pid`; `tune` adjusts its timings.
+    async fn one_slot_scheduler(
+        dir: &std::path::Path,
+        pid: u32,
+        tune: impl FnOnce(&mut SchedulerConfig),
+    ) -> (Arc<Scheduler>, Store) {
+        let store = Store::open(&dir.join("cnnd.sqlite")).await.unwrap();
+        let mut config = SchedulerConfig {
+            state_dir: dir.to_path_buf(),
+            slots: vec![SlotConfig {
+                worker_id: "cpu-0".into(),
+                device: "cpu".into(),
+                threads: 1,
+            }],
+            ..Default::default()
+        };
+        tune(&mut config);
+        let scheduler = Scheduler::new(store.clone(), config).unwrap();
+        scheduler
+            .register(Registration::local("cpu-0", pid))
+            .await
+            .unwrap();
+        (scheduler, store)
+    }
+
+    /// A validated MNIST sweep from its request JSON.
+    fn mnist_spec(request: serde_json::Value) -> cnnd_core::sweep::SweepSpec {
+        serde_json::from_value::<SweepRequest>(request)
+            .unwrap()
+            .validate(
+                cnnd_core::sweep::SweepLimits::default(),
+                cnnd_core::datasets::resolve_builtin,
+            )
+            .unwrap()
+    }
+
     /// A worker's registered pid is never signalled: cancelling its trial and expiring its
     /// lease go through the supervisor's process handle. Here the "worker" registered with
     /// the pid of an unrelated process (what a reused pid looks like) and has no supervisor:
@@ -1725,39 +1762,17 @@ mod tests {
     #[tokio::test]
     async fn cancel_and_lease_expiry_never_signal_a_registered_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
-        let scheduler = Scheduler::new(
-            store,
-            SchedulerConfig {
-                state_dir: dir.path().to_path_buf(),
-                slots: vec![SlotConfig {
-                    worker_id: "cpu-0".into(),
-                    device: "cpu".into(),
-                    threads: 1,
-                }],
-                lease_timeout: Duration::from_millis(100),
-                lease_poll: Duration::from_millis(100),
-                ..Default::default()
-            },
-        )
-        .unwrap();
         let mut bystander = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        scheduler
-            .register(Registration::local("cpu-0", bystander.id()))
-            .await
-            .unwrap();
-        let request: SweepRequest = serde_json::from_value(serde_json::json!({
-            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
-        .unwrap();
-        let spec = request
-            .validate(
-                cnnd_core::sweep::SweepLimits::default(),
-                cnnd_core::datasets::resolve_builtin,
-            )
-            .unwrap();
+        let (scheduler, _) = one_slot_scheduler(dir.path(), bystander.id(), |c| {
+            c.lease_timeout = Duration::from_millis(100);
+            c.lease_poll = Duration::from_millis(100);
+        })
+        .await;
+        let spec = mnist_spec(serde_json::json!({
+            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}));
 
         // Lease expiry: the worker holds a trial and goes silent.
         let (first, _) = scheduler
@@ -1791,34 +1806,12 @@ mod tests {
     #[tokio::test]
     async fn a_worker_asking_again_gives_back_the_trial_it_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
-        let scheduler = Scheduler::new(
-            store.clone(),
-            SchedulerConfig {
-                state_dir: dir.path().to_path_buf(),
-                slots: vec![SlotConfig {
-                    worker_id: "cpu-0".into(),
-                    device: "cpu".into(),
-                    threads: 1,
-                }],
-                lease_poll: Duration::from_millis(100),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        scheduler
-            .register(Registration::local("cpu-0", 0))
-            .await
-            .unwrap();
-        let request: SweepRequest = serde_json::from_value(serde_json::json!({
-            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}))
-        .unwrap();
-        let spec = request
-            .validate(
-                cnnd_core::sweep::SweepLimits::default(),
-                cnnd_core::datasets::resolve_builtin,
-            )
-            .unwrap();
+        let (scheduler, store) = one_slot_scheduler(dir.path(), 0, |c| {
+            c.lease_poll = Duration::from_millis(100);
+        })
+        .await;
+        let spec = mnist_spec(serde_json::json!({
+            "dataset": "mnist", "space": {"kernelSize": [3, 5]}, "fixed": {"epochs": 1}}));
         let (sweep, _) = scheduler
             .submit(&spec, None, u32::MAX)
             .await
@@ -1856,35 +1849,13 @@ mod tests {
     #[tokio::test]
     async fn an_invalid_tpe_suggestion_fails_its_trial_and_is_never_leased() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cnnd.sqlite")).await.unwrap();
-        let scheduler = Scheduler::new(
-            store.clone(),
-            SchedulerConfig {
-                state_dir: dir.path().to_path_buf(),
-                slots: vec![SlotConfig {
-                    worker_id: "cpu-0".into(),
-                    device: "cpu".into(),
-                    threads: 1,
-                }],
-                lease_poll: Duration::from_millis(200),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        scheduler
-            .register(Registration::local("cpu-0", 0))
-            .await
-            .unwrap();
-        let request: SweepRequest = serde_json::from_value(serde_json::json!({
+        let (scheduler, store) = one_slot_scheduler(dir.path(), 0, |c| {
+            c.lease_poll = Duration::from_millis(200);
+        })
+        .await;
+        let mut spec = mnist_spec(serde_json::json!({
             "dataset": "mnist", "strategy": "tpe", "numTrials": 2,
-            "space": {"blocks": {"min": 1, "max": 2}}, "fixed": {"epochs": 1}}))
-        .unwrap();
-        let mut spec = request
-            .validate(
-                cnnd_core::sweep::SweepLimits::default(),
-                cnnd_core::datasets::resolve_builtin,
-            )
-            .unwrap();
+            "space": {"blocks": {"min": 1, "max": 2}}, "fixed": {"epochs": 1}}));
         spec.tpe.as_mut().unwrap().space[0].domain =
             cnnd_core::tpe::Domain::Categorical(vec![serde_json::json!(9)]);
         let (sweep, _) = scheduler

@@ -232,6 +232,13 @@ pub struct TrialFacts {
     pub data_preview: Option<String>,
 }
 
+/// What [`Store::trial_pictures`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrialPictures {
+    pub test_report: Option<String>,
+    pub data_preview: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrialResult {
     /// succeeded, failed, pruned or parked.
@@ -1160,26 +1167,21 @@ impl Store {
         row.as_ref().map(trial_from_row).transpose()
     }
 
-    /// A trial's test report as JSON (`cnnd_core::test_report::TestReport`): read on its
-    /// own, not with every trial row, since it carries images.
-    pub async fn test_report(&self, trial_id: &str) -> Result<Option<String>> {
-        let report: Option<Option<String>> =
-            sqlx::query_scalar("SELECT test_report FROM trials WHERE id = $1")
-                .bind(trial_id)
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(report.flatten())
-    }
-
-    /// A trial's data preview as JSON (`cnnd_core::data_preview::DataPreview`), read on its
-    /// own for the same reason.
-    pub async fn data_preview(&self, trial_id: &str) -> Result<Option<String>> {
-        let preview: Option<Option<String>> =
-            sqlx::query_scalar("SELECT data_preview FROM trials WHERE id = $1")
-                .bind(trial_id)
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(preview.flatten())
+    /// A trial's pictures as JSON, read on their own, not with every trial row, since they
+    /// carry images: its test report (`cnnd_core::test_report::TestReport`) and its data
+    /// preview (`cnnd_core::data_preview::DataPreview`), each None until the worker sent it.
+    pub async fn trial_pictures(&self, trial_id: &str) -> Result<TrialPictures> {
+        let row = sqlx::query("SELECT test_report, data_preview FROM trials WHERE id = $1")
+            .bind(trial_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(match row {
+            Some(r) => TrialPictures {
+                test_report: r.try_get("test_report")?,
+                data_preview: r.try_get("data_preview")?,
+            },
+            None => TrialPictures::default(),
+        })
     }
 
     pub async fn epochs(&self, trial_id: &str) -> Result<Vec<EpochRecord>> {

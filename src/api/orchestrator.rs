@@ -266,6 +266,7 @@ impl proto::orchestrator_server::Orchestrator for Api {
             .ok_or_else(|| Status::not_found(format!("trialId: no trial '{id}'")))?;
         let epochs = store.epochs(&id).await.map_err(internal)?;
         let model_summary = self.model_summary(&t).await.map_err(internal)?;
+        let pictures = store.trial_pictures(&id).await.map_err(internal)?;
         Ok(Response::new(proto::Trial {
             model_summary,
             trial_id: t.id.clone(),
@@ -297,15 +298,11 @@ impl proto::orchestrator_server::Orchestrator for Api {
             reinitialised: t.reinitialised.clone(),
             skipped_files: t.skipped_files,
             provenance: t.provenance.clone().into_iter().collect(),
-            test_report: store
-                .test_report(&id)
-                .await
-                .map_err(internal)?
+            test_report: pictures
+                .test_report
                 .and_then(|json| test_report_message(&json)),
-            data_preview: store
-                .data_preview(&id)
-                .await
-                .map_err(internal)?
+            data_preview: pictures
+                .data_preview
                 .and_then(|json| data_preview_message(&json)),
         }))
     }
