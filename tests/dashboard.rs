@@ -326,9 +326,29 @@ fn pages_charts_login_and_confinement_over_http() {
         trial["parameterCount"].as_u64().unwrap(),
         "{layers:?}"
     );
+    // Batch norm's moving statistics: non-trainable, one mean and one variance per channel,
+    // as many as its trained scale and shift; Keras's total counts them.
+    let non_trainable: u64 = layers
+        .iter()
+        .map(|l| l["nonTrainableParameters"].as_u64().unwrap())
+        .sum();
+    let batch_norm: u64 = layers
+        .iter()
+        .filter(|l| l["kind"] == "BatchNorm2d")
+        .map(|l| l["parameters"].as_u64().unwrap())
+        .sum();
+    assert!(batch_norm > 0 && non_trainable == batch_norm, "{layers:?}");
     assert!(
         text.contains("output shape") && text.contains("block0.conv"),
         "{text}"
+    );
+    let keras_line = text
+        .lines()
+        .find(|l| l.contains("Keras total"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        keras_line.contains(&cnnd_client::sweep_view::count(summed + non_trainable)),
+        "{keras_line}"
     );
     assert!(page.contains("<h2>Model</h2>") && page.contains("block0.conv"));
 

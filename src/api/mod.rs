@@ -132,6 +132,7 @@ impl Api {
             kind: l.kind,
             output_shape: l.output_shape,
             parameters: l.parameters,
+            non_trainable_parameters: l.non_trainable,
         })
         .collect())
     }

@@ -5,7 +5,7 @@
 use axum::response::{IntoResponse, Response};
 use cnnd_client::sweep_view::{
     best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, shape_text, summary_parameters, sweep_rows,
+    param_effects, param_value, params_map, pct, shape_text, summary_totals, sweep_rows,
 };
 use cnnd_proto as pb;
 use http::StatusCode;
@@ -272,12 +272,17 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
             @if !t.model_summary.is_empty() {
                 h2 { "Model" }
                 table.model {
-                    thead { tr { th { "layer" } th { "kind" } th { "output shape" } th { "parameters" } } }
+                    thead { tr { th { "layer" } th { "kind" } th { "output shape" } th { "parameters" } th { "non-trainable" } } }
                     tbody {
                         @for l in &t.model_summary {
-                            tr { td { (l.name) } td { (l.kind) } td { (shape_text(&l.output_shape)) } td.n { (count(l.parameters)) } }
+                            tr {
+                                td { (l.name) } td { (l.kind) } td { (shape_text(&l.output_shape)) } td.n { (count(l.parameters)) }
+                                td.n { @if l.non_trainable_parameters > 0 { (count(l.non_trainable_parameters)) } }
+                            }
                         }
-                        tr { th { "total" } td {} td {} th.n { (count(summary_parameters(&t.model_summary))) } }
+                        @let totals = summary_totals(&t.model_summary);
+                        tr { th { "total" } td {} td {} th.n { (count(totals.trainable)) } th.n { (count(totals.non_trainable)) } }
+                        tr { th { "Keras total" } td { "model.summary()'s count" } td {} th.n { (count(totals.keras_total())) } td {} }
                     }
                 }
             }

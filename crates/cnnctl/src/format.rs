@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 pub use cnnd_client::sweep_view::{
     best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, repeat_groups, shape_text, summary_parameters,
+    param_effects, param_value, params_map, pct, repeat_groups, shape_text, summary_totals,
     sweep_rows, Ranking,
 };
 
@@ -264,24 +264,42 @@ pub fn confusion_table(r: &pb::TestReport) -> Table {
     t
 }
 
-/// The model layer by layer (Keras's `model.summary()`), with the total.
+/// The model layer by layer (Keras's `model.summary()`), with the totals: trainable,
+/// non-trainable (batch norm's moving statistics) and Keras's total of both.
 pub fn model_table(layers: &[pb::ModelLayer]) -> Table {
-    let mut t = table(["layer", "kind", "output shape", "parameters"]);
+    let mut t = table([
+        "layer",
+        "kind",
+        "output shape",
+        "parameters",
+        "non-trainable",
+    ]);
+    let nonzero = |n: u64| if n == 0 { String::new() } else { count(n) };
     for l in layers {
         t.add_row(vec![
             l.name.clone(),
             l.kind.clone(),
             shape_text(&l.output_shape),
             count(l.parameters),
+            nonzero(l.non_trainable_parameters),
         ]);
     }
+    let totals = summary_totals(layers);
     t.add_row(vec![
         "total".into(),
         String::new(),
         String::new(),
-        count(summary_parameters(layers)),
+        count(totals.trainable),
+        count(totals.non_trainable),
     ]);
-    align_right(&mut t, &[3]);
+    t.add_row(vec![
+        "Keras total".into(),
+        "model.summary()'s count".into(),
+        String::new(),
+        count(totals.keras_total()),
+        String::new(),
+    ]);
+    align_right(&mut t, &[3, 4]);
     t
 }
 
@@ -374,6 +392,7 @@ pub fn trial_json(t: &pb::Trial) -> Value {
         "modelSummary": t.model_summary.iter().map(|l| json!({
             "name": l.name, "kind": l.kind, "outputShape": l.output_shape,
             "parameters": l.parameters,
+            "nonTrainableParameters": l.non_trainable_parameters,
         })).collect::<Vec<_>>(),
     })
 }

@@ -91,9 +91,27 @@ pub fn shape_text(shape: &[i64]) -> String {
         .join(" x ")
 }
 
-/// The trainable parameters a model summary adds up to.
-pub fn summary_parameters(layers: &[pb::ModelLayer]) -> u64 {
-    layers.iter().map(|l| l.parameters).sum()
+/// What a model summary's parameters add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterTotals {
+    pub trainable: u64,
+    /// Batch norm's moving statistics.
+    pub non_trainable: u64,
+}
+
+impl ParameterTotals {
+    /// The total Keras's `model.summary()` prints: trainable and non-trainable.
+    pub fn keras_total(&self) -> u64 {
+        self.trainable + self.non_trainable
+    }
+}
+
+/// The totals of a model summary.
+pub fn summary_totals(layers: &[pb::ModelLayer]) -> ParameterTotals {
+    ParameterTotals {
+        trainable: layers.iter().map(|l| l.parameters).sum(),
+        non_trainable: layers.iter().map(|l| l.non_trainable_parameters).sum(),
+    }
 }
 
 pub fn params_map(s: &Option<prost_types::Struct>) -> Map<String, Value> {

@@ -7,7 +7,7 @@
 //!
 //! Owns: the numbers. Must not touch: libtorch (the trainer builds models).
 
-use crate::sweep::{Activation, Head, Output, TrialParams};
+use crate::sweep::{Activation, ConvBias, Head, Output, Padding, Pooling, TrialParams};
 
 /// Number of output logits: 1 for a sigmoid output, else one per class.
 pub fn output_units(p: &TrialParams, classes: i64) -> i64 {
@@ -17,14 +17,87 @@ pub fn output_units(p: &TrialParams, classes: i64) -> i64 {
     }
 }
 
-/// Side of the feature map after `blocks` 2x2 poolings (floor, as max-pool does).
-pub fn final_side(input_size: i64, blocks: u32) -> i64 {
-    (0..blocks).fold(input_size, |side, _| side / 2)
+/// Filters of block `i` (0-based): `filters[i]` when the list is given, else `baseFilters`
+/// doubled with every block.
+pub fn block_filters(p: &TrialParams, i: u32) -> i64 {
+    match p.filters.get(i as usize) {
+        Some(&f) => f as i64,
+        None => (p.base_filters as i64) << i,
+    }
 }
 
-/// Filters of block `i` (0-based): `baseFilters`, doubled with every block.
-pub fn block_filters(p: &TrialParams, i: u32) -> i64 {
-    (p.base_filters as i64) << i
+/// Kernel side of block `i`: `kernelSizes[i]` when the list is given, else `kernelSize`.
+pub fn block_kernel(p: &TrialParams, i: u32) -> i64 {
+    p.kernel_sizes
+        .get(i as usize)
+        .copied()
+        .unwrap_or(p.kernel_size) as i64
+}
+
+/// Zero padding on each side of a `k x k` convolution: k/2 for `same` (odd kernels), 0 for
+/// `valid`.
+pub fn conv_padding(p: &TrialParams, k: i64) -> i64 {
+    match p.padding {
+        Padding::Same => k / 2,
+        Padding::Valid => 0,
+    }
+}
+
+/// Whether the convolutions carry biases ([`ConvBias`]).
+pub fn conv_has_bias(p: &TrialParams) -> bool {
+    match p.conv_bias {
+        ConvBias::Auto => !p.batch_norm,
+        ConvBias::Always => true,
+        ConvBias::Never => false,
+    }
+}
+
+/// Output side of a `k x k` convolution on a `side x side` map (PyTorch's and Keras's
+/// arithmetic; below 1 when the kernel does not fit).
+pub fn conv_output_side(p: &TrialParams, side: i64, k: i64) -> i64 {
+    (side + 2 * conv_padding(p, k) - k).div_euclid(p.strides.max(1) as i64) + 1
+}
+
+/// Output side of a block's pooling (window and stride `poolSize`, no padding, rounding
+/// down as both frameworks do).
+pub fn pooled_side(p: &TrialParams, side: i64) -> i64 {
+    side / p.pool_size.max(1) as i64
+}
+
+/// The side of every block's feature map for an `input x input` image: (after the
+/// convolution, after the pooling).
+pub fn block_sides(p: &TrialParams, input: i64) -> Vec<(i64, i64)> {
+    let mut side = input;
+    (0..p.blocks)
+        .map(|i| {
+            let conv = conv_output_side(p, side, block_kernel(p, i));
+            side = pooled_side(p, conv);
+            (conv, side)
+        })
+        .collect()
+}
+
+/// Side of the last block's pooled feature map.
+pub fn final_side(p: &TrialParams, input: i64) -> i64 {
+    block_sides(p, input).last().map_or(input, |s| s.1)
+}
+
+/// The widths of the dense head's hidden layers (none for the `gap` head).
+pub fn hidden_units(p: &TrialParams) -> &[u32] {
+    match p.head {
+        Head::Dense => &p.units.0,
+        Head::Gap => &[],
+    }
+}
+
+/// Variable prefix of hidden layer `i`: `hidden`, then `hidden1`, `hidden2`... (the first
+/// keeps the name of the one-layer head, so older weights still load).
+pub fn hidden_name(i: usize) -> String {
+    if i == 0 {
+        "hidden".into()
+    } else {
+        format!("hidden{i}")
+    }
 }
 
 /// How big a model is.
@@ -35,6 +108,9 @@ pub struct ModelSize {
     pub forward_macs: u64,
     /// Trainable parameters, as the trainer counts them on the built model.
     pub parameters: u64,
+    /// Batch norm's moving means and variances: not trained, but Keras's `model.summary()`
+    /// counts them in its total ("Non-trainable params").
+    pub non_trainable: u64,
 }
 
 impl ModelSize {
@@ -46,46 +122,31 @@ impl ModelSize {
         3.0 * self.forward_macs as f64
             + OPTIMIZER_MACS_PER_PARAMETER * self.parameters as f64 / batch_size.max(1) as f64
     }
+
+    /// The total Keras's `model.summary()` reports: trainable and non-trainable.
+    pub fn keras_total(&self) -> u64 {
+        self.parameters + self.non_trainable
+    }
 }
 
 /// The [`ModelSize`] of the model the trainer builds for these arguments.
 pub fn model_size(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> ModelSize {
-    let k = p.kernel_size as i64;
-    let (mut macs, mut params) = (0i64, 0i64);
-    let (mut side, mut in_ch, mut out_ch) = (input_size, channels, channels);
-    for i in 0..p.blocks {
-        out_ch = block_filters(p, i);
-        // Same padding: the output keeps the input's side.
-        macs += side * side * k * k * in_ch * out_ch;
-        // Kernel, plus the bias or batch norm's scale and shift.
-        params += k * k * in_ch * out_ch + if p.batch_norm { 2 * out_ch } else { out_ch };
-        side /= 2;
-        in_ch = out_ch;
+    let mut macs = 0u64;
+    let (mut parameters, mut non_trainable) = (0u64, 0u64);
+    for l in layers(p, channels, input_size, classes) {
+        macs += l.macs;
+        parameters += l.summary.parameters;
+        non_trainable += l.summary.non_trainable;
     }
-    let outputs = output_units(p, classes);
-    let head_weights = match p.head {
-        Head::Dense => {
-            let units = p.units as i64;
-            let flat = out_ch * side * side;
-            params += units + outputs;
-            flat * units + units * outputs
-        }
-        Head::Gap => {
-            params += outputs;
-            out_ch * outputs
-        }
-    };
-    macs += head_weights;
-    params += head_weights;
     ModelSize {
-        forward_macs: macs as u64,
-        parameters: params as u64,
+        forward_macs: macs,
+        parameters,
+        non_trainable,
     }
 }
 
 /// One row of a model summary: a layer, the shape of its output for one image
-/// (`[channels, height, width]` or `[features]`, PyTorch's order) and its trainable
-/// parameters.
+/// (`[channels, height, width]` or `[features]`, PyTorch's order) and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerSummary {
     /// The layer's name; for a layer with weights, the prefix of its variables in the
@@ -95,111 +156,188 @@ pub struct LayerSummary {
     /// What it computes, e.g. `Conv2d 3x3 same, 32 filters`, `MaxPool2d 2x2`.
     pub kind: String,
     pub output_shape: Vec<i64>,
+    /// Trainable parameters.
     pub parameters: u64,
+    /// Values kept but not trained (batch norm's moving mean and variance).
+    pub non_trainable: u64,
 }
 
-fn activation_name(a: Activation) -> &'static str {
-    match a {
-        Activation::Relu => "ReLU",
-        Activation::LeakyRelu => "LeakyReLU(0.01)",
-        Activation::Elu => "ELU",
-        Activation::Gelu => "GELU",
-        Activation::Tanh => "Tanh",
+fn activation_name(p: &TrialParams) -> String {
+    match p.activation {
+        Activation::Relu => "ReLU".into(),
+        Activation::LeakyRelu => format!("LeakyReLU({})", p.leaky_slope),
+        Activation::Elu => "ELU".into(),
+        Activation::Gelu => "GELU".into(),
+        Activation::Tanh => "Tanh".into(),
+        Activation::Relu6 => "ReLU6".into(),
     }
+}
+
+/// A summary row with the forward multiply-accumulates of its layer.
+struct Layer {
+    summary: LayerSummary,
+    macs: u64,
+}
+
+/// Every layer of the model, with its cost: the one walk [`model_size`] and [`summary`]
+/// share.
+fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<Layer> {
+    let mut rows = Vec::new();
+    let mut push = |name: String, kind: String, output_shape: Vec<i64>, params: i64, macs: i64| {
+        // Batch norm keeps a moving mean and variance per channel: as many values as its
+        // trained scale and shift.
+        let non_trainable = if kind.starts_with("BatchNorm") {
+            params as u64
+        } else {
+            0
+        };
+        rows.push(Layer {
+            summary: LayerSummary {
+                name,
+                kind,
+                output_shape,
+                parameters: params as u64,
+                non_trainable,
+            },
+            macs: macs.max(0) as u64,
+        });
+    };
+    let activation = activation_name(p);
+    push(
+        "input".into(),
+        "Input".into(),
+        vec![channels, input_size, input_size],
+        0,
+        0,
+    );
+    let bias = conv_has_bias(p);
+    let padding = match p.padding {
+        Padding::Same => "same",
+        Padding::Valid => "valid",
+    };
+    let stride = match p.strides {
+        1 => String::new(),
+        s => format!(" stride {s}"),
+    };
+    let pool = p.pool_size as i64;
+    let pool_kind = match p.pooling {
+        Pooling::Max => format!("MaxPool2d {pool}x{pool}"),
+        Pooling::Avg => format!("AvgPool2d {pool}x{pool}"),
+    };
+    let mut in_ch = channels;
+    let mut out_ch = channels;
+    let mut side = input_size;
+    for (i, (conv_side, pooled)) in block_sides(p, input_size).into_iter().enumerate() {
+        let b = i as u32;
+        out_ch = block_filters(p, b);
+        let k = block_kernel(p, b);
+        let weights = k * k * in_ch * out_ch;
+        push(
+            format!("block{i}.conv"),
+            format!("Conv2d {k}x{k} {padding}{stride}, {out_ch} filters"),
+            vec![out_ch, conv_side, conv_side],
+            weights + if bias { out_ch } else { 0 },
+            conv_side * conv_side * weights,
+        );
+        if p.batch_norm {
+            // Scale and shift trained; `push` counts the moving mean and variance, one
+            // each per channel like them, as non-trainable.
+            push(
+                format!("block{i}.bn"),
+                "BatchNorm2d".into(),
+                vec![out_ch, conv_side, conv_side],
+                2 * out_ch,
+                0,
+            );
+        }
+        push(
+            format!("block{i}.act"),
+            activation.clone(),
+            vec![out_ch, conv_side, conv_side],
+            0,
+            0,
+        );
+        if pool > 1 {
+            push(
+                format!("block{i}.pool"),
+                pool_kind.clone(),
+                vec![out_ch, pooled, pooled],
+                0,
+                0,
+            );
+        }
+        side = pooled;
+        in_ch = out_ch;
+    }
+    let outputs = output_units(p, classes);
+    let dropout =
+        |push: &mut dyn FnMut(String, String, Vec<i64>, i64, i64), name: String, features: i64| {
+            if p.dropout > 0.0 {
+                push(
+                    name,
+                    format!("Dropout({})", p.dropout),
+                    vec![features],
+                    0,
+                    0,
+                );
+            }
+        };
+    let features = match p.head {
+        Head::Dense => {
+            let mut features = out_ch * side * side;
+            push("flatten".into(), "Flatten".into(), vec![features], 0, 0);
+            let hidden = hidden_units(p);
+            if hidden.is_empty() {
+                dropout(&mut push, "dropout".into(), features);
+            }
+            for (i, &units) in hidden.iter().enumerate() {
+                let units = units as i64;
+                let name = hidden_name(i);
+                push(
+                    name.clone(),
+                    format!("Linear {features} -> {units}"),
+                    vec![units],
+                    features * units + units,
+                    features * units,
+                );
+                push(format!("{name}.act"), activation.clone(), vec![units], 0, 0);
+                let dropout_name = if i == 0 {
+                    "dropout".to_string()
+                } else {
+                    format!("{name}.dropout")
+                };
+                dropout(&mut push, dropout_name, units);
+                features = units;
+            }
+            features
+        }
+        Head::Gap => {
+            push("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0, 0);
+            dropout(&mut push, "dropout".into(), out_ch);
+            out_ch
+        }
+    };
+    let output = match p.output {
+        Output::Sigmoid => "logit (sigmoid)",
+        Output::Softmax => "logits (softmax)",
+    };
+    push(
+        "out".into(),
+        format!("Linear {features} -> {outputs}, {output}"),
+        vec![outputs],
+        features * outputs + outputs,
+        features * outputs,
+    );
+    rows
 }
 
 /// The layers of the model the trainer builds for these arguments, input first, in the
 /// order of the forward pass. Their parameters add up to [`model_size`]'s.
 pub fn summary(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<LayerSummary> {
-    let row = |name: String, kind: String, output_shape: Vec<i64>, parameters: i64| LayerSummary {
-        name,
-        kind,
-        output_shape,
-        parameters: parameters as u64,
-    };
-    let k = p.kernel_size as i64;
-    let activation = activation_name(p.activation);
-    let mut rows = vec![row(
-        "input".into(),
-        "Input".into(),
-        vec![channels, input_size, input_size],
-        0,
-    )];
-    let (mut side, mut in_ch, mut out_ch) = (input_size, channels, channels);
-    for i in 0..p.blocks {
-        out_ch = block_filters(p, i);
-        let bias = if p.batch_norm { 0 } else { out_ch };
-        rows.push(row(
-            format!("block{i}.conv"),
-            format!("Conv2d {k}x{k} same, {out_ch} filters"),
-            vec![out_ch, side, side],
-            k * k * in_ch * out_ch + bias,
-        ));
-        if p.batch_norm {
-            rows.push(row(
-                format!("block{i}.bn"),
-                "BatchNorm2d".into(),
-                vec![out_ch, side, side],
-                2 * out_ch,
-            ));
-        }
-        rows.push(row(
-            format!("block{i}.act"),
-            activation.into(),
-            vec![out_ch, side, side],
-            0,
-        ));
-        side /= 2;
-        rows.push(row(
-            format!("block{i}.pool"),
-            "MaxPool2d 2x2".into(),
-            vec![out_ch, side, side],
-            0,
-        ));
-        in_ch = out_ch;
-    }
-    let outputs = output_units(p, classes);
-    let dropout = |rows: &mut Vec<LayerSummary>, features: i64| {
-        if p.dropout > 0.0 {
-            rows.push(row(
-                "dropout".into(),
-                format!("Dropout({})", p.dropout),
-                vec![features],
-                0,
-            ));
-        }
-    };
-    let features = match p.head {
-        Head::Dense => {
-            let flat = out_ch * side * side;
-            let units = p.units as i64;
-            rows.push(row("flatten".into(), "Flatten".into(), vec![flat], 0));
-            rows.push(row(
-                "hidden".into(),
-                format!("Linear {flat} -> {units}"),
-                vec![units],
-                flat * units + units,
-            ));
-            rows.push(row("hidden.act".into(), activation.into(), vec![units], 0));
-            units
-        }
-        Head::Gap => {
-            rows.push(row("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0));
-            out_ch
-        }
-    };
-    dropout(&mut rows, features);
-    let output = match p.output {
-        Output::Sigmoid => "logit (sigmoid)",
-        Output::Softmax => "logits (softmax)",
-    };
-    rows.push(row(
-        "out".into(),
-        format!("Linear {features} -> {outputs}, {output}"),
-        vec![outputs],
-        features * outputs + outputs,
-    ));
-    rows
+    layers(p, channels, input_size, classes)
+        .into_iter()
+        .map(|l| l.summary)
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,7 +55,115 @@ pub enum Activation {
     Elu,
     Gelu,
     Tanh,
+    /// min(max(x, 0), 6), as Keras's `ReLU(max_value=6)` and `torch.nn.ReLU6`.
+    Relu6,
 }
+
+/// How a convolution treats the border.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Zero padding of k/2 on every side: the output keeps the input's side (divided by the
+    /// stride, rounded up). Needs an odd kernel.
+    Same,
+    /// No padding (Keras's default): the output loses k - 1 pixels per side pair.
+    Valid,
+}
+
+/// The pooling at the end of each block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    Max,
+    Avg,
+}
+
+/// Whether the convolutions have biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvBias {
+    /// No bias under batch norm (which subtracts it again), a bias without: PyTorch practice.
+    Auto,
+    /// Always a bias, as Keras's `Conv2D(use_bias=True)` default.
+    Always,
+    Never,
+}
+
+/// How convolution and dense weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// PyTorch's defaults: weights and biases uniform in +-1/sqrt(fan_in).
+    Torch,
+    /// Keras's defaults: weights uniform in +-sqrt(6 / (fan_in + fan_out)), biases zero.
+    GlorotUniform,
+}
+
+/// The hidden dense layers of the `dense` head: one width, or a list of widths from the
+/// first layer to the last (`[256, 128]`; `[]` is flatten straight to the output). A single
+/// width reads and writes as a plain number, so `units: 128` and `units: [128]` are the same
+/// model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenseUnits(pub Vec<u32>);
+
+impl Serialize for DenseUnits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_u32(*one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+/// `128` for one layer, `[256, 128]` for several, as a sweep writes them.
+impl std::fmt::Display for DenseUnits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(
+                f,
+                "[{}]",
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DenseUnits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = DenseUnits;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of units or a list of them, e.g. 128 or [256, 128]")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DenseUnits, E> {
+                u32::try_from(v)
+                    .map(|v| DenseUnits(vec![v]))
+                    .map_err(|_| E::custom(format!("{v} units is too many")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<DenseUnits, A::Error> {
+                let mut units = Vec::new();
+                while let Some(u) = seq.next_element::<u32>()? {
+                    units.push(u);
+                }
+                Ok(DenseUnits(units))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Hyperparameters whose one value is a list: in `fixed` a list is the value, in `space` the
+/// alternatives are a list of lists (`units` also takes a plain number, so in `space` a list
+/// of numbers is alternatives of one layer each).
+pub const LIST_VALUED: [&str; 3] = ["filters", "kernelSizes", "units"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,16 +242,37 @@ impl std::fmt::Display for Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrialParams {
+    /// Kernel side of every convolution, unless `kernelSizes` lists one per block.
     pub kernel_size: u32,
+    /// Filters of the first block, doubled with every block, unless `filters` lists them.
     pub base_filters: u32,
+    /// Number of conv blocks; when not given it follows the length of `filters` or
+    /// `kernelSizes`.
     pub blocks: u32,
+    /// Filters per block (`[32, 64, 128]`); empty: the doubling rule from `baseFilters`.
+    pub filters: Vec<u32>,
+    /// Kernel side per block (`[5, 3, 3]`); empty: `kernelSize` for every block.
+    pub kernel_sizes: Vec<u32>,
+    pub padding: Padding,
+    /// Stride of every convolution.
+    pub strides: u32,
+    pub conv_bias: ConvBias,
+    pub pooling: Pooling,
+    /// Side and stride of each block's pooling window (1: no pooling).
+    pub pool_size: u32,
     pub head: Head,
-    pub units: u32,
+    /// Hidden dense layers of the `dense` head ([`DenseUnits`]).
+    pub units: DenseUnits,
     pub dropout: f64,
     pub batch_norm: bool,
     pub activation: Activation,
+    /// Negative slope of `leaky_relu` (PyTorch's default 0.01; Keras's `LeakyReLU` has 0.3).
+    pub leaky_slope: f64,
+    pub weight_init: WeightInit,
     pub optimizer: Optimizer,
     pub learning_rate: f64,
+    /// Adam's and AdamW's epsilon (PyTorch 1e-8, Keras 1e-7).
+    pub adam_epsilon: f64,
     /// SGD momentum (ignored by Adam).
     pub momentum: f64,
     pub weight_decay: f64,
@@ -197,13 +326,23 @@ impl Default for TrialParams {
             kernel_size: 3,
             base_filters: 32,
             blocks: 2,
+            filters: Vec::new(),
+            kernel_sizes: Vec::new(),
+            padding: Padding::Same,
+            strides: 1,
+            conv_bias: ConvBias::Auto,
+            pooling: Pooling::Max,
+            pool_size: 2,
             head: Head::Dense,
-            units: 128,
+            units: DenseUnits(vec![128]),
             dropout: 0.5,
             batch_norm: true,
             activation: Activation::Relu,
+            leaky_slope: 0.01,
+            weight_init: WeightInit::Torch,
             optimizer: Optimizer::Adam,
             learning_rate: 1e-3,
+            adam_epsilon: 1e-8,
             momentum: 0.9,
             weight_decay: 0.0,
             batch_size: 64,
@@ -265,14 +404,26 @@ impl TrialParams {
     /// 2x2 to pool). Errors name the hyperparameter.
     pub fn validate(&self, dataset: &DatasetInfo) -> Result<(), SpecError> {
         let p = self;
-        if p.kernel_size == 0 || p.kernel_size.is_multiple_of(2) {
-            return Err(err(
-                "kernelSize",
-                format!(
-                    "{} is not a positive odd number (same padding needs an odd kernel)",
-                    p.kernel_size
+        let kernel_rule = |k: u32| -> Option<&'static str> {
+            match p.padding {
+                _ if k == 0 => Some("is not a positive number"),
+                Padding::Same if k.is_multiple_of(2) => Some(
+                    "is not a positive odd number (same padding needs an odd kernel; valid padding takes even ones)",
                 ),
-            ));
+                _ if k > 64 => Some("is larger than 64"),
+                _ => None,
+            }
+        };
+        if let Some(reason) = kernel_rule(p.kernel_size) {
+            return Err(err("kernelSize", format!("{} {reason}", p.kernel_size)));
+        }
+        if let Some((i, k, reason)) = p
+            .kernel_sizes
+            .iter()
+            .enumerate()
+            .find_map(|(i, &k)| kernel_rule(k).map(|r| (i, k, r)))
+        {
+            return Err(err(format!("kernelSizes[{i}]"), format!("{k} {reason}")));
         }
         if !(1..=1024).contains(&p.base_filters) {
             return Err(err(
@@ -283,8 +434,60 @@ impl TrialParams {
         if !(1..=10).contains(&p.blocks) {
             return Err(err("blocks", format!("{} is outside 1..=10", p.blocks)));
         }
-        if !(1..=65_536).contains(&p.units) {
-            return Err(err("units", format!("{} is outside 1..=65536", p.units)));
+        if let Some((i, f)) = p
+            .filters
+            .iter()
+            .enumerate()
+            .find(|(_, f)| !(1..=1024).contains(*f))
+        {
+            return Err(err(
+                format!("filters[{i}]"),
+                format!("{f} is outside 1..=1024"),
+            ));
+        }
+        for (name, len) in [
+            ("filters", p.filters.len()),
+            ("kernelSizes", p.kernel_sizes.len()),
+        ] {
+            if len != 0 && len != p.blocks as usize {
+                return Err(err(
+                    name,
+                    format!(
+                        "{len} entries for {} blocks (one per block; blocks follows the list's length when not given)",
+                        p.blocks
+                    ),
+                ));
+            }
+        }
+        if !(1..=8).contains(&p.strides) {
+            return Err(err("strides", format!("{} is outside 1..=8", p.strides)));
+        }
+        if !(1..=8).contains(&p.pool_size) {
+            return Err(err(
+                "poolSize",
+                format!("{} is outside 1..=8 (1: no pooling)", p.pool_size),
+            ));
+        }
+        if p.units.0.len() > 8 {
+            return Err(err(
+                "units",
+                format!("{} hidden layers; at most 8", p.units.0.len()),
+            ));
+        }
+        if let Some(u) = p.units.0.iter().find(|u| !(1..=65_536).contains(*u)) {
+            return Err(err("units", format!("{u} is outside 1..=65536")));
+        }
+        if !(p.leaky_slope >= 0.0 && p.leaky_slope < 1.0) {
+            return Err(err(
+                "leakySlope",
+                format!("{} is outside [0, 1)", p.leaky_slope),
+            ));
+        }
+        if !(p.adam_epsilon > 0.0 && p.adam_epsilon <= 1.0) {
+            return Err(err(
+                "adamEpsilon",
+                format!("{} is outside (0, 1]", p.adam_epsilon),
+            ));
         }
         if !(p.dropout >= 0.0 && p.dropout < 1.0) {
             return Err(err("dropout", format!("{} is outside [0, 1)", p.dropout)));
@@ -415,26 +618,49 @@ impl TrialParams {
                 ));
             }
         }
-        let input = self.effective_input_size(dataset);
+        self.check_feature_maps(self.effective_input_size(dataset) as i64)
+    }
+
+    /// Every block's convolution must fit its input (the kernel no larger than the feature
+    /// map) and leave at least one pooling window. Errors name the hyperparameter to change.
+    fn check_feature_maps(&self, input: i64) -> Result<(), SpecError> {
+        use crate::model_size::{block_kernel, conv_output_side, pooled_side};
+        let p = self;
+        let kernel_field = |i: u32| {
+            if p.kernel_sizes.is_empty() {
+                "kernelSize".to_string()
+            } else {
+                format!("kernelSizes[{i}]")
+            }
+        };
+        let too_many = |block: u32, side: i64, stage: &str| {
+            err(
+                "blocks",
+                format!(
+                    "{} blocks do not fit an input of {input}x{input}: block {block} {stage} {side}x{side}, less than its {pool}x{pool} pooling (fewer blocks, a larger inputSize, same padding or smaller kernels)",
+                    p.blocks,
+                    pool = p.pool_size
+                ),
+            )
+        };
         let mut side = input;
-        for block in 1..=p.blocks {
-            if side < 2 {
+        for i in 0..p.blocks {
+            let block = i + 1;
+            if side < p.pool_size as i64 {
+                return Err(too_many(block, side, "gets"));
+            }
+            let k = block_kernel(p, i);
+            if k > side {
                 return Err(err(
-                    "blocks",
-                    format!(
-                        "{} pooling blocks need an input of at least {}x{1}; the input is {input}x{input}",
-                        p.blocks,
-                        1u64 << p.blocks
-                    ),
+                    kernel_field(i),
+                    format!("{k} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})"),
                 ));
             }
-            if p.kernel_size > side {
-                return Err(err(
-                    "kernelSize",
-                    format!("{} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})", p.kernel_size),
-                ));
+            let conv = conv_output_side(p, side, k);
+            if conv < p.pool_size as i64 {
+                return Err(too_many(block, conv, "convolves it to"));
             }
-            side /= 2;
+            side = pooled_side(p, conv);
         }
         Ok(())
     }
@@ -505,6 +731,15 @@ impl TpeSearch {
         let mut all = serde_json::to_value(base).unwrap_or_default();
         for (d, v) in self.space.iter().zip(values) {
             all[&d.name] = v;
+        }
+        // A searched list of filters or kernels sets the block count, unless blocks is
+        // searched too (a fixed blocks that disagreed was refused at submit).
+        if let Value::Object(all) = &mut all {
+            if !self.space.iter().any(|d| d.name == "blocks") {
+                all.remove("blocks");
+                settle_blocks(all);
+                all.entry("blocks").or_insert(Value::from(base.blocks));
+            }
         }
         let params = serde_json::from_value(all).unwrap_or_else(|_| base.clone());
         (params, observed.len() >= config.startup_trials)
@@ -893,7 +1128,15 @@ impl SweepRequest {
                 ));
             }
             for (i, value) in values.iter().enumerate() {
-                check_value(k, value, &format!("space.{k}[{i}]"))?;
+                let field = format!("space.{k}[{i}]");
+                let number_of_units = k == "units" && value.is_number();
+                if LIST_VALUED.contains(&k.as_str()) && !value.is_array() && !number_of_units {
+                    return Err(err(
+                        field,
+                        format!("{k} takes a list as its one value, so space lists its alternatives as lists, e.g. {k}: [[32, 64], [64, 128]] (in fixed: {k}: [32, 64])"),
+                    ));
+                }
+                check_value(k, value, &field)?;
             }
             grid_size = grid_size.saturating_mul(values.len() as u64);
             if strategy == Strategy::Tpe {
@@ -1007,6 +1250,7 @@ impl SweepRequest {
             for (a, &i) in choice.iter().enumerate() {
                 obj.insert(axes[a].0.clone(), axes[a].1[i].clone());
             }
+            settle_blocks(&mut obj);
             let seed_given = obj.contains_key("seed");
             let obj_has_split_seed = obj.contains_key("splitSeed");
             let chosen: Map<String, Value> = axes
@@ -1093,6 +1337,23 @@ impl SweepRequest {
     }
 }
 
+/// `blocks` follows the length of `filters` (or else `kernelSizes`) when `obj` does not give
+/// it, so `filters: [32, 64, 128]` alone is a three-block model.
+fn settle_blocks(obj: &mut Map<String, Value>) {
+    if obj.contains_key("blocks") {
+        return;
+    }
+    for key in ["filters", "kernelSizes"] {
+        if let Some(Value::Array(list)) = obj.get(key) {
+            if !list.is_empty() {
+                let blocks = Value::from(list.len());
+                obj.insert("blocks".into(), blocks);
+                return;
+            }
+        }
+    }
+}
+
 /// Most configurations [`check_tpe_space`] builds from a search space's candidate values
 /// before it checks the dimensions one at a time (about a tenth of a second of validation).
 const TPE_CHECK_MAX_CONFIGURATIONS: usize = 100_000;
@@ -1142,6 +1403,7 @@ fn check_tpe_space(
             obj.insert(d.name.clone(), values[i].clone());
             chosen.insert(d.name.clone(), values[i].clone());
         }
+        settle_blocks(&mut obj);
         let params: TrialParams = serde_json::from_value(Value::Object(obj))
             .map_err(|e| err("space", format!("{e} (with {})", describe(&chosen))))?;
         params.validate(dataset).map_err(|e| {
@@ -1193,6 +1455,13 @@ fn check_tpe_space(
 /// for integer hyperparameters, `"step"` (default 1).
 fn parse_range(k: &str, range: &Map<String, Value>) -> Result<crate::tpe::Domain, SpecError> {
     let field = format!("space.{k}");
+    // units takes a number too: a range of it is one hidden layer of a searched width.
+    if LIST_VALUED.contains(&k) && k != "units" {
+        return Err(err(
+            &field,
+            format!("{k} is list-valued and takes no range; list its alternatives as lists, e.g. [[32, 64], [64, 128]]"),
+        ));
+    }
     for key in range.keys() {
         if !["min", "max", "log", "step"].contains(&key.as_str()) {
             return Err(err(
@@ -1296,7 +1565,7 @@ mod tests {
         let e = tpe(json!({"blocks": {"min": 1, "max": 10}})).unwrap_err();
         assert_eq!(e.field, "space.blocks", "{e}");
         assert!(
-            e.reason.contains("pooling blocks") && e.reason.contains("tpe can suggest blocks="),
+            e.reason.contains("blocks do not fit") && e.reason.contains("tpe can suggest blocks="),
             "{e}"
         );
         let e = tpe(json!({"kernelSize": {"min": 3, "max": 7}})).unwrap_err();
@@ -1561,6 +1830,88 @@ mod tests {
             ..TrialParams::default()
         };
         assert!(p.validate(&mnist()).is_ok());
+    }
+
+    /// Keras-style layers: valid padding takes even kernels, lists of filters and kernels
+    /// set the block count, list-valued hyperparameters take lists of lists in space.
+    #[test]
+    fn keras_layers_validate_and_expand() {
+        let ok = |v: Value| {
+            request(v)
+                .validate(SweepLimits::default(), resolve_builtin)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Even kernels: refused with same padding, taken with valid padding.
+        let e = refused(json!({"dataset": "mnist", "fixed": {"kernelSize": 4}}));
+        assert_eq!(e.field, "fixed.kernelSize", "{e}");
+        assert!(e.reason.contains("valid padding takes even ones"), "{e}");
+        let spec = ok(json!({"dataset": "mnist", "fixed": {"kernelSize": 4, "padding": "valid"}}));
+        assert_eq!(spec.trials[0].kernel_size, 4);
+        // filters alone: blocks follows its length; a kernel per block too.
+        let spec = ok(
+            json!({"dataset": "mnist", "fixed": {"filters": [8, 16, 32], "kernelSizes": [5, 3, 3]}}),
+        );
+        assert_eq!(spec.trials[0].blocks, 3);
+        assert_eq!(spec.trials[0].filters, vec![8, 16, 32]);
+        // blocks given and different: refused, naming the list.
+        let e = refused(json!({"dataset": "mnist", "fixed": {"filters": [8, 16], "blocks": 3}}));
+        assert_eq!(e.field, "fixed.filters", "{e}");
+        assert!(e.reason.contains("2 entries for 3 blocks"), "{e}");
+        let e = refused(
+            json!({"dataset": "mnist", "fixed": {"kernelSizes": [3, 4], "filters": [8, 16]}}),
+        );
+        assert_eq!(e.field, "fixed.kernelSizes[1]", "{e}");
+        // In space, a list-valued hyperparameter's alternatives are lists.
+        let spec = ok(
+            json!({"dataset": "mnist", "space": {"filters": [[8, 16], [8, 16, 32]], "units": [[64, 32], 128, []]}}),
+        );
+        assert_eq!(spec.trials.len(), 6);
+        let blocks: Vec<u32> = spec.trials.iter().map(|t| t.blocks).collect();
+        assert_eq!(blocks, [2, 2, 2, 3, 3, 3]);
+        let units: Vec<Vec<u32>> = spec.trials.iter().map(|t| t.units.0.clone()).collect();
+        assert_eq!(units[..3], [vec![64, 32], vec![128], vec![]]);
+        let e = refused(json!({"dataset": "mnist", "space": {"filters": [32, 64]}}));
+        assert_eq!(e.field, "space.filters[0]", "{e}");
+        assert!(e.reason.contains("lists its alternatives as lists"), "{e}");
+        // tpe: lists of lists are categories; a range of a list-valued one is refused, a
+        // list of filters that does not fit the input is refused at submit.
+        let tpe = |space: Value| {
+            request(json!({"dataset": "mnist", "strategy": "tpe", "numTrials": 3, "space": space}))
+                .validate(SweepLimits::default(), resolve_builtin)
+        };
+        let spec = tpe(json!({"filters": [[8, 16], [8, 16, 32]]})).unwrap();
+        let search = spec.tpe.unwrap();
+        let (p, _) = search.suggest(0, &spec.trials[0], &[], &[]);
+        assert_eq!(p.blocks as usize, p.filters.len(), "{p:?}");
+        let e = tpe(json!({"filters": {"min": 8, "max": 64}})).unwrap_err();
+        assert!(e.reason.contains("takes no range"), "{e}");
+        let e = tpe(json!({"filters": [[8], [8, 16, 32, 64, 128]]})).unwrap_err();
+        assert_eq!(e.field, "space", "{e}");
+        assert!(e.reason.contains("blocks do not fit"), "{e}");
+        // Valid padding shrinks the map: two 5x5 valid blocks on 28 leave 4x4 after the
+        // second convolution, a third does not fit its 2x2 pooling.
+        let p = TrialParams {
+            padding: Padding::Valid,
+            kernel_size: 5,
+            blocks: 3,
+            ..TrialParams::default()
+        };
+        let e = p.validate(&mnist()).unwrap_err();
+        assert_eq!(e.field, "kernelSize", "{e}");
+        assert!(e.reason.contains("4x4 feature map of block 3"), "{e}");
+        let p = TrialParams { blocks: 2, ..p };
+        assert!(p.validate(&mnist()).is_ok());
+        // Ranges of the new numbers.
+        for (field, value) in [
+            ("strides", json!(0)),
+            ("poolSize", json!(9)),
+            ("leakySlope", json!(1.0)),
+            ("adamEpsilon", json!(0)),
+            ("units", json!([64, 0])),
+        ] {
+            let e = refused(json!({"dataset": "mnist", "fixed": {field: value}}));
+            assert_eq!(e.field, format!("fixed.{field}"), "{e}");
+        }
     }
 
     #[test]

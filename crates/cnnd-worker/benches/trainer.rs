@@ -42,7 +42,7 @@ use serde_json::{json, Value};
 
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Head, Precision, TrialParams};
+use cnnd_core::sweep::{DenseUnits, Head, Precision, TrialParams};
 use cnnd_worker::train::TrialInfo;
 
 /// Set (to a JSON job) when this binary runs as the child that measures one epoch of ours.
@@ -173,7 +173,7 @@ fn params(head: Head, kernel: u32, precision: Precision, o: &Opts) -> TrialParam
         precision,
         kernel_size: kernel,
         head,
-        units: 128,
+        units: DenseUnits(vec![128]),
         dropout: match head {
             Head::Dense => 0.5,
             Head::Gap => 0.25,

@@ -1,23 +1,30 @@
 //! The CNN family of DESIGN.md section 2, built with `tch::nn` from a trial's hyperparameters:
-//! `blocks` x [conv(k x k, same padding) -> batch norm -> activation -> max-pool 2x2], then a
-//! `dense` or `gap` head.
+//! `blocks` x [conv(k x k, same or valid padding, stride) -> batch norm -> activation ->
+//! max- or average-pool], then a `dense` head (flatten, hidden layers each with activation
+//! and dropout, output) or a `gap` head (global average pooling, dropout, output).
 //!
 //! Owns: layer construction, initialisation, the forward pass, parameter counting and the
 //! memory format of the weights ([`use_channels_last`]). The family's arithmetic (filters
-//! per block, sizes) is `cnnd_core::model_size`'s; the tests check it against the built
-//! models.
+//! and kernel per block, feature-map sides, parameter counts) is `cnnd_core::model_size`'s;
+//! the tests check it against the built models.
 //! Must not touch: data loading, the training loop, and anything of the control plane (store,
 //! scheduler, api, charts); it only consumes [`TrialParams`] from `sweep`.
 //!
-//! Initialisation follows PyTorch's defaults (so that `bench/torch_reference.py` builds the
-//! same model): conv and linear weights Kaiming-uniform with a = sqrt(5), i.e. uniform in
-//! +-1/sqrt(fan_in), biases uniform in +-1/sqrt(fan_in), batch-norm scale 1 and shift 0.
+//! Initialisation (`weightInit`): `torch` follows PyTorch's defaults (so that
+//! `bench/torch_reference.py` builds the same model): conv and linear weights
+//! Kaiming-uniform with a = sqrt(5), i.e. uniform in +-1/sqrt(fan_in), biases uniform in
+//! +-1/sqrt(fan_in); `glorot_uniform` follows Keras's: weights uniform in
+//! +-sqrt(6 / (fan_in + fan_out)), biases zero. Batch norm starts at scale 1 and shift 0
+//! either way.
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, TchError, Tensor};
 
-use cnnd_core::model_size::{block_filters, final_side, output_units};
-use cnnd_core::sweep::{Activation, Head, Precision, TrialParams};
+use cnnd_core::model_size::{
+    block_filters, block_kernel, conv_has_bias, conv_padding, final_side, hidden_name,
+    hidden_units, output_units,
+};
+use cnnd_core::sweep::{Activation, Head, Pooling, Precision, TrialParams, WeightInit};
 
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
@@ -29,6 +36,33 @@ const TORCH_DEFAULT_INIT: nn::Init = nn::Init::Kaiming {
     non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8), // sqrt(1/3)
 };
 
+/// The initialisers of a weight with `fan_in` inputs and `fan_out` outputs per position and
+/// of its bias, by the trial's [`WeightInit`].
+fn initialisers(init: WeightInit, fan_in: i64, fan_out: i64) -> (nn::Init, nn::Init) {
+    match init {
+        WeightInit::Torch => {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (
+                TORCH_DEFAULT_INIT,
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )
+        }
+        WeightInit::GlorotUniform => {
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            (
+                nn::Init::Uniform {
+                    lo: -limit,
+                    up: limit,
+                },
+                nn::Init::Const(0.0),
+            )
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Block {
     conv: nn::Conv2D,
@@ -38,8 +72,14 @@ struct Block {
 
 #[derive(Debug)]
 enum HeadLayers {
-    Dense { hidden: nn::Linear, out: nn::Linear },
-    Gap { out: nn::Linear },
+    /// Flatten, then each hidden layer (linear -> activation -> dropout), then the output.
+    Dense {
+        hidden: Vec<nn::Linear>,
+        out: nn::Linear,
+    },
+    Gap {
+        out: nn::Linear,
+    },
 }
 
 /// One member of the model family. Implements [`nn::ModuleT`]; [`Net::f_forward_t`] is the
@@ -49,6 +89,10 @@ pub struct Net {
     blocks: Vec<Block>,
     head: HeadLayers,
     activation: Activation,
+    leaky_slope: f64,
+    stride: i64,
+    pooling: Pooling,
+    pool: i64,
     dropout: f64,
     /// The kind the forward pass computes in ([`Net::compute_in`]); the variables stay fp32.
     compute: Kind,
@@ -57,24 +101,21 @@ pub struct Net {
 /// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
 /// `classes` classes, with its variables under `vs`.
 pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
-    let k = p.kernel_size as i64;
-    let padding = k / 2;
     let mut blocks = Vec::with_capacity(p.blocks as usize);
     let mut in_ch = channels;
     let mut out_ch = channels;
     for i in 0..p.blocks {
         out_ch = block_filters(p, i);
+        let k = block_kernel(p, i);
         let path = vs / format!("block{i}");
-        let fan_in = (in_ch * k * k) as f64;
-        let bound = 1.0 / fan_in.sqrt();
+        let (ws_init, bs_init) = initialisers(p.weight_init, in_ch * k * k, out_ch * k * k);
+        let padding = conv_padding(p, k);
         let cfg = nn::ConvConfig {
             padding,
-            bias: !p.batch_norm,
-            ws_init: TORCH_DEFAULT_INIT,
-            bs_init: nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
+            stride: p.strides as i64,
+            bias: conv_has_bias(p),
+            ws_init,
+            bs_init,
             ..Default::default()
         };
         let conv = nn::conv2d(&path / "conv", in_ch, out_ch, k, cfg);
@@ -91,41 +132,58 @@ pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, cla
         blocks.push(Block { conv, bn, padding });
         in_ch = out_ch;
     }
-    let linear_cfg = nn::LinearConfig {
-        ws_init: TORCH_DEFAULT_INIT,
-        ..Default::default()
+    let linear = |name: String, inputs: i64, outputs: i64| {
+        let (ws_init, bs_init) = initialisers(p.weight_init, inputs, outputs);
+        let cfg = nn::LinearConfig {
+            ws_init,
+            bs_init: Some(bs_init),
+            bias: true,
+        };
+        nn::linear(vs / name, inputs, outputs, cfg)
     };
     let outputs = output_units(p, classes);
     let head = match p.head {
         Head::Dense => {
-            let side = final_side(input_size, p.blocks);
-            let flat = out_ch * side * side;
-            let units = p.units as i64;
+            let side = final_side(p, input_size);
+            let mut features = out_ch * side * side;
+            let mut hidden = Vec::new();
+            for (i, &units) in hidden_units(p).iter().enumerate() {
+                hidden.push(linear(hidden_name(i), features, units as i64));
+                features = units as i64;
+            }
             HeadLayers::Dense {
-                hidden: nn::linear(vs / "hidden", flat, units, linear_cfg),
-                out: nn::linear(vs / "out", units, outputs, linear_cfg),
+                hidden,
+                out: linear("out".into(), features, outputs),
             }
         }
         Head::Gap => HeadLayers::Gap {
-            out: nn::linear(vs / "out", out_ch, outputs, linear_cfg),
+            out: linear("out".into(), out_ch, outputs),
         },
     };
     Net {
         blocks,
         head,
         activation: p.activation,
+        leaky_slope: p.leaky_slope,
+        stride: p.strides as i64,
+        pooling: p.pooling,
+        pool: p.pool_size as i64,
         dropout: p.dropout,
         compute: Kind::Float,
     }
 }
 
-fn activate(xs: &Tensor, a: Activation) -> Result<Tensor, TchError> {
+fn activate(xs: &Tensor, a: Activation, leaky_slope: f64) -> Result<Tensor, TchError> {
     match a {
         Activation::Relu => xs.f_relu(),
-        Activation::LeakyRelu => xs.f_leaky_relu(), // slope 0.01, as torch.nn.LeakyReLU
+        // libtorch's leaky_relu has the slope fixed at 0.01 in tch; for 0 <= slope < 1,
+        // max(x, slope * x) is the same function.
+        Activation::LeakyRelu if leaky_slope == 0.01 => xs.f_leaky_relu(),
+        Activation::LeakyRelu => xs.f_maximum(&xs.f_mul_scalar(leaky_slope)?),
         Activation::Elu => xs.f_elu(),
         Activation::Gelu => xs.f_gelu("none"),
         Activation::Tanh => xs.f_tanh(),
+        Activation::Relu6 => xs.f_relu6(),
     }
 }
 
@@ -152,12 +210,14 @@ impl Net {
     /// `[N, outputs]` fp32 logits out.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
         let mut x = self.in_compute(xs)?;
+        let act = |x: &Tensor| activate(x, self.activation, self.leaky_slope);
+        let pool = self.pool;
         for b in &self.blocks {
             let bias = b.conv.bs.as_ref().map(|t| self.in_compute(t)).transpose()?;
             x = x.f_conv2d(
                 &self.in_compute(&b.conv.ws)?,
                 bias.as_ref(),
-                [1, 1],
+                [self.stride, self.stride],
                 [b.padding, b.padding],
                 [1, 1],
                 1,
@@ -174,8 +234,17 @@ impl Net {
                     true,
                 )?;
             }
-            x = activate(&x, self.activation)?;
-            x = x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+            x = act(&x)?;
+            if pool > 1 {
+                x = match self.pooling {
+                    Pooling::Max => {
+                        x.f_max_pool2d([pool, pool], [pool, pool], [0, 0], [1, 1], false)?
+                    }
+                    Pooling::Avg => {
+                        x.f_avg_pool2d([pool, pool], [pool, pool], [0, 0], false, true, None)?
+                    }
+                };
+            }
         }
         let dropout = |x: Tensor| -> Result<Tensor, TchError> {
             if self.dropout > 0.0 && train {
@@ -190,8 +259,13 @@ impl Net {
         };
         let logits = match &self.head {
             HeadLayers::Dense { hidden, out } => {
-                let x = linear(&x.f_flatten(1, -1)?, hidden)?;
-                let x = dropout(activate(&x, self.activation)?)?;
+                let mut x = x.f_flatten(1, -1)?;
+                if hidden.is_empty() {
+                    x = dropout(x)?;
+                }
+                for layer in hidden {
+                    x = dropout(act(&linear(&x, layer)?)?)?;
+                }
                 linear(&x, out)?
             }
             HeadLayers::Gap { out } => {
@@ -277,7 +351,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> u64 {
 mod tests {
     use super::*;
     use cnnd_core::model_size::model_size;
-    use cnnd_core::sweep::Output;
+    use cnnd_core::sweep::{DenseUnits, Output};
     use tch::{Device, Kind};
 
     fn net(p: &TrialParams, classes: i64) -> (nn::VarStore, Net) {
@@ -343,7 +417,7 @@ mod tests {
                     blocks,
                     batch_norm,
                     base_filters: 8,
-                    units: 24,
+                    units: DenseUnits(vec![24]),
                     ..TrialParams::default()
                 };
                 let (vs, _) = net(&p, 10);
@@ -384,7 +458,7 @@ mod tests {
                     kernel_size: k,
                     blocks,
                     base_filters: 4,
-                    units: 16,
+                    units: DenseUnits(vec![16]),
                     ..TrialParams::default()
                 };
                 let (_vs, n) = net(&p, 10);

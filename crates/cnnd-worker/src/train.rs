@@ -1142,7 +1142,7 @@ fn trial(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cnnd_core::sweep::Optimizer;
+    use cnnd_core::sweep::{DenseUnits, Optimizer};
 
     fn images(n: i64) -> Tensor {
         tch::manual_seed(1);
@@ -1341,7 +1341,7 @@ mod tests {
             epochs: 1,
             blocks: 2,
             base_filters: 4,
-            units: 8,
+            units: DenseUnits(vec![8]),
             batch_size: 16,
             batch_norm: false,
             activation: cnnd_core::sweep::Activation::Elu,

@@ -96,7 +96,7 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::model;
-    use cnnd_core::sweep::{Head, TrialParams};
+    use cnnd_core::sweep::{DenseUnits, Head, TrialParams};
 
     fn net(p: &TrialParams, channels: i64, side: i64, classes: i64) -> nn::VarStore {
         let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -108,7 +108,7 @@ mod tests {
     fn matching_layers_are_copied_and_the_rest_reinitialised_and_listed() {
         let p = TrialParams {
             base_filters: 4,
-            units: 8,
+            units: DenseUnits(vec![8]),
             ..Default::default()
         };
         let source = net(&p, 1, 28, 10);
@@ -136,7 +136,7 @@ mod tests {
     fn a_source_sharing_nothing_is_refused() {
         let p = TrialParams {
             base_filters: 4,
-            units: 8,
+            units: DenseUnits(vec![8]),
             ..Default::default()
         };
         let gap = TrialParams {

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Activation, Head, Optimizer, Precision, TrialParams};
+use cnnd_core::sweep::{Activation, DenseUnits, Head, Optimizer, Precision, TrialParams};
 use cnnd_worker::data::{self, DataCache, Prepared};
 use cnnd_worker::train::{
     batches_per_epoch, decode_progress, read_checkpoint_meta, run_trial, run_trial_with,
@@ -266,7 +266,7 @@ fn augmented_training_runs_deterministically() {
         train_limit: 400,
         test_limit: 100,
         base_filters: 8,
-        units: 32,
+        units: DenseUnits(vec![32]),
         rotation_range: 10.0,
         width_shift: 0.1,
         height_shift: 0.1,
@@ -335,7 +335,7 @@ fn bf16_trains_to_fp32_accuracy() {
             train_limit: 6000,
             test_limit: 1000,
             base_filters: 8,
-            units: 32,
+            units: DenseUnits(vec![32]),
             head,
             seed: 9,
             ..TrialParams::default()
@@ -393,7 +393,7 @@ fn a_huge_learning_rate_diverges_with_epoch_and_batch() {
         train_limit: 2000,
         test_limit: 100,
         base_filters: 8,
-        units: 32,
+        units: DenseUnits(vec![32]),
         optimizer: Optimizer::Sgd,
         learning_rate: 100.0,
         batch_norm: false,
@@ -642,7 +642,7 @@ fn a_resumed_trial_matches_a_straight_run_with_sgd_and_augmentation() {
         train_limit: 1200,
         test_limit: 300,
         base_filters: 8,
-        units: 32,
+        units: DenseUnits(vec![32]),
         optimizer: Optimizer::Sgd,
         learning_rate: 0.05,
         momentum: 0.9,

@@ -49,8 +49,9 @@ pub struct OptimConfig {
 }
 
 impl OptimConfig {
-    /// The optimiser of a trial: PyTorch's defaults (betas 0.9 / 0.999, eps 1e-8) with the
-    /// trial's kind, learning rate, weight decay and SGD momentum.
+    /// The optimiser of a trial: PyTorch's betas (0.9 / 0.999) with the trial's kind,
+    /// learning rate, weight decay, SGD momentum and Adam epsilon (`adamEpsilon`, PyTorch's
+    /// 1e-8 by default, Keras's 1e-7 when asked).
     pub fn of(p: &TrialParams) -> Self {
         OptimConfig {
             kind: p.optimizer,
@@ -59,7 +60,7 @@ impl OptimConfig {
             momentum: p.momentum,
             beta1: 0.9,
             beta2: 0.999,
-            eps: 1e-8,
+            eps: p.adam_epsilon,
         }
     }
 }
@@ -365,7 +366,7 @@ fn sgd_update(
 mod tests {
     use super::*;
     use crate::model;
-    use cnnd_core::sweep::Head;
+    use cnnd_core::sweep::{DenseUnits, Head};
     use tch::nn::OptimizerConfig;
 
     /// Trains two copies of a tiny model side by side, one with tch's `nn` optimiser
@@ -376,7 +377,7 @@ mod tests {
         let p = TrialParams {
             blocks: 1,
             base_filters: 3,
-            units: 8,
+            units: DenseUnits(vec![8]),
             dropout: 0.0,
             head: Head::Dense,
             optimizer: kind,
@@ -490,7 +491,7 @@ mod tests {
         let p = TrialParams {
             blocks: 1,
             base_filters: 2,
-            units: 4,
+            units: DenseUnits(vec![4]),
             ..TrialParams::default()
         };
         let vs = nn::VarStore::new(Device::Cpu);
