@@ -321,6 +321,7 @@ async fn populate(path: &Path, total: u32, epochs: u32) -> Result<(String, Strin
                     val_accuracy: val_acc,
                     seconds: secs,
                     images_per_second: 54_000.0 / secs,
+                    learning_rate: 1e-3,
                 };
                 if val_acc > best_epoch.1 {
                     best_epoch = (e, val_acc);
@@ -861,6 +862,7 @@ async fn measure_ingest(
                         val_accuracy: 0.96 + e as f64 * 1e-4,
                         seconds: 25.0,
                         images_per_second: 2100.0,
+                        learning_rate: 1e-3,
                     };
                     let facts = (e == 1).then(|| TrialFacts {
                         parameter_count: 421_642,

@@ -1870,7 +1870,7 @@ mod tests {
             let error = t.error.as_deref().unwrap_or_default();
             assert!(
                 error.starts_with(
-                    "tpe suggested an invalid configuration: blocks: 9 pooling blocks"
+                    "tpe suggested an invalid configuration: blocks: 9 blocks do not fit"
                 ),
                 "{error}"
             );

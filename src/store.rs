@@ -255,6 +255,8 @@ pub struct TrialResult {
     pub input_record: Option<String>,
     /// The test pass class by class (`cnnd_core::test_report::TestReport`), as JSON.
     pub test_report: Option<String>,
+    /// A note for the trial's notes (why a succeeded trial ran fewer epochs).
+    pub note: Option<String>,
 }
 
 impl TrialResult {
@@ -271,6 +273,7 @@ impl TrialResult {
             weights: None,
             input_record: None,
             test_report: None,
+            note: None,
         }
     }
 }
@@ -520,7 +523,8 @@ const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.idx, t.params, t.status, t.devi
     t.epoch_count AS epochs_done, t.best_val_accuracy, t.best_val_loss,
     t.weights_digest, t.weights_size, t.input_record,
     e.epoch AS l_epoch, e.train_loss AS l_train_loss, e.train_accuracy AS l_train_accuracy, e.val_loss AS l_val_loss,
-    e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips";
+    e.val_accuracy AS l_val_accuracy, e.seconds AS l_seconds, e.images_per_second AS l_ips,
+    e.learning_rate AS l_learning_rate";
 
 // `epoch_count` and `last_epoch` are COUNT(*) and MAX(epoch) of the trial's epochs, kept by
 // triggers (migrations/0007_control_plane_indexes.sql).
@@ -537,6 +541,7 @@ fn trial_from_row(r: &AnyRow) -> Result<TrialRow> {
         val_accuracy: r.get("l_val_accuracy"),
         seconds: r.get("l_seconds"),
         images_per_second: r.get("l_ips"),
+        learning_rate: r.get("l_learning_rate"),
     });
     Ok(TrialRow {
         id: r.get("id"),
@@ -616,6 +621,7 @@ fn epoch_from_row(r: &AnyRow) -> EpochRecord {
         val_accuracy: r.get("val_accuracy"),
         seconds: r.get("seconds"),
         images_per_second: r.get("images_per_second"),
+        learning_rate: r.get("learning_rate"),
     }
 }
 
@@ -1540,6 +1546,19 @@ impl Store {
         .bind(&result.test_report)
         .execute(&mut *tx)
         .await?;
+        if let Some(note) = &result.note {
+            let row = sqlx::query("SELECT notes FROM trials WHERE id = $1")
+                .bind(trial_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut notes = string_list(&row, "notes")?;
+            notes.push(note.clone());
+            sqlx::query("UPDATE trials SET notes = $1 WHERE id = $2")
+                .bind(serde_json::to_string(&notes)?)
+                .bind(trial_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut events = vec![
             append_event(
                 &mut tx,
@@ -1986,6 +2005,7 @@ mod tests {
             val_accuracy,
             seconds: 1.0,
             images_per_second: 100.0,
+            learning_rate: 1e-3 / n as f64,
         }
     }
 

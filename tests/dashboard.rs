@@ -17,7 +17,8 @@ fn small_sweep() -> Value {
     json!({"name": "<script>alert(1)</script> & co", "dataset": "mnist",
            "space": {"kernelSize": [3, 5]},
            "fixed": {"epochs": 2, "batchSize": 64, "learningRate": 0.002, "baseFilters": 4, "units": 16,
-                     "head": "gap", "trainLimit": 1000, "testLimit": 300},
+                     "head": "gap", "trainLimit": 1000, "testLimit": 300,
+                     "lrSchedule": "exponential", "lrGamma": 0.5},
            "strategy": "grid", "maxParallel": 1, "seed": 3})
 }
 
@@ -307,6 +308,16 @@ fn pages_charts_login_and_confinement_over_http() {
         text.contains("true \\ predicted") && text.contains("precision"),
         "{text}"
     );
+
+    // Every epoch's learning rate, as the schedule set it: 0.002, then halved.
+    let rates: Vec<f64> = trial["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["learningRate"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rates, [0.002, 0.001], "{trial}");
+    assert!(page.contains("<th>lr</th>") && page.contains("1.00e-3"));
 
     // The model summary: computed by the daemon from the hyperparameters, it adds up to the
     // parameters the worker counted on the model it built, and ends in ten logits.

@@ -74,6 +74,7 @@ fn epoch(n: u32) -> EpochRecord {
         val_accuracy: 0.5 + n as f64 * 0.01,
         seconds: 1.0,
         images_per_second: 100.0,
+        learning_rate: 1e-3 / n as f64,
     }
 }
 
@@ -132,6 +133,7 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
 
         let facts = TrialFacts {
             parameter_count: 1234,
+            notes: vec!["from the worker's first report".into()],
             ..Default::default()
         };
         for n in 1..=2 {
@@ -146,11 +148,28 @@ async fn a_trial_goes_queued_running_succeeded_and_its_sweep_finishes() {
             .unwrap()
             .unwrap();
         }
+        let finish = TrialResult {
+            note: Some("stopped after epoch 2 (patience)".into()),
+            ..succeeded()
+        };
         let events = s
-            .finish_trial(&lease.trial_id, 1, &succeeded())
+            .finish_trial(&lease.trial_id, 1, &finish)
             .await
             .unwrap()
             .unwrap();
+        // Every epoch's numbers come back as recorded, its learning rate included; the
+        // finish's note follows the first report's.
+        assert_eq!(
+            s.epochs(&lease.trial_id).await.unwrap(),
+            vec![epoch(1), epoch(2)]
+        );
+        assert_eq!(
+            s.trial(&lease.trial_id).await.unwrap().unwrap().notes,
+            [
+                "from the worker's first report",
+                "stopped after epoch 2 (patience)"
+            ]
+        );
         assert!(matches!(events.last().unwrap().event,
             Event::SweepFinished { status: SweepStatus::Finished, ref best_trial_id, .. }
             if best_trial_id.as_deref() == Some(lease.trial_id.as_str())));

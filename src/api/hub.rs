@@ -364,6 +364,7 @@ impl proto::worker_hub_server::WorkerHub for Hub {
             parameter_count: (r.parameter_count > 0).then_some(r.parameter_count),
             weights: weights.map(|(f, _)| f),
             input_record,
+            note: (!r.note.is_empty()).then(|| r.note.clone()),
         };
         tracing::info!(
             trial = r.trial_id,

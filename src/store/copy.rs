@@ -189,6 +189,7 @@ const TABLES: &[Table] = &[
             ("recorded_at", Text),
             ("checkpoint_digest", Text),
             ("checkpoint_size", Int),
+            ("learning_rate", Real),
         ],
         key: Key::TextInt("trial_id", "epoch"),
     },

@@ -240,13 +240,14 @@ async fn insert_epochs(
         .map(|(_, a)| a)
         .collect();
     let sql = format!(
-        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at, checkpoint_digest, checkpoint_size)
+        "INSERT INTO epochs (trial_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds, images_per_second, recorded_at, checkpoint_digest, checkpoint_size, learning_rate)
          VALUES {}
          ON CONFLICT (trial_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, train_accuracy = excluded.train_accuracy,
            val_loss = excluded.val_loss, val_accuracy = excluded.val_accuracy, seconds = excluded.seconds,
            images_per_second = excluded.images_per_second, recorded_at = excluded.recorded_at,
-           checkpoint_digest = excluded.checkpoint_digest, checkpoint_size = excluded.checkpoint_size",
-        values_placeholders(accepted.len(), 11, 1)
+           checkpoint_digest = excluded.checkpoint_digest, checkpoint_size = excluded.checkpoint_size,
+           learning_rate = excluded.learning_rate",
+        values_placeholders(accepted.len(), 12, 1)
     );
     let mut insert = sqlx::query(&sql);
     for (r, _) in &accepted {
@@ -261,7 +262,8 @@ async fn insert_epochs(
             .bind(r.epoch.images_per_second)
             .bind(&recorded_at)
             .bind(r.checkpoint.as_ref().map(|c| c.digest.as_str()))
-            .bind(r.checkpoint.as_ref().map(|c| c.size as i64));
+            .bind(r.checkpoint.as_ref().map(|c| c.size as i64))
+            .bind(r.epoch.learning_rate);
     }
     insert.execute(&mut *tx).await?;
     Ok(())
@@ -282,6 +284,7 @@ mod tests {
             val_accuracy,
             seconds: 1.0,
             images_per_second: 100.0,
+            learning_rate: 1e-3 / n as f64,
         }
     }
 

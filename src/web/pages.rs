@@ -4,8 +4,9 @@
 
 use axum::response::{IntoResponse, Response};
 use cnnd_client::sweep_view::{
-    best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, shape_text, summary_totals, sweep_rows,
+    best_line, class_name, count, effect_line, effects_heading, learning_rate_text, loss,
+    ordered_params, param_effects, param_value, params_map, pct, shape_text, summary_totals,
+    sweep_rows,
 };
 use cnnd_proto as pb;
 use http::StatusCode;
@@ -252,7 +253,7 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
                 table {
                     thead { tr {
                         th { "epoch" } th { "train loss" } th { "train acc" } th { "val loss" }
-                        th { "val acc" } th { "seconds" } th { "img/s" }
+                        th { "val acc" } th { "seconds" } th { "img/s" } th { "lr" }
                     } }
                     tbody {
                         @for e in &t.epochs {
@@ -260,6 +261,7 @@ pub(super) fn trial(chrome: &Chrome, t: &pb::Trial) -> Markup {
                                 td.n { (e.epoch) } td.n { (loss(e.train_loss)) } td.n { (pct(e.train_accuracy)) }
                                 td.n { (loss(e.val_loss)) } td.n { (pct(e.val_accuracy)) }
                                 td.n { (format!("{:.1}", e.seconds)) } td.n { (format!("{:.0}", e.images_per_second)) }
+                                td.n { (learning_rate_text(e.learning_rate)) }
                             }
                         }
                     }

@@ -445,6 +445,7 @@ pub async fn trial(
             "val acc",
             "seconds",
             "img/s",
+            "lr",
         ]);
         for m in &t.epochs {
             e.add_row(vec![
@@ -460,9 +461,10 @@ pub async fn trial(
                 pct(m.val_accuracy),
                 format!("{:.1}", m.seconds),
                 format!("{:.0}", m.images_per_second),
+                learning_rate_text(m.learning_rate),
             ]);
         }
-        align_right(&mut e, &[1, 2, 3, 4, 5, 6, 7]);
+        align_right(&mut e, &[1, 2, 3, 4, 5, 6, 7, 8]);
         out(render(&e));
     }
     out("");

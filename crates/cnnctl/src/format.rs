@@ -7,9 +7,9 @@ use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table, Table
 use serde_json::{json, Value};
 
 pub use cnnd_client::sweep_view::{
-    best_line, class_name, count, effect_line, effects_heading, loss, ordered_params,
-    param_effects, param_value, params_map, pct, repeat_groups, shape_text, summary_totals,
-    sweep_rows, Ranking,
+    best_line, class_name, count, effect_line, effects_heading, learning_rate_text, loss,
+    ordered_params, param_effects, param_value, params_map, pct, repeat_groups, shape_text,
+    summary_totals, sweep_rows, Ranking,
 };
 
 /// Uptime: "45s", "2m 05s", "1h 02m 03s", "3d 04h 05m".
@@ -245,7 +245,7 @@ fn epoch_json(e: &pb::EpochMetrics) -> Value {
     json!({
         "epoch": e.epoch, "trainLoss": e.train_loss, "trainAccuracy": e.train_accuracy,
         "valLoss": e.val_loss, "valAccuracy": e.val_accuracy, "seconds": e.seconds,
-        "imagesPerSecond": e.images_per_second,
+        "imagesPerSecond": e.images_per_second, "learningRate": e.learning_rate,
     })
 }
 

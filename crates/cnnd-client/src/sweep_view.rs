@@ -24,6 +24,15 @@ pub fn loss(v: f64) -> String {
     }
 }
 
+/// An epoch's learning rate: "1.00e-3"; "-" for epochs recorded before rates were kept.
+pub fn learning_rate_text(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{rate:.2e}")
+    } else {
+        "-".into()
+    }
+}
+
 /// A whole number with thousands separators: 1234567 -> "1,234,567".
 pub fn count(n: u64) -> String {
     let digits = n.to_string();

@@ -19,6 +19,10 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_second: f64,
+    /// The learning rate the epoch trained with (its schedule's); 0 in records made before
+    /// it was kept.
+    #[serde(default)]
+    pub learning_rate: f64,
 }
 
 impl EpochRecord {

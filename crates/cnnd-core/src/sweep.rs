@@ -99,6 +99,26 @@ pub enum WeightInit {
     GlorotUniform,
 }
 
+/// How the learning rate changes from epoch to epoch (`learningRate` is the first epoch's).
+/// Epoch e (1-based) trains with:
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `learningRate` throughout.
+    Constant,
+    /// `learningRate * lrGamma^floor((e - 1) / lrStepSize)` (PyTorch's `StepLR`).
+    Step,
+    /// `learningRate * lrGamma^(e - 1)` (PyTorch's `ExponentialLR`).
+    Exponential,
+    /// `lrMin + (learningRate - lrMin) * (1 + cos(pi * (e - 1) / epochs)) / 2` (PyTorch's
+    /// `CosineAnnealingLR` over the trial's epochs).
+    Cosine,
+    /// Keras's `ReduceLROnPlateau` on the validation loss: after `lrPatience` epochs without
+    /// a new best (by more than 1e-4), the rate is multiplied by `lrGamma`, not below
+    /// `lrMin`.
+    Plateau,
+}
+
 /// The hidden dense layers of the `dense` head: one width, or a list of widths from the
 /// first layer to the last (`[256, 128]`; `[]` is flatten straight to the output). A single
 /// width reads and writes as a plain number, so `units: 128` and `units: [128]` are the same
@@ -273,6 +293,23 @@ pub struct TrialParams {
     pub learning_rate: f64,
     /// Adam's and AdamW's epsilon (PyTorch 1e-8, Keras 1e-7).
     pub adam_epsilon: f64,
+    pub lr_schedule: LrSchedule,
+    /// `step`: epochs between decays.
+    pub lr_step_size: u32,
+    /// The factor of `step`, `exponential` (per epoch) and `plateau`.
+    pub lr_gamma: f64,
+    /// `plateau`: epochs without improvement before the rate drops.
+    pub lr_patience: u32,
+    /// The floor of `cosine` and `plateau`.
+    pub lr_min: f64,
+    /// Per-trial early stopping (Keras's `EarlyStopping(patience, restore_best_weights=True)`
+    /// on validation accuracy): the trial ends after this many epochs without a better
+    /// validation accuracy, and is tested with its best epoch's weights (as every trial is).
+    /// 0: off.
+    pub patience: u32,
+    /// Label smoothing of the loss (Keras's and PyTorch's `label_smoothing`): softmax targets
+    /// are 1 - s + s/classes and s/classes; a sigmoid's are 1 - s/2 and s/2.
+    pub label_smoothing: f64,
     /// SGD momentum (ignored by Adam).
     pub momentum: f64,
     pub weight_decay: f64,
@@ -343,6 +380,13 @@ impl Default for TrialParams {
             optimizer: Optimizer::Adam,
             learning_rate: 1e-3,
             adam_epsilon: 1e-8,
+            lr_schedule: LrSchedule::Constant,
+            lr_step_size: 10,
+            lr_gamma: 0.1,
+            lr_patience: 10,
+            lr_min: 0.0,
+            patience: 0,
+            label_smoothing: 0.0,
             momentum: 0.9,
             weight_decay: 0.0,
             batch_size: 64,
@@ -381,6 +425,27 @@ pub fn hyperparameter_names() -> Vec<String> {
 }
 
 impl TrialParams {
+    /// The learning rate of epoch `epoch` (1-based) for the schedules that depend on the
+    /// epoch alone; `plateau` returns `learningRate` (its rate follows the validation loss,
+    /// kept by the trainer).
+    pub fn scheduled_learning_rate(&self, epoch: u32) -> f64 {
+        let done = epoch.saturating_sub(1);
+        match self.lr_schedule {
+            LrSchedule::Constant | LrSchedule::Plateau => self.learning_rate,
+            LrSchedule::Step => {
+                self.learning_rate * self.lr_gamma.powi((done / self.lr_step_size.max(1)) as i32)
+            }
+            LrSchedule::Exponential => self.learning_rate * self.lr_gamma.powi(done as i32),
+            LrSchedule::Cosine => {
+                let progress = done as f64 / self.epochs.max(1) as f64;
+                self.lr_min
+                    + (self.learning_rate - self.lr_min)
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
+                        / 2.0
+            }
+        }
+    }
+
     /// The input side the model sees for a data set.
     pub fn effective_input_size(&self, dataset: &DatasetInfo) -> u32 {
         if self.input_size == 0 {
@@ -502,6 +567,48 @@ impl TrialParams {
             return Err(err(
                 "learningRate",
                 format!("{} is absurdly large (max 100)", p.learning_rate),
+            ));
+        }
+        if !(1..=1000).contains(&p.lr_step_size) {
+            return Err(err(
+                "lrStepSize",
+                format!("{} is outside 1..=1000 epochs", p.lr_step_size),
+            ));
+        }
+        if !(p.lr_gamma > 0.0 && p.lr_gamma <= 1.0) {
+            return Err(err(
+                "lrGamma",
+                format!(
+                    "{} is outside (0, 1] (a factor that lowers the rate)",
+                    p.lr_gamma
+                ),
+            ));
+        }
+        if p.lr_patience > 1000 {
+            return Err(err(
+                "lrPatience",
+                format!("{} is more than 1000 epochs", p.lr_patience),
+            ));
+        }
+        if !(p.lr_min >= 0.0 && p.lr_min < p.learning_rate) {
+            return Err(err(
+                "lrMin",
+                format!(
+                    "{} is outside [0, learningRate {}) (the floor of the schedule)",
+                    p.lr_min, p.learning_rate
+                ),
+            ));
+        }
+        if p.patience > 1000 {
+            return Err(err(
+                "patience",
+                format!("{} is more than 1000 epochs (0: off)", p.patience),
+            ));
+        }
+        if !(p.label_smoothing >= 0.0 && p.label_smoothing < 1.0) {
+            return Err(err(
+                "labelSmoothing",
+                format!("{} is outside [0, 1)", p.label_smoothing),
             ));
         }
         if !(p.momentum >= 0.0 && p.momentum < 1.0) {

@@ -60,7 +60,7 @@ fn plausible(name: &str) -> BoxedStrategy<Value> {
         "baseFilters" => ints(1, 16),
         "blocks" => ints(1, 4),
         "head" => pick(vec![json!("gap"), json!("dense")]),
-        "units" => ints(1, 64),
+        "units" => prop_oneof![ints(1, 64), Just(json!([32, 16])), Just(json!([]))].boxed(),
         "dropout" => floats(0.0, 1.05),
         "batchNorm" | "horizontalFlip" => any::<bool>().prop_map(Value::from).boxed(),
         "activation" => pick(vec![
@@ -92,6 +92,34 @@ fn plausible(name: &str) -> BoxedStrategy<Value> {
             pick(vec![json!(0), json!(1), json!(5), json!(100), json!(1000)])
         }
         "valFraction" => floats(0.0, 0.6),
+        // Keras-style layers: lists (one value each; in space, alternatives of lists).
+        "filters" => pick(vec![
+            json!([8, 16]),
+            json!([4, 8, 16]),
+            json!([]),
+            json!([8, 0]),
+        ]),
+        "kernelSizes" => pick(vec![
+            json!([3, 3]),
+            json!([5, 3, 3]),
+            json!([4, 2]),
+            json!([]),
+        ]),
+        "padding" => pick(vec![json!("same"), json!("valid")]),
+        "strides" => ints(0, 3),
+        "pooling" => pick(vec![json!("max"), json!("avg")]),
+        "poolSize" => ints(0, 4),
+        "convBias" => pick(vec![json!("auto"), json!("always"), json!("never")]),
+        "weightInit" => pick(vec![json!("torch"), json!("glorot_uniform")]),
+        "lrSchedule" => pick(vec![
+            json!("constant"),
+            json!("step"),
+            json!("exponential"),
+            json!("cosine"),
+            json!("plateau"),
+        ]),
+        "lrGamma" | "labelSmoothing" => floats(0.0, 1.1),
+        "patience" | "lrPatience" | "lrStepSize" => ints(0, 5),
         "timeLimit" => floats(0.0, 100.0),
         _ => any_json().boxed(),
     }

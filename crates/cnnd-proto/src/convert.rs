@@ -70,6 +70,7 @@ impl From<&EpochRecord> for EpochMetrics {
             val_accuracy: e.val_accuracy,
             seconds: e.seconds,
             images_per_second: e.images_per_second,
+            learning_rate: e.learning_rate,
         }
     }
 }
@@ -84,6 +85,7 @@ impl From<&EpochMetrics> for EpochRecord {
             val_accuracy: e.val_accuracy,
             seconds: e.seconds,
             images_per_second: e.images_per_second,
+            learning_rate: e.learning_rate,
         }
     }
 }
@@ -151,6 +153,7 @@ mod tests {
             val_accuracy: 0.8,
             seconds: 1.5,
             images_per_second: 1000.0,
+            learning_rate: 2.5e-4,
         };
         assert_eq!(EpochRecord::from(&EpochMetrics::from(&e)), e);
     }

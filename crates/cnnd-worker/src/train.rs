@@ -21,7 +21,14 @@
 //! `optim.step` and `optim.m.<var>` / `optim.v.<var>` (Adam, AdamW) or
 //! `optim.momentum.<var>` (SGD with momentum), and the 0-d scalars `meta.version`,
 //! `meta.epoch`, `meta.best_epoch`, `meta.best_val_accuracy` (f64) and `meta.params_hash`
-//! ([`params_hash`], stored as i64 bits).
+//! ([`params_hash`], stored as i64 bits), and the `plateau` schedule's state
+//! ([`PlateauState`]: `meta.plateau_lr`, `meta.plateau_best`, `meta.plateau_wait`; absent in
+//! older checkpoints, which then resume with a fresh plateau state).
+//!
+//! Learning-rate schedules (`lrSchedule`) set the rate at the start of every epoch;
+//! per-trial `patience` ends the trial after that many epochs without a better validation
+//! accuracy; `labelSmoothing` smooths the training loss only (validation and test losses
+//! stay plain cross-entropy, so trials with different smoothing compare).
 
 pub mod optim;
 
@@ -40,7 +47,7 @@ use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
 use cnnd_core::data_preview::{augmentation_words, DataPreview, Sample, AUGMENTED_DRAWS};
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{Output, Precision, TrialParams};
+use cnnd_core::sweep::{LrSchedule, Output, Precision, TrialParams};
 use cnnd_core::test_report::{Misclassified, TestReport, MAX_CLASSES};
 use optim::{Optim, OptimConfig};
 
@@ -71,6 +78,9 @@ pub struct TrainOutcome {
     pub parameter_count: u64,
     /// True when `on_epoch` returned `false` (the trial ended at that epoch).
     pub stopped: bool,
+    /// The epoch after which `patience` ended the trial (no better validation accuracy for
+    /// `patience` epochs); None when it ran its epochs or was stopped by the caller.
+    pub patience_stopped_at: Option<u32>,
     /// The checkpoint's epoch this run continued from; 0 when it started fresh.
     pub resumed_from_epoch: u32,
     /// The test pass class by class (class names left for the caller, who knows the data
@@ -271,19 +281,87 @@ fn loss_of(
     output: Output,
     reduction: Reduction,
 ) -> Result<Tensor, TchError> {
+    smoothed_loss_of(logits, labels, output, reduction, 0.0)
+}
+
+/// Cross-entropy with label smoothing `smoothing` (0: none): softmax targets 1 - s + s/K
+/// and s/K (PyTorch's `label_smoothing`, as Keras's), sigmoid targets 1 - s/2 and s/2
+/// (Keras's `binary_crossentropy(label_smoothing=s)`).
+fn smoothed_loss_of(
+    logits: &Tensor,
+    labels: &Tensor,
+    output: Output,
+    reduction: Reduction,
+    smoothing: f64,
+) -> Result<Tensor, TchError> {
     match output {
         Output::Softmax => {
-            logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, 0.0)
+            logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, smoothing)
         }
-        Output::Sigmoid => logits
-            .f_view([-1])?
-            .f_binary_cross_entropy_with_logits::<Tensor>(
-                &labels.f_to_kind(Kind::Float)?,
-                None,
-                None,
-                reduction,
-            ),
+        Output::Sigmoid => {
+            let mut targets = labels.f_to_kind(Kind::Float)?;
+            if smoothing > 0.0 {
+                targets = targets
+                    .f_mul_scalar(1.0 - smoothing)?
+                    .f_add_scalar(0.5 * smoothing)?;
+            }
+            logits
+                .f_view([-1])?
+                .f_binary_cross_entropy_with_logits::<Tensor>(&targets, None, None, reduction)
+        }
     }
+}
+
+/// The state of the `plateau` schedule (Keras's `ReduceLROnPlateau` on the validation
+/// loss, `min_delta` 1e-4, no cooldown): the rate of the next epoch, the best validation
+/// loss so far and the epochs since it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlateauState {
+    pub learning_rate: f64,
+    pub best_val_loss: f64,
+    pub wait: u32,
+}
+
+/// An improvement of the validation loss smaller than this does not count (Keras's
+/// `min_delta`).
+const PLATEAU_MIN_DELTA: f64 = 1e-4;
+
+impl PlateauState {
+    pub fn new(p: &TrialParams) -> Self {
+        PlateauState {
+            learning_rate: p.learning_rate,
+            best_val_loss: f64::INFINITY,
+            wait: 0,
+        }
+    }
+
+    /// Takes an epoch's validation loss; lowers the rate when `lrPatience` epochs passed
+    /// without a new best.
+    pub fn observe(&mut self, p: &TrialParams, val_loss: f64) {
+        if val_loss < self.best_val_loss - PLATEAU_MIN_DELTA {
+            self.best_val_loss = val_loss;
+            self.wait = 0;
+            return;
+        }
+        self.wait += 1;
+        if self.wait >= p.lr_patience.max(1) {
+            self.learning_rate = (self.learning_rate * p.lr_gamma).max(p.lr_min);
+            self.wait = 0;
+        }
+    }
+}
+
+/// The learning rate epoch `epoch` trains with.
+fn epoch_learning_rate(p: &TrialParams, epoch: u32, plateau: &PlateauState) -> f64 {
+    match p.lr_schedule {
+        LrSchedule::Plateau => plateau.learning_rate,
+        _ => p.scheduled_learning_rate(epoch),
+    }
+}
+
+/// True when `patience` is on and `patience` epochs passed since the best one.
+fn patience_ran_out(p: &TrialParams, epoch: u32, best_epoch: u32) -> bool {
+    p.patience > 0 && epoch.saturating_sub(best_epoch) >= p.patience
 }
 
 /// Number of correct predictions, as an i64 scalar tensor on the logits' device.
@@ -636,6 +714,9 @@ pub struct CheckpointMeta {
     pub best_val_accuracy: f64,
     /// [`params_hash`] of the trial's parameters.
     pub params_hash: u64,
+    /// The `plateau` schedule's state after this epoch (None in checkpoints written before
+    /// it was kept).
+    pub plateau: Option<PlateauState>,
 }
 
 fn meta_value(map: &HashMap<String, Tensor>, name: &str, kind: Kind) -> Result<Tensor, String> {
@@ -670,11 +751,26 @@ fn parse_meta(map: &HashMap<String, Tensor>) -> Result<CheckpointMeta, String> {
     let best_val_accuracy = meta_value(map, "meta.best_val_accuracy", Kind::Double)?
         .f_double_value(&[0])
         .map_err(|e| e.to_string())?;
+    let double = |name| -> Result<f64, String> {
+        meta_value(map, name, Kind::Double)?
+            .f_double_value(&[0])
+            .map_err(|e| e.to_string())
+    };
+    let plateau = if map.contains_key("meta.plateau_lr") {
+        Some(PlateauState {
+            learning_rate: double("meta.plateau_lr")?,
+            best_val_loss: double("meta.plateau_best")?,
+            wait: epoch("meta.plateau_wait")?,
+        })
+    } else {
+        None
+    };
     Ok(CheckpointMeta {
         epoch: epoch("meta.epoch")?,
         best_epoch: epoch("meta.best_epoch")?,
         best_val_accuracy,
         params_hash: meta_i64(map, "meta.params_hash")? as u64,
+        plateau,
     })
 }
 
@@ -731,6 +827,22 @@ fn write_checkpoint(
             Tensor::from(meta.params_hash as i64),
         ),
     ]);
+    if let Some(plateau) = &meta.plateau {
+        named.extend([
+            (
+                "meta.plateau_lr".to_string(),
+                Tensor::from(plateau.learning_rate),
+            ),
+            (
+                "meta.plateau_best".to_string(),
+                Tensor::from(plateau.best_val_loss),
+            ),
+            (
+                "meta.plateau_wait".to_string(),
+                Tensor::from(i64::from(plateau.wait)),
+            ),
+        ]);
+    }
     write_atomically(path, "the checkpoint", |tmp| {
         Tensor::write_safetensors(&named, tmp)
     })
@@ -941,6 +1053,7 @@ fn trial(
     let mut best: Option<(u32, f64)> = None;
     let mut best_weights: Vec<(String, Tensor)> = Vec::new();
     let mut resumed_from_epoch = 0;
+    let mut plateau = PlateauState::new(p);
     if let Some(path) = control.checkpoint.filter(|c| c.exists()) {
         match read_checkpoint(path, p, &vs, &opt) {
             Ok(Resumable { meta, tensors }) => {
@@ -964,6 +1077,9 @@ fn trial(
                 save_named(&best_weights, weights_path)?;
                 best = Some((meta.best_epoch, meta.best_val_accuracy));
                 resumed_from_epoch = meta.epoch;
+                if let Some(state) = meta.plateau {
+                    plateau = state;
+                }
                 tracing::info!(
                     checkpoint = %path.display(),
                     epoch = meta.epoch,
@@ -991,8 +1107,22 @@ fn trial(
     let hash = params_hash(p);
 
     let mut stopped = false;
-    for epoch in resumed_from_epoch + 1..=p.epochs {
+    // A checkpoint written at the epoch patience ran out (the trial then ended before it
+    // finished): nothing is left to train.
+    let mut patience_stopped_at = best
+        .filter(|&(best_epoch, _)| {
+            resumed_from_epoch > 0 && patience_ran_out(p, resumed_from_epoch, best_epoch)
+        })
+        .map(|_| resumed_from_epoch);
+    let first_epoch = if patience_stopped_at.is_some() {
+        p.epochs + 1
+    } else {
+        resumed_from_epoch + 1
+    };
+    for epoch in first_epoch..=p.epochs {
         let started = Instant::now();
+        let learning_rate = epoch_learning_rate(p, epoch, &plateau);
+        opt.set_learning_rate(learning_rate)?;
         tch::manual_seed(epoch_seed(p.seed, epoch) as i64);
         let perm = Tensor::f_randperm(n_train, (Kind::Int64, device))?;
         // One augmentation per image of the epoch, drawn up front and copied to the device once.
@@ -1029,7 +1159,8 @@ fn trial(
                 xs = xs.f_mul(&factors.f_narrow(0, start, len)?)?;
             }
             let logits = net.f_forward_t(&xs, true)?;
-            let loss = loss_of(&logits, &ys, p.output, Reduction::Mean)?;
+            let loss =
+                smoothed_loss_of(&logits, &ys, p.output, Reduction::Mean, p.label_smoothing)?;
             opt.backward_step(&loss)?;
             let loss = loss.f_detach()?;
             loss_sum = loss_sum.f_add(&loss.f_mul_scalar(len)?)?;
@@ -1072,7 +1203,11 @@ fn trial(
             val_accuracy,
             seconds: started.elapsed().as_secs_f64(),
             images_per_second: n_train as f64 / train_seconds.max(1e-9),
+            learning_rate,
         };
+        if p.lr_schedule == LrSchedule::Plateau {
+            plateau.observe(p, val_loss);
+        }
         let phase = Instant::now();
         if best.is_none_or(|(_, acc)| val_accuracy > acc) {
             best = Some((epoch, val_accuracy));
@@ -1094,6 +1229,7 @@ fn trial(
                 best_epoch,
                 best_val_accuracy,
                 params_hash: hash,
+                plateau: (p.lr_schedule == LrSchedule::Plateau).then_some(plateau),
             };
             write_checkpoint(path, &vs, &opt, &best_weights, &meta)?;
         }
@@ -1101,6 +1237,13 @@ fn trial(
         let proceed = on_epoch(&report, &info);
         if !proceed {
             stopped = true;
+            break;
+        }
+        // At the last epoch the trial ends anyway: patience stopped nothing.
+        let more_to_run = epoch < p.epochs;
+        if more_to_run && best.is_some_and(|(best_epoch, _)| patience_ran_out(p, epoch, best_epoch))
+        {
+            patience_stopped_at = Some(epoch);
             break;
         }
     }
@@ -1134,6 +1277,7 @@ fn trial(
         best_epoch,
         parameter_count: info.parameter_count,
         stopped,
+        patience_stopped_at,
         resumed_from_epoch,
         test_report,
     })
@@ -1142,7 +1286,7 @@ fn trial(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cnnd_core::sweep::{DenseUnits, Optimizer};
+    use cnnd_core::sweep::{DenseUnits, LrSchedule, Optimizer};
 
     fn images(n: i64) -> Tensor {
         tch::manual_seed(1);
@@ -1311,6 +1455,108 @@ mod tests {
             let spread = (per_pixel.max() - per_pixel.min()).double_value(&[]);
             assert!(spread < 1e-3, "image {i} scaled unevenly ({spread})");
         }
+    }
+
+    /// Label smoothing as Keras and PyTorch define it, against the formula written out:
+    /// softmax, (1 - s) * CE(true class) + s * mean over classes of -log p; sigmoid, BCE
+    /// against targets 1 - s/2 and s/2.
+    #[test]
+    fn label_smoothing_follows_the_formula() {
+        let logits = Tensor::from_slice(&[2.0f32, -1.0, 0.5, 0.0, 1.5, -0.5]).view([2, 3]);
+        let labels = Tensor::from_slice(&[0i64, 2]);
+        let s = 0.2;
+        let got = smoothed_loss_of(&logits, &labels, Output::Softmax, Reduction::Mean, s)
+            .unwrap()
+            .double_value(&[]);
+        let log_p = logits.log_softmax(-1, Kind::Float);
+        let want: f64 = [(0, 0), (1, 2)]
+            .iter()
+            .map(|&(row, class)| {
+                let lp = log_p.get(row);
+                -(1.0 - s) * lp.double_value(&[class]) - s * lp.mean(Kind::Float).double_value(&[])
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let plain = loss_of(&logits, &labels, Output::Softmax, Reduction::Mean)
+            .unwrap()
+            .double_value(&[]);
+        assert!((plain - want).abs() > 1e-3, "smoothing changes the loss");
+
+        let logit = Tensor::from_slice(&[1.2f32, -0.4]).view([2, 1]);
+        let labels = Tensor::from_slice(&[1i64, 0]);
+        let got = smoothed_loss_of(&logit, &labels, Output::Sigmoid, Reduction::Mean, s)
+            .unwrap()
+            .double_value(&[]);
+        let bce = |z: f64, t: f64| {
+            let p = 1.0 / (1.0 + (-z).exp());
+            -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
+        };
+        let want = (bce(1.2, 1.0 - s / 2.0) + bce(-0.4, s / 2.0)) / 2.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    /// ReduceLROnPlateau as Keras: `lrPatience` epochs without a new best (by more than
+    /// 1e-4) multiply the rate by `lrGamma`, never below `lrMin`; a new best resets the wait.
+    #[test]
+    fn the_plateau_schedule_waits_then_lowers_the_rate() {
+        let p = TrialParams {
+            lr_schedule: LrSchedule::Plateau,
+            learning_rate: 0.01,
+            lr_patience: 2,
+            lr_gamma: 0.5,
+            lr_min: 0.002,
+            ..TrialParams::default()
+        };
+        let mut plateau = PlateauState::new(&p);
+        let mut rates = Vec::new();
+        for loss in [
+            1.0, 0.8, 0.79995, 0.81, 0.7, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75,
+        ] {
+            rates.push(epoch_learning_rate(&p, 0, &plateau));
+            plateau.observe(&p, loss);
+        }
+        rates.push(plateau.learning_rate);
+        assert_eq!(
+            rates,
+            // Epoch 3 improves by less than 1e-4 and epoch 4 not at all: the rate halves
+            // for epoch 5. After the best at epoch 5, epochs 6-7 wait, epoch 8 halves; 8-9
+            // wait, the next halving stops at the floor.
+            [0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005, 0.0025, 0.0025, 0.002, 0.002, 0.002]
+        );
+        // The epoch-only schedules.
+        let at = |schedule, epoch| {
+            TrialParams {
+                lr_schedule: schedule,
+                learning_rate: 0.1,
+                lr_gamma: 0.5,
+                lr_step_size: 2,
+                lr_min: 0.01,
+                epochs: 4,
+                ..TrialParams::default()
+            }
+            .scheduled_learning_rate(epoch)
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!([1, 2, 3, 4, 5]
+            .map(|e| at(LrSchedule::Step, e))
+            .iter()
+            .zip([0.1, 0.1, 0.05, 0.05, 0.025])
+            .all(|(a, b)| close(*a, b)));
+        assert!([1, 2, 3]
+            .map(|e| at(LrSchedule::Exponential, e))
+            .iter()
+            .zip([0.1, 0.05, 0.025])
+            .all(|(a, b)| close(*a, b)));
+        // Cosine over 4 epochs: 0.1 at the start, the midpoint at epoch 3, near the floor
+        // at the last.
+        assert!(close(at(LrSchedule::Cosine, 1), 0.1));
+        assert!(close(at(LrSchedule::Cosine, 3), 0.055));
+        assert!(close(
+            at(LrSchedule::Cosine, 4),
+            0.01 + 0.09 * (1.0 + (0.75 * std::f64::consts::PI).cos()) / 2.0
+        ));
+        assert!(close(at(LrSchedule::Constant, 4), 0.1));
     }
 
     #[test]

@@ -876,6 +876,15 @@ fn train_lease(
                         serde_json::to_string(&report).unwrap_or_default()
                     })
                     .unwrap_or_default(),
+                note: outcome
+                    .patience_stopped_at
+                    .map(|epoch| {
+                        format!(
+                            "stopped after epoch {epoch} of {}: no better validation accuracy for {} epochs (patience); tested with epoch {}'s weights",
+                            params.epochs, params.patience, outcome.best_epoch
+                        )
+                    })
+                    .unwrap_or_default(),
                 ..Default::default()
             })
         }

@@ -9,8 +9,8 @@ use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{
-    Activation, ConvBias, DenseUnits, Head, Optimizer, Padding, Pooling, Precision, TrialParams,
-    WeightInit,
+    Activation, ConvBias, DenseUnits, Head, LrSchedule, Optimizer, Padding, Pooling, Precision,
+    TrialParams, WeightInit,
 };
 use cnnd_worker::data::{self, DataCache, Prepared};
 use cnnd_worker::train::{
@@ -555,6 +555,7 @@ fn assert_same_metrics(a: &EpochRecord, b: &EpochRecord) {
         ("train accuracy", a.train_accuracy, b.train_accuracy),
         ("val loss", a.val_loss, b.val_loss),
         ("val accuracy", a.val_accuracy, b.val_accuracy),
+        ("learning rate", a.learning_rate, b.learning_rate),
     ] {
         assert!(
             (x - y).abs() <= 1e-6,
@@ -726,6 +727,122 @@ fn a_resumed_trial_matches_a_straight_run_with_sgd_and_augmentation() {
         seed: 3,
         ..TrialParams::default()
     });
+}
+
+#[test]
+fn a_resumed_trial_matches_a_straight_run_with_a_plateau_schedule_and_label_smoothing() {
+    // The plateau schedule's state (best validation loss, epochs waited, current rate) is
+    // in the checkpoint: a resumed trial lowers its rate when the straight run does. A
+    // large rate on few examples makes epoch 2 miss epoch 1's validation loss, so the
+    // straight run's epoch 3 trains at the lowered rate; a resume that forgot the state
+    // would not.
+    let p = TrialParams {
+        epochs: 3,
+        train_limit: 600,
+        test_limit: 200,
+        base_filters: 8,
+        units: DenseUnits(vec![32]),
+        learning_rate: 0.03,
+        lr_schedule: LrSchedule::Plateau,
+        lr_patience: 1,
+        lr_gamma: 0.2,
+        label_smoothing: 0.1,
+        seed: 5,
+        ..TrialParams::default()
+    };
+    check_resume_matches_straight_run(&p);
+    let _serial = serial();
+    let (_, epochs) = run_with(
+        &small(&p),
+        &p,
+        &tempfile::tempdir().unwrap().path().join("w.safetensors"),
+        &TrialControl::default(),
+        |_| true,
+    );
+    let rates: Vec<f64> = epochs.iter().map(|e| e.learning_rate).collect();
+    eprintln!(
+        "{:?}",
+        epochs
+            .iter()
+            .map(|e| (e.val_loss, e.learning_rate))
+            .collect::<Vec<_>>()
+    );
+    assert!((rates[2] - 0.03 * 0.2).abs() < 1e-12, "{rates:?}");
+}
+
+/// Per-trial patience (Keras's `EarlyStopping(patience, restore_best_weights=True)`): the
+/// trial ends once `patience` epochs pass without a better validation accuracy, and is
+/// tested with its best epoch's weights. The schedule of every epoch is reported with it.
+#[test]
+fn patience_ends_a_trial_that_stopped_improving() {
+    let _serial = serial();
+    let p = TrialParams {
+        epochs: 20,
+        patience: 2,
+        train_limit: 300,
+        test_limit: 100,
+        base_filters: 4,
+        units: DenseUnits(vec![16]),
+        lr_schedule: LrSchedule::Step,
+        lr_step_size: 3,
+        lr_gamma: 0.5,
+        seed: 2,
+        ..TrialParams::default()
+    };
+    let prepared = small(&p);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("ckpt.safetensors");
+    let control = TrialControl {
+        checkpoint: Some(&checkpoint),
+        ..TrialControl::default()
+    };
+    let weights = dir.path().join("w.safetensors");
+    let (out, epochs) = run_with(&prepared, &p, &weights, &control, |_| true);
+    let out = out.unwrap();
+    let stopped_at = out
+        .patience_stopped_at
+        .unwrap_or_else(|| panic!("ran all {} epochs: {epochs:?}", epochs.len()));
+    assert!(!out.stopped, "patience is not the caller's stop");
+    assert_eq!(stopped_at as usize, epochs.len());
+    assert!(stopped_at < p.epochs);
+    assert_eq!(stopped_at - out.best_epoch, p.patience);
+    // The best epoch is the first with the highest validation accuracy, and before the
+    // stop no stretch of `patience` epochs went without a new best.
+    let accuracies: Vec<f64> = epochs.iter().map(|e| e.val_accuracy).collect();
+    let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(
+        accuracies.iter().position(|&a| a == best).unwrap() + 1,
+        out.best_epoch as usize
+    );
+    let mut best_so_far = (0, f64::MIN);
+    for (i, &a) in accuracies.iter().enumerate() {
+        let epoch = i as u32 + 1;
+        if a > best_so_far.1 {
+            best_so_far = (epoch, a);
+        }
+        if epoch < stopped_at {
+            assert!(epoch - best_so_far.0 < p.patience, "{accuracies:?}");
+        }
+    }
+    // A worker that died after the stop's checkpoint resumes to the same end: no more
+    // epochs, the same best epoch and test.
+    let (again, more) = run_with(&prepared, &p, &weights, &control, |_| true);
+    let again = again.unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    assert_eq!(
+        (
+            again.patience_stopped_at,
+            again.resumed_from_epoch,
+            again.best_epoch
+        ),
+        (Some(stopped_at), stopped_at, out.best_epoch)
+    );
+    assert_eq!(again.test_accuracy, out.test_accuracy);
+    // Step schedule: halved every 3 epochs.
+    for e in &epochs {
+        let want = 1e-3 * 0.5f64.powi(((e.epoch - 1) / 3) as i32);
+        assert!((e.learning_rate - want).abs() < 1e-15, "{e:?}");
+    }
 }
 
 #[test]

@@ -153,6 +153,19 @@ impl Optim {
         &self.cfg
     }
 
+    /// Sets the learning rate of the following steps (a schedule's rate for the epoch).
+    pub fn set_learning_rate(&mut self, learning_rate: f64) -> Result<(), TchError> {
+        if learning_rate != self.cfg.learning_rate {
+            self.cfg.learning_rate = learning_rate;
+            let _guard = tch::no_grad_guard();
+            let _ = self
+                .constants
+                .neg_learning_rate
+                .f_fill_(-learning_rate as f32 as f64)?;
+        }
+        Ok(())
+    }
+
     /// Steps taken so far (restored by [`Optim::load_state`]).
     pub fn steps(&self) -> i64 {
         self.step
