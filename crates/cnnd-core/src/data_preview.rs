@@ -119,11 +119,24 @@ pub fn augmentation_words(p: &TrialParams) -> String {
     if p.zoom > 0.0 {
         words.push(format!("zoom {}", p.zoom));
     }
+    if p.shear_range > 0.0 {
+        words.push(format!("shear ±{}°", p.shear_range));
+    }
     if p.horizontal_flip {
         words.push("horizontal flip".into());
     }
+    if p.vertical_flip {
+        words.push("vertical flip".into());
+    }
     if p.brightness > 0.0 {
         words.push(format!("brightness ±{}", p.brightness));
+    }
+    if p.channel_shift > 0.0 {
+        words.push(format!("channel shift ±{}", p.channel_shift));
+    }
+    if !words.is_empty() && p.fill_mode != crate::sweep::FillMode::Constant {
+        let mode = serde_json::to_value(p.fill_mode).unwrap_or_default();
+        words.push(format!("fill {}", mode.as_str().unwrap_or_default()));
     }
     words.join(", ")
 }

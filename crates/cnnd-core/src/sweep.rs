@@ -213,6 +213,21 @@ pub enum Normalize {
     Standardize,
 }
 
+/// What an augmentation's affine transform shows where it samples outside the image
+/// (Keras's `fill_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FillMode {
+    /// Zeros (cnnd's default).
+    Constant,
+    /// The nearest edge pixel (Keras's default).
+    Nearest,
+    /// The image mirrored at its edges (d c b a | a b c d | d c b a).
+    Reflect,
+    /// The image repeated (a b c d | a b c d | a b c d).
+    Wrap,
+}
+
 /// Interpolation when an image is enlarged to the model input (shrinking always averages
 /// areas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -324,9 +339,19 @@ pub struct TrialParams {
     pub height_shift: f64,
     pub zoom: f64,
     pub horizontal_flip: bool,
+    /// Flip upside down with probability 1/2.
+    pub vertical_flip: bool,
+    /// Shear angle uniform in +-`shearRange` degrees (Keras's `shear_range`).
+    pub shear_range: f64,
     /// Brightness jitter: each training image is multiplied by a factor uniform in
     /// 1 +- `brightness`.
     pub brightness: f64,
+    /// Keras's `channel_shift_range`, on the 0..1 pixel scale: one offset uniform in
+    /// +-`channelShift` added to every channel of an image, each channel clipped to its own
+    /// range.
+    pub channel_shift: f64,
+    /// Outside the image after an affine augmentation ([`FillMode`]).
+    pub fill_mode: FillMode,
     /// Channels of the model input (1 or 3); 0 means the data set's own.
     pub channels: u32,
     pub normalize: Normalize,
@@ -398,7 +423,11 @@ impl Default for TrialParams {
             height_shift: 0.0,
             zoom: 0.0,
             horizontal_flip: false,
+            vertical_flip: false,
+            shear_range: 0.0,
             brightness: 0.0,
+            channel_shift: 0.0,
+            fill_mode: FillMode::Constant,
             channels: 0,
             normalize: Normalize::Unit,
             resample: Resample::Bilinear,
@@ -664,6 +693,21 @@ impl TrialParams {
             if !(0.0..1.0).contains(&v) {
                 return Err(err(name, format!("{v} is outside [0, 1)")));
             }
+        }
+        if !(0.0..=89.0).contains(&p.shear_range) {
+            return Err(err(
+                "shearRange",
+                format!("{} degrees is outside 0..=89", p.shear_range),
+            ));
+        }
+        if !(0.0..1.0).contains(&p.channel_shift) {
+            return Err(err(
+                "channelShift",
+                format!(
+                    "{} is outside [0, 1) (a share of the pixel range)",
+                    p.channel_shift
+                ),
+            ));
         }
         if !(0.0..1.0).contains(&p.brightness) {
             return Err(err(

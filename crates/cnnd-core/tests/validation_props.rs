@@ -120,6 +120,15 @@ fn plausible(name: &str) -> BoxedStrategy<Value> {
         ]),
         "lrGamma" | "labelSmoothing" => floats(0.0, 1.1),
         "patience" | "lrPatience" | "lrStepSize" => ints(0, 5),
+        "shearRange" => floats(0.0, 100.0),
+        "channelShift" => floats(0.0, 1.1),
+        "verticalFlip" => any::<bool>().prop_map(Value::from).boxed(),
+        "fillMode" => pick(vec![
+            json!("constant"),
+            json!("nearest"),
+            json!("reflect"),
+            json!("wrap"),
+        ]),
         "timeLimit" => floats(0.0, 100.0),
         _ => any_json().boxed(),
     }

@@ -47,7 +47,7 @@ use crate::data::{Prepared, Split};
 use crate::model::{self, Net};
 use cnnd_core::data_preview::{augmentation_words, DataPreview, Sample, AUGMENTED_DRAWS};
 use cnnd_core::epoch::EpochRecord;
-use cnnd_core::sweep::{LrSchedule, Output, Precision, TrialParams};
+use cnnd_core::sweep::{FillMode, LrSchedule, Output, Precision, TrialParams};
 use cnnd_core::test_report::{Misclassified, TestReport, MAX_CLASSES};
 use optim::{Optim, OptimConfig};
 
@@ -163,16 +163,37 @@ pub const EVAL_BATCH: i64 = 128;
 
 /// True when any augmentation setting of `p` is on.
 pub fn augmentation_enabled(p: &TrialParams) -> bool {
-    geometric_augmentation(p) || p.brightness > 0.0
+    geometric_augmentation(p) || p.brightness > 0.0 || p.channel_shift > 0.0
 }
 
-/// True when any affine augmentation (rotation, shifts, zoom, flip) is on.
+/// True when any affine augmentation (rotation, shifts, zoom, shear, flips) is on.
 pub fn geometric_augmentation(p: &TrialParams) -> bool {
     p.rotation_range > 0.0
         || p.width_shift > 0.0
         || p.height_shift > 0.0
         || p.zoom > 0.0
+        || p.shear_range > 0.0
         || p.horizontal_flip
+        || p.vertical_flip
+}
+
+/// `n` channel-shift offsets uniform in +-`p.channel_shift`, as `[n, 1, 1, 1]` f32 (CPU),
+/// drawn from `rng` after the brightness factors of the same images.
+pub fn random_channel_shifts(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let r = p.channel_shift;
+    let offsets: Vec<f32> = (0..n).map(|_| rng.gen_range(-r..=r) as f32).collect();
+    Tensor::from_slice(&offsets).view([n as i64, 1, 1, 1])
+}
+
+/// Keras's `apply_channel_shift`: `offsets` (`[N, 1, 1, 1]`) added to every channel of each
+/// image, each channel then clipped to the range it had.
+pub fn apply_channel_shift(images: &Tensor, offsets: &Tensor) -> Result<Tensor, TchError> {
+    let dims = [2i64, 3].as_slice();
+    let low = images.f_amin(dims, true)?;
+    let high = images.f_amax(dims, true)?;
+    images
+        .f_add(offsets)?
+        .f_clamp_tensor(Some(&low), Some(&high))
 }
 
 /// `n` brightness factors uniform in 1 +- `p.brightness`, as `[n, 1, 1, 1]` f32 (CPU), drawn
@@ -192,8 +213,11 @@ pub fn random_brightness(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Ten
 /// coordinates, normalised to -1..1):
 /// rotation uniform in +-`rotationRange` degrees; shifts uniform in +-`widthShift` /
 /// `heightShift` of the image side; zoom factors for x and y drawn independently, uniform in
-/// 1 +- `zoom` (above 1 shows more of the image, i.e. zooms out); horizontal flip with
-/// probability 1/2. Square images are assumed (rotation in normalised coordinates).
+/// 1 +- `zoom` (above 1 shows more of the image, i.e. zooms out); shear uniform in
+/// +-`shearRange` degrees (Keras's shear matrix [[1, -sin s], [0, cos s]]); horizontal and
+/// vertical flips with probability 1/2 each. Square images are assumed (rotation in
+/// normalised coordinates). A setting that is off draws nothing, so adding one leaves the
+/// others' draws as they were.
 pub fn random_thetas(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor {
     let mut theta = Vec::with_capacity(n * 6);
     let uniform = |rng: &mut ChaCha8Rng, r: f64| if r > 0.0 { rng.gen_range(-r..=r) } else { 0.0 };
@@ -208,19 +232,45 @@ pub fn random_thetas(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor 
         } else {
             1.0
         };
+        let shear = uniform(rng, p.shear_range).to_radians();
+        let vflip = if p.vertical_flip && rng.gen_bool(0.5) {
+            -1.0
+        } else {
+            1.0
+        };
         let (s, c) = angle.sin_cos();
-        // input = R(angle) * diag(zx * flip, zy) * output + t
-        theta.extend([c * zx * flip, -s * zy, tx, s * zx * flip, c * zy, ty].map(|v| v as f32));
+        // input = R(angle) * Shear * diag(zx * flip, zy * vflip) * output + t, with
+        // R * Shear = [[c, -s], [s, c]] * [[1, -sin], [0, cos]].
+        let (ss, sc) = shear.sin_cos();
+        let (a, b) = (c, -c * ss - s * sc);
+        let (d, e) = (s, -s * ss + c * sc);
+        let (x, y) = (zx * flip, zy * vflip);
+        theta.extend([a * x, b * y, tx, d * x, e * y, ty].map(|v| v as f32));
     }
     Tensor::from_slice(&theta).view([n as i64, 2, 3])
 }
 
 /// Warps `[N, C, H, W]` images by the `[N, 2, 3]` affine `theta` (same device): bilinear
-/// sampling, zeros outside the image.
-pub fn apply_affine(images: &Tensor, theta: &Tensor) -> Result<Tensor, TchError> {
-    let grid = Tensor::f_affine_grid_generator(theta, images.size(), false)?;
-    // interpolation 0 = bilinear, padding 0 = zeros
-    images.f_grid_sampler(&grid, 0, 0, false)
+/// sampling, and outside the image what `fill` says.
+pub fn apply_affine(images: &Tensor, theta: &Tensor, fill: FillMode) -> Result<Tensor, TchError> {
+    let mut grid = Tensor::f_affine_grid_generator(theta, images.size(), false)?;
+    // grid_sampler's padding modes: 0 zeros, 1 border, 2 reflection (about the pixel edges
+    // with align_corners false: d c b a | a b c d, as Keras's reflect).
+    let padding = match fill {
+        FillMode::Constant => 0,
+        FillMode::Nearest => 1,
+        FillMode::Reflect => 2,
+        FillMode::Wrap => {
+            // Normalised coordinates cover the image in [-1, 1): wrap them into it.
+            grid = grid
+                .f_add_scalar(1.0)?
+                .f_remainder(2.0)?
+                .f_sub_scalar(1.0)?;
+            1
+        }
+    };
+    // interpolation 0 = bilinear
+    images.f_grid_sampler(&grid, 0, padding, false)
 }
 
 /// One random augmentation per image of a batch, drawn from `rng`; the images themselves when
@@ -233,10 +283,14 @@ pub fn augment(images: &Tensor, p: &TrialParams, rng: &mut ChaCha8Rng) -> Result
     let mut out = images.shallow_clone();
     if geometric_augmentation(p) {
         let theta = random_thetas(p, n, rng).f_to_device(images.device())?;
-        out = apply_affine(&out, &theta)?;
+        out = apply_affine(&out, &theta, p.fill_mode)?;
     }
     if p.brightness > 0.0 {
         out = out.f_mul(&random_brightness(p, n, rng).f_to_device(images.device())?)?;
+    }
+    if p.channel_shift > 0.0 {
+        let offsets = random_channel_shifts(p, n, rng).f_to_device(images.device())?;
+        out = apply_channel_shift(&out, &offsets)?;
     }
     Ok(out)
 }
@@ -1126,17 +1180,21 @@ fn trial(
         tch::manual_seed(epoch_seed(p.seed, epoch) as i64);
         let perm = Tensor::f_randperm(n_train, (Kind::Int64, device))?;
         // One augmentation per image of the epoch, drawn up front and copied to the device once.
-        let (thetas, brightness) = if augmenting {
+        let (thetas, brightness, channel_shifts) = if augmenting {
             let mut rng = augmentation_rng(p.seed, epoch);
+            let n = n_train as usize;
             let thetas = geometric_augmentation(p)
-                .then(|| random_thetas(p, n_train as usize, &mut rng).f_to_device(device))
+                .then(|| random_thetas(p, n, &mut rng).f_to_device(device))
                 .transpose()?;
             let brightness = (p.brightness > 0.0)
-                .then(|| random_brightness(p, n_train as usize, &mut rng).f_to_device(device))
+                .then(|| random_brightness(p, n, &mut rng).f_to_device(device))
                 .transpose()?;
-            (thetas, brightness)
+            let channel_shifts = (p.channel_shift > 0.0)
+                .then(|| random_channel_shifts(p, n, &mut rng).f_to_device(device))
+                .transpose()?;
+            (thetas, brightness, channel_shifts)
         } else {
-            (None, None)
+            (None, None, None)
         };
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;
@@ -1153,10 +1211,13 @@ fn trial(
             let mut xs = train.images.f_index_select(0, &idx)?;
             let ys = train.labels.f_index_select(0, &idx)?;
             if let Some(thetas) = &thetas {
-                xs = apply_affine(&xs, &thetas.f_narrow(0, start, len)?)?;
+                xs = apply_affine(&xs, &thetas.f_narrow(0, start, len)?, p.fill_mode)?;
             }
             if let Some(factors) = &brightness {
                 xs = xs.f_mul(&factors.f_narrow(0, start, len)?)?;
+            }
+            if let Some(offsets) = &channel_shifts {
+                xs = apply_channel_shift(&xs, &offsets.f_narrow(0, start, len)?)?;
             }
             let logits = net.f_forward_t(&xs, true)?;
             let loss =
@@ -1322,7 +1383,7 @@ mod tests {
         assert!(same.equal(&xs));
         // The identity transform through the sampler is the identity too (up to rounding).
         let theta = random_thetas(&off, 8, &mut augmentation_rng(0, 1));
-        assert!(apply_affine(&xs, &theta)
+        assert!(apply_affine(&xs, &theta, FillMode::Constant)
             .unwrap()
             .allclose(&xs, 1e-5, 1e-5, false));
 
@@ -1394,21 +1455,151 @@ mod tests {
         let px = 2.0 / 9.0;
         let x = dot(4, 4);
         // A shift of +2 px in x samples the input 2 px to the right: the dot moves left.
-        let shifted = apply_affine(&x, &theta([1.0, 0.0, 2.0 * px, 0.0, 1.0, 0.0])).unwrap();
+        let shifted = apply_affine(
+            &x,
+            &theta([1.0, 0.0, 2.0 * px, 0.0, 1.0, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
         assert_eq!(brightest(&shifted), (4, 2));
-        let shifted = apply_affine(&x, &theta([1.0, 0.0, 0.0, 0.0, 1.0, -px])).unwrap();
+        let shifted = apply_affine(
+            &x,
+            &theta([1.0, 0.0, 0.0, 0.0, 1.0, -px]),
+            FillMode::Constant,
+        )
+        .unwrap();
         assert_eq!(brightest(&shifted), (5, 4));
         // A horizontal flip mirrors columns.
-        let flipped = apply_affine(&dot(1, 2), &theta([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])).unwrap();
+        let flipped = apply_affine(
+            &dot(1, 2),
+            &theta([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
         assert_eq!(brightest(&flipped), (1, 6));
         // A 90 degree rotation turns a dot right of the centre to above or below it.
-        let rotated = apply_affine(&dot(4, 7), &theta([0.0, -1.0, 0.0, 1.0, 0.0, 0.0])).unwrap();
+        let rotated = apply_affine(
+            &dot(4, 7),
+            &theta([0.0, -1.0, 0.0, 1.0, 0.0, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
         let (r, c) = brightest(&rotated);
         assert_eq!(c, 4);
         assert!(r == 1 || r == 7, "({r}, {c})");
         // Zoom factor 0.5 (zoom in) moves a dot twice as far from the centre.
-        let zoomed = apply_affine(&dot(4, 5), &theta([0.5, 0.0, 0.0, 0.0, 0.5, 0.0])).unwrap();
+        let zoomed = apply_affine(
+            &dot(4, 5),
+            &theta([0.5, 0.0, 0.0, 0.0, 0.5, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
         assert_eq!(brightest(&zoomed), (4, 6));
+    }
+
+    /// Keras's `fill_mode` on a shift of two pixels to the left (the output's last two
+    /// columns sample input columns W and W + 1, outside the image).
+    #[test]
+    fn fill_modes_fill_what_keras_fills() {
+        let w = 6i64;
+        // Column j holds j + 1, every row alike.
+        let x = Tensor::arange(w, (Kind::Float, Device::Cpu))
+            .f_add_scalar(1.0)
+            .unwrap()
+            .view([1, 1, 1, w])
+            .expand([1, 1, 3, w], false)
+            .contiguous();
+        let px = 2.0 / w as f32;
+        let shift = theta([1.0, 0.0, 2.0 * px, 0.0, 1.0, 0.0]);
+        let row = |fill| {
+            let out = apply_affine(&x, &shift, fill).unwrap();
+            Vec::<f32>::try_from(&out.get(0).get(0).get(1)).unwrap()
+        };
+        for (fill, want) in [
+            (FillMode::Constant, [3.0, 4.0, 5.0, 6.0, 0.0, 0.0]),
+            (FillMode::Nearest, [3.0, 4.0, 5.0, 6.0, 6.0, 6.0]),
+            (FillMode::Reflect, [3.0, 4.0, 5.0, 6.0, 6.0, 5.0]),
+            (FillMode::Wrap, [3.0, 4.0, 5.0, 6.0, 1.0, 2.0]),
+        ] {
+            let got = row(fill);
+            assert!(
+                got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4),
+                "{fill:?}: {got:?}"
+            );
+        }
+    }
+
+    /// Vertical flips mirror rows; shear draws Keras's shear matrix within its range; the
+    /// channel shift adds one offset per image and keeps each channel within its range.
+    #[test]
+    fn vertical_flip_shear_and_channel_shift() {
+        let flipped = apply_affine(
+            &dot(1, 2),
+            &theta([1.0, 0.0, 0.0, 0.0, -1.0, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
+        assert_eq!(brightest(&flipped), (7, 2));
+        let p = TrialParams {
+            vertical_flip: true,
+            ..TrialParams::default()
+        };
+        let t = random_thetas(&p, 200, &mut augmentation_rng(1, 1));
+        let t = Vec::<f32>::try_from(&t.view([-1])).unwrap();
+        let flips = t.chunks(6).filter(|m| m[4] == -1.0).count();
+        assert!(t
+            .chunks(6)
+            .all(|m| m[0] == 1.0 && (m[4] == 1.0 || m[4] == -1.0)));
+        assert!((60..=140).contains(&flips), "{flips} of 200 flipped");
+
+        let p = TrialParams {
+            shear_range: 20.0,
+            ..TrialParams::default()
+        };
+        let t = random_thetas(&p, 300, &mut augmentation_rng(2, 1));
+        let t = Vec::<f32>::try_from(&t.view([-1])).unwrap();
+        let mut widest = 0f32;
+        for m in t.chunks(6) {
+            // [[1, -sin s], [0, cos s]]
+            let shear = (-m[1]).asin();
+            assert!(
+                (m[4] - shear.cos()).abs() < 1e-6 && m[0] == 1.0 && m[3] == 0.0,
+                "{m:?}"
+            );
+            assert!(shear.to_degrees().abs() <= 20.0 + 1e-3);
+            widest = widest.max(shear.to_degrees().abs());
+        }
+        assert!(widest > 15.0, "the draws span the range: {widest}");
+        // With shear off, a rotation stays a pure rotation.
+        let rotate = TrialParams {
+            rotation_range: 30.0,
+            ..TrialParams::default()
+        };
+        let t = random_thetas(&rotate, 50, &mut augmentation_rng(4, 2));
+        for m in Vec::<f32>::try_from(&t.view([-1])).unwrap().chunks(6) {
+            assert!(
+                (m[0] - m[4]).abs() < 1e-6 && (m[1] + m[3]).abs() < 1e-6,
+                "{m:?}"
+            );
+        }
+
+        // Channel shift: channel 0 spans 0.2..0.6, channel 1 is constant 0.5.
+        let img =
+            Tensor::from_slice(&[0.2f32, 0.4, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5]).view([1, 2, 2, 2]);
+        let up =
+            apply_channel_shift(&img, &Tensor::from_slice(&[0.1f32]).view([1, 1, 1, 1])).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(&up.view([-1])).unwrap(),
+            [0.3, 0.5, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5]
+        );
+        let p = TrialParams {
+            channel_shift: 0.1,
+            ..TrialParams::default()
+        };
+        let offsets = random_channel_shifts(&p, 100, &mut augmentation_rng(5, 1));
+        let offsets = Vec::<f32>::try_from(&offsets.view([-1])).unwrap();
+        assert!(offsets.iter().all(|o| o.abs() <= 0.1 + 1e-7));
+        assert!(offsets.iter().any(|o| *o > 0.05) && offsets.iter().any(|o| *o < -0.05));
     }
 
     #[test]

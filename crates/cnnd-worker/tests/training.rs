@@ -9,8 +9,8 @@ use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{
-    Activation, ConvBias, DenseUnits, Head, LrSchedule, Optimizer, Padding, Pooling, Precision,
-    TrialParams, WeightInit,
+    Activation, ConvBias, DenseUnits, FillMode, Head, LrSchedule, Optimizer, Padding, Pooling,
+    Precision, TrialParams, WeightInit,
 };
 use cnnd_worker::data::{self, DataCache, Prepared};
 use cnnd_worker::train::{
@@ -724,6 +724,10 @@ fn a_resumed_trial_matches_a_straight_run_with_sgd_and_augmentation() {
         rotation_range: 10.0,
         width_shift: 0.1,
         zoom: 0.1,
+        shear_range: 8.0,
+        vertical_flip: true,
+        channel_shift: 0.05,
+        fill_mode: FillMode::Reflect,
         seed: 3,
         ..TrialParams::default()
     });
