@@ -236,6 +236,8 @@ pub enum Resample {
     #[default]
     Bilinear,
     Bicubic,
+    /// Nearest neighbour (Keras's `load_img` and `flow_from_directory` default).
+    Nearest,
 }
 
 /// What a trial started from other weights keeps fixed.

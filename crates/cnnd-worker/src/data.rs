@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 use crate::imaging;
 use cnnd_core::datasets::{DatasetInfo, FolderLayout, Source};
 use cnnd_core::idx::parse_idx;
-use cnnd_core::sweep::{Normalize, TrialParams};
+use cnnd_core::sweep::{Normalize, Resample, TrialParams};
 
 pub mod cifar;
 pub mod image_folder;
@@ -275,7 +275,8 @@ fn read_split(
 }
 
 /// How an image folder is decoded: model input side, channels, enlarging filter. Built-in
-/// data sets ignore it (their tensors are converted in [`prepare`]).
+/// data sets ignore it (their tensors are converted in [`prepare`], with the trial's
+/// `resample` too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DecodeAs {
     pub side: u32,
@@ -433,8 +434,9 @@ pub fn split_indices(n: usize, val_fraction: f64, seed: u64) -> (Vec<i64>, Vec<i
 }
 
 /// Resizes `[N, C, H, W]` images to `side x side`: area averaging (adaptive average pooling)
-/// when shrinking, bilinear interpolation when enlarging, unchanged when equal.
-pub fn resize(images: &Tensor, side: i64) -> Tensor {
+/// when shrinking, `resample` when enlarging (bicubic clipped to the images' range, as
+/// decoded files are), unchanged when equal.
+pub fn resize(images: &Tensor, side: i64, resample: Resample) -> Tensor {
     let size = images.size();
     let (h, w) = (size[2], size[3]);
     if h == side && w == side {
@@ -442,7 +444,13 @@ pub fn resize(images: &Tensor, side: i64) -> Tensor {
     } else if side <= h && side <= w {
         images.adaptive_avg_pool2d([side, side])
     } else {
-        images.upsample_bilinear2d([side, side], false, None, None)
+        match resample {
+            Resample::Bilinear => images.upsample_bilinear2d([side, side], false, None, None),
+            Resample::Bicubic => images
+                .upsample_bicubic2d([side, side], false, None, None)
+                .clamp_tensor(Some(&images.min()), Some(&images.max())),
+            Resample::Nearest => images.upsample_nearest2d([side, side], None, None),
+        }
     }
 }
 
@@ -549,7 +557,7 @@ pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
     let side = p.effective_input_size(&ds.info) as i64;
     let channels = p.effective_channels(&ds.info) as i64;
     let fit = |s: Split| Split {
-        images: convert_channels(&resize(&s.images, side), channels),
+        images: convert_channels(&resize(&s.images, side, p.resample), channels),
         labels: s.labels,
     };
     let (train, val, test) = (fit(train), fit(val), fit(test));
@@ -578,6 +586,46 @@ pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
 mod tests {
     use super::*;
     use cnnd_core::datasets::builtin as dataset_info;
+
+    /// Enlarging follows the trial's `resample` (built-in data sets included): nearest
+    /// repeats pixels, bilinear blends them, bicubic stays within the images' range;
+    /// shrinking averages areas whatever `resample` says.
+    #[test]
+    fn resize_enlarges_with_the_trial_s_filter() {
+        let x = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 0.0]).view([1, 1, 2, 2]);
+        let values = |t: &Tensor| Vec::<f32>::try_from(&t.view([-1])).unwrap();
+        let nearest = values(&resize(&x, 4, Resample::Nearest));
+        assert_eq!(
+            nearest,
+            [0., 0., 1., 1., 0., 0., 1., 1., 1., 1., 0., 0., 1., 1., 0., 0.]
+        );
+        let bilinear = values(&resize(&x, 4, Resample::Bilinear));
+        assert!(
+            bilinear.iter().any(|v| *v > 0.1 && *v < 0.9),
+            "{bilinear:?}"
+        );
+        let bicubic = values(&resize(&x, 4, Resample::Bicubic));
+        assert_ne!(bicubic, bilinear);
+        assert!(
+            bicubic.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{bicubic:?}"
+        );
+        let big = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 0.0])
+            .view([1, 1, 2, 2])
+            .repeat([1, 1, 2, 2]);
+        for resample in [Resample::Nearest, Resample::Bilinear, Resample::Bicubic] {
+            let shrunk = values(&resize(&big, 2, resample));
+            assert_eq!(shrunk, [0.5, 0.5, 0.5, 0.5], "{resample:?}");
+        }
+        // prepare() enlarges a built-in set's images to the trial's input size with it.
+        let p = TrialParams {
+            input_size: 56,
+            resample: Resample::Nearest,
+            ..TrialParams::default()
+        };
+        let prepared = prepare(&synthetic(20), &p);
+        assert_eq!(prepared.train.images.size()[2..], [56, 56]);
+    }
 
     fn synthetic(n: i64) -> Dataset {
         // Each image is filled with its own index, so it can be recognised after selection.

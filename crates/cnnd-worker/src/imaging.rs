@@ -339,8 +339,8 @@ fn flatten_gray(img: &DynamicImage) -> Cow<'_, GrayImage> {
 /// its footprint — exactly the covered area's mean when the ratio is an integer; for fractional
 /// ratios a border pixel counts wholly or not at all instead of by its covered fraction, as
 /// PIL's `BOX` filter. `SuperSampling` is no better: it first drops pixels by nearest-neighbour
-/// sampling. When either side grows, `resample` is used: `Convolution(Bilinear)` or
-/// `Convolution(CatmullRom)`. Same size: copied unchanged.
+/// sampling. When either side grows, `resample` is used: `Convolution(Bilinear)`,
+/// `Convolution(CatmullRom)` or `Nearest`. Same size: copied unchanged.
 fn resize(
     src: &[u8],
     from: (u32, u32),
@@ -351,18 +351,19 @@ fn resize(
     if from == to {
         return src.to_vec();
     }
-    let filter = if from.0 >= to.0 && from.1 >= to.1 {
-        fr::FilterType::Box
+    let algorithm = if from.0 >= to.0 && from.1 >= to.1 {
+        fr::ResizeAlg::Convolution(fr::FilterType::Box)
     } else {
         match resample {
-            Resample::Bilinear => fr::FilterType::Bilinear,
-            Resample::Bicubic => fr::FilterType::CatmullRom,
+            Resample::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
+            Resample::Bicubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+            Resample::Nearest => fr::ResizeAlg::Nearest,
         }
     };
     let src = fr::images::ImageRef::new(from.0, from.1, src, pixel)
         .expect("the buffer holds width * height pixels");
     let mut dst = fr::images::Image::new(to.0, to.1, pixel);
-    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(filter));
+    let options = fr::ResizeOptions::new().resize_alg(algorithm);
     fr::Resizer::new()
         .resize(&src, &mut dst, &options)
         .expect("source and destination have the same pixel type");
@@ -646,10 +647,24 @@ mod tests {
         assert_close(&rgb, 127.5 / 255.0, 0.51 / 255.0);
     }
 
+    /// Nearest neighbour enlarges a 2x2 checkerboard to 4x4 by repeating each pixel.
+    #[test]
+    fn nearest_repeats_pixels() {
+        let img = DynamicImage::ImageLuma8(GrayImage::from_fn(2, 2, |x, y| {
+            Luma([if (x + y) % 2 == 0 { 0 } else { 255 }])
+        }));
+        let input = to_model_input(&img, 4, 1, Resample::Nearest);
+        let want: Vec<f32> = [
+            0., 0., 1., 1., 0., 0., 1., 1., 1., 1., 0., 0., 1., 1., 0., 0.,
+        ]
+        .to_vec();
+        assert_eq!(input, want);
+    }
+
     #[test]
     fn enlarging_a_constant_image_keeps_it_constant() {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(5, 3, Rgb([77, 77, 77])));
-        for resample in [Resample::Bilinear, Resample::Bicubic] {
+        for resample in [Resample::Bilinear, Resample::Bicubic, Resample::Nearest] {
             for channels in [1, 3] {
                 let input = to_model_input(&img, 16, channels, resample);
                 assert_eq!(input.len(), (channels * 16 * 16) as usize);
