@@ -179,31 +179,40 @@ struct Layer {
     macs: u64,
 }
 
-/// Every layer of the model, with its cost: the one walk [`model_size`] and [`summary`]
-/// share.
-fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<Layer> {
-    let mut rows = Vec::new();
-    let mut push = |name: String, kind: String, output_shape: Vec<i64>, params: i64, macs: i64| {
-        // Batch norm keeps a moving mean and variance per channel: as many values as its
-        // trained scale and shift.
-        let non_trainable = if kind.starts_with("BatchNorm") {
-            params as u64
-        } else {
-            0
-        };
-        rows.push(Layer {
+/// The rows [`layers`] collects.
+struct Rows(Vec<Layer>);
+
+impl Rows {
+    /// Adds a layer with its trainable parameters and forward multiply-accumulates; returns
+    /// its summary for the few fields that differ (batch norm's non-trainable values).
+    fn push(
+        &mut self,
+        name: String,
+        kind: String,
+        output_shape: Vec<i64>,
+        params: i64,
+        macs: i64,
+    ) -> &mut LayerSummary {
+        self.0.push(Layer {
             summary: LayerSummary {
                 name,
                 kind,
                 output_shape,
                 parameters: params as u64,
-                non_trainable,
+                non_trainable: 0,
             },
             macs: macs.max(0) as u64,
         });
-    };
+        &mut self.0.last_mut().expect("just pushed").summary
+    }
+}
+
+/// Every layer of the model, with its cost: the one walk [`model_size`] and [`summary`]
+/// share.
+fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<Layer> {
+    let mut rows = Rows(Vec::new());
     let activation = activation_name(p);
-    push(
+    rows.push(
         "input".into(),
         "Input".into(),
         vec![channels, input_size, input_size],
@@ -232,7 +241,7 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         out_ch = block_filters(p, b);
         let k = block_kernel(p, b);
         let weights = k * k * in_ch * out_ch;
-        push(
+        rows.push(
             format!("block{i}.conv"),
             format!("Conv2d {k}x{k} {padding}{stride}, {out_ch} filters"),
             vec![out_ch, conv_side, conv_side],
@@ -240,17 +249,17 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
             conv_side * conv_side * weights,
         );
         if p.batch_norm {
-            // Scale and shift trained; `push` counts the moving mean and variance, one
-            // each per channel like them, as non-trainable.
-            push(
+            // Scale and shift trained; a moving mean and variance per channel kept.
+            rows.push(
                 format!("block{i}.bn"),
                 "BatchNorm2d".into(),
                 vec![out_ch, conv_side, conv_side],
                 2 * out_ch,
                 0,
-            );
+            )
+            .non_trainable = 2 * out_ch as u64;
         }
-        push(
+        rows.push(
             format!("block{i}.act"),
             activation.clone(),
             vec![out_ch, conv_side, conv_side],
@@ -258,7 +267,7 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
             0,
         );
         if pool > 1 {
-            push(
+            rows.push(
                 format!("block{i}.pool"),
                 pool_kind.clone(),
                 vec![out_ch, pooled, pooled],
@@ -270,50 +279,44 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         in_ch = out_ch;
     }
     let outputs = output_units(p, classes);
-    let dropout =
-        |push: &mut dyn FnMut(String, String, Vec<i64>, i64, i64), name: String, features: i64| {
-            if p.dropout > 0.0 {
-                push(
-                    name,
-                    format!("Dropout({})", p.dropout),
-                    vec![features],
-                    0,
-                    0,
-                );
-            }
-        };
+    let dropout = |rows: &mut Rows, name: String, features: i64| {
+        if p.dropout > 0.0 {
+            let kind = format!("Dropout({})", p.dropout);
+            rows.push(name, kind, vec![features], 0, 0);
+        }
+    };
     let features = match p.head {
         Head::Dense => {
             let mut features = out_ch * side * side;
-            push("flatten".into(), "Flatten".into(), vec![features], 0, 0);
+            rows.push("flatten".into(), "Flatten".into(), vec![features], 0, 0);
             let hidden = hidden_units(p);
             if hidden.is_empty() {
-                dropout(&mut push, "dropout".into(), features);
+                dropout(&mut rows, "dropout".into(), features);
             }
             for (i, &units) in hidden.iter().enumerate() {
                 let units = units as i64;
                 let name = hidden_name(i);
-                push(
+                rows.push(
                     name.clone(),
                     format!("Linear {features} -> {units}"),
                     vec![units],
                     features * units + units,
                     features * units,
                 );
-                push(format!("{name}.act"), activation.clone(), vec![units], 0, 0);
+                rows.push(format!("{name}.act"), activation.clone(), vec![units], 0, 0);
                 let dropout_name = if i == 0 {
                     "dropout".to_string()
                 } else {
                     format!("{name}.dropout")
                 };
-                dropout(&mut push, dropout_name, units);
+                dropout(&mut rows, dropout_name, units);
                 features = units;
             }
             features
         }
         Head::Gap => {
-            push("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0, 0);
-            dropout(&mut push, "dropout".into(), out_ch);
+            rows.push("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0, 0);
+            dropout(&mut rows, "dropout".into(), out_ch);
             out_ch
         }
     };
@@ -321,14 +324,14 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         Output::Sigmoid => "logit (sigmoid)",
         Output::Softmax => "logits (softmax)",
     };
-    push(
+    rows.push(
         "out".into(),
         format!("Linear {features} -> {outputs}, {output}"),
         vec![outputs],
         features * outputs + outputs,
         features * outputs,
     );
-    rows
+    rows.0
 }
 
 /// The layers of the model the trainer builds for these arguments, input first, in the

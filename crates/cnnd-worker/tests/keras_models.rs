@@ -4,72 +4,43 @@
 //! the output of a forward pass. Also Keras's initialisation (`weightInit: glorot_uniform`):
 //! weights within Glorot's limit with its variance, biases zero.
 
-use cnnd_core::datasets::{DatasetInfo, Source};
-use cnnd_core::sweep::{SweepLimits, SweepRequest, TrialParams, WeightInit};
-use cnnd_worker::model::{build, parameter_count};
-use serde_json::Value;
-use tch::{nn, Device, Kind, Tensor};
+#[path = "../../cnnd-core/tests/keras_cases/mod.rs"]
+mod keras_cases;
 
-/// Each recorded case: name, the trial its `fixed` values make, input (side, channels),
-/// classes, and Keras's trainable and non-trainable counts.
-fn cases() -> Vec<(String, TrialParams, i64, i64, i64, u64, u64)> {
-    let recorded: Value =
-        serde_json::from_str(include_str!("../../cnnd-core/tests/data/keras_models.json")).unwrap();
-    let int = |v: &Value| v.as_i64().unwrap();
-    recorded["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let (side, channels, classes) =
-                (int(&c["input"][0]), int(&c["input"][2]), int(&c["classes"]));
-            let info = DatasetInfo {
-                name: "keras-case".into(),
-                source: Source::Idx {
-                    folder: "none".into(),
-                },
-                input_size: side as u32,
-                channels: channels as u32,
-                classes: classes as u32,
-                class_names: (0..classes).map(|k| k.to_string()).collect(),
-                train_examples: 1000,
-                test_examples: 100,
-            };
-            let request = SweepRequest {
-                dataset: "keras-case".into(),
-                fixed: c["fixed"].as_object().unwrap().clone(),
-                ..SweepRequest::default()
-            };
-            let spec = request
-                .validate(SweepLimits::default(), |_| Ok(info))
-                .unwrap();
-            (
-                c["name"].as_str().unwrap().to_string(),
-                spec.trials[0].clone(),
-                side,
-                channels,
-                classes,
-                int(&c["trainable"]) as u64,
-                int(&c["nonTrainable"]) as u64,
-            )
-        })
-        .collect()
-}
+use cnnd_core::sweep::{Output, TrialParams, WeightInit};
+use cnnd_worker::model::{build, parameter_count};
+use keras_cases::cases;
+use tch::{nn, Device, Kind, Tensor};
 
 #[test]
 fn libtorch_builds_what_keras_counts() {
     tch::set_num_threads(1);
     tch::manual_seed(0);
-    for (name, p, side, channels, classes, trainable, non_trainable) in cases() {
+    for c in cases() {
+        let (name, p, side, channels, classes) = (c.name, c.trial, c.side, c.channels, c.classes);
+        let (trainable, non_trainable) = (c.trainable, c.non_trainable);
+        // One weight matrix or kernel per Keras Conv2D and Dense layer.
+        let keras_weighted = c
+            .layers
+            .iter()
+            .filter(|l| l.0 == "Conv2D" || l.0 == "Dense")
+            .count();
         let vs = nn::VarStore::new(Device::Cpu);
         let net = build(&vs.root(), &p, channels, side, classes);
         assert_eq!(parameter_count(&vs), trainable, "{name}: trainable");
         let all: u64 = vs.variables().values().map(|t| t.numel() as u64).sum();
         assert_eq!(all - trainable, non_trainable, "{name}: non-trainable");
+        assert_eq!(all, c.total, "{name}: Keras's total");
+        let weights = vs
+            .variables()
+            .iter()
+            .filter(|(n, t)| n.ends_with(".weight") && matches!(t.dim(), 2 | 4))
+            .count();
+        assert_eq!(weights, keras_weighted, "{name}: weighted layers");
         let xs = Tensor::rand([2, channels, side, side], (Kind::Float, Device::Cpu));
         for train in [true, false] {
             let out = net.f_forward_t(&xs, train).unwrap();
-            let outputs = if p.output == cnnd_core::sweep::Output::Sigmoid {
+            let outputs = if p.output == Output::Sigmoid {
                 1
             } else {
                 classes
@@ -83,10 +54,11 @@ fn libtorch_builds_what_keras_counts() {
 #[test]
 fn glorot_uniform_starts_as_keras_does() {
     tch::manual_seed(1);
-    let (_, p, side, channels, classes, ..) = cases()
+    let case = cases()
         .into_iter()
-        .find(|c| c.0 == "notebook_mnist")
+        .find(|c| c.name == "notebook_mnist")
         .unwrap();
+    let (p, side, channels, classes) = (case.trial, case.side, case.channels, case.classes);
     assert_eq!(p.weight_init, WeightInit::GlorotUniform);
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = build(&vs.root(), &p, channels, side, classes);

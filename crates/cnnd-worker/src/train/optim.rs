@@ -158,10 +158,7 @@ impl Optim {
         if learning_rate != self.cfg.learning_rate {
             self.cfg.learning_rate = learning_rate;
             let _guard = tch::no_grad_guard();
-            let _ = self
-                .constants
-                .neg_learning_rate
-                .f_fill_(-learning_rate as f32 as f64)?;
+            let _ = self.constants.neg_learning_rate.f_fill_(-learning_rate)?;
         }
         Ok(())
     }
