@@ -3,6 +3,8 @@
 # Sourced by the other scripts: where the cached toolchain pieces live, and how to find data.
 # CNND_CACHE (default ~/.cache/cnnd) holds the PyTorch virtual environment that provides
 # libtorch 2.11 and grpcurl, shared by every clone on the machine; .venv in the clone links to it.
+# Beside it, a small torchvision environment that borrows that torch install (a .pth file)
+# instead of bringing its own, so the shared torch is never upgraded nor downloaded twice.
 #
 # Everything here must work on a machine that has never seen the project (no cache yet):
 # the sourcing scripts run under `set -euo pipefail`, where any failing command or pipeline
@@ -21,6 +23,13 @@ CNND_TORCH_VERSION="2.11.0"
 CNND_VENV="$CNND_CACHE/venv-torch-$CNND_TORCH_VERSION"
 CNND_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CNND_PY="$CNND_VENV/bin/python"
+# torchvision (paired with torch 2.11) for the pretrained backbones' reference and weight
+# conversion scripts (bench/torchvision_export.py, scripts/convert-torchvision-weights.py);
+# setup.sh creates it. Exported: the worker's backbone test reads CNND_TORCHVISION_PY.
+CNND_TORCHVISION_VERSION="0.26.0"
+CNND_TORCHVISION_VENV="$CNND_CACHE/venv-torchvision-$CNND_TORCHVISION_VERSION"
+CNND_TORCHVISION_PY="$CNND_TORCHVISION_VENV/bin/python"
+export CNND_TORCHVISION_VERSION CNND_TORCHVISION_VENV CNND_TORCHVISION_PY
 # The torch package folder (include/ and lib/) inside the cached environment; empty until
 # setup.sh has installed it. A glob, not `ls | head`: on a new machine the folder does not exist
 # yet and this file is sourced under `set -euo pipefail`, where a failing pipeline would end the

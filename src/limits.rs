@@ -1,7 +1,8 @@
 //! Resource limits of the public API, enforced where the request enters the daemon.
 //!
-//! Owns: the request-size layer (reads each request's gRPC frame header and refuses a
-//! message over `max_request_bytes` with RESOURCE_EXHAUSTED before buffering it) and the
+//! Owns: the request-size layer (reads the gRPC frame header of each message of a request,
+//! streams included, and refuses a message over `max_request_bytes` with RESOURCE_EXHAUSTED
+//! before buffering it) and the
 //! stream quota (how many `WatchSweep` streams one client address, and all clients
 //! together, may hold open). Limits on sweep sizes and queued trials live with the checks
 //! that count them (`sweep`, `api`); image decode limits in `imaging`.
@@ -55,45 +56,63 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let limit = self.limit;
-        self.inner.call(request.map(|body| {
-            tonic::body::Body::new(LimitedGrpcBody {
-                inner: body,
-                limit,
-                seen: 0,
-                header: [0; FRAME_HEADER],
-            })
-        }))
+        self.inner
+            .call(request.map(|body| tonic::body::Body::new(LimitedGrpcBody::new(body, limit))))
     }
 }
 
-/// A request body that fails with RESOURCE_EXHAUSTED as soon as its first message header
-/// announces more than `limit` bytes, or more than `limit` bytes arrive in all.
+/// A request body that fails with RESOURCE_EXHAUSTED as soon as a message header announces
+/// more than `limit` bytes. Every message of a client stream (a worker's `UploadFile`
+/// chunks) is checked on its own: the limit is per message, as tonic's
+/// `max_decoding_message_size`, not on the stream's total.
 struct LimitedGrpcBody {
     inner: tonic::body::Body,
     limit: usize,
-    seen: usize,
+    /// Bytes of the current message header read so far (0..FRAME_HEADER).
+    header_read: usize,
     header: [u8; FRAME_HEADER],
+    /// Payload bytes of the current message still to come (the header is read when 0).
+    payload_left: usize,
 }
 
 impl LimitedGrpcBody {
-    fn inspect(&mut self, data: &[u8]) -> Result<(), Status> {
-        for (pos, &b) in (self.seen..FRAME_HEADER).zip(data) {
-            self.header[pos] = b;
+    fn new(inner: tonic::body::Body, limit: usize) -> Self {
+        LimitedGrpcBody {
+            inner,
+            limit,
+            header_read: 0,
+            header: [0; FRAME_HEADER],
+            payload_left: 0,
         }
-        self.seen += data.len();
-        let announced = if self.seen >= FRAME_HEADER {
-            u32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]) as usize
-        } else {
-            0
-        };
-        let size = announced.max(self.seen.saturating_sub(FRAME_HEADER));
-        if size > self.limit {
-            return Err(too_large(size, self.limit));
+    }
+
+    /// Follows the frames through `data`: each message's 5-byte header (possibly split
+    /// across chunks), then its payload.
+    fn inspect(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(data.len());
+                self.payload_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.header_read).min(data.len());
+            self.header[self.header_read..self.header_read + n].copy_from_slice(&data[..n]);
+            self.header_read += n;
+            data = &data[n..];
+            if self.header_read == FRAME_HEADER {
+                self.header_read = 0;
+                let announced = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                if announced > self.limit {
+                    return Err(too_large(announced, self.limit));
+                }
+                self.payload_left = announced;
+            }
         }
         Ok(())
     }
@@ -209,12 +228,7 @@ mod tests {
     use super::*;
 
     fn body(limit: usize) -> LimitedGrpcBody {
-        LimitedGrpcBody {
-            inner: tonic::body::Body::empty(),
-            limit,
-            seen: 0,
-            header: [0; FRAME_HEADER],
-        }
+        LimitedGrpcBody::new(tonic::body::Body::empty(), limit)
     }
 
     fn frame(len: u32) -> Vec<u8> {
@@ -241,13 +255,28 @@ mod tests {
     }
 
     #[test]
-    fn more_bytes_than_the_limit_are_refused_whatever_the_header_says() {
+    fn each_message_of_a_stream_is_checked_on_its_own() {
+        // Three 8-byte messages (24 in all) under a 10-byte limit: each fits.
         let mut b = body(10);
-        let mut data = frame(4);
-        data.extend_from_slice(&[0; 4]);
-        assert!(b.inspect(&data).is_ok());
-        assert!(b.inspect(&[0; 6]).is_ok()); // 10 bytes of messages
-        assert!(b.inspect(&[0; 1]).is_err());
+        let mut stream = Vec::new();
+        for _ in 0..3 {
+            stream.extend_from_slice(&frame(8));
+            stream.extend_from_slice(&[7; 8]);
+        }
+        // Delivered in odd pieces, headers split across them.
+        for piece in stream.chunks(3) {
+            assert!(b.inspect(piece).is_ok());
+        }
+        // The payload's bytes are not read as headers: a payload of 0xff is no length.
+        let mut c = body(10);
+        let mut data = frame(8);
+        data.extend_from_slice(&[0xff; 8]);
+        assert!(c.inspect(&data).is_ok());
+        // A later message that announces too much is refused.
+        let mut next = frame(11);
+        next.extend_from_slice(&[0; 11]);
+        let e = c.inspect(&next).unwrap_err();
+        assert!(e.message().contains("11 bytes"), "{}", e.message());
     }
 
     #[test]

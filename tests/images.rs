@@ -2,7 +2,9 @@
 //! sweep with augmentation swept (a corrupt file skipped and counted, charts rendered),
 //! carved splits, paths outside the data directory refused, CIFAR-10 and Fashion-MNIST read
 //! from files in their published formats, `Predict` on photo-like digits with and without
-//! MNIST-style preprocessing, and transfer learning from an MNIST trial.
+//! MNIST-style preprocessing, transfer learning from an MNIST trial, and a faces sweep that
+//! fine-tunes a frozen torchvision backbone (weights written by `bench/torchvision_export.py`
+//! with `$CNND_TORCHVISION_PY`, see scripts/setup.sh).
 //!
 //! Data: a data directory built per test in a temp dir (generated files, see
 //! `common::datagen`) with `mnist` linked to the real MNIST.
@@ -440,6 +442,142 @@ fn transfer_learning_from_an_mnist_trial_records_what_was_frozen_and_reinitialis
             "{init}: {}",
             stderr(&out)
         );
+    }
+}
+
+/// Writes a randomly initialised torchvision `arch` (torchvision's own code, in its own
+/// environment) as `DATA/pretrained/ARCH.safetensors`, as a user's converted ImageNet
+/// weights would be (scripts/convert-torchvision-weights.py).
+fn torchvision_weights(data: &std::path::Path, arch: &str) -> PathBuf {
+    let python = std::env::var("CNND_TORCHVISION_PY").expect(
+        "CNND_TORCHVISION_PY is not set: source scripts/env.sh (scripts/setup.sh installs torchvision)",
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&python)
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/bench/torchvision_export.py"),
+            "--arch",
+            arch,
+            "--side",
+            "32",
+            "--out",
+        ])
+        .arg(out_dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dest = data.join("pretrained").join(format!("{arch}.safetensors"));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(out_dir.path().join("weights.safetensors"), &dest).unwrap();
+    dest
+}
+
+#[test]
+fn a_faces_sweep_fine_tunes_a_frozen_pretrained_backbone() {
+    let _one_at_a_time = serial();
+    let data = lab();
+    let faces = FolderSpec {
+        classes: vec!["happy", "unhappy"],
+        train_per_class: 40,
+        val_per_class: 10,
+        test_per_class: 10,
+        seed: 3,
+    };
+    datagen::make_image_folder(&data.path().join("faces"), &faces);
+    torchvision_weights(data.path(), "resnet18");
+    let d = Daemon::start_with_data_dir(data.path(), 1, &[]);
+
+    // The notebook's last experiment: a pretrained base, frozen, with a new head for the two
+    // classes; then its top stages fine-tuned at a lower rate. Swept: how many stages.
+    let sweep_file = data.path().join("faces-transfer.json");
+    std::fs::write(
+        &sweep_file,
+        json!({
+            "name": "faces-resnet18",
+            "dataset": "folder:faces",
+            "space": {"fineTuneBlocks": [1, 2]},
+            "fixed": {"arch": "resnet18", "initFrom": "file:pretrained/resnet18.safetensors",
+                      "freeze": "backbone", "fineTuneAfter": 1, "fineTuneLearningRate": 0.0001,
+                      "epochs": 2, "inputSize": 32, "head": "gap", "dropout": 0.2,
+                      "batchSize": 16, "learningRate": 0.001}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = d.cnnctl(&["submit", sweep_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sweep = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let s = d.wait_sweep_ended(&sweep, Duration::from_secs(300));
+    let trials = succeeded(&s);
+    assert_eq!(trials.len(), 2, "{s}");
+    let mut frozen_counts = Vec::new();
+    for t in trials {
+        let t = d.get_trial(t["trialId"].as_str().unwrap());
+        // torchvision's 1000-class classifier does not fit two classes: only it is new.
+        assert_eq!(t.reinitialised, ["fc.bias", "fc.weight"], "{}", t.trial_id);
+        assert!(t.frozen.contains(&"layer4.1.conv2.weight".to_string()));
+        assert!(
+            t.frozen.iter().all(|n| !n.starts_with("fc.")),
+            "{:?}",
+            t.frozen
+        );
+        frozen_counts.push(t.frozen.len());
+        // Epoch 1 at learningRate, epoch 2 (fine-tuning) at fineTuneLearningRate.
+        let rates: Vec<f64> = t.epochs.iter().map(|e| e.learning_rate).collect();
+        assert_eq!(rates, [0.001, 0.0001], "{}", t.trial_id);
+        let note = t
+            .notes
+            .iter()
+            .find(|n| n.starts_with("fine-tuned from epoch 2"))
+            .unwrap_or_else(|| panic!("{:?}", t.notes));
+        assert!(note.contains("stage(s)"), "{note}");
+        // The summary is the backbone's: torchvision's blocks, then the new head.
+        let names: Vec<&str> = t.model_summary.iter().map(|l| l.name.as_str()).collect();
+        assert!(
+            names.contains(&"layer4.1") && names.ends_with(&["dropout", "fc"]),
+            "{names:?}"
+        );
+        assert_eq!(
+            t.parameter_count, 11_177_538,
+            "resnet18's body and a 512 -> 2 head"
+        );
+    }
+    assert_eq!(
+        frozen_counts[0], frozen_counts[1],
+        "the same body is frozen at first"
+    );
+
+    // Settings that cannot work are refused with the field and the reason.
+    for (fixed, field) in [
+        (
+            json!({"arch": "resnet18", "normalize": "standardize"}),
+            "normalize",
+        ),
+        (
+            json!({"arch": "resnet18", "fineTuneAfter": 1}),
+            "fineTuneAfter",
+        ),
+        (
+            json!({"arch": "mobilenet_v2", "fineTuneBlocks": 20}),
+            "fineTuneBlocks",
+        ),
+        (json!({"arch": "vgg16"}), "arch"),
+    ] {
+        let out = d.grpcurl(
+            "cnn.v1.Orchestrator/SubmitSweep",
+            &json!({"dataset": "folder:faces", "fixed": fixed}).to_string(),
+        );
+        assert!(
+            stderr(&out).contains("InvalidArgument"),
+            "{fixed}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(field), "{fixed}: {}", stderr(&out));
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`pruning`]: early stopping (median, ASHA) decisions;
 //! - [`tpe`]: the Tree-structured Parzen Estimator sampler;
 //! - [`model_size`]: the model family's arithmetic (sizes, filters per block);
+//! - [`backbones`]: the pretrained backbones (resnet18, mobilenet_v2) as torchvision defines
+//!   them, as data the trainer builds from and `model_size` counts;
 //! - [`status`]: typed states of trials, sweeps and workers, and stop reasons;
 //! - [`devices`]: compute devices as workers see them;
 //! - [`epoch`]: the epoch record;
@@ -17,6 +19,7 @@
 //!   to data, weights and checkpoints), the data manifest, the protocol and checkpoint
 //!   versions.
 
+pub mod backbones;
 pub mod content;
 pub mod data_preview;
 pub mod datasets;

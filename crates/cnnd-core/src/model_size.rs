@@ -211,7 +211,6 @@ impl Rows {
 /// share.
 fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<Layer> {
     let mut rows = Rows(Vec::new());
-    let activation = activation_name(p);
     rows.push(
         "input".into(),
         "Input".into(),
@@ -219,6 +218,11 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         0,
         0,
     );
+    if let Some(backbone) = crate::backbones::backbone(p.arch) {
+        backbone_layers(&mut rows, p, &backbone, input_size, classes);
+        return rows.0;
+    }
+    let activation = activation_name(p);
     let bias = conv_has_bias(p);
     let padding = match p.padding {
         Padding::Same => "same",
@@ -278,6 +282,21 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         side = pooled;
         in_ch = out_ch;
     }
+    head_layers(&mut rows, p, out_ch, side, classes, "out");
+    rows.0
+}
+
+/// The head's rows on `channels x side x side` features: dense (flatten, hidden layers) or
+/// gap, then the output layer `out_name`.
+fn head_layers(
+    rows: &mut Rows,
+    p: &TrialParams,
+    out_ch: i64,
+    side: i64,
+    classes: i64,
+    out_name: &str,
+) {
+    let activation = activation_name(p);
     let outputs = output_units(p, classes);
     let dropout = |rows: &mut Rows, name: String, features: i64| {
         if p.dropout > 0.0 {
@@ -291,7 +310,7 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
             rows.push("flatten".into(), "Flatten".into(), vec![features], 0, 0);
             let hidden = hidden_units(p);
             if hidden.is_empty() {
-                dropout(&mut rows, "dropout".into(), features);
+                dropout(rows, "dropout".into(), features);
             }
             for (i, &units) in hidden.iter().enumerate() {
                 let units = units as i64;
@@ -309,14 +328,14 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
                 } else {
                     format!("{name}.dropout")
                 };
-                dropout(&mut rows, dropout_name, units);
+                dropout(rows, dropout_name, units);
                 features = units;
             }
             features
         }
         Head::Gap => {
             rows.push("gap".into(), "GlobalAvgPool".into(), vec![out_ch], 0, 0);
-            dropout(&mut rows, "dropout".into(), out_ch);
+            dropout(rows, "dropout".into(), out_ch);
             out_ch
         }
     };
@@ -325,13 +344,75 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         Output::Softmax => "logits (softmax)",
     };
     rows.push(
-        "out".into(),
+        out_name.into(),
         format!("Linear {features} -> {outputs}, {output}"),
         vec![outputs],
         features * outputs + outputs,
         features * outputs,
     );
-    rows.0
+}
+
+/// A backbone's rows ([`crate::backbones`]): one per block (its convolutions and batch
+/// norms together), then global average pooling and the head.
+fn backbone_layers(
+    rows: &mut Rows,
+    p: &TrialParams,
+    backbone: &crate::backbones::Backbone,
+    input_size: i64,
+    classes: i64,
+) {
+    let mut side = input_size;
+    for block in &backbone.blocks {
+        let (mut params, mut non_trainable, mut macs) = (0i64, 0i64, 0i64);
+        let mut s = side;
+        for c in &block.convs {
+            params += c.parameters();
+            non_trainable += 2 * c.out_channels;
+            macs += c.macs(s);
+            s = c.output_side(s);
+        }
+        if let Some(c) = &block.shortcut {
+            params += c.parameters();
+            non_trainable += 2 * c.out_channels;
+            macs += c.macs(side);
+        }
+        let kind = match (block.residual, block.max_pool) {
+            (true, _) => format!("Residual block, {} convolutions", block.all_convs().count()),
+            (false, true) => "Conv2d + BatchNorm2d + ReLU + MaxPool2d 3x3/2".to_string(),
+            (false, false) => format!("Block, {} convolutions", block.convs.len()),
+        };
+        side = block.output_side(side);
+        rows.push(
+            block.name.clone(),
+            kind,
+            vec![block.out_channels(), side, side],
+            params,
+            macs,
+        )
+        .non_trainable = non_trainable as u64;
+    }
+    rows.push(
+        "gap".into(),
+        "GlobalAvgPool".into(),
+        vec![backbone.features],
+        0,
+        0,
+    );
+    // The head on the pooled 1x1 features: as `dense`, flattening changes nothing.
+    let mut head = Rows(Vec::new());
+    head_layers(
+        &mut head,
+        p,
+        backbone.features,
+        1,
+        classes,
+        backbone.classifier,
+    );
+    rows.0.extend(
+        head.0
+            .into_iter()
+            .filter(|l| l.summary.name != "flatten" && l.summary.name != "gap"),
+    );
 }
 
 /// The layers of the model the trainer builds for these arguments, input first, in the

@@ -249,6 +249,34 @@ pub enum Freeze {
     /// The convolution blocks (convolutions and their batch norms) keep the loaded weights;
     /// only the head trains.
     Conv,
+    /// Everything before the head keeps the loaded weights (for `arch: cnn` the same as
+    /// `conv`); a pretrained backbone also runs its batch norms in inference mode, as Keras's
+    /// transfer-learning guide does, until and after `fineTuneAfter` unfreezes its top stages.
+    Backbone,
+}
+
+/// The network a trial trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// cnnd's CNN family (`blocks`, `filters`, `kernelSize`, `head`...).
+    #[default]
+    Cnn,
+    /// torchvision's ResNet-18, with a new head (`backbones`); torchvision-format weights
+    /// load through `initFrom: file:...`.
+    Resnet18,
+    /// torchvision's MobileNetV2 (width 1.0), with a new head.
+    MobilenetV2,
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Cnn => "cnn",
+            Arch::Resnet18 => "resnet18",
+            Arch::MobilenetV2 => "mobilenet_v2",
+        })
+    }
 }
 
 /// The arithmetic of a trial's forward and backward passes. Master weights and optimiser
@@ -279,6 +307,10 @@ impl std::fmt::Display for Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrialParams {
+    /// The network: cnnd's CNN family, or a pretrained backbone ([`Arch`]). The family's
+    /// settings (`blocks`, `filters`, kernels, padding, pooling, `batchNorm`, `weightInit`)
+    /// do not apply to a backbone; its head reads `head`, `units`, `dropout`, `activation`.
+    pub arch: Arch,
     /// Kernel side of every convolution, unless `kernelSizes` lists one per block.
     pub kernel_size: u32,
     /// Filters of the first block, doubled with every block, unless `filters` lists them.
@@ -362,6 +394,17 @@ pub struct TrialParams {
     /// "file:PATH" (a safetensors file under the data directory).
     pub init_from: String,
     pub freeze: Freeze,
+    /// Fine-tuning (Keras's transfer-learning guide, second stage): after this many epochs
+    /// with the body frozen, the top `fineTuneBlocks` stages of the body train too, at
+    /// `fineTuneLearningRate`, with a fresh optimiser (Keras recompiles). 0: off.
+    pub fine_tune_after: u32,
+    /// Stages unfrozen by fine-tuning, counted from the top (resnet18: `layer4`, `layer3`...
+    /// of 5 with the stem; mobilenet_v2: `features.18`, `features.17`... of 19; cnn: the last
+    /// conv blocks).
+    pub fine_tune_blocks: u32,
+    /// The learning rate of the fine-tuning epochs (scaled by `lrSchedule` as `learningRate`
+    /// is); 0: `learningRate / 10`.
+    pub fine_tune_learning_rate: f64,
     pub seed: u64,
     /// Seed of the test split carved from train when a data set has no test split (image
     /// folders without test/); defaults to the sweep seed, so every trial of a sweep (repeats
@@ -387,6 +430,7 @@ pub struct TrialParams {
 impl Default for TrialParams {
     fn default() -> Self {
         TrialParams {
+            arch: Arch::Cnn,
             kernel_size: 3,
             base_filters: 32,
             blocks: 2,
@@ -435,6 +479,9 @@ impl Default for TrialParams {
             resample: Resample::Bilinear,
             init_from: String::new(),
             freeze: Freeze::None,
+            fine_tune_after: 0,
+            fine_tune_blocks: 1,
+            fine_tune_learning_rate: 0.0,
             seed: 0,
             split_seed: 0,
             train_limit: 0,
@@ -460,6 +507,39 @@ impl TrialParams {
     /// epoch alone; `plateau` returns `learningRate` (its rate follows the validation loss,
     /// kept by the trainer).
     pub fn scheduled_learning_rate(&self, epoch: u32) -> f64 {
+        let rate = self.unscaled_learning_rate(epoch);
+        if self.fine_tuning_in(epoch) {
+            rate * self.fine_tune_rate() / self.learning_rate
+        } else {
+            rate
+        }
+    }
+
+    /// True when epoch `epoch` (1-based) is a fine-tuning epoch (`fineTuneAfter`).
+    pub fn fine_tuning_in(&self, epoch: u32) -> bool {
+        self.fine_tune_after > 0 && epoch > self.fine_tune_after
+    }
+
+    /// The learning rate fine-tuning starts from: `fineTuneLearningRate`, else a tenth of
+    /// `learningRate`.
+    pub fn fine_tune_rate(&self) -> f64 {
+        if self.fine_tune_learning_rate > 0.0 {
+            self.fine_tune_learning_rate
+        } else {
+            self.learning_rate / 10.0
+        }
+    }
+
+    /// The body's stages fine-tuning can unfreeze: the backbone's, or the family's blocks.
+    pub fn body_stages(&self) -> u32 {
+        match crate::backbones::backbone(self.arch) {
+            Some(b) => b.stages as u32,
+            None => self.blocks,
+        }
+    }
+
+    /// The schedule's rate before fine-tuning's scaling.
+    fn unscaled_learning_rate(&self, epoch: u32) -> f64 {
         let done = epoch.saturating_sub(1);
         match self.lr_schedule {
             LrSchedule::Constant | LrSchedule::Plateau => self.learning_rate,
@@ -744,10 +824,65 @@ impl TrialParams {
                 ),
             ));
         }
-        if p.freeze == Freeze::Conv && p.init_from.is_empty() {
+        if p.freeze != Freeze::None && p.init_from.is_empty() {
             return Err(err(
                 "freeze",
-                "conv needs initFrom (frozen random convolutions learn nothing)",
+                format!(
+                    "{} needs initFrom (frozen random layers learn nothing)",
+                    serde_json::to_value(p.freeze)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        if p.fine_tune_after > 0 {
+            if p.freeze == Freeze::None {
+                return Err(err(
+                    "fineTuneAfter",
+                    "unfreezes a frozen body: set freeze (backbone) and initFrom",
+                ));
+            }
+            if p.fine_tune_after >= p.epochs {
+                return Err(err(
+                    "fineTuneAfter",
+                    format!(
+                        "{} leaves no epoch to fine-tune (epochs {})",
+                        p.fine_tune_after, p.epochs
+                    ),
+                ));
+            }
+        }
+        if p.fine_tune_blocks == 0 || p.fine_tune_blocks > p.body_stages() {
+            return Err(err(
+                "fineTuneBlocks",
+                format!(
+                    "{} is outside 1..={} (the stages of arch {})",
+                    p.fine_tune_blocks,
+                    p.body_stages(),
+                    p.arch
+                ),
+            ));
+        }
+        if !(p.fine_tune_learning_rate.is_finite()
+            && p.fine_tune_learning_rate >= 0.0
+            && p.fine_tune_learning_rate <= 10.0)
+        {
+            return Err(err(
+                "fineTuneLearningRate",
+                format!(
+                    "{} is outside 0..=10 (0: learningRate / 10)",
+                    p.fine_tune_learning_rate
+                ),
+            ));
+        }
+        if p.arch != Arch::Cnn && p.normalize != Normalize::Unit {
+            return Err(err(
+                "normalize",
+                format!(
+                    "arch {} normalises its input with ImageNet's mean and deviation itself; keep normalize unit",
+                    p.arch
+                ),
             ));
         }
         if p.output == Output::Sigmoid && dataset.classes != 2 {
@@ -770,6 +905,10 @@ impl TrialParams {
                     ),
                 ));
             }
+        }
+        if p.arch != Arch::Cnn {
+            // Every backbone convolution is padded to keep at least a 1x1 map.
+            return Ok(());
         }
         self.check_feature_maps(self.effective_input_size(dataset) as i64)
     }
@@ -1987,6 +2126,68 @@ mod tests {
 
     /// Keras-style layers: valid padding takes even kernels, lists of filters and kernels
     /// set the block count, list-valued hyperparameters take lists of lists in space.
+    #[test]
+    fn backbones_and_fine_tuning_validate_with_the_field_and_the_reason() {
+        let ok = |v: Value| {
+            request(v)
+                .validate(SweepLimits::default(), resolve_builtin)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let spec = ok(
+            json!({"dataset": "mnist", "space": {"arch": ["cnn", "resnet18", "mobilenet_v2"]},
+                             "fixed": {"initFrom": "file:w.safetensors", "freeze": "backbone",
+                                       "fineTuneAfter": 2, "fineTuneBlocks": 1, "epochs": 4}}),
+        );
+        let archs: Vec<Arch> = spec.trials.iter().map(|t| t.arch).collect();
+        assert_eq!(archs, [Arch::Cnn, Arch::Resnet18, Arch::MobilenetV2]);
+        // The learning rate: learningRate until fineTuneAfter, then a tenth of it (no
+        // fineTuneLearningRate), scaled by the schedule.
+        let t = &spec.trials[1];
+        let rates: Vec<f64> = (1..=4).map(|e| t.scheduled_learning_rate(e)).collect();
+        assert_eq!(rates, [1e-3, 1e-3, 1e-4, 1e-4]);
+        for (fixed, field, reason) in [
+            (json!({"arch": "vgg16"}), "fixed.arch", "vgg16"),
+            (
+                json!({"arch": "resnet18", "normalize": "standardize"}),
+                "normalize",
+                "ImageNet",
+            ),
+            (
+                json!({"fineTuneAfter": 1, "epochs": 3}),
+                "fineTuneAfter",
+                "set freeze",
+            ),
+            (
+                json!({"fineTuneAfter": 3, "epochs": 3, "freeze": "backbone", "initFrom": "file:w"}),
+                "fineTuneAfter",
+                "no epoch to fine-tune",
+            ),
+            (
+                json!({"arch": "resnet18", "fineTuneBlocks": 6}),
+                "fineTuneBlocks",
+                "1..=5",
+            ),
+            (
+                json!({"arch": "mobilenet_v2", "fineTuneBlocks": 0}),
+                "fineTuneBlocks",
+                "1..=19",
+            ),
+            (json!({"freeze": "backbone"}), "freeze", "needs initFrom"),
+            (
+                json!({"fineTuneLearningRate": -1}),
+                "fineTuneLearningRate",
+                "outside",
+            ),
+        ] {
+            let e = refused(json!({"dataset": "mnist", "fixed": fixed}));
+            assert!(e.field.ends_with(field), "{fixed}: {e}");
+            assert!(e.reason.contains(reason), "{fixed}: {e}");
+        }
+        // A backbone takes any input its padded convolutions keep at 1x1 or more; the
+        // family's feature-map checks do not apply to it.
+        ok(json!({"dataset": "mnist", "fixed": {"arch": "resnet18", "inputSize": 8}}));
+    }
+
     #[test]
     fn keras_layers_validate_and_expand() {
         let ok = |v: Value| {

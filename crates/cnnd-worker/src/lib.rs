@@ -9,13 +9,14 @@
 //! worker (the protocol loop)   predict (Predict jobs)
 //! session (connection, registration)   files (fetch, upload, data views)   cache (blobs)
 //! train (epochs, evaluation, checkpoints)   transfer (initFrom)
-//! model (the CNN family with tch::nn)
+//! model (the CNN family with tch::nn)   backbone (resnet18, mobilenet_v2)
 //! data (readers, cache, splits)   imaging (decoding, resizing, MNIST-style digits)
 //! ```
 //!
 //! They use `cnnd_core` (trial parameters, the data-set catalogue, the model-size
 //! arithmetic), `cnnd_proto` (the wire) and `cnnd_client` (the token).
 
+pub mod backbone;
 pub mod cache;
 pub mod data;
 pub mod files;

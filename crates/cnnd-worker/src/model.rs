@@ -24,10 +24,12 @@ use cnnd_core::model_size::{
     block_filters, block_kernel, conv_has_bias, conv_padding, final_side, hidden_name,
     hidden_units, output_units,
 };
-use cnnd_core::sweep::{Activation, Head, Pooling, Precision, TrialParams, WeightInit};
+use cnnd_core::sweep::{Activation, Freeze, Head, Pooling, Precision, TrialParams, WeightInit};
 
-const BN_EPS: f64 = 1e-5;
-const BN_MOMENTUM: f64 = 0.1;
+use crate::backbone::Backbone;
+
+pub(crate) const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
 
 /// PyTorch's default weight initialisation: Kaiming uniform with a = sqrt(5).
 const TORCH_DEFAULT_INIT: nn::Init = nn::Init::Kaiming {
@@ -82,25 +84,146 @@ enum HeadLayers {
     },
 }
 
-/// One member of the model family. Implements [`nn::ModuleT`]; [`Net::f_forward_t`] is the
-/// fallible forward pass the training loop uses.
+/// The family's convolution blocks.
 #[derive(Debug)]
-pub struct Net {
+struct FamilyBody {
     blocks: Vec<Block>,
-    head: HeadLayers,
-    activation: Activation,
-    leaky_slope: f64,
     stride: i64,
     pooling: Pooling,
     pool: i64,
+}
+
+/// What comes before the head.
+#[derive(Debug)]
+enum Body {
+    Family(FamilyBody),
+    /// A pretrained backbone; it ends with global average pooling, so the head reads
+    /// `[N, features]`.
+    Backbone(Backbone),
+}
+
+/// The kind a forward pass computes in ([`Net::compute_in`]); the variables stay fp32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compute(pub(crate) Kind);
+
+impl Compute {
+    /// `t` in the compute kind (itself when it already is).
+    pub(crate) fn cast(self, t: &Tensor) -> Result<Tensor, TchError> {
+        if t.kind() == self.0 {
+            Ok(t.shallow_clone())
+        } else {
+            t.f_to_kind(self.0)
+        }
+    }
+
+    /// A bias-free or biased convolution with the weights cast.
+    pub(crate) fn conv(
+        self,
+        x: &Tensor,
+        conv: &nn::Conv2D,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> Result<Tensor, TchError> {
+        let bias = conv.bs.as_ref().map(|t| self.cast(t)).transpose()?;
+        x.f_conv2d(
+            &self.cast(&conv.ws)?,
+            bias.as_ref(),
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            groups,
+        )
+    }
+}
+
+/// Batch norm over `x` with fp32 scale, shift and running statistics (also for a bf16 `x`).
+pub(crate) fn batch_norm(x: &Tensor, bn: &nn::BatchNorm, train: bool) -> Result<Tensor, TchError> {
+    x.f_batch_norm(
+        bn.ws.as_ref(),
+        bn.bs.as_ref(),
+        Some(&bn.running_mean),
+        Some(&bn.running_var),
+        train,
+        BN_MOMENTUM,
+        BN_EPS,
+        true,
+    )
+}
+
+/// One model: the family's blocks or a backbone, then the head. Implements
+/// [`nn::ModuleT`]; [`Net::f_forward_t`] is the fallible forward pass the training loop uses.
+#[derive(Debug)]
+pub struct Net {
+    body: Body,
+    head: HeadLayers,
+    activation: Activation,
+    leaky_slope: f64,
     dropout: f64,
-    /// The kind the forward pass computes in ([`Net::compute_in`]); the variables stay fp32.
-    compute: Kind,
+    compute: Compute,
 }
 
 /// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
-/// `classes` classes, with its variables under `vs`.
+/// `classes` classes, with its variables under `vs`: the family's blocks, or the backbone
+/// of `arch` (built for three channels; a one-channel input is repeated).
 pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
+    let linear = |name: &str, inputs: i64, outputs: i64| {
+        let (ws_init, bs_init) = initialisers(p.weight_init, inputs, outputs);
+        let cfg = nn::LinearConfig {
+            ws_init,
+            bs_init: Some(bs_init),
+            bias: true,
+        };
+        nn::linear(crate::backbone::path(vs, name), inputs, outputs, cfg)
+    };
+    let outputs = output_units(p, classes);
+    let dense = |features: i64, out_name: &str| {
+        let mut features = features;
+        let mut hidden = Vec::new();
+        for (i, &units) in hidden_units(p).iter().enumerate() {
+            hidden.push(linear(&hidden_name(i), features, units as i64));
+            features = units as i64;
+        }
+        HeadLayers::Dense {
+            hidden,
+            out: linear(out_name, features, outputs),
+        }
+    };
+    let (body, head) = match cnnd_core::backbones::backbone(p.arch) {
+        Some(spec) => {
+            let head = dense(spec.features, spec.classifier);
+            let body_inference = p.freeze != Freeze::None;
+            (
+                Body::Backbone(Backbone::build(vs, &spec, body_inference)),
+                head,
+            )
+        }
+        None => {
+            let (body, out_ch) = build_family_body(vs, p, channels);
+            let head = match p.head {
+                Head::Dense => {
+                    let side = final_side(p, input_size);
+                    dense(out_ch * side * side, "out")
+                }
+                Head::Gap => HeadLayers::Gap {
+                    out: linear("out", out_ch, outputs),
+                },
+            };
+            (Body::Family(body), head)
+        }
+    };
+    Net {
+        body,
+        head,
+        activation: p.activation,
+        leaky_slope: p.leaky_slope,
+        dropout: p.dropout,
+        compute: Compute(Kind::Float),
+    }
+}
+
+/// The family's blocks and the channels of the last one.
+fn build_family_body(vs: &nn::Path, p: &TrialParams, channels: i64) -> (FamilyBody, i64) {
     let mut blocks = Vec::with_capacity(p.blocks as usize);
     let mut in_ch = channels;
     let mut out_ch = channels;
@@ -132,48 +255,16 @@ pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, cla
         blocks.push(Block { conv, bn, padding });
         in_ch = out_ch;
     }
-    let linear = |name: String, inputs: i64, outputs: i64| {
-        let (ws_init, bs_init) = initialisers(p.weight_init, inputs, outputs);
-        let cfg = nn::LinearConfig {
-            ws_init,
-            bs_init: Some(bs_init),
-            bias: true,
-        };
-        nn::linear(vs / name, inputs, outputs, cfg)
-    };
-    let outputs = output_units(p, classes);
-    let head = match p.head {
-        Head::Dense => {
-            let side = final_side(p, input_size);
-            let mut features = out_ch * side * side;
-            let mut hidden = Vec::new();
-            for (i, &units) in hidden_units(p).iter().enumerate() {
-                hidden.push(linear(hidden_name(i), features, units as i64));
-                features = units as i64;
-            }
-            HeadLayers::Dense {
-                hidden,
-                out: linear("out".into(), features, outputs),
-            }
-        }
-        Head::Gap => HeadLayers::Gap {
-            out: linear("out".into(), out_ch, outputs),
-        },
-    };
-    Net {
+    let body = FamilyBody {
         blocks,
-        head,
-        activation: p.activation,
-        leaky_slope: p.leaky_slope,
         stride: p.strides as i64,
         pooling: p.pooling,
         pool: p.pool_size as i64,
-        dropout: p.dropout,
-        compute: Kind::Float,
-    }
+    };
+    (body, out_ch)
 }
 
-fn activate(xs: &Tensor, a: Activation, leaky_slope: f64) -> Result<Tensor, TchError> {
+pub(crate) fn activate(xs: &Tensor, a: Activation, leaky_slope: f64) -> Result<Tensor, TchError> {
     match a {
         Activation::Relu => xs.f_relu(),
         // libtorch's leaky_relu has the slope fixed at 0.01 in tch; for 0 <= slope < 1,
@@ -187,52 +278,20 @@ fn activate(xs: &Tensor, a: Activation, leaky_slope: f64) -> Result<Tensor, TchE
     }
 }
 
-impl Net {
-    /// Computes the forward pass in `kind` from now on: `Kind::BFloat16` for mixed precision
-    /// (the input and each weight are cast once per pass, the casts are part of the graph so
-    /// gradients reach the fp32 variables in fp32; batch norm reads its fp32 scale, shift and
-    /// running statistics as they are; the logits come back fp32 for the loss), `Kind::Float`
-    /// for plain fp32.
-    pub fn compute_in(&mut self, kind: Kind) {
-        self.compute = kind;
-    }
-
-    /// `t` in the compute kind (itself when it already is).
-    fn in_compute(&self, t: &Tensor) -> Result<Tensor, TchError> {
-        if t.kind() == self.compute {
-            Ok(t.shallow_clone())
-        } else {
-            t.f_to_kind(self.compute)
-        }
-    }
-
-    /// The forward pass, returning libtorch errors instead of panicking. `[N, C, H, W]` in,
-    /// `[N, outputs]` fp32 logits out.
-    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
-        let mut x = self.in_compute(xs)?;
-        let act = |x: &Tensor| activate(x, self.activation, self.leaky_slope);
+impl FamilyBody {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        compute: Compute,
+        act: &dyn Fn(&Tensor) -> Result<Tensor, TchError>,
+    ) -> Result<Tensor, TchError> {
+        let mut x = compute.cast(xs)?;
         let pool = self.pool;
         for b in &self.blocks {
-            let bias = b.conv.bs.as_ref().map(|t| self.in_compute(t)).transpose()?;
-            x = x.f_conv2d(
-                &self.in_compute(&b.conv.ws)?,
-                bias.as_ref(),
-                [self.stride, self.stride],
-                [b.padding, b.padding],
-                [1, 1],
-                1,
-            )?;
+            x = compute.conv(&x, &b.conv, self.stride, b.padding, 1)?;
             if let Some(bn) = &b.bn {
-                x = x.f_batch_norm(
-                    bn.ws.as_ref(),
-                    bn.bs.as_ref(),
-                    Some(&bn.running_mean),
-                    Some(&bn.running_var),
-                    train,
-                    BN_MOMENTUM,
-                    BN_EPS,
-                    true,
-                )?;
+                x = batch_norm(&x, bn, train)?;
             }
             x = act(&x)?;
             if pool > 1 {
@@ -246,6 +305,29 @@ impl Net {
                 };
             }
         }
+        Ok(x)
+    }
+}
+
+impl Net {
+    /// Computes the forward pass in `kind` from now on: `Kind::BFloat16` for mixed precision
+    /// (the input and each weight are cast once per pass, the casts are part of the graph so
+    /// gradients reach the fp32 variables in fp32; batch norm reads its fp32 scale, shift and
+    /// running statistics as they are; the logits come back fp32 for the loss), `Kind::Float`
+    /// for plain fp32.
+    pub fn compute_in(&mut self, kind: Kind) {
+        self.compute = Compute(kind);
+    }
+
+    /// The forward pass, returning libtorch errors instead of panicking. `[N, C, H, W]` in,
+    /// `[N, outputs]` fp32 logits out.
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let compute = self.compute;
+        let act = |x: &Tensor| activate(x, self.activation, self.leaky_slope);
+        let x = match &self.body {
+            Body::Family(body) => body.forward(xs, train, compute, &act)?,
+            Body::Backbone(body) => body.forward(xs, train, compute)?,
+        };
         let dropout = |x: Tensor| -> Result<Tensor, TchError> {
             if self.dropout > 0.0 && train {
                 x.f_dropout(self.dropout, train)
@@ -254,8 +336,8 @@ impl Net {
             }
         };
         let linear = |x: &Tensor, layer: &nn::Linear| -> Result<Tensor, TchError> {
-            let bias = layer.bs.as_ref().map(|t| self.in_compute(t)).transpose()?;
-            x.f_linear(&self.in_compute(&layer.ws)?, bias.as_ref())
+            let bias = layer.bs.as_ref().map(|t| compute.cast(t)).transpose()?;
+            x.f_linear(&compute.cast(&layer.ws)?, bias.as_ref())
         };
         let logits = match &self.head {
             HeadLayers::Dense { hidden, out } => {

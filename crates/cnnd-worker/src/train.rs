@@ -83,6 +83,9 @@ pub struct TrainOutcome {
     pub patience_stopped_at: Option<u32>,
     /// The checkpoint's epoch this run continued from; 0 when it started fresh.
     pub resumed_from_epoch: u32,
+    /// Fine-tuning (`fineTuneAfter`): the variables of the body's top stages that trained
+    /// from epoch `fineTuneAfter + 1` (empty when the trial did not fine-tune).
+    pub fine_tuned: Vec<String>,
     /// The test pass class by class (class names left for the caller, who knows the data
     /// set); None beyond `test_report::MAX_CLASSES` classes.
     pub test_report: Option<TestReport>,
@@ -405,9 +408,13 @@ impl PlateauState {
     }
 }
 
-/// The learning rate epoch `epoch` trains with.
+/// The learning rate epoch `epoch` trains with (fine-tuning epochs scaled to
+/// `fineTuneLearningRate`, see [`TrialParams::scheduled_learning_rate`]).
 fn epoch_learning_rate(p: &TrialParams, epoch: u32, plateau: &PlateauState) -> f64 {
     match p.lr_schedule {
+        LrSchedule::Plateau if p.fine_tuning_in(epoch) => {
+            plateau.learning_rate * p.fine_tune_rate() / p.learning_rate
+        }
         LrSchedule::Plateau => plateau.learning_rate,
         _ => p.scheduled_learning_rate(epoch),
     }
@@ -1077,7 +1084,8 @@ fn trial(
     }
     let transfer = match control.init_weights {
         Some(path) => Some(
-            crate::transfer::apply(&vs, path, &p.init_from, p.freeze).map_err(TrainError::Data)?,
+            crate::transfer::apply(&vs, path, &p.init_from, p.freeze, p.arch)
+                .map_err(TrainError::Data)?,
         ),
         None => None,
     };
@@ -1097,6 +1105,21 @@ fn trial(
     if device == Device::Cpu {
         model::use_channels_last(&vs)?;
     }
+    // Fine-tuning (`fineTuneAfter`): the top stages of the frozen body train from the epoch
+    // after it, with a fresh optimiser. A checkpoint written in a fine-tuning epoch holds the
+    // optimiser of that stage, so they are unfrozen before the optimiser is built to read it.
+    let resumes_fine_tuning = control
+        .checkpoint
+        .filter(|c| c.exists())
+        .and_then(|c| read_checkpoint_meta(c).ok())
+        .is_some_and(|m| {
+            m.params_hash == params_hash(p) && m.epoch < p.epochs && p.fine_tuning_in(m.epoch)
+        });
+    let mut fine_tuned = if resumes_fine_tuning {
+        crate::transfer::unfreeze_top(&vs, p)
+    } else {
+        Vec::new()
+    };
     let mut opt = Optim::new(&vs, OptimConfig::of(p))?;
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
@@ -1147,6 +1170,15 @@ fn trial(
             ),
         }
     }
+    if resumed_from_epoch == 0 && !fine_tuned.is_empty() {
+        // The checkpoint was not used after all: start frozen, as a fresh trial does.
+        for name in fine_tuned.drain(..) {
+            let _ = vs.variables()[&name]
+                .shallow_clone()
+                .set_requires_grad(false);
+        }
+        opt = Optim::new(&vs, OptimConfig::of(p))?;
+    }
 
     let phase = Instant::now();
     let train = to_device(&prepared.train, device)?;
@@ -1175,6 +1207,17 @@ fn trial(
     };
     for epoch in first_epoch..=p.epochs {
         let started = Instant::now();
+        if p.fine_tuning_in(epoch) && fine_tuned.is_empty() {
+            fine_tuned = crate::transfer::unfreeze_top(&vs, p);
+            // A fresh optimiser for the larger set of variables, as Keras recompiles.
+            opt = Optim::new(&vs, OptimConfig::of(p))?;
+            tracing::info!(
+                epoch,
+                variables = fine_tuned.len(),
+                stages = p.fine_tune_blocks,
+                "fine-tuning: the top stages of the body train from now on"
+            );
+        }
         let learning_rate = epoch_learning_rate(p, epoch, &plateau);
         opt.set_learning_rate(learning_rate)?;
         tch::manual_seed(epoch_seed(p.seed, epoch) as i64);
@@ -1339,6 +1382,7 @@ fn trial(
         parameter_count: info.parameter_count,
         stopped,
         patience_stopped_at,
+        fine_tuned,
         resumed_from_epoch,
         test_report,
     })

@@ -2,9 +2,10 @@
 //! safetensors file). Variables whose name and shape match the source are copied; the rest
 //! (a head for another number of classes, a dense layer for another input size, the first
 //! convolution when the channels differ) keep their fresh initialisation and are listed.
-//! With `freeze: conv` the convolution blocks stop training.
+//! With `freeze: conv` (or `backbone`) everything before the head stops training; with
+//! `fineTuneAfter`, [`unfreeze_top`] lets the top stages of that body train again.
 //!
-//! Owns: matching source tensors to a model's variables, freezing.
+//! Owns: matching source tensors to a model's variables, freezing and unfreezing.
 //! Must not touch: the training loop, data, the control plane.
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use tch::{nn, Tensor};
 
-use cnnd_core::sweep::Freeze;
+use cnnd_core::sweep::{Arch, Freeze, TrialParams};
 
 /// What starting from other weights did to a model.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,9 +28,42 @@ pub struct Transfer {
     pub note: String,
 }
 
-/// Variables of the convolution blocks (`block{i}.conv.*`, `block{i}.bn.*`).
-pub fn is_conv_variable(name: &str) -> bool {
-    name.starts_with("block")
+/// The stage of the body a variable belongs to: the family's block (`block{i}.conv.*`,
+/// `block{i}.bn.*`), a backbone's stage (`cnnd_core::backbones`); None for the head's.
+pub fn body_stage(arch: Arch, name: &str) -> Option<usize> {
+    match cnnd_core::backbones::backbone(arch) {
+        Some(b) => b.stage_of(name),
+        None => name
+            .strip_prefix("block")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse().ok()),
+    }
+}
+
+/// Batch norm's running statistics: kept, never trained, so never frozen or unfrozen.
+fn is_statistic(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// Fine-tuning: lets the variables of the top `fineTuneBlocks` stages of a frozen body train
+/// again; returns their names (sorted).
+pub fn unfreeze_top(vs: &nn::VarStore, p: &TrialParams) -> Vec<String> {
+    let first = p.body_stages().saturating_sub(p.fine_tune_blocks) as usize;
+    let mut names: Vec<String> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, var)| {
+            !is_statistic(name)
+                && !var.requires_grad()
+                && body_stage(p.arch, name).is_some_and(|s| s >= first)
+        })
+        .map(|(name, var)| {
+            let _ = var.shallow_clone().set_requires_grad(true);
+            name
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// Copies the tensors of `source` (safetensors) into the matching variables of `vs` and
@@ -39,6 +73,7 @@ pub fn apply(
     source: &Path,
     described_as: &str,
     freeze: Freeze,
+    arch: Arch,
 ) -> Result<Transfer, String> {
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(source)
         .map_err(|e| {
@@ -70,9 +105,14 @@ pub fn apply(
             source.display()
         ));
     }
-    if freeze == Freeze::Conv {
+    if freeze != Freeze::None {
+        let backbone = cnnd_core::backbones::backbone(arch);
         for (name, var) in &names {
-            if is_conv_variable(name) && var.requires_grad() {
+            let in_body = match &backbone {
+                Some(b) => b.stage_of(name).is_some(),
+                None => body_stage(arch, name).is_some(),
+            };
+            if in_body && var.requires_grad() {
                 let _ = var.shallow_clone().set_requires_grad(false);
                 out.frozen.push(name.clone());
             }
@@ -118,7 +158,7 @@ mod tests {
 
         // Three channels, 32x32, two classes: first conv, dense hidden and out differ.
         let target = net(&p, 3, 32, 2);
-        let t = apply(&target, &file, "test", Freeze::Conv).unwrap();
+        let t = apply(&target, &file, "test", Freeze::Conv, Arch::Cnn).unwrap();
         assert!(t.reinitialised.contains(&"block0.conv.weight".to_string()));
         assert!(t.reinitialised.contains(&"hidden.weight".to_string()));
         assert!(t.reinitialised.contains(&"out.weight".to_string()));
@@ -148,13 +188,14 @@ mod tests {
         let file = dir.path().join("w.safetensors");
         // Other filter counts everywhere, 3 classes vs 10: nothing fits, not even the bias.
         net(&gap, 3, 28, 3).save(&file).unwrap();
-        let e = apply(&net(&p, 1, 28, 10), &file, "x", Freeze::None).unwrap_err();
+        let e = apply(&net(&p, 1, 28, 10), &file, "x", Freeze::None, Arch::Cnn).unwrap_err();
         assert!(e.contains("shares no variable"), "{e}");
         let e = apply(
             &net(&p, 1, 28, 10),
             &dir.path().join("missing.safetensors"),
             "x",
             Freeze::None,
+            Arch::Cnn,
         )
         .unwrap_err();
         assert!(e.contains("cannot read"), "{e}");

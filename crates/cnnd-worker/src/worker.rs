@@ -428,6 +428,28 @@ fn named_preview(preview: &cnnd_core::data_preview::DataPreview, names: &[String
     serde_json::to_string(&named).unwrap_or_default()
 }
 
+/// What the trial's record says of how it ended: patience's stop and fine-tuning, when
+/// they happened ("" otherwise).
+fn finish_note(params: &TrialParams, outcome: &train::TrainOutcome) -> String {
+    let mut notes = Vec::new();
+    if !outcome.fine_tuned.is_empty() {
+        notes.push(format!(
+            "fine-tuned from epoch {}: the top {} stage(s) of the body ({} variables) trained at learning rate {}",
+            params.fine_tune_after + 1,
+            params.fine_tune_blocks,
+            outcome.fine_tuned.len(),
+            params.fine_tune_rate()
+        ));
+    }
+    if let Some(epoch) = outcome.patience_stopped_at {
+        notes.push(format!(
+            "stopped after epoch {epoch} of {}: no better validation accuracy for {} epochs (patience); tested with epoch {}'s weights",
+            params.epochs, params.patience, outcome.best_epoch
+        ));
+    }
+    notes.join("; ")
+}
+
 fn failed(error: String) -> FinishTrialRequest {
     FinishTrialRequest {
         status: TrialStatus::Failed.to_string(),
@@ -858,6 +880,7 @@ fn train_lease(
                 None if outcome.stopped => (TrialStatus::Pruned, String::new()),
                 None => (TrialStatus::Succeeded, String::new()),
             };
+            let note = finish_note(params, &outcome);
             Trained::Finished(FinishTrialRequest {
                 status: status.to_string(),
                 // Why it was pruned or parked, kept with its recorded epochs and test metrics.
@@ -876,15 +899,7 @@ fn train_lease(
                         serde_json::to_string(&report).unwrap_or_default()
                     })
                     .unwrap_or_default(),
-                note: outcome
-                    .patience_stopped_at
-                    .map(|epoch| {
-                        format!(
-                            "stopped after epoch {epoch} of {}: no better validation accuracy for {} epochs (patience); tested with epoch {}'s weights",
-                            params.epochs, params.patience, outcome.best_epoch
-                        )
-                    })
-                    .unwrap_or_default(),
+                note,
                 ..Default::default()
             })
         }
