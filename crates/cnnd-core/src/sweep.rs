@@ -2126,6 +2126,44 @@ mod tests {
 
     /// Keras-style layers: valid padding takes even kernels, lists of filters and kernels
     /// set the block count, list-valued hyperparameters take lists of lists in space.
+    /// Every sweep file in `examples/` is a valid request (image folders stood in for by a
+    /// two-class RGB folder of 64x64 images, as `examples/make_faces.rs` writes).
+    #[test]
+    fn every_example_sweep_validates() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let req: SweepRequest =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let resolve = |name: &str| match name.strip_prefix("folder:") {
+                Some(folder) => Ok(DatasetInfo {
+                    name: name.to_string(),
+                    source: crate::datasets::Source::Folder {
+                        folder: folder.to_string(),
+                        has_validation: true,
+                        has_test: true,
+                    },
+                    input_size: 64,
+                    channels: 3,
+                    classes: 2,
+                    class_names: vec!["happy".into(), "unhappy".into()],
+                    train_examples: 600,
+                    test_examples: 120,
+                }),
+                None => resolve_builtin(name),
+            };
+            req.validate(SweepLimits::default(), resolve)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+        assert!(checked >= 6, "{checked} example sweeps");
+    }
+
     #[test]
     fn backbones_and_fine_tuning_validate_with_the_field_and_the_reason() {
         let ok = |v: Value| {
