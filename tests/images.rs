@@ -57,12 +57,13 @@ fn an_image_folder_sweep_compares_augmentation_and_counts_the_corrupt_file() {
     datagen::make_image_folder(&data.path().join("shapes"), &shapes(60, 0, 20));
     let d = Daemon::start_with_data_dir(data.path(), 1, &[]);
 
-    // Through grpcurl, as DESIGN.md's examples do; augmentation on and off is the axis.
+    // Through grpcurl, as DESIGN.md's examples do; augmentation on and off is the axis, on
+    // a non-square input (Keras's target_size=(32, 40)).
     let body = json!({
         "name": "shapes-augmentation",
         "dataset": "folder:shapes",
         "space": {"rotationRange": [0, 15]},
-        "fixed": {"epochs": 4, "inputSize": 32, "baseFilters": 8, "units": 32, "batchSize": 16,
+        "fixed": {"epochs": 4, "inputSize": [32, 40], "baseFilters": 8, "units": 32, "batchSize": 16,
                   "learningRate": 0.003, "widthShift": 0.0},
         "seed": 3
     });
@@ -107,6 +108,9 @@ fn an_image_folder_sweep_compares_augmentation_and_counts_the_corrupt_file() {
         trial.notes
     );
     assert_eq!(trial.test_examples, 60);
+    // The model saw 32x40 images: the first block's map is 32x40 (channels first).
+    let first = &trial.model_summary[0];
+    assert_eq!(first.output_shape[1..], [32, 40], "{first:?}");
 
     // The charts compare the two settings: one learning curve each, decodable PNGs.
     let out = d.cnnctl(&["charts", &sweep]);

@@ -123,7 +123,7 @@ impl Api {
         Ok(cnnd_core::model_size::summary(
             p,
             p.effective_channels(info) as i64,
-            p.effective_input_size(info) as i64,
+            p.effective_input_size(info),
             info.classes as i64,
         )
         .into_iter()

@@ -63,10 +63,14 @@ impl ConvBn {
         (side + 2 * self.padding - self.kernel).div_euclid(self.stride) + 1
     }
 
-    /// Multiply-accumulates on a `side x side` input.
-    pub fn macs(&self, side: i64) -> i64 {
-        let out = self.output_side(side);
-        out * out * self.out_channels * (self.in_channels / self.groups) * self.kernel * self.kernel
+    /// Multiply-accumulates on a `height x width` input.
+    pub fn macs(&self, height: i64, width: i64) -> i64 {
+        self.output_side(height)
+            * self.output_side(width)
+            * self.out_channels
+            * (self.in_channels / self.groups)
+            * self.kernel
+            * self.kernel
     }
 }
 

@@ -7,7 +7,39 @@
 //!
 //! Owns: the numbers. Must not touch: libtorch (the trainer builds models).
 
-use crate::sweep::{Activation, ConvBias, Head, Output, Padding, Pooling, TrialParams};
+use crate::sweep::{Activation, ConvBias, Head, InputSize, Output, Padding, Pooling, TrialParams};
+
+/// Height and width of a model input: one side for a square (`28`), `(height, width)`, or
+/// a trial's [`InputSize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hw {
+    pub height: i64,
+    pub width: i64,
+}
+
+impl From<i64> for Hw {
+    fn from(side: i64) -> Hw {
+        Hw {
+            height: side,
+            width: side,
+        }
+    }
+}
+
+impl From<(i64, i64)> for Hw {
+    fn from((height, width): (i64, i64)) -> Hw {
+        Hw { height, width }
+    }
+}
+
+impl From<InputSize> for Hw {
+    fn from(s: InputSize) -> Hw {
+        Hw {
+            height: s.height as i64,
+            width: s.width as i64,
+        }
+    }
+}
 
 /// Number of output logits: 1 for a sigmoid output, else one per class.
 pub fn output_units(p: &TrialParams, classes: i64) -> i64 {
@@ -130,10 +162,10 @@ impl ModelSize {
 }
 
 /// The [`ModelSize`] of the model the trainer builds for these arguments.
-pub fn model_size(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> ModelSize {
+pub fn model_size(p: &TrialParams, channels: i64, input: impl Into<Hw>, classes: i64) -> ModelSize {
     let mut macs = 0u64;
     let (mut parameters, mut non_trainable) = (0u64, 0u64);
-    for l in layers(p, channels, input_size, classes) {
+    for l in layers(p, channels, input.into(), classes) {
         macs += l.macs;
         parameters += l.summary.parameters;
         non_trainable += l.summary.non_trainable;
@@ -209,17 +241,17 @@ impl Rows {
 
 /// Every layer of the model, with its cost: the one walk [`model_size`] and [`summary`]
 /// share.
-fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<Layer> {
+fn layers(p: &TrialParams, channels: i64, input: Hw, classes: i64) -> Vec<Layer> {
     let mut rows = Rows(Vec::new());
     rows.push(
         "input".into(),
         "Input".into(),
-        vec![channels, input_size, input_size],
+        vec![channels, input.height, input.width],
         0,
         0,
     );
     if let Some(backbone) = crate::backbones::backbone(p.arch) {
-        backbone_layers(&mut rows, p, &backbone, input_size, classes);
+        backbone_layers(&mut rows, p, &backbone, input, classes);
         return rows.0;
     }
     let activation = activation_name(p);
@@ -239,8 +271,10 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
     };
     let mut in_ch = channels;
     let mut out_ch = channels;
-    let mut side = input_size;
-    for (i, (conv_side, pooled)) in block_sides(p, input_size).into_iter().enumerate() {
+    let mut side = (input.height, input.width);
+    let heights = block_sides(p, input.height);
+    let widths = block_sides(p, input.width);
+    for (i, (&(conv_h, pooled_h), &(conv_w, pooled_w))) in heights.iter().zip(&widths).enumerate() {
         let b = i as u32;
         out_ch = block_filters(p, b);
         let k = block_kernel(p, b);
@@ -248,16 +282,16 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         rows.push(
             format!("block{i}.conv"),
             format!("Conv2d {k}x{k} {padding}{stride}, {out_ch} filters"),
-            vec![out_ch, conv_side, conv_side],
+            vec![out_ch, conv_h, conv_w],
             weights + if bias { out_ch } else { 0 },
-            conv_side * conv_side * weights,
+            conv_h * conv_w * weights,
         );
         if p.batch_norm {
             // Scale and shift trained; a moving mean and variance per channel kept.
             rows.push(
                 format!("block{i}.bn"),
                 "BatchNorm2d".into(),
-                vec![out_ch, conv_side, conv_side],
+                vec![out_ch, conv_h, conv_w],
                 2 * out_ch,
                 0,
             )
@@ -266,7 +300,7 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
         rows.push(
             format!("block{i}.act"),
             activation.clone(),
-            vec![out_ch, conv_side, conv_side],
+            vec![out_ch, conv_h, conv_w],
             0,
             0,
         );
@@ -274,25 +308,25 @@ fn layers(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<
             rows.push(
                 format!("block{i}.pool"),
                 pool_kind.clone(),
-                vec![out_ch, pooled, pooled],
+                vec![out_ch, pooled_h, pooled_w],
                 0,
                 0,
             );
         }
-        side = pooled;
+        side = (pooled_h, pooled_w);
         in_ch = out_ch;
     }
     head_layers(&mut rows, p, out_ch, side, classes, "out");
     rows.0
 }
 
-/// The head's rows on `channels x side x side` features: dense (flatten, hidden layers) or
-/// gap, then the output layer `out_name`.
+/// The head's rows on `channels x height x width` features: dense (flatten, hidden layers)
+/// or gap, then the output layer `out_name`.
 fn head_layers(
     rows: &mut Rows,
     p: &TrialParams,
     out_ch: i64,
-    side: i64,
+    (height, width): (i64, i64),
     classes: i64,
     out_name: &str,
 ) {
@@ -306,7 +340,7 @@ fn head_layers(
     };
     let features = match p.head {
         Head::Dense => {
-            let mut features = out_ch * side * side;
+            let mut features = out_ch * height * width;
             rows.push("flatten".into(), "Flatten".into(), vec![features], 0, 0);
             let hidden = hidden_units(p);
             if hidden.is_empty() {
@@ -358,34 +392,34 @@ fn backbone_layers(
     rows: &mut Rows,
     p: &TrialParams,
     backbone: &crate::backbones::Backbone,
-    input_size: i64,
+    input: Hw,
     classes: i64,
 ) {
-    let mut side = input_size;
+    let (mut h, mut w) = (input.height, input.width);
     for block in &backbone.blocks {
         let (mut params, mut non_trainable, mut macs) = (0i64, 0i64, 0i64);
-        let mut s = side;
+        let (mut bh, mut bw) = (h, w);
         for c in &block.convs {
             params += c.parameters();
             non_trainable += 2 * c.out_channels;
-            macs += c.macs(s);
-            s = c.output_side(s);
+            macs += c.macs(bh, bw);
+            (bh, bw) = (c.output_side(bh), c.output_side(bw));
         }
         if let Some(c) = &block.shortcut {
             params += c.parameters();
             non_trainable += 2 * c.out_channels;
-            macs += c.macs(side);
+            macs += c.macs(h, w);
         }
         let kind = match (block.residual, block.max_pool) {
             (true, _) => format!("Residual block, {} convolutions", block.all_convs().count()),
             (false, true) => "Conv2d + BatchNorm2d + ReLU + MaxPool2d 3x3/2".to_string(),
             (false, false) => format!("Block, {} convolutions", block.convs.len()),
         };
-        side = block.output_side(side);
+        (h, w) = (block.output_side(h), block.output_side(w));
         rows.push(
             block.name.clone(),
             kind,
-            vec![block.out_channels(), side, side],
+            vec![block.out_channels(), h, w],
             params,
             macs,
         )
@@ -404,7 +438,7 @@ fn backbone_layers(
         &mut head,
         p,
         backbone.features,
-        1,
+        (1, 1),
         classes,
         backbone.classifier,
     );
@@ -417,8 +451,13 @@ fn backbone_layers(
 
 /// The layers of the model the trainer builds for these arguments, input first, in the
 /// order of the forward pass. Their parameters add up to [`model_size`]'s.
-pub fn summary(p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Vec<LayerSummary> {
-    layers(p, channels, input_size, classes)
+pub fn summary(
+    p: &TrialParams,
+    channels: i64,
+    input: impl Into<Hw>,
+    classes: i64,
+) -> Vec<LayerSummary> {
+    layers(p, channels, input.into(), classes)
         .into_iter()
         .map(|l| l.summary)
         .collect()

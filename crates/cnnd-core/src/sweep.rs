@@ -180,10 +180,99 @@ impl<'de> Deserialize<'de> for DenseUnits {
     }
 }
 
+/// The model input's height and width: `inputSize` is one side for a square input, or
+/// `[height, width]` (Keras's `target_size`); 0 keeps the data set's own size. A square
+/// size reads and writes as a plain number, so `28` and `[28, 28]` are the same trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct InputSize {
+    pub height: u32,
+    pub width: u32,
+}
+
+impl InputSize {
+    pub const fn square(side: u32) -> InputSize {
+        InputSize {
+            height: side,
+            width: side,
+        }
+    }
+
+    /// 0: the data set's own size.
+    pub fn is_dataset_size(&self) -> bool {
+        self.height == 0 && self.width == 0
+    }
+}
+
+impl From<u32> for InputSize {
+    fn from(side: u32) -> InputSize {
+        InputSize::square(side)
+    }
+}
+
+impl Serialize for InputSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.height == self.width {
+            s.serialize_u32(self.height)
+        } else {
+            [self.height, self.width].serialize(s)
+        }
+    }
+}
+
+/// `28`, or `64x96` (height x width).
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.height == self.width {
+            write!(f, "{}", self.height)
+        } else {
+            write!(f, "{}x{}", self.height, self.width)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InputSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InputSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one side or [height, width], e.g. 64 or [64, 96]")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<InputSize, E> {
+                u32::try_from(v)
+                    .map(InputSize::square)
+                    .map_err(|_| E::custom(format!("{v} pixels is too large")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<InputSize, A::Error> {
+                let mut sides = Vec::new();
+                while let Some(v) = seq.next_element::<u32>()? {
+                    sides.push(v);
+                }
+                match sides[..] {
+                    [height, width] => Ok(InputSize { height, width }),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "{} numbers; give one side or [height, width]",
+                        sides.len()
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Hyperparameters whose one value is a list: in `fixed` a list is the value, in `space` the
 /// alternatives are a list of lists (`units` also takes a plain number, so in `space` a list
 /// of numbers is alternatives of one layer each).
-pub const LIST_VALUED: [&str; 3] = ["filters", "kernelSizes", "units"];
+pub const LIST_VALUED: [&str; 4] = ["filters", "kernelSizes", "units", "inputSize"];
+
+/// The list-valued hyperparameters that also take a plain number (one hidden layer, a
+/// square input): in `space` a list of numbers is alternatives of that form, and a tpe range
+/// of them is allowed.
+pub const NUMBER_OR_LIST: [&str; 2] = ["units", "inputSize"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -364,8 +453,9 @@ pub struct TrialParams {
     pub weight_decay: f64,
     pub batch_size: u32,
     pub epochs: u32,
-    /// Side of the square model input; 0 means the data set's own size.
-    pub input_size: u32,
+    /// The model input: one side or `[height, width]` ([`InputSize`]); 0 means the data
+    /// set's own size.
+    pub input_size: InputSize,
     pub output: Output,
     /// Augmentation (Keras ImageDataGenerator semantics), applied to training batches only.
     pub rotation_range: f64,
@@ -462,7 +552,7 @@ impl Default for TrialParams {
             weight_decay: 0.0,
             batch_size: 64,
             epochs: 3,
-            input_size: 0,
+            input_size: InputSize::square(0),
             output: Output::Softmax,
             rotation_range: 0.0,
             width_shift: 0.0,
@@ -558,9 +648,9 @@ impl TrialParams {
     }
 
     /// The input side the model sees for a data set.
-    pub fn effective_input_size(&self, dataset: &DatasetInfo) -> u32 {
-        if self.input_size == 0 {
-            dataset.input_size
+    pub fn effective_input_size(&self, dataset: &DatasetInfo) -> InputSize {
+        if self.input_size.is_dataset_size() {
+            InputSize::square(dataset.input_size)
         } else {
             self.input_size
         }
@@ -740,11 +830,12 @@ impl TrialParams {
         if p.epochs == 0 || p.epochs > 1000 {
             return Err(err("epochs", format!("{} is outside 1..=1000", p.epochs)));
         }
-        if p.input_size != 0 && !(4..=1024).contains(&p.input_size) {
+        let sides = [p.input_size.height, p.input_size.width];
+        if !p.input_size.is_dataset_size() && sides.iter().any(|s| !(4..=1024).contains(s)) {
             return Err(err(
                 "inputSize",
                 format!(
-                    "{} is outside 4..=1024 (0 keeps the data set's size)",
+                    "{} has a side outside 4..=1024 (0 keeps the data set's size)",
                     p.input_size
                 ),
             ));
@@ -910,12 +1001,12 @@ impl TrialParams {
             // Every backbone convolution is padded to keep at least a 1x1 map.
             return Ok(());
         }
-        self.check_feature_maps(self.effective_input_size(dataset) as i64)
+        self.check_feature_maps(self.effective_input_size(dataset))
     }
 
     /// Every block's convolution must fit its input (the kernel no larger than the feature
     /// map) and leave at least one pooling window. Errors name the hyperparameter to change.
-    fn check_feature_maps(&self, input: i64) -> Result<(), SpecError> {
+    fn check_feature_maps(&self, input: InputSize) -> Result<(), SpecError> {
         use crate::model_size::{block_kernel, conv_output_side, pooled_side};
         let p = self;
         let kernel_field = |i: u32| {
@@ -925,34 +1016,38 @@ impl TrialParams {
                 format!("kernelSizes[{i}]")
             }
         };
-        let too_many = |block: u32, side: i64, stage: &str| {
+        let shown = format!("{}x{}", input.height, input.width);
+        let too_many = |block: u32, (h, w): (i64, i64), stage: &str| {
             err(
                 "blocks",
                 format!(
-                    "{} blocks do not fit an input of {input}x{input}: block {block} {stage} {side}x{side}, less than its {pool}x{pool} pooling (fewer blocks, a larger inputSize, same padding or smaller kernels)",
+                    "{} blocks do not fit an input of {shown}: block {block} {stage} {h}x{w}, less than its {pool}x{pool} pooling (fewer blocks, a larger inputSize, same padding or smaller kernels)",
                     p.blocks,
                     pool = p.pool_size
                 ),
             )
         };
-        let mut side = input;
+        // Every operation is monotone in the side, so the smaller side is the one that can
+        // fail; both are tracked for the message.
+        let pool = p.pool_size as i64;
+        let (mut h, mut w) = (input.height as i64, input.width as i64);
         for i in 0..p.blocks {
             let block = i + 1;
-            if side < p.pool_size as i64 {
-                return Err(too_many(block, side, "gets"));
+            if h.min(w) < pool {
+                return Err(too_many(block, (h, w), "gets"));
             }
             let k = block_kernel(p, i);
-            if k > side {
+            if k > h.min(w) {
                 return Err(err(
                     kernel_field(i),
-                    format!("{k} is larger than the {side}x{side} feature map of block {block} (input {input}x{input})"),
+                    format!("{k} is larger than the {h}x{w} feature map of block {block} (input {shown})"),
                 ));
             }
-            let conv = conv_output_side(p, side, k);
-            if conv < p.pool_size as i64 {
+            let conv = (conv_output_side(p, h, k), conv_output_side(p, w, k));
+            if conv.0.min(conv.1) < pool {
                 return Err(too_many(block, conv, "convolves it to"));
             }
-            side = pooled_side(p, conv);
+            (h, w) = (pooled_side(p, conv.0), pooled_side(p, conv.1));
         }
         Ok(())
     }
@@ -1221,7 +1316,7 @@ impl SweepSpec {
         let size = crate::model_size::model_size(
             p,
             p.effective_channels(info) as i64,
-            p.effective_input_size(info) as i64,
+            p.effective_input_size(info),
             info.classes as i64,
         );
         let examples = match p.train_limit {
@@ -1421,8 +1516,8 @@ impl SweepRequest {
             }
             for (i, value) in values.iter().enumerate() {
                 let field = format!("space.{k}[{i}]");
-                let number_of_units = k == "units" && value.is_number();
-                if LIST_VALUED.contains(&k.as_str()) && !value.is_array() && !number_of_units {
+                let plain_number = NUMBER_OR_LIST.contains(&k.as_str()) && value.is_number();
+                if LIST_VALUED.contains(&k.as_str()) && !value.is_array() && !plain_number {
                     return Err(err(
                         field,
                         format!("{k} takes a list as its one value, so space lists its alternatives as lists, e.g. {k}: [[32, 64], [64, 128]] (in fixed: {k}: [32, 64])"),
@@ -1748,7 +1843,7 @@ fn check_tpe_space(
 fn parse_range(k: &str, range: &Map<String, Value>) -> Result<crate::tpe::Domain, SpecError> {
     let field = format!("space.{k}");
     // units takes a number too: a range of it is one hidden layer of a searched width.
-    if LIST_VALUED.contains(&k) && k != "units" {
+    if LIST_VALUED.contains(&k) && !NUMBER_OR_LIST.contains(&k) {
         return Err(err(
             &field,
             format!("{k} is list-valued and takes no range; list its alternatives as lists, e.g. [[32, 64], [64, 128]]"),
@@ -2118,14 +2213,12 @@ mod tests {
         let p = TrialParams {
             blocks: 6,
             kernel_size: 1,
-            input_size: 64,
+            input_size: InputSize::square(64),
             ..TrialParams::default()
         };
         assert!(p.validate(&mnist()).is_ok());
     }
 
-    /// Keras-style layers: valid padding takes even kernels, lists of filters and kernels
-    /// set the block count, list-valued hyperparameters take lists of lists in space.
     /// Every sweep file in `examples/` is a valid request (image folders stood in for by a
     /// two-class RGB folder of 64x64 images, as `examples/make_faces.rs` writes).
     #[test]
@@ -2226,6 +2319,69 @@ mod tests {
         ok(json!({"dataset": "mnist", "fixed": {"arch": "resnet18", "inputSize": 8}}));
     }
 
+    /// `inputSize` is one side or `[height, width]`: a square one reads and writes as a
+    /// number, a pair keeps its order, anything else is refused naming the field; in space
+    /// a number and a pair mix; the feature-map check follows the smaller side.
+    #[test]
+    fn input_size_is_one_side_or_height_and_width() {
+        let ok = |v: Value| {
+            request(v)
+                .validate(SweepLimits::default(), resolve_builtin)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let spec = ok(json!({"dataset": "mnist", "fixed": {"inputSize": [32, 48]}}));
+        let size = spec.trials[0].input_size;
+        assert_eq!((size.height, size.width), (32, 48));
+        assert_eq!(size.to_string(), "32x48");
+        let saved = serde_json::to_value(&spec.trials[0]).unwrap();
+        assert_eq!(saved["inputSize"], json!([32, 48]));
+        let back: TrialParams = serde_json::from_value(saved).unwrap();
+        assert_eq!(back.input_size, size);
+        // [28, 28] is the square 28, written as a number as before.
+        let spec = ok(json!({"dataset": "mnist", "fixed": {"inputSize": [28, 28]}}));
+        assert_eq!(spec.trials[0].input_size, InputSize::square(28));
+        assert_eq!(
+            serde_json::to_value(&spec.trials[0]).unwrap()["inputSize"],
+            json!(28)
+        );
+        // One number in a list, three numbers, a side out of range: refused with the field.
+        for (size, reason) in [
+            (json!([64]), "1 numbers; give one side or [height, width]"),
+            (json!([64, 64, 3]), "3 numbers"),
+            (json!([64, 2000]), "64x2000 has a side outside 4..=1024"),
+            (json!([2, 64]), "2x64 has a side outside 4..=1024"),
+        ] {
+            let e = refused(json!({"dataset": "mnist", "fixed": {"inputSize": size}}));
+            assert_eq!(e.field, "fixed.inputSize", "{e}");
+            assert!(e.reason.contains(reason), "{size}: {e}");
+        }
+        // In space: a plain number is a square alternative, a pair a non-square one.
+        let spec = ok(json!({"dataset": "mnist", "space": {"inputSize": [28, [32, 48]]}}));
+        let sizes: Vec<String> = spec
+            .trials
+            .iter()
+            .map(|t| t.input_size.to_string())
+            .collect();
+        assert_eq!(sizes, ["28", "32x48"]);
+        // The narrow side runs out first: on 64x8, block 3's 3x3 kernel meets a 16x2 map,
+        // and with 1x1 kernels block 4 gets 8x1, less than its pooling window.
+        let e = refused(json!({"dataset": "mnist", "fixed": {"inputSize": [64, 8], "blocks": 3}}));
+        assert_eq!(e.field, "fixed.kernelSize", "{e}");
+        assert!(
+            e.reason
+                .contains("16x2 feature map of block 3 (input 64x8)"),
+            "{e}"
+        );
+        let e = refused(
+            json!({"dataset": "mnist", "fixed": {"inputSize": [64, 8], "blocks": 4, "kernelSize": 1}}),
+        );
+        assert_eq!(e.field, "fixed.blocks", "{e}");
+        assert!(e.reason.contains("input of 64x8: block 4 gets 8x1"), "{e}");
+        ok(json!({"dataset": "mnist", "fixed": {"inputSize": [64, 8], "blocks": 2}}));
+    }
+
+    /// Keras-style layers: valid padding takes even kernels, lists of filters and kernels
+    /// set the block count, list-valued hyperparameters take lists of lists in space.
     #[test]
     fn keras_layers_validate_and_expand() {
         let ok = |v: Value| {

@@ -23,6 +23,7 @@ use tch::{Kind, Tensor};
 use crate::imaging;
 use cnnd_core::datasets::{DatasetInfo, FolderLayout, Source};
 use cnnd_core::idx::parse_idx;
+use cnnd_core::model_size::Hw;
 use cnnd_core::sweep::{Normalize, Resample, TrialParams};
 
 pub mod cifar;
@@ -45,9 +46,13 @@ impl Split {
         self.len() == 0
     }
 
-    /// Side of the (square) images, `H`.
-    pub fn input_size(&self) -> i64 {
-        self.images.size().get(2).copied().unwrap_or(0)
+    /// Height and width of the images.
+    pub fn input_size(&self) -> (i64, i64) {
+        let size = self.images.size();
+        (
+            size.get(2).copied().unwrap_or(0),
+            size.get(3).copied().unwrap_or(0),
+        )
     }
 
     /// A split sharing storage with this one (no copy).
@@ -279,7 +284,7 @@ fn read_split(
 /// `resample` too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DecodeAs {
-    pub side: u32,
+    pub size: cnnd_core::sweep::InputSize,
     pub channels: u32,
     pub resample: cnnd_core::sweep::Resample,
 }
@@ -288,7 +293,7 @@ impl DecodeAs {
     /// What trial `p` needs of data set `info`.
     pub fn of(p: &TrialParams, info: &DatasetInfo) -> DecodeAs {
         DecodeAs {
-            side: p.effective_input_size(info),
+            size: p.effective_input_size(info),
             channels: p.effective_channels(info),
             resample: p.resample,
         }
@@ -333,7 +338,7 @@ pub fn load(
             let loaded = image_folder::load(
                 &data_dir.join(folder),
                 layout,
-                as_.side,
+                as_.size,
                 as_.channels,
                 as_.resample,
                 &imaging::DecodeLimits::default(),
@@ -433,23 +438,25 @@ pub fn split_indices(n: usize, val_fraction: f64, seed: u64) -> (Vec<i64>, Vec<i
     (train, val)
 }
 
-/// Resizes `[N, C, H, W]` images to `side x side`: area averaging (adaptive average pooling)
-/// when shrinking, `resample` when enlarging (bicubic clipped to the images' range, as
-/// decoded files are), unchanged when equal.
-pub fn resize(images: &Tensor, side: i64, resample: Resample) -> Tensor {
+/// Resizes `[N, C, H, W]` images to `height x width` (one side for a square): area
+/// averaging (adaptive average pooling) when both sides shrink, `resample` when either
+/// grows (bicubic clipped to the images' range, as decoded files are), unchanged when equal.
+pub fn resize(images: &Tensor, to: impl Into<Hw>, resample: Resample) -> Tensor {
+    let Hw { height, width } = to.into();
     let size = images.size();
     let (h, w) = (size[2], size[3]);
-    if h == side && w == side {
+    let out = [height, width];
+    if h == height && w == width {
         images.shallow_clone()
-    } else if side <= h && side <= w {
-        images.adaptive_avg_pool2d([side, side])
+    } else if height <= h && width <= w {
+        images.adaptive_avg_pool2d(out)
     } else {
         match resample {
-            Resample::Bilinear => images.upsample_bilinear2d([side, side], false, None, None),
+            Resample::Bilinear => images.upsample_bilinear2d(out, false, None, None),
             Resample::Bicubic => images
-                .upsample_bicubic2d([side, side], false, None, None)
+                .upsample_bicubic2d(out, false, None, None)
                 .clamp_tensor(Some(&images.min()), Some(&images.max())),
-            Resample::Nearest => images.upsample_nearest2d([side, side], None, None),
+            Resample::Nearest => images.upsample_nearest2d(out, None, None),
         }
     }
 }
@@ -554,10 +561,10 @@ pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
             if ds.skipped.len() > 20 { "; ..." } else { "" }
         ));
     }
-    let side = p.effective_input_size(&ds.info) as i64;
+    let size = Hw::from(p.effective_input_size(&ds.info));
     let channels = p.effective_channels(&ds.info) as i64;
     let fit = |s: Split| Split {
-        images: convert_channels(&resize(&s.images, side, p.resample), channels),
+        images: convert_channels(&resize(&s.images, size, p.resample), channels),
         labels: s.labels,
     };
     let (train, val, test) = (fit(train), fit(val), fit(test));
@@ -586,6 +593,7 @@ pub fn prepare(ds: &Dataset, p: &TrialParams) -> Prepared {
 mod tests {
     use super::*;
     use cnnd_core::datasets::builtin as dataset_info;
+    use cnnd_core::sweep::InputSize;
 
     /// Enlarging follows the trial's `resample` (built-in data sets included): nearest
     /// repeats pixels, bilinear blends them, bicubic stays within the images' range;
@@ -619,7 +627,7 @@ mod tests {
         }
         // prepare() enlarges a built-in set's images to the trial's input size with it.
         let p = TrialParams {
-            input_size: 56,
+            input_size: InputSize::square(56),
             resample: Resample::Nearest,
             ..TrialParams::default()
         };
@@ -743,7 +751,7 @@ mod tests {
         let small = prepare(
             &ds,
             &TrialParams {
-                input_size: 14,
+                input_size: InputSize::square(14),
                 ..TrialParams::default()
             },
         );
@@ -751,7 +759,7 @@ mod tests {
         let big = prepare(
             &ds,
             &TrialParams {
-                input_size: 32,
+                input_size: InputSize::square(32),
                 ..TrialParams::default()
             },
         );

@@ -211,32 +211,37 @@ fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ImagingError> {
 
 /// Filter used when an image is enlarged (shrinking always averages areas): `Bilinear`
 /// (default) or `Bicubic` (Catmull-Rom). Defined in `sweep`, where trials name it.
-pub use cnnd_core::sweep::Resample;
+pub use cnnd_core::sweep::{InputSize, Resample};
 
-/// The model input for `img`: `channels * side * side` floats in 0..1, channel-major (CHW).
+/// The model input for `img`: `channels * height * width` floats in 0..1, channel-major (CHW);
+/// `size` is one side for a square or an [`InputSize`].
 ///
 /// Any colour mode is accepted: 16-bit and float images are scaled to 8 bits by `image`'s
 /// conversions, alpha is composited over white, gray is repeated for 3 channels and colour
 /// is reduced to gray with BT.601 luma (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")`,
-/// Keras and torchvision do). The image is stretched to `side x side` ignoring its aspect
+/// Keras and torchvision do). The image is stretched to `height x width` ignoring its aspect
 /// ratio (as Keras' `target_size`): area averaging when both sides shrink, `resample` when
 /// either side grows, no resampling when the size already matches. An image with no pixels
 /// gives zeros.
 ///
 /// # Panics
-/// When `channels` is not 1 or 3, or `side` is 0; callers validate these.
+/// When `channels` is not 1 or 3, or a side is 0; callers validate these.
 pub fn to_model_input(
     img: &DynamicImage,
-    side: u32,
+    size: impl Into<InputSize>,
     channels: u32,
     resample: Resample,
 ) -> Vec<f32> {
+    let InputSize {
+        height: out_h,
+        width: out_w,
+    } = size.into();
     assert!(
         channels == 1 || channels == 3,
         "channels must be 1 or 3, got {channels}"
     );
-    assert!(side > 0, "side must be positive");
-    let plane = side as usize * side as usize;
+    assert!(out_h > 0 && out_w > 0, "sides must be positive");
+    let plane = out_h as usize * out_w as usize;
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
         return vec![0.0; channels as usize * plane];
@@ -247,7 +252,7 @@ pub fn to_model_input(
             gray.as_raw(),
             (width, height),
             fr::PixelType::U8,
-            (side, side),
+            (out_w, out_h),
             resample,
         );
         gray_bytes_to_input(&pixels)
@@ -257,7 +262,7 @@ pub fn to_model_input(
             rgb.as_raw(),
             (width, height),
             fr::PixelType::U8x3,
-            (side, side),
+            (out_w, out_h),
             resample,
         );
         let mut out = vec![0.0; 3 * plane];

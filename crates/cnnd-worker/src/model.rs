@@ -22,7 +22,7 @@ use tch::{Kind, TchError, Tensor};
 
 use cnnd_core::model_size::{
     block_filters, block_kernel, conv_has_bias, conv_padding, final_side, hidden_name,
-    hidden_units, output_units,
+    hidden_units, output_units, Hw,
 };
 use cnnd_core::sweep::{Activation, Freeze, Head, Pooling, Precision, TrialParams, WeightInit};
 
@@ -163,10 +163,18 @@ pub struct Net {
     compute: Compute,
 }
 
-/// Builds the model of `p` for `channels`-channel `input_size x input_size` inputs and
+/// Builds the model of `p` for `channels`-channel `height x width` inputs (one side for a
+/// square) and
 /// `classes` classes, with its variables under `vs`: the family's blocks, or the backbone
 /// of `arch` (built for three channels; a one-channel input is repeated).
-pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, classes: i64) -> Net {
+pub fn build(
+    vs: &nn::Path,
+    p: &TrialParams,
+    channels: i64,
+    input: impl Into<Hw>,
+    classes: i64,
+) -> Net {
+    let input: Hw = input.into();
     let linear = |name: &str, inputs: i64, outputs: i64| {
         let (ws_init, bs_init) = initialisers(p.weight_init, inputs, outputs);
         let cfg = nn::LinearConfig {
@@ -202,8 +210,8 @@ pub fn build(vs: &nn::Path, p: &TrialParams, channels: i64, input_size: i64, cla
             let (body, out_ch) = build_family_body(vs, p, channels);
             let head = match p.head {
                 Head::Dense => {
-                    let side = final_side(p, input_size);
-                    dense(out_ch * side * side, "out")
+                    let (h, w) = (final_side(p, input.height), final_side(p, input.width));
+                    dense(out_ch * h * w, "out")
                 }
                 Head::Gap => HeadLayers::Gap {
                     out: linear("out", out_ch, outputs),

@@ -25,7 +25,7 @@ use crate::imaging::{self, DecodeLimits};
 use crate::model;
 use crate::worker::PredictContext;
 use cnnd_core::datasets::DatasetInfo;
-use cnnd_core::sweep::{Output, Resample, TrialParams};
+use cnnd_core::sweep::{InputSize, Output, Resample, TrialParams};
 use cnnd_proto as proto;
 
 /// How a trial saw its images: written by the worker that trains it, uploaded with its
@@ -34,7 +34,12 @@ use cnnd_proto as proto;
 #[serde(rename_all = "camelCase")]
 pub struct InputRecord {
     pub dataset: String,
-    pub side: u32,
+    /// The model input's height (`side`, as records written before non-square inputs call
+    /// it) and width (0 in those records: square).
+    #[serde(alias = "side")]
+    pub height: u32,
+    #[serde(default)]
+    pub width: u32,
     pub channels: u32,
     pub resample: Resample,
     /// Per-channel (mean, std) subtracted and divided after scaling to 0..1.
@@ -45,10 +50,23 @@ pub struct InputRecord {
 }
 
 impl InputRecord {
+    /// The model input's height and width.
+    pub fn size(&self) -> InputSize {
+        InputSize {
+            height: self.height,
+            width: if self.width == 0 {
+                self.height
+            } else {
+                self.width
+            },
+        }
+    }
+
     pub fn of(p: &TrialParams, info: &DatasetInfo, prepared: &Prepared) -> InputRecord {
         InputRecord {
             dataset: info.name.clone(),
-            side: p.effective_input_size(info),
+            height: p.effective_input_size(info).height,
+            width: p.effective_input_size(info).width,
             channels: p.effective_channels(info),
             resample: p.resample,
             standardization: prepared.standardization.clone(),
@@ -105,25 +123,29 @@ pub fn model_input(
         Preprocessing::Mnist => image::DynamicImage::ImageLuma8(imaging::mnist_style(img)?),
         Preprocessing::Resize => img.clone(),
     };
-    let input = imaging::to_model_input(&source, record.side, record.channels, record.resample);
-    Ok((input.clone(), picture(&input, record.side, record.channels)))
+    let input = imaging::to_model_input(&source, record.size(), record.channels, record.resample);
+    Ok((
+        input.clone(),
+        picture(&input, record.size(), record.channels),
+    ))
 }
 
 /// CHW floats in 0..1 as an 8-bit image.
-fn picture(input: &[f32], side: u32, channels: u32) -> image::DynamicImage {
-    let plane = (side * side) as usize;
+fn picture(input: &[f32], size: InputSize, channels: u32) -> image::DynamicImage {
+    let InputSize { height, width } = size;
+    let plane = (height * width) as usize;
     let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     if channels == 1 {
         let px: Vec<u8> = input.iter().map(|&v| byte(v)).collect();
         image::DynamicImage::ImageLuma8(
-            image::GrayImage::from_raw(side, side, px).expect("side*side pixels"),
+            image::GrayImage::from_raw(width, height, px).expect("height*width pixels"),
         )
     } else {
         let px: Vec<u8> = (0..plane)
             .flat_map(|i| (0..3).map(move |c| byte(input[c * plane + i])))
             .collect();
         image::DynamicImage::ImageRgb8(
-            image::RgbImage::from_raw(side, side, px).expect("side*side*3 pixels"),
+            image::RgbImage::from_raw(width, height, px).expect("height*width*3 pixels"),
         )
     }
 }
@@ -256,7 +278,7 @@ pub fn answer(job: &proto::PredictJob, weights: &Path) -> Result<proto::PredictR
         &vs.root(),
         p,
         record.channels as i64,
-        record.side as i64,
+        (record.size().height as i64, record.size().width as i64),
         classes,
     );
     crate::train::load_weights(&vs, weights)
@@ -285,8 +307,9 @@ pub fn answer(job: &proto::PredictJob, weights: &Path) -> Result<proto::PredictR
         let (input, pic) = model_input(&img, how, &record)
             .map_err(|e| Status::invalid_argument(format!("{label}: {e}")))?;
         let c = record.channels as i64;
-        let s = record.side as i64;
-        let mut xs = Tensor::from_slice(&input).view([1, c, s, s]);
+        let size = record.size();
+        let (h, w) = (size.height as i64, size.width as i64);
+        let mut xs = Tensor::from_slice(&input).view([1, c, h, w]);
         if let Some((mean, std)) = &record.standardization {
             xs = standardize(&xs, mean, std);
         }

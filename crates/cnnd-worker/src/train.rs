@@ -218,9 +218,9 @@ pub fn random_brightness(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Ten
 /// `heightShift` of the image side; zoom factors for x and y drawn independently, uniform in
 /// 1 +- `zoom` (above 1 shows more of the image, i.e. zooms out); shear uniform in
 /// +-`shearRange` degrees (Keras's shear matrix [[1, -sin s], [0, cos s]]); horizontal and
-/// vertical flips with probability 1/2 each. Square images are assumed (rotation in
-/// normalised coordinates). A setting that is off draws nothing, so adding one leaves the
-/// others' draws as they were.
+/// vertical flips with probability 1/2 each. The matrices are in pixel proportions (a
+/// rotation is a rotation); [`apply_affine`] fits them to a non-square image. A setting that
+/// is off draws nothing, so adding one leaves the others' draws as they were.
 pub fn random_thetas(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor {
     let mut theta = Vec::with_capacity(n * 6);
     let uniform = |rng: &mut ChaCha8Rng, r: f64| if r > 0.0 { rng.gen_range(-r..=r) } else { 0.0 };
@@ -254,8 +254,24 @@ pub fn random_thetas(p: &TrialParams, n: usize, rng: &mut ChaCha8Rng) -> Tensor 
 }
 
 /// Warps `[N, C, H, W]` images by the `[N, 2, 3]` affine `theta` (same device): bilinear
-/// sampling, and outside the image what `fill` says.
+/// sampling, and outside the image what `fill` says. `theta` maps output to input pixels
+/// scaled to the image's half-width in x and half-height in y; on a non-square image its
+/// cross terms are rescaled to normalised coordinates (x spans W/2 pixels per unit, y H/2),
+/// so a rotation stays a rotation instead of shearing the image.
 pub fn apply_affine(images: &Tensor, theta: &Tensor, fill: FillMode) -> Result<Tensor, TchError> {
+    let size = images.size();
+    let (h, w) = (size[2] as f32, size[3] as f32);
+    let aspect;
+    let theta = if h == w {
+        theta
+    } else {
+        // x_in = a x_out + b y_out + t in pixels is, normalised, a x + b (H/W) y + t.
+        let scale = Tensor::from_slice(&[1.0, h / w, 1.0, w / h, 1.0, 1.0])
+            .view([1, 2, 3])
+            .f_to_device(theta.device())?;
+        aspect = theta.f_mul(&scale)?;
+        &aspect
+    };
     let mut grid = Tensor::f_affine_grid_generator(theta, images.size(), false)?;
     // grid_sampler's padding modes: 0 zeros, 1 border, 2 reflection (about the pixel edges
     // with align_corners false: d c b a | a b c d, as Keras's reflect).
@@ -959,11 +975,17 @@ fn read_checkpoint(
     Ok(Resumable { meta, tensors })
 }
 
-fn check_split(name: &str, s: &Split, channels: i64) -> Result<(), TrainError> {
+/// Each split is `[N, channels, H, W]` with the training split's `H x W`.
+fn check_split(
+    name: &str,
+    s: &Split,
+    channels: i64,
+    (height, width): (i64, i64),
+) -> Result<(), TrainError> {
     let size = s.images.size();
-    if size.len() != 4 || size[1] != channels || size[2] != size[3] {
+    if size.len() != 4 || size[1] != channels || size[2] != height || size[3] != width {
         return Err(TrainError::Data(format!(
-            "{name} images have shape {size:?}, expected [N, {channels}, S, S]"
+            "{name} images have shape {size:?}, expected [N, {channels}, {height}, {width}]"
         )));
     }
     if s.labels.size() != [size[0]] {
@@ -1063,7 +1085,7 @@ fn trial(
         ("validation", &prepared.val),
         ("test", &prepared.test),
     ] {
-        check_split(name, s, channels)?;
+        check_split(name, s, channels, prepared.train.input_size())?;
     }
     let n_train = prepared.train.len() as i64;
     if n_train == 0 {
@@ -1530,6 +1552,19 @@ mod tests {
         .unwrap();
         let (r, c) = brightest(&rotated);
         assert_eq!(c, 4);
+        assert!(r == 1 || r == 7, "({r}, {c})");
+        // On a 9x15 image too: a dot 3 px right of the centre goes 3 px above or below it
+        // (were the rotation done in normalised coordinates, 3/7.5 of the half-height: 1.8 px).
+        let wide = Tensor::zeros([1, 1, 9, 15], (Kind::Float, Device::Cpu));
+        let _ = wide.get(0).get(0).get(4).get(10).fill_(1.0);
+        let rotated = apply_affine(
+            &wide,
+            &theta([0.0, -1.0, 0.0, 1.0, 0.0, 0.0]),
+            FillMode::Constant,
+        )
+        .unwrap();
+        let (r, c) = brightest(&rotated);
+        assert_eq!(c, 7);
         assert!(r == 1 || r == 7, "({r}, {c})");
         // Zoom factor 0.5 (zoom in) moves a dot twice as far from the centre.
         let zoomed = apply_affine(

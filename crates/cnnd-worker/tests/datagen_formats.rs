@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 fn decode_as(side: u32, channels: u32) -> cnnd_worker::data::DecodeAs {
     cnnd_worker::data::DecodeAs {
-        side,
+        size: cnnd_core::sweep::InputSize::square(side),
         channels,
         resample: Default::default(),
     }

@@ -8,7 +8,9 @@
 
 use cnnd_core::datasets::builtin;
 use cnnd_core::model_size::{model_size, output_units, summary};
-use cnnd_core::sweep::{ConvBias, DenseUnits, Head, Output, Padding, Pooling, TrialParams};
+use cnnd_core::sweep::{
+    ConvBias, DenseUnits, Head, InputSize, Output, Padding, Pooling, TrialParams,
+};
 use cnnd_worker::model::{build, parameter_count};
 use proptest::prelude::*;
 use tch::{nn, Device, Kind, Tensor};
@@ -33,8 +35,9 @@ prop_compose! {
         conv_bias in prop::sample::select(vec![ConvBias::Auto, ConvBias::Always, ConvBias::Never]),
         sigmoid in any::<bool>(),
         channels in prop::sample::select(vec![1u32, 3]),
-        input in 8u32..=40,
-    ) -> (TrialParams, i64, i64, i64) {
+        height in 8u32..=40,
+        width in 8u32..=40,
+    ) -> (TrialParams, i64, (i64, i64), i64) {
         let classes = if sigmoid { 2 } else { 10 };
         let blocks_used = &per_block[..blocks as usize];
         let p = TrialParams {
@@ -51,12 +54,12 @@ prop_compose! {
             pooling,
             pool_size,
             conv_bias,
-            input_size: input,
+            input_size: InputSize { height, width },
             channels,
             output: if sigmoid { Output::Sigmoid } else { Output::Softmax },
             ..TrialParams::default()
         };
-        (p, channels as i64, input as i64, classes)
+        (p, channels as i64, (height as i64, width as i64), classes)
     }
 }
 
@@ -74,9 +77,9 @@ proptest! {
             size.parameters,
             parameter_count(&vs),
             "{:?} on {}x{}x{}",
-            p, channels, input, input
+            p, channels, input.0, input.1
         );
-        let xs = Tensor::rand([2, channels, input, input], (Kind::Float, Device::Cpu));
+        let xs = Tensor::rand([2, channels, input.0, input.1], (Kind::Float, Device::Cpu));
         let out = net.f_forward_t(&xs, false).unwrap();
         prop_assert_eq!(out.size(), vec![2, output_units(&p, classes)]);
 

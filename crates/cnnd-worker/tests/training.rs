@@ -9,8 +9,8 @@ use cnnd_core::data_preview::{AUGMENTED_DRAWS, SAMPLES_PER_CLASS};
 use cnnd_core::datasets::builtin as dataset_info;
 use cnnd_core::epoch::EpochRecord;
 use cnnd_core::sweep::{
-    Activation, ConvBias, DenseUnits, FillMode, Head, LrSchedule, Optimizer, Padding, Pooling,
-    Precision, TrialParams, WeightInit,
+    Activation, ConvBias, DenseUnits, FillMode, Head, InputSize, LrSchedule, Optimizer, Padding,
+    Pooling, Precision, TrialParams, WeightInit,
 };
 use cnnd_worker::data::{self, DataCache, Prepared};
 use cnnd_worker::train::{
@@ -939,5 +939,48 @@ fn a_stop_flag_set_before_the_start_interrupts_epoch_one() {
     assert_eq!(
         TrainError::Interrupted { epoch: 1 }.to_string(),
         "interrupted during epoch 1"
+    );
+}
+
+/// A non-square input (`inputSize: [28, 40]`, Keras's `target_size=(28, 40)`): the data
+/// are resized to 28x40, the dense head's width follows both sides (the size estimate and
+/// the built model agree), and the model learns.
+#[test]
+fn a_non_square_input_trains() {
+    let _serial = serial();
+    let p = TrialParams {
+        epochs: 1,
+        batch_size: 32,
+        train_limit: 2000,
+        test_limit: 500,
+        input_size: InputSize {
+            height: 28,
+            width: 40,
+        },
+        ..TrialParams::default()
+    };
+    let prepared = small(&p);
+    assert_eq!(prepared.train.images.size(), [1800, 1, 28, 40]);
+    assert_eq!(prepared.test.input_size(), (28, 40));
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    let out = run_trial(&prepared, &p, 1, 10, Device::Cpu, &weights, &mut |_, _| {
+        true
+    })
+    .unwrap();
+    let expected = cnnd_core::model_size::model_size(&p, 1, (28, 40), 10).parameters;
+    assert_eq!(out.parameter_count, expected);
+    let square = TrialParams {
+        input_size: InputSize::square(28),
+        ..p.clone()
+    };
+    assert!(
+        expected > cnnd_core::model_size::model_size(&square, 1, 28, 10).parameters,
+        "the dense head sees a wider map"
+    );
+    assert!(
+        out.test_accuracy > 0.8,
+        "test accuracy {}",
+        out.test_accuracy
     );
 }

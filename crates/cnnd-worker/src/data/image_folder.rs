@@ -3,7 +3,7 @@
 //! label of a class is its position in that list. `validation/` and `test/` are optional and
 //! may hold a subset of the classes.
 //!
-//! Owns: [`load`] (decoding every file once into one `[N, C, side, side]` tensor per split,
+//! Owns: [`load`] (decoding every file once into one `[N, C, height, width]` tensor per split,
 //! skipping and reporting files that do not decode). Listing the files is the daemon's job:
 //! the lease carries them ([`FolderLayout`], paths relative to the folder).
 //! Must not touch: the control plane, models or training; decoding and resizing belong to
@@ -16,7 +16,7 @@ use anyhow::{bail, ensure};
 use tch::Tensor;
 
 use crate::data::Split;
-use crate::imaging::{self, DecodeLimits, ImagingError, Resample};
+use crate::imaging::{self, DecodeLimits, ImagingError, InputSize, Resample};
 
 /// Extensions (compared case-insensitively) of the files that are read as images.
 pub use cnnd_core::datasets::IMAGE_EXTENSIONS;
@@ -42,7 +42,7 @@ pub struct LoadedFolder {
 }
 
 /// Decodes every file of `layout` (paths relative to `root`) once into
-/// `[N, channels, side, side]` f32 tensors in 0..1 (see [`imaging::to_model_input`]) with
+/// `[N, channels, height, width]` f32 tensors in 0..1 (see [`imaging::to_model_input`]) with
 /// `[N]` i64 labels, in the layout's order.
 ///
 /// A file that cannot be read or decoded (or whose decoder panics) is logged with
@@ -52,7 +52,7 @@ pub struct LoadedFolder {
 pub fn load(
     root: &Path,
     layout: &FolderLayout,
-    side: u32,
+    size: impl Into<InputSize>,
     channels: u32,
     resample: Resample,
     limits: &DecodeLimits,
@@ -61,11 +61,15 @@ pub fn load(
         channels == 1 || channels == 3,
         "channels must be 1 or 3, got {channels}"
     );
-    ensure!(side > 0, "the image side must be positive");
+    let size: InputSize = size.into();
+    ensure!(
+        size.height > 0 && size.width > 0,
+        "the image sides must be positive"
+    );
     let mut skipped = Vec::new();
     let options = LoadOptions {
         root,
-        side,
+        size,
         channels,
         resample,
         limits,
@@ -89,7 +93,7 @@ pub fn load(
 
 struct LoadOptions<'a> {
     root: &'a Path,
-    side: u32,
+    size: InputSize,
     channels: u32,
     resample: Resample,
     limits: &'a DecodeLimits,
@@ -99,7 +103,7 @@ struct LoadOptions<'a> {
 fn decode_into(path: &Path, out: &mut [f32], options: &LoadOptions) -> Result<(), String> {
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         imaging::decode_file(path, options.limits).map(|img| {
-            imaging::to_model_input(&img, options.side, options.channels, options.resample)
+            imaging::to_model_input(&img, options.size, options.channels, options.resample)
         })
     }));
     match decoded {
@@ -120,7 +124,7 @@ fn load_split(
     options: &LoadOptions,
     skipped: &mut Vec<SkippedFile>,
 ) -> anyhow::Result<Split> {
-    let per_image = (options.channels * options.side * options.side) as usize;
+    let per_image = (options.channels * options.size.height * options.size.width) as usize;
     let mut data = vec![0f32; files.len() * per_image];
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -182,9 +186,13 @@ fn load_split(
     }
     data.truncate(labels.len() * per_image);
     let n = labels.len() as i64;
-    let (c, s) = (i64::from(options.channels), i64::from(options.side));
+    let c = i64::from(options.channels);
+    let (h, w) = (
+        i64::from(options.size.height),
+        i64::from(options.size.width),
+    );
     Ok(Split {
-        images: Tensor::from_slice(&data).view([n, c, s, s]),
+        images: Tensor::from_slice(&data).view([n, c, h, w]),
         labels: Tensor::from_slice(&labels),
     })
 }
