@@ -164,9 +164,8 @@ pub struct Net {
 }
 
 /// Builds the model of `p` for `channels`-channel `height x width` inputs (one side for a
-/// square) and
-/// `classes` classes, with its variables under `vs`: the family's blocks, or the backbone
-/// of `arch` (built for three channels; a one-channel input is repeated).
+/// square) and `classes` classes, with its variables under `vs`: the family's blocks, or the
+/// backbone of `arch` (built for three channels; a one-channel input is repeated).
 pub fn build(
     vs: &nn::Path,
     p: &TrialParams,

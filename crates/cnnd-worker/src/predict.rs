@@ -63,10 +63,11 @@ impl InputRecord {
     }
 
     pub fn of(p: &TrialParams, info: &DatasetInfo, prepared: &Prepared) -> InputRecord {
+        let size = p.effective_input_size(info);
         InputRecord {
             dataset: info.name.clone(),
-            height: p.effective_input_size(info).height,
-            width: p.effective_input_size(info).width,
+            height: size.height,
+            width: size.width,
             channels: p.effective_channels(info),
             resample: p.resample,
             standardization: prepared.standardization.clone(),
@@ -278,7 +279,7 @@ pub fn answer(job: &proto::PredictJob, weights: &Path) -> Result<proto::PredictR
         &vs.root(),
         p,
         record.channels as i64,
-        (record.size().height as i64, record.size().width as i64),
+        record.size(),
         classes,
     );
     crate::train::load_weights(&vs, weights)
